@@ -1,0 +1,431 @@
+//! The engine: runs a topology's operators over records and timers, on
+//! whatever clock its driver gives it.
+//!
+//! The driver decides what "now" is. Replay passes each record's timestamp
+//! (a virtual clock); the live runtime passes the wall clock or the stream
+//! time. The engine itself only keeps the rule: the clock never goes back,
+//! and before anything happens at time T every timer due at or before T fires.
+
+pub mod stats;
+pub mod timers;
+
+use std::sync::Arc;
+
+use crate::operators::{BuildCx, Ctx, Emitted, Operator};
+use crate::record::Record;
+use crate::state::{StateBackend, StateError, StoreId, WriteBatch};
+use crate::topology::{NodeRef, Sink, Topology};
+use stats::NodeStats;
+use timers::TimerQueue;
+
+/// Bumped when the layout of the state stores changes incompatibly.
+const STATE_FORMAT: u32 = 1;
+const META_STORE: &str = "sluice/meta";
+const TIMER_STORE: &str = "sluice/timers";
+
+/// One input record as the driver read it.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceInput<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a str>,
+    /// The value as raw JSON text.
+    pub value: &'a str,
+}
+
+/// A record that could not be processed, on its way to the dead-letter output.
+#[derive(Debug)]
+pub struct DeadLetter<'a> {
+    pub ts: u64,
+    pub key: Option<&'a str>,
+    /// The node that rejected the record.
+    pub node: &'a str,
+    /// The input topic, when the record came straight from one.
+    pub source_topic: Option<&'a str>,
+    pub error: &'a str,
+    /// The value as it reached `node`.
+    pub value: serde_json::Value,
+}
+
+pub type OutputError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where the engine's results go: sink records and dead letters, in emission order.
+pub trait Output {
+    fn record(&mut self, sink: &Sink, record: &Record) -> Result<(), OutputError>;
+    fn dead_letter(&mut self, letter: DeadLetter<'_>) -> Result<(), OutputError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot write output: {0}")]
+    Output(OutputError),
+}
+
+/// Tuning that does not change results.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Entries each operator table keeps in memory past a commit.
+    pub cache_capacity: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            cache_capacity: 200_000,
+        }
+    }
+}
+
+pub struct Engine {
+    topo: Arc<Topology>,
+    ops: Vec<Box<dyn Operator>>,
+    op_names: Vec<String>,
+    backend: Box<dyn StateBackend>,
+    timers: TimerQueue,
+    clock: u64,
+    meta: StoreId,
+    timer_store: StoreId,
+    /// Counters per node, indexed like `Topology::nodes`.
+    stats: Vec<NodeStats>,
+}
+
+impl Engine {
+    /// Opens the engine on `backend`, restoring the clock, the timers and
+    /// (lazily) the operators' state that the backend holds.
+    pub fn open(
+        topo: Arc<Topology>,
+        mut backend: Box<dyn StateBackend>,
+        opts: &EngineOptions,
+    ) -> Result<Self, EngineError> {
+        let meta = backend.open_store(META_STORE)?;
+        let timer_store = backend.open_store(TIMER_STORE)?;
+        check_identity(backend.as_ref(), meta, &topo.app_id)?;
+        let clock = read_u64(backend.as_ref(), meta, b"clock")?.unwrap_or(0);
+        let next_seq = read_u64(backend.as_ref(), meta, b"timer_seq")?.unwrap_or(0);
+        let mut ops = Vec::with_capacity(topo.operators.len());
+        for op in &topo.operators {
+            let store = backend.open_store(&format!("op/{}", op.name))?;
+            let cx = BuildCx {
+                app_id: &topo.app_id,
+                name: &op.name,
+                store,
+                cache_capacity: opts.cache_capacity,
+            };
+            ops.push(op.config.build(op.input_kinds[0], &cx));
+        }
+        let op_names: Vec<String> = topo.operators.iter().map(|o| o.name.clone()).collect();
+        let timers = TimerQueue::load(backend.as_ref(), timer_store, &op_names, next_seq)?;
+        let stats = topo
+            .nodes
+            .iter()
+            .map(|n| NodeStats::new(topo.node_name(*n)))
+            .collect();
+        let mut engine = Engine {
+            topo,
+            ops,
+            op_names,
+            backend,
+            timers,
+            clock,
+            meta,
+            timer_store,
+            stats,
+        };
+        engine.record_identity()?;
+        Ok(engine)
+    }
+
+    fn record_identity(&mut self) -> Result<(), EngineError> {
+        let mut batch = WriteBatch::default();
+        batch.put(
+            self.meta,
+            b"app_id".to_vec(),
+            self.topo.app_id.as_bytes().to_vec(),
+        );
+        batch.put(
+            self.meta,
+            b"format".to_vec(),
+            STATE_FORMAT.to_be_bytes().to_vec(),
+        );
+        self.backend.write(batch)?;
+        Ok(())
+    }
+
+    pub fn topology(&self) -> &Arc<Topology> {
+        &self.topo
+    }
+
+    /// The engine's current time in ms.
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// Counters per node.
+    pub fn stats(&self) -> &[NodeStats] {
+        &self.stats
+    }
+
+    /// Timers waiting to fire.
+    pub fn pending_timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.timers.next_deadline()
+    }
+
+    /// Processes one input at time `at` (the clock moves to `max(clock, at)`).
+    /// Returns `false`, without moving the clock, when no source reads `input.topic`.
+    pub fn process(
+        &mut self,
+        input: SourceInput<'_>,
+        at: u64,
+        out: &mut dyn Output,
+    ) -> Result<bool, EngineError> {
+        let topo = Arc::clone(&self.topo);
+        let Some(sources) = topo.sources_for(input.topic) else {
+            return Ok(false);
+        };
+        self.advance_to(at, out)?;
+        for &s in sources {
+            self.ingest(&topo, s, input, out)?;
+        }
+        Ok(true)
+    }
+
+    /// Moves the clock to `max(clock, to)`, firing every timer due on the way.
+    pub fn advance_to(&mut self, to: u64, out: &mut dyn Output) -> Result<(), EngineError> {
+        let target = self.clock.max(to);
+        self.fire_due(target, out)?;
+        self.clock = target;
+        Ok(())
+    }
+
+    /// Fires every pending timer, in order (end of a replay with `--drain`).
+    pub fn drain(&mut self, out: &mut dyn Output) -> Result<(), EngineError> {
+        self.fire_due(u64::MAX, out)
+    }
+
+    /// Writes all state changed since the last commit, the timers and the clock, atomically.
+    pub fn commit(&mut self) -> Result<(), EngineError> {
+        let mut batch = WriteBatch::default();
+        for op in &mut self.ops {
+            op.commit(&mut batch)?;
+        }
+        self.timers
+            .commit(&mut batch, self.timer_store, &self.op_names)?;
+        batch.put(
+            self.meta,
+            b"clock".to_vec(),
+            self.clock.to_be_bytes().to_vec(),
+        );
+        batch.put(
+            self.meta,
+            b"timer_seq".to_vec(),
+            self.timers.next_seq().to_be_bytes().to_vec(),
+        );
+        self.backend.write(batch)?;
+        Ok(())
+    }
+
+    /// Commits and makes the state durable.
+    pub fn close(self) -> Result<(), EngineError> {
+        self.into_backend().map(drop)
+    }
+
+    /// Commits, makes the state durable and hands the backend back, so that
+    /// another engine can continue from it (tests split runs this way).
+    pub fn into_backend(mut self) -> Result<Box<dyn StateBackend>, EngineError> {
+        self.commit()?;
+        self.backend.sync()?;
+        Ok(self.backend)
+    }
+
+    fn fire_due(&mut self, limit: u64, out: &mut dyn Output) -> Result<(), EngineError> {
+        let topo = Arc::clone(&self.topo);
+        while let Some(timer) = self.timers.pop_due(limit) {
+            self.clock = self.clock.max(timer.deadline);
+            let node = topo.operators[timer.op].node;
+            let mut emitted = Vec::new();
+            {
+                let mut cx = Ctx {
+                    now: self.clock,
+                    op: timer.op,
+                    backend: self.backend.as_ref(),
+                    timers: &mut self.timers,
+                    out: &mut emitted,
+                    stats: &mut self.stats[node],
+                };
+                self.ops[timer.op].on_timer(&timer.key, &mut cx)?;
+            }
+            self.forward(&topo, node, emitted, None, out)?;
+        }
+        Ok(())
+    }
+
+    fn ingest(
+        &mut self,
+        topo: &Topology,
+        source: usize,
+        input: SourceInput<'_>,
+        out: &mut dyn Output,
+    ) -> Result<(), EngineError> {
+        let src = &topo.sources[source];
+        self.stats[src.node].received += 1;
+        match src.parse(input.value) {
+            Ok(payload) => {
+                self.stats[src.node].emitted += 1;
+                let record = Record {
+                    ts: self.clock,
+                    key: input.key.map(str::to_owned),
+                    payload,
+                };
+                self.deliver(topo, src.node, record, Some(input.topic), out)
+            }
+            Err(err) => {
+                self.stats[src.node].drop("invalid_record");
+                let value = serde_json::from_str(input.value).unwrap_or(serde_json::Value::Null);
+                let letter = DeadLetter {
+                    ts: self.clock,
+                    key: input.key,
+                    node: &src.name,
+                    source_topic: Some(input.topic),
+                    error: &err.0,
+                    value,
+                };
+                out.dead_letter(letter).map_err(EngineError::Output)
+            }
+        }
+    }
+
+    /// Hands `record`, emitted by node `from`, to each of its successors in
+    /// declaration order, depth first.
+    fn deliver(
+        &mut self,
+        topo: &Topology,
+        from: usize,
+        record: Record,
+        topic: Option<&str>,
+        out: &mut dyn Output,
+    ) -> Result<(), EngineError> {
+        let successors = &topo.successors[from];
+        let mut record = Some(record);
+        for (i, edge) in successors.iter().enumerate() {
+            let r = if i + 1 == successors.len() {
+                record.take().expect("the last successor takes the record")
+            } else {
+                record
+                    .clone()
+                    .expect("the record is kept until the last successor")
+            };
+            self.stats[edge.to].received += 1;
+            match topo.nodes[edge.to] {
+                NodeRef::Operator(op) => self.run_operator(topo, op, edge.port, r, topic, out)?,
+                NodeRef::Sink(sink) => {
+                    self.stats[edge.to].emitted += 1;
+                    out.record(&topo.sinks[sink], &r)
+                        .map_err(EngineError::Output)?;
+                }
+                NodeRef::Source(_) => unreachable!("validation rejects edges into sources"),
+            }
+        }
+        Ok(())
+    }
+
+    fn run_operator(
+        &mut self,
+        topo: &Topology,
+        op: usize,
+        port: usize,
+        record: Record,
+        topic: Option<&str>,
+        out: &mut dyn Output,
+    ) -> Result<(), EngineError> {
+        let node = topo.operators[op].node;
+        let mut emitted = Vec::new();
+        {
+            let mut cx = Ctx {
+                now: self.clock,
+                op,
+                backend: self.backend.as_ref(),
+                timers: &mut self.timers,
+                out: &mut emitted,
+                stats: &mut self.stats[node],
+            };
+            self.ops[op].on_record(port, record, &mut cx)?;
+        }
+        self.forward(topo, node, emitted, topic, out)
+    }
+
+    fn forward(
+        &mut self,
+        topo: &Topology,
+        node: usize,
+        emitted: Vec<Emitted>,
+        topic: Option<&str>,
+        out: &mut dyn Output,
+    ) -> Result<(), EngineError> {
+        for item in emitted {
+            match item {
+                Emitted::Record(r) => self.deliver(topo, node, r, topic, out)?,
+                Emitted::DeadLetter { key, error, value } => {
+                    let letter = DeadLetter {
+                        ts: self.clock,
+                        key: key.as_deref(),
+                        node: topo.node_name(topo.nodes[node]),
+                        source_topic: topic,
+                        error: &error,
+                        value,
+                    };
+                    out.dead_letter(letter).map_err(EngineError::Output)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_u64(
+    backend: &dyn StateBackend,
+    store: StoreId,
+    key: &[u8],
+) -> Result<Option<u64>, StateError> {
+    let Some(bytes) = backend.get(store, key)? else {
+        return Ok(None);
+    };
+    let arr: [u8; 8] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| StateError::Corrupt {
+            dir: backend.location(),
+            message: format!("meta entry `{}` is not a u64", String::from_utf8_lossy(key)),
+        })?;
+    Ok(Some(u64::from_be_bytes(arr)))
+}
+
+/// Refuses a state directory made by another app or by an incompatible version.
+fn check_identity(
+    backend: &dyn StateBackend,
+    meta: StoreId,
+    app_id: &str,
+) -> Result<(), StateError> {
+    if let Some(found) = backend.get(meta, b"app_id")? {
+        if found != app_id.as_bytes() {
+            return Err(StateError::AppMismatch {
+                dir: backend.location(),
+                found: String::from_utf8_lossy(&found).into_owned(),
+                expected: app_id.to_owned(),
+            });
+        }
+    }
+    if let Some(format) = backend.get(meta, b"format")? {
+        if format != STATE_FORMAT.to_be_bytes() {
+            return Err(StateError::Corrupt {
+                dir: backend.location(),
+                message: format!("state format {format:?} is not {STATE_FORMAT}; it was written by another Sluice version"),
+            });
+        }
+    }
+    Ok(())
+}

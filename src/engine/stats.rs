@@ -1,0 +1,47 @@
+//! Per-node counters: what each node received, emitted and dropped, and why.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Counters of one node of the topology.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub name: String,
+    pub received: u64,
+    pub emitted: u64,
+    /// Dropped records by reason (`duplicate`, `rate_limited`, `invalid_record`, ...).
+    pub dropped: BTreeMap<&'static str, u64>,
+}
+
+impl NodeStats {
+    pub fn new(name: &str) -> Self {
+        NodeStats {
+            name: name.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Counts one dropped record. Every drop is counted; the trace event is
+    /// there for debugging a topology on a small input.
+    pub fn drop(&mut self, reason: &'static str) {
+        *self.dropped.entry(reason).or_default() += 1;
+        tracing::trace!(node = %self.name, reason, "record dropped");
+    }
+}
+
+/// A table of all nodes' counters, for stderr at the end of a run.
+pub fn render(stats: &[NodeStats]) -> String {
+    let mut out = String::new();
+    for s in stats {
+        let _ = write!(
+            out,
+            "  {:<20} in {:>10}  out {:>10}",
+            s.name, s.received, s.emitted
+        );
+        for (reason, n) in &s.dropped {
+            let _ = write!(out, "  {reason} {n}");
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,18 @@
+//! Sluice: a Kafka Streams-style stateful stream processor for event-driven CI/CD.
+//!
+//! - [`topology`]: TOML topologies and their validation.
+//! - [`record`]: image events, alerts and deployment intents.
+//! - [`operators`]: route, dedup, debounce, throttle and alert_gate.
+//! - [`state`]: the state backend trait, RocksDB and in-memory.
+//! - [`engine`]: runs a topology on a clock given by its driver.
+//! - [`replay`]: the replay driver (`sluice replay`).
+
+pub mod duration;
+pub mod engine;
+pub mod flood;
+pub mod operators;
+pub mod proto;
+pub mod record;
+pub mod replay;
+pub mod state;
+pub mod topology;

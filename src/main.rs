@@ -1,0 +1,385 @@
+//! The `sluice` command line.
+
+mod bench;
+mod describe;
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use sluice::engine::{Engine, EngineOptions};
+use sluice::flood::{write_flood, FloodConfig};
+use sluice::replay::{
+    replay, JsonLinesOutput, Progress, ReplayError, ReplayOptions, ReplaySummary,
+};
+use sluice::state::{BackendKind, MemoryBackend, RocksBackend, StateBackend};
+use sluice::topology::Topology;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Stateful stream processing for event-driven CI/CD"
+)]
+struct Cli {
+    /// More logging on stderr (-v info, -vv debug, -vvv trace); SLUICE_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a topology over a recorded event file under a virtual clock.
+    Replay(ReplayArgs),
+    /// The main job on its embedded default: a generated flood replayed
+    /// through topologies/cicd.toml, printing deployment intents. No broker needed.
+    Demo {
+        /// Events in the flood.
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        /// Distinct services in the flood.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+        services: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Check a topology and report every error with file:line:column.
+    Validate { topology: PathBuf },
+    /// Print a topology's graph (text, or Graphviz with --dot).
+    Describe {
+        topology: PathBuf,
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Write a realistic, seeded flood of CI/CD events in the replay format.
+    Flood(FloodArgs),
+    /// Benchmarks (not tests): print medians of several runs.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Topology file; default: the embedded topologies/cicd.toml.
+    topology: Option<PathBuf>,
+    /// JSON Lines input, `-` for stdin.
+    #[arg(long)]
+    input: String,
+    /// Where to write output records, `-` (the default) for stdout.
+    #[arg(long, default_value = "-")]
+    output: String,
+    /// Fire every remaining timer at the end of the input.
+    #[arg(long)]
+    drain: bool,
+    /// Keep state here, to continue in a later run; default: a temporary directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// State backend.
+    #[arg(long, value_enum, default_value = "rocksdb")]
+    backend: BackendKind,
+    /// Commit state every N input lines.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    commit_every: u64,
+    /// Write run statistics as JSON to this file (used by `sluice bench`).
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
+    /// No summary on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct FloodArgs {
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    services: u32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Timestamp (ms) of the first event.
+    #[arg(long, default_value_t = FloodConfig::default().start_ts)]
+    start_ts: u64,
+    /// Deliberately invalid records per 1000.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    invalid_per_mille: u32,
+    /// Output file, `-` (the default) for stdout.
+    #[arg(long, default_value = "-")]
+    output: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            if let Some(ReplayError::Input { .. }) = err.downcast_ref::<ReplayError>() {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Replay(args) => run_replay(args),
+        Command::Demo {
+            events,
+            services,
+            seed,
+        } => run_demo(events, services, seed),
+        Command::Validate { topology } => {
+            let topo = Topology::load(&topology)?;
+            println!(
+                "{}: ok ({} sources, {} operators, {} sinks)",
+                topology.display(),
+                topo.sources.len(),
+                topo.operators.len(),
+                topo.sinks.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Describe { topology, dot } => {
+            let topo = Topology::load(&topology)?;
+            let text = if dot {
+                describe::dot(&topo)
+            } else {
+                describe::text(&topo)
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Flood(args) => run_flood(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+fn run_flood(args: FloodArgs) -> Result<ExitCode> {
+    let cfg = FloodConfig {
+        events: args.events,
+        services: args.services,
+        seed: args.seed,
+        start_ts: args.start_ts,
+        invalid_per_mille: args.invalid_per_mille,
+    };
+    let out = open_output(&args.output)?;
+    match write_flood(&cfg, out) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        // `sluice flood | head` closes the pipe early; that is not an error.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e).context("writing the flood"),
+    }
+}
+
+fn open_output(path: &str) -> Result<Box<dyn Write>> {
+    Ok(if path == "-" {
+        Box::new(BufWriter::with_capacity(1 << 16, io::stdout().lock()))
+    } else {
+        let file = File::create(path).with_context(|| format!("cannot create {path}"))?;
+        Box::new(BufWriter::with_capacity(1 << 16, file))
+    })
+}
+
+/// Holds a temporary state directory for as long as the run needs it.
+struct StateLocation {
+    _temp: Option<tempfile::TempDir>,
+}
+
+fn open_backend(
+    kind: BackendKind,
+    state_dir: Option<&Path>,
+) -> Result<(Box<dyn StateBackend>, StateLocation)> {
+    match (kind, state_dir) {
+        (BackendKind::Memory, Some(_)) => {
+            bail!("--state-dir needs the rocksdb backend; the memory backend keeps nothing")
+        }
+        (BackendKind::Memory, None) => Ok((
+            Box::new(MemoryBackend::new()),
+            StateLocation { _temp: None },
+        )),
+        (BackendKind::Rocksdb, Some(dir)) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+            Ok((
+                Box::new(RocksBackend::open(dir)?),
+                StateLocation { _temp: None },
+            ))
+        }
+        (BackendKind::Rocksdb, None) => {
+            let temp = tempfile::Builder::new()
+                .prefix("sluice-state-")
+                .tempdir()
+                .context("cannot create a temporary state directory")?;
+            let backend = RocksBackend::open(temp.path())?;
+            Ok((Box::new(backend), StateLocation { _temp: Some(temp) }))
+        }
+    }
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn update(&mut self, bytes: u64) {
+        self.0.set_position(bytes);
+    }
+}
+
+fn progress_bar(input: &str) -> Option<Bar> {
+    if input == "-" || !io::stderr().is_terminal() {
+        return None;
+    }
+    let len = std::fs::metadata(input).ok()?.len();
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "{spinner} replay [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .ok()?
+    .progress_chars("=> ");
+    bar.set_style(style);
+    Some(Bar(bar))
+}
+
+/// The default topology, built into the binary.
+const DEFAULT_TOPOLOGY: &str = include_str!("../topologies/cicd.toml");
+
+fn load_topology(path: Option<&Path>) -> Result<Topology> {
+    Ok(match path {
+        Some(p) => Topology::load(p)?,
+        None => Topology::parse("topologies/cicd.toml (embedded)", DEFAULT_TOPOLOGY)?,
+    })
+}
+
+fn run_demo(events: u64, services: u32, seed: u64) -> Result<ExitCode> {
+    let topo = Arc::new(load_topology(None)?);
+    let cfg = FloodConfig {
+        events,
+        services,
+        seed,
+        ..FloodConfig::default()
+    };
+    let mut flood = Vec::new();
+    write_flood(&cfg, &mut flood).context("generating the flood")?;
+    let (backend, _location) = open_backend(BackendKind::Rocksdb, None)?;
+    let mut engine = Engine::open(Arc::clone(&topo), backend, &EngineOptions::default())?;
+    let mut out = JsonLinesOutput::new(open_output("-")?, topo.dead_letter_topic());
+    let opts = ReplayOptions {
+        drain: true,
+        ..ReplayOptions::default()
+    };
+    eprintln!(
+        "sluice demo: {events} generated events over {services} services through {} (seed {seed})",
+        topo.file
+    );
+    let summary = replay(
+        &mut engine,
+        flood.as_slice(),
+        "<flood>",
+        &mut out,
+        &opts,
+        &mut (),
+    )?;
+    eprint!("{}", render_summary(&summary, &engine));
+    engine.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_replay(args: ReplayArgs) -> Result<ExitCode> {
+    let topo = Arc::new(load_topology(args.topology.as_deref())?);
+    let (backend, _location) = open_backend(args.backend, args.state_dir.as_deref())?;
+    let mut engine = Engine::open(Arc::clone(&topo), backend, &EngineOptions::default())?;
+    let input: Box<dyn BufRead> = if args.input == "-" {
+        Box::new(BufReader::with_capacity(1 << 16, io::stdin().lock()))
+    } else {
+        let file =
+            File::open(&args.input).with_context(|| format!("cannot open input {}", args.input))?;
+        Box::new(BufReader::with_capacity(1 << 16, file))
+    };
+    let mut out = JsonLinesOutput::new(open_output(&args.output)?, topo.dead_letter_topic());
+    let opts = ReplayOptions {
+        drain: args.drain,
+        commit_every: args.commit_every,
+    };
+    let mut bar = progress_bar(&args.input);
+    let progress: &mut dyn Progress = match &mut bar {
+        Some(b) => b,
+        None => &mut (),
+    };
+    let shown = if args.input == "-" {
+        "<stdin>"
+    } else {
+        args.input.as_str()
+    };
+    let result = replay(&mut engine, input, shown, &mut out, &opts, progress);
+    if let Some(b) = bar {
+        b.0.finish_and_clear();
+    }
+    let _ = out.flush();
+    let summary = result?;
+    if !args.quiet {
+        eprint!("{}", render_summary(&summary, &engine));
+    }
+    if let Some(path) = &args.stats_json {
+        write_stats(path, &summary)?;
+    }
+    engine.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_summary(s: &ReplaySummary, engine: &Engine) -> String {
+    let secs = s.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        s.lines as f64 / secs
+    } else {
+        0.0
+    };
+    format!(
+        "replayed {} lines in {:.2}s ({:.0} lines/s): {} records out, {} dead letters, {} lines skipped (no source reads their topic)\n{}",
+        s.lines,
+        secs,
+        rate,
+        s.records_out,
+        s.dead_letters,
+        s.skipped,
+        sluice::engine::stats::render(engine.stats())
+    )
+}
+
+fn write_stats(path: &Path, s: &ReplaySummary) -> Result<()> {
+    let secs = s.elapsed.as_secs_f64();
+    let stats = serde_json::json!({
+        "lines": s.lines,
+        "seconds": secs,
+        "events_per_sec": if secs > 0.0 { s.lines as f64 / secs } else { 0.0 },
+        "records_out": s.records_out,
+        "dead_letters": s.dead_letters,
+        "peak_rss_bytes": bench::peak_rss_bytes(),
+    });
+    std::fs::write(path, stats.to_string())
+        .with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,571 @@
+//! `alert_gate`: joins image and alert streams into deployment intents,
+//! holding deploys while an alert fires and rolling back when one fires
+//! right after a deploy.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{dur, BuildCx, Ctx, Operator};
+use crate::duration::DurationMs;
+use crate::record::{Action, AlertEvent, AlertStatus, ImageEvent, Intent, Kind, Payload, Record};
+use crate::state::{StateError, Table, WriteBatch};
+use crate::topology::diag::{Diags, Located};
+use crate::topology::reader::TableReader;
+
+/// Keyed by (service, environment), the gate keeps the active alerts
+/// (identity -> severity), the current image, the last deploy (image, time,
+/// previous image) and a parked image, and emits intents:
+///
+/// - an image equal to the current one: nothing. Otherwise, while an active
+///   alert has a severity in `block_on`, the image is parked (replacing any
+///   parked one) and a `hold` is emitted; else a `deploy`, and it becomes current.
+/// - an alert firing becomes active. If its severity is in `rollback_on` and
+///   the last deploy, with a known previous image, is at most
+///   `rollback_window` old, a `rollback` to that previous image is emitted;
+///   the last deploy becomes (previous image, now, none), so one rollback
+///   never cascades into another.
+/// - an alert resolved is removed; if no blocking alert remains and an image
+///   is parked, it is unparked and handled as a deploy.
+///
+/// An image that reaches the gate without an environment is a dead letter.
+/// `intent_id` is derived from the app id, the gate, the key and the key's
+/// intent count, so it is the same on every replay of the same input.
+///
+/// ```toml
+/// [[operators]]
+/// name = "gate"
+/// type = "alert_gate"
+/// images = "throttle"
+/// alerts = "alerts"
+/// block_on = ["critical"]
+/// rollback_on = ["critical"]
+/// rollback_window = "15m"
+/// ```
+#[derive(Debug, Clone)]
+pub struct AlertGateConfig {
+    /// The node whose image records are gated.
+    pub images: Located<String>,
+    /// The node whose alert records hold and roll back deploys.
+    pub alerts: Located<String>,
+    /// Severities that hold deploys while an alert of that severity fires.
+    pub block_on: Vec<String>,
+    /// Severities that roll back a recent deploy when an alert of that severity fires.
+    pub rollback_on: Vec<String>,
+    /// How recent a deploy must be to be rolled back (required with `rollback_on`).
+    pub rollback_window: Option<DurationMs>,
+}
+
+impl AlertGateConfig {
+    pub fn read(t: &mut TableReader<'_, '_, '_>) -> Option<Self> {
+        let images = t.required_string("images");
+        let alerts = t.required_string("alerts");
+        let block_on = severities(t, "block_on");
+        let rollback_on = severities(t, "rollback_on");
+        let rollback_window = t.duration("rollback_window");
+        if rollback_on.as_ref().is_some_and(|r| !r.is_empty())
+            && rollback_window.is_none()
+            && !t.diags().has_errors()
+        {
+            t.diags().error(
+                t.pos(),
+                t.key_path("rollback_window"),
+                "`rollback_on` needs a `rollback_window`",
+            );
+            return None;
+        }
+        Some(AlertGateConfig {
+            images: images?,
+            alerts: alerts?,
+            block_on: block_on?,
+            rollback_on: rollback_on?,
+            rollback_window: rollback_window.map(|w| w.value),
+        })
+    }
+
+    pub fn check(&self, kinds: &[Kind], diags: &Diags<'_>, path: &str) -> Option<Kind> {
+        for (key, at, kind, wanted) in [
+            ("images", &self.images, kinds[0], Kind::Image),
+            ("alerts", &self.alerts, kinds[1], Kind::Alert),
+        ] {
+            if kind != wanted {
+                diags.error(
+                    at.pos,
+                    format!("{path}.{key}"),
+                    format!(
+                        "`{key}` must be an {wanted} stream, but `{}` carries {kind} records",
+                        at.value
+                    ),
+                );
+            }
+        }
+        Some(Kind::Intent)
+    }
+
+    pub fn build(&self, cx: &BuildCx<'_>) -> AlertGate {
+        AlertGate {
+            rules: GateRules {
+                app_id: cx.app_id.to_owned(),
+                name: cx.name.to_owned(),
+                block_on: self.block_on.clone(),
+                rollback_on: self.rollback_on.clone(),
+                rollback_window: self.rollback_window.map_or(0, DurationMs::as_ms),
+            },
+            state: Table::new(cx.store, &format!("op/{}", cx.name), cx.cache_capacity),
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        let window = self
+            .rollback_window
+            .map(|w| format!(" within {}", dur(w)))
+            .unwrap_or_default();
+        format!(
+            "alert_gate block_on [{}] rollback_on [{}]{window}",
+            self.block_on.join(", "),
+            self.rollback_on.join(", ")
+        )
+    }
+}
+
+fn severities(t: &mut TableReader<'_, '_, '_>, key: &'static str) -> Option<Vec<String>> {
+    let Some(list) = t.string_list(key) else {
+        return Some(Vec::new()).filter(|_| !t.diags().has_errors() || true);
+    };
+    let mut out = Vec::new();
+    for (i, s) in list.value.into_iter().enumerate() {
+        if s.value.is_empty() {
+            t.diags().error(
+                s.pos,
+                format!("{}[{i}]", t.key_path(key)),
+                "a severity must not be empty",
+            );
+            return None;
+        }
+        out.push(s.value);
+    }
+    Some(out)
+}
+
+/// The deploy that a rollback would undo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct LastDeploy {
+    image: String,
+    at: u64,
+    previous: Option<String>,
+}
+
+/// Everything the gate remembers about one (service, environment).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct GateState {
+    /// Active alerts: identity -> severity.
+    alerts: BTreeMap<String, String>,
+    current: Option<String>,
+    last_deploy: Option<LastDeploy>,
+    parked: Option<String>,
+    /// Intents emitted so far for this key; part of `intent_id`.
+    emitted: u64,
+}
+
+pub struct AlertGate {
+    rules: GateRules,
+    state: Table<GateState>,
+}
+
+/// The gate's configuration, apart from its state so both can be borrowed at once.
+struct GateRules {
+    app_id: String,
+    name: String,
+    block_on: Vec<String>,
+    rollback_on: Vec<String>,
+    rollback_window: u64,
+}
+
+/// Identifies the intent to build; the gate adds id and counters.
+struct Draft<'a> {
+    action: Action,
+    service: &'a str,
+    environment: &'a str,
+    image: String,
+    previous_image: Option<String>,
+    reason: String,
+    caused_by: String,
+}
+
+fn state_key(service: &str, environment: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(service.len() + environment.len() + 8);
+    for part in [service, environment] {
+        key.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+impl GateRules {
+    /// The smallest (identity, severity) among active alerts that block deploys.
+    fn blocking<'s>(&self, st: &'s GateState) -> Option<(&'s String, &'s String)> {
+        st.alerts
+            .iter()
+            .find(|(_, severity)| self.block_on.contains(severity))
+    }
+
+    fn emit(&self, st: &mut GateState, draft: Draft<'_>, cx: &mut Ctx<'_>) {
+        st.emitted += 1;
+        let intent_id = self.intent_id(&draft, st.emitted);
+        let key = format!("{}/{}", draft.service, draft.environment);
+        let intent = Intent {
+            action: draft.action,
+            service: draft.service.to_owned(),
+            environment: draft.environment.to_owned(),
+            image: draft.image,
+            previous_image: draft.previous_image,
+            reason: draft.reason,
+            intent_id,
+            caused_by: draft.caused_by,
+        };
+        cx.emit(Some(key), Payload::Intent(intent));
+    }
+
+    /// A stable id: the same topology and input give the same ids, and two
+    /// intents of one gate never share one (the per-key count differs).
+    fn intent_id(&self, draft: &Draft<'_>, count: u64) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            self.app_id.as_str(),
+            &self.name,
+            draft.service,
+            draft.environment,
+            draft.action.as_str(),
+            &draft.image,
+        ] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(count.to_le_bytes());
+        let digest = h.finalize();
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The deploy path shared by new images and unparked ones.
+    fn deploy(&self, st: &mut GateState, draft: Draft<'_>, now: u64, cx: &mut Ctx<'_>) {
+        st.last_deploy = Some(LastDeploy {
+            image: draft.image.clone(),
+            at: now,
+            previous: st.current.clone(),
+        });
+        st.current = Some(draft.image.clone());
+        self.emit(st, draft, cx);
+    }
+}
+
+impl AlertGate {
+    fn on_image(
+        &mut self,
+        record: Record,
+        image: &ImageEvent,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), StateError> {
+        let Some(environment) = image.environment.as_deref() else {
+            cx.dead_letter(&record, "environment: an image needs an environment at an alert_gate (set one on the source or route it)".into());
+            return Ok(());
+        };
+        let reference = image.reference();
+        let now = cx.now();
+        let rules = &self.rules;
+        let slot = self
+            .state
+            .get_mut(cx.backend(), &state_key(&image.service, environment))?;
+        let st = slot.get_or_insert_with(GateState::default);
+        if st.current.as_deref() == Some(reference.as_str()) {
+            cx.drop_record("already_current");
+            return Ok(());
+        }
+        let draft = |action, reason| Draft {
+            action,
+            service: &image.service,
+            environment,
+            image: reference.clone(),
+            previous_image: st.current.clone(),
+            reason,
+            caused_by: format!("image {reference}"),
+        };
+        if let Some((identity, severity)) = rules.blocking(st) {
+            let d = draft(
+                Action::Hold,
+                format!("held: alert {identity} ({severity}) is firing"),
+            );
+            st.parked = Some(reference.clone());
+            rules.emit(st, d, cx);
+        } else {
+            let d = draft(Action::Deploy, "new image".into());
+            rules.deploy(st, d, now, cx);
+        }
+        Ok(())
+    }
+
+    fn on_alert(&mut self, alert: &AlertEvent, cx: &mut Ctx<'_>) -> Result<(), StateError> {
+        let now = cx.now();
+        let rules = &self.rules;
+        let slot = self
+            .state
+            .get_mut(cx.backend(), &state_key(&alert.service, &alert.environment))?;
+        let st = slot.get_or_insert_with(GateState::default);
+        let identity = alert.identity();
+        match alert.status {
+            AlertStatus::Firing => {
+                st.alerts
+                    .insert(identity.to_owned(), alert.severity.clone());
+                if !rules.rollback_on.contains(&alert.severity) {
+                    return Ok(());
+                }
+                let Some(last) = st.last_deploy.clone() else {
+                    return Ok(());
+                };
+                let Some(previous) = last
+                    .previous
+                    .filter(|_| now.saturating_sub(last.at) <= rules.rollback_window)
+                else {
+                    return Ok(());
+                };
+                let draft = Draft {
+                    action: Action::Rollback,
+                    service: &alert.service,
+                    environment: &alert.environment,
+                    image: previous.clone(),
+                    previous_image: Some(last.image),
+                    reason: format!(
+                        "rollback: alert {identity} ({}) fired {} ms after deploy",
+                        alert.severity,
+                        now - last.at
+                    ),
+                    caused_by: format!("alert {identity} firing"),
+                };
+                st.current = Some(previous.clone());
+                st.last_deploy = Some(LastDeploy {
+                    image: previous,
+                    at: now,
+                    previous: None,
+                });
+                rules.emit(st, draft, cx);
+            }
+            AlertStatus::Resolved => {
+                st.alerts.remove(identity);
+                if rules.blocking(st).is_some() {
+                    return Ok(());
+                }
+                let Some(parked) = st.parked.take() else {
+                    return Ok(());
+                };
+                if st.current.as_deref() == Some(parked.as_str()) {
+                    return Ok(());
+                }
+                let draft = Draft {
+                    action: Action::Deploy,
+                    service: &alert.service,
+                    environment: &alert.environment,
+                    image: parked,
+                    previous_image: st.current.clone(),
+                    reason: "released: no blocking alert remains".into(),
+                    caused_by: format!("alert {identity} resolved"),
+                };
+                rules.deploy(st, draft, now, cx);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Operator for AlertGate {
+    fn on_record(
+        &mut self,
+        _port: usize,
+        record: Record,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), StateError> {
+        match &record.payload {
+            Payload::Image(image) => {
+                let image = image.clone();
+                self.on_image(record, &image, cx)
+            }
+            Payload::Alert(alert) => self.on_alert(alert, cx),
+            // Validation only connects image and alert streams to a gate.
+            Payload::Intent(_) => Ok(()),
+        }
+    }
+
+    fn on_timer(&mut self, _key: &[u8], _cx: &mut Ctx<'_>) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    fn commit(&mut self, batch: &mut WriteBatch) -> Result<(), StateError> {
+        self.state.commit(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{alert, image, image_in, Harness};
+    use crate::record::{Payload, Record};
+
+    const GATE: &str = "[[operators]]\nname = \"gate\"\ntype = \"alert_gate\"\nimages = \"images\"\nalerts = \"alerts\"\nblock_on = [\"critical\"]\nrollback_on = [\"critical\"]\nrollback_window = \"5m\"\n";
+
+    /// (ts, action, image, previous_image) of each intent.
+    fn intents(records: &[Record]) -> Vec<(u64, &'static str, String, Option<String>)> {
+        records
+            .iter()
+            .map(|r| match &r.payload {
+                Payload::Intent(i) => (
+                    r.ts,
+                    i.action.as_str(),
+                    i.image.clone(),
+                    i.previous_image.clone(),
+                ),
+                other => panic!("expected an intent, got {other:?}"),
+            })
+            .collect()
+    }
+
+    fn img(tag: &str) -> Payload {
+        image_in("a", tag, "prod")
+    }
+
+    #[test]
+    fn deploys_new_images_and_ignores_the_current_one() {
+        let mut h = Harness::new(GATE);
+        assert_eq!(
+            intents(&h.push(0, img("v1"))),
+            [(0, "deploy", "a:v1".into(), None)]
+        );
+        assert!(h.push(1, img("v1")).is_empty());
+        assert_eq!(
+            intents(&h.push(2, img("v2"))),
+            [(2, "deploy", "a:v2".into(), Some("a:v1".into()))]
+        );
+        assert_eq!(h.dropped("already_current"), 1);
+    }
+
+    #[test]
+    fn holds_while_blocked_and_deploys_the_newest_parked_image_on_resolve() {
+        let mut h = Harness::new(GATE);
+        h.push(0, img("v1"));
+        h.push(1_000_000, alert("a", "HighLatency", "critical", true));
+        assert_eq!(
+            intents(&h.push(1_000_001, img("v2"))),
+            [(1_000_001, "hold", "a:v2".into(), Some("a:v1".into()))]
+        );
+        assert_eq!(intents(&h.push(1_000_002, img("v3")))[0].1, "hold");
+        let out = h.push(1_000_003, alert("a", "HighLatency", "critical", false));
+        assert_eq!(
+            intents(&out),
+            [(1_000_003, "deploy", "a:v3".into(), Some("a:v1".into()))]
+        );
+        match &out[0].payload {
+            Payload::Intent(i) => {
+                assert_eq!(i.reason, "released: no blocking alert remains");
+                assert_eq!(i.caused_by, "alert HighLatency resolved");
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn warnings_neither_block_nor_roll_back() {
+        let mut h = Harness::new(GATE);
+        h.push(0, img("v1"));
+        h.push(1, img("v2"));
+        assert!(h.push(2, alert("a", "Slow", "warning", true)).is_empty());
+        assert_eq!(intents(&h.push(3, img("v3")))[0].1, "deploy");
+    }
+
+    #[test]
+    fn rolls_back_within_the_window_once_and_not_after_it() {
+        let mut h = Harness::new(GATE);
+        h.push(0, img("v1"));
+        h.push(10_000, img("v2"));
+        let out = h.push(310_000, alert("a", "Errors", "critical", true));
+        assert_eq!(
+            intents(&out),
+            [(310_000, "rollback", "a:v1".into(), Some("a:v2".into()))],
+            "exactly 5m after: inside"
+        );
+        assert!(
+            h.push(310_001, alert("a", "Other", "critical", true))
+                .is_empty(),
+            "a rollback never cascades"
+        );
+
+        let mut h = Harness::new(GATE);
+        h.push(0, img("v1"));
+        h.push(10_000, img("v2"));
+        assert!(
+            h.push(310_001, alert("a", "Errors", "critical", true))
+                .is_empty(),
+            "1 ms past the window"
+        );
+    }
+
+    #[test]
+    fn no_rollback_without_a_known_previous_image() {
+        let mut h = Harness::new(GATE);
+        h.push(0, img("v1"));
+        assert!(h.push(1, alert("a", "Errors", "critical", true)).is_empty());
+    }
+
+    #[test]
+    fn alerts_of_other_environments_do_not_block() {
+        let mut h = Harness::new(GATE);
+        h.push(0, alert("a", "Errors", "critical", true));
+        assert_eq!(
+            intents(&h.push(1, image_in("a", "v1", "staging")))[0].1,
+            "deploy"
+        );
+    }
+
+    #[test]
+    fn an_image_without_environment_is_a_dead_letter() {
+        let mut h = Harness::new(GATE);
+        assert!(h.push(0, image("a", Some("v1"))).is_empty());
+        let dead = h.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert!(dead[0].starts_with("gate: environment"), "{dead:?}");
+    }
+
+    #[test]
+    fn intent_ids_are_stable_and_distinct() {
+        let run = || {
+            let mut h = Harness::new(GATE);
+            let mut ids = Vec::new();
+            for (t, tag) in [(0, "v1"), (1, "v2"), (2, "v1")] {
+                for r in h.push(t, img(tag)) {
+                    if let Payload::Intent(i) = r.payload {
+                        ids.push(i.intent_id);
+                    }
+                }
+            }
+            ids
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 3);
+        assert!(a[0] != a[2], "the same image deployed twice gets two ids");
+        assert!(a
+            .iter()
+            .all(|id| id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit())));
+    }
+
+    #[test]
+    fn inputs_must_be_an_image_and_an_alert_stream() {
+        let errs = Harness::errors("[[operators]]\nname = \"gate\"\ntype = \"alert_gate\"\nimages = \"alerts\"\nalerts = \"images\"\n");
+        assert!(
+            errs.contains("operators[0].images") && errs.contains("must be an image stream"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("operators[0].alerts") && errs.contains("must be an alert stream"),
+            "{errs}"
+        );
+        let errs = Harness::errors("[[operators]]\nname = \"gate\"\ntype = \"alert_gate\"\nimages = \"images\"\nalerts = \"alerts\"\nrollback_on = [\"critical\"]\n");
+        assert!(errs.contains("rollback_window"), "{errs}");
+    }
+}

@@ -1,0 +1,273 @@
+//! Operators: one file each, holding the operator's config (with its
+//! validation and user documentation), its runtime and its unit tests.
+//!
+//! Every operator is a synchronous state machine over one record or one timer
+//! at a time. It reads the time only from [`Ctx::now`], keeps its state only in
+//! its [`Table`](crate::state::Table), and schedules work only through
+//! [`Ctx::arm_timer`]. That is what lets the same code run under the replay's
+//! virtual clock and under the wall clock live.
+
+pub mod alert_gate;
+pub mod debounce;
+pub mod dedup;
+pub mod route;
+pub mod throttle;
+
+use crate::duration::DurationMs;
+use crate::engine::stats::NodeStats;
+use crate::engine::timers::TimerQueue;
+use crate::record::{Field, Kind, Payload, Record};
+use crate::state::{StateBackend, StateError, WriteBatch};
+use crate::topology::diag::{Diags, Located};
+use crate::topology::reader::TableReader;
+
+/// The runtime of an operator.
+pub trait Operator: Send {
+    /// Handles a record arriving on input `port` (0 unless the operator has several inputs).
+    fn on_record(
+        &mut self,
+        port: usize,
+        record: Record,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), StateError>;
+
+    /// Handles the timer armed for `key`, now due (`cx.now()` is its deadline).
+    fn on_timer(&mut self, key: &[u8], cx: &mut Ctx<'_>) -> Result<(), StateError>;
+
+    /// Writes the state changed since the last commit into `batch`.
+    fn commit(&mut self, batch: &mut WriteBatch) -> Result<(), StateError>;
+}
+
+/// What an operator produced while handling one record or timer.
+#[derive(Debug)]
+pub enum Emitted {
+    Record(Record),
+    DeadLetter {
+        key: Option<String>,
+        error: String,
+        value: serde_json::Value,
+    },
+}
+
+/// The operator's view of the engine while it handles one record or timer.
+pub struct Ctx<'a> {
+    pub(crate) now: u64,
+    pub(crate) op: usize,
+    pub(crate) backend: &'a dyn StateBackend,
+    pub(crate) timers: &'a mut TimerQueue,
+    pub(crate) out: &'a mut Vec<Emitted>,
+    pub(crate) stats: &'a mut NodeStats,
+}
+
+impl Ctx<'_> {
+    /// The current time in ms: the virtual clock in replay, the wall clock live.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// The state backend, for tables to load entries they do not hold yet.
+    pub fn backend(&self) -> &dyn StateBackend {
+        self.backend
+    }
+
+    /// Sends a record downstream, stamped with the current time.
+    pub fn emit(&mut self, key: Option<String>, payload: Payload) {
+        self.stats.emitted += 1;
+        self.out.push(Emitted::Record(Record {
+            ts: self.now,
+            key,
+            payload,
+        }));
+    }
+
+    /// Arms (or re-arms, replacing the old one) this operator's timer for `key`.
+    pub fn arm_timer(&mut self, key: &[u8], deadline: u64) {
+        // A deadline in the past would fire "before" the clock; clamp it so time never runs backwards.
+        self.timers.arm(self.op, key, deadline.max(self.now));
+    }
+
+    pub fn cancel_timer(&mut self, key: &[u8]) {
+        self.timers.cancel(self.op, key);
+    }
+
+    /// Counts a dropped record under `reason`.
+    pub fn drop_record(&mut self, reason: &'static str) {
+        self.stats.drop(reason);
+    }
+
+    /// Sends a record this operator cannot handle to the dead-letter output.
+    pub fn dead_letter(&mut self, record: &Record, error: String) {
+        self.stats.drop("invalid_record");
+        self.out.push(Emitted::DeadLetter {
+            key: record.key.clone(),
+            error,
+            value: record.payload.to_json(),
+        });
+    }
+}
+
+/// The fields that make up a state key, resolved against the input's kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    fields: Vec<Field>,
+}
+
+impl KeySpec {
+    pub fn new(fields: Vec<Field>) -> Self {
+        KeySpec { fields }
+    }
+
+    /// Encodes the key of a record. Each value is length-prefixed so that no
+    /// two different field tuples can produce the same bytes.
+    pub fn encode(&self, payload: &Payload) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        for field in &self.fields {
+            let value = payload.field(*field);
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        out
+    }
+}
+
+/// Key fields as written in the topology, checked against the input kind later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyConfig(pub Located<Vec<Located<String>>>);
+
+impl KeyConfig {
+    /// Reads `key = [fields]` (required, non-empty).
+    pub fn read(t: &mut TableReader<'_, '_, '_>) -> Option<Self> {
+        if !t.contains("key") {
+            t.missing("key");
+            return None;
+        }
+        let list = t.string_list("key")?;
+        if list.value.is_empty() {
+            t.diags()
+                .error(list.pos, t.key_path("key"), "must name at least one field");
+            return None;
+        }
+        Some(KeyConfig(list))
+    }
+
+    /// Resolves the fields for `kind`, reporting each one the kind lacks.
+    pub fn resolve(&self, kind: Kind, diags: &Diags<'_>, key_path: &str) -> Option<KeySpec> {
+        let mut fields = Vec::new();
+        let mut ok = true;
+        for (i, name) in self.0.value.iter().enumerate() {
+            match kind.field(&name.value) {
+                Some(f) => fields.push(f),
+                None => {
+                    ok = false;
+                    diags.error(
+                        name.pos,
+                        format!("{key_path}[{i}]"),
+                        format!(
+                            "{kind} records have no field `{}`; fields: {}",
+                            name.value,
+                            kind.field_names().join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        ok.then(|| KeySpec::new(fields))
+    }
+}
+
+/// The `type = "..."` of an operator, with its config.
+#[derive(Debug, Clone)]
+pub enum OperatorConfig {
+    Route(route::RouteConfig),
+    Dedup(dedup::DedupConfig),
+    Debounce(debounce::DebounceConfig),
+    Throttle(throttle::ThrottleConfig),
+    AlertGate(alert_gate::AlertGateConfig),
+}
+
+/// The operator types, as written in `type = "..."`.
+pub const OPERATOR_TYPES: &[&str] = &["route", "dedup", "debounce", "throttle", "alert_gate"];
+
+/// What an operator needs from the engine when it is built.
+pub struct BuildCx<'a> {
+    pub app_id: &'a str,
+    pub name: &'a str,
+    /// The operator's store, opened by the engine.
+    pub store: crate::state::StoreId,
+    /// How many entries a table keeps in memory before it evicts clean ones.
+    pub cache_capacity: usize,
+}
+
+impl OperatorConfig {
+    /// Reads the keys of an operator of type `type_name` (all but `name` and `type`).
+    pub fn read(type_name: &str, t: &mut TableReader<'_, '_, '_>) -> Option<Self> {
+        Some(match type_name {
+            "route" => OperatorConfig::Route(route::RouteConfig::read(t)?),
+            "dedup" => OperatorConfig::Dedup(dedup::DedupConfig::read(t)?),
+            "debounce" => OperatorConfig::Debounce(debounce::DebounceConfig::read(t)?),
+            "throttle" => OperatorConfig::Throttle(throttle::ThrottleConfig::read(t)?),
+            "alert_gate" => OperatorConfig::AlertGate(alert_gate::AlertGateConfig::read(t)?),
+            _ => return None,
+        })
+    }
+
+    /// The input ports in order: each the key that names it and the node it names.
+    pub fn inputs(&self) -> Vec<(&'static str, &Located<String>)> {
+        match self {
+            OperatorConfig::Route(c) => vec![("input", &c.input)],
+            OperatorConfig::Dedup(c) => vec![("input", &c.input)],
+            OperatorConfig::Debounce(c) => vec![("input", &c.input)],
+            OperatorConfig::Throttle(c) => vec![("input", &c.input)],
+            OperatorConfig::AlertGate(c) => vec![("images", &c.images), ("alerts", &c.alerts)],
+        }
+    }
+
+    /// Checks the config against the kinds reaching its inputs and returns the
+    /// kind it emits; reports every mismatch. The kind is returned even after
+    /// an error, so that the nodes downstream are still checked.
+    pub fn check(&self, input_kinds: &[Kind], diags: &Diags<'_>, path: &str) -> Option<Kind> {
+        match self {
+            OperatorConfig::Route(c) => c.check(input_kinds[0], diags, path),
+            OperatorConfig::Dedup(c) => c.check(input_kinds[0], diags, path),
+            OperatorConfig::Debounce(c) => c.check(input_kinds[0], diags, path),
+            OperatorConfig::Throttle(c) => c.check(input_kinds[0], diags, path),
+            OperatorConfig::AlertGate(c) => c.check(input_kinds, diags, path),
+        }
+    }
+
+    /// Builds the runtime. `input_kind` is the (validated) kind of the first input.
+    pub fn build(&self, input_kind: Kind, cx: &BuildCx<'_>) -> Box<dyn Operator> {
+        match self {
+            OperatorConfig::Route(c) => Box::new(c.build(input_kind)),
+            OperatorConfig::Dedup(c) => Box::new(c.build(input_kind, cx)),
+            OperatorConfig::Debounce(c) => Box::new(c.build(input_kind, cx)),
+            OperatorConfig::Throttle(c) => Box::new(c.build(input_kind, cx)),
+            OperatorConfig::AlertGate(c) => Box::new(c.build(cx)),
+        }
+    }
+
+    /// A one-line summary for `sluice describe`.
+    pub fn summary(&self) -> String {
+        match self {
+            OperatorConfig::Route(c) => c.summary(),
+            OperatorConfig::Dedup(c) => c.summary(),
+            OperatorConfig::Debounce(c) => c.summary(),
+            OperatorConfig::Throttle(c) => c.summary(),
+            OperatorConfig::AlertGate(c) => c.summary(),
+        }
+    }
+}
+
+/// Formats a key list for summaries.
+pub(crate) fn key_summary(key: &KeyConfig) -> String {
+    let names: Vec<&str> = key.0.value.iter().map(|l| l.value.as_str()).collect();
+    format!("[{}]", names.join(", "))
+}
+
+/// Shorthand for summaries.
+pub(crate) fn dur(d: DurationMs) -> String {
+    d.to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod testkit;

@@ -1,0 +1,180 @@
+//! A small driver for operator unit tests: one topology with an image source
+//! `images` (topic docker-events) and an alert source `alerts` (topic
+//! alert-events, default environment `prod`), the operators under test, and a
+//! sink on the last operator. It runs the real engine on the in-memory backend.
+
+use std::sync::Arc;
+
+use crate::engine::{DeadLetter, Engine, EngineOptions, Output, OutputError, SourceInput};
+use crate::record::{AlertEvent, AlertStatus, ImageEvent, Payload, Record};
+use crate::state::MemoryBackend;
+use crate::topology::{Sink, Topology};
+
+const PRELUDE: &str = r#"[app]
+id = "unit"
+[[sources]]
+name = "images"
+topic = "docker-events"
+kind = "image"
+[[sources]]
+name = "alerts"
+topic = "alert-events"
+kind = "alert"
+environment = "prod"
+"#;
+
+#[derive(Default)]
+struct Collect {
+    records: Vec<Record>,
+    dead: Vec<String>,
+}
+
+impl Output for Collect {
+    fn record(&mut self, _sink: &Sink, record: &Record) -> Result<(), OutputError> {
+        self.records.push(record.clone());
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, letter: DeadLetter<'_>) -> Result<(), OutputError> {
+        self.dead.push(format!("{}: {}", letter.node, letter.error));
+        Ok(())
+    }
+}
+
+pub struct Harness {
+    engine: Engine,
+    out: Collect,
+}
+
+fn full_topology(operators: &str) -> String {
+    let last = operators
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("name = \""))
+        .last()
+        .map(|n| n.trim_end_matches('"').to_owned())
+        .unwrap_or_else(|| "images".into());
+    format!(
+        "{PRELUDE}{operators}\n[[sinks]]\nname = \"out\"\ninput = \"{last}\"\ntopic = \"out\"\n"
+    )
+}
+
+impl Harness {
+    pub fn new(operators: &str) -> Self {
+        let text = full_topology(operators);
+        let topo = Topology::parse("unit.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let engine = Engine::open(
+            Arc::new(topo),
+            Box::new(MemoryBackend::new()),
+            &EngineOptions { cache_capacity: 2 },
+        )
+        .expect("engine opens on memory");
+        Harness {
+            engine,
+            out: Collect::default(),
+        }
+    }
+
+    /// The validation errors of a topology made of `operators`.
+    pub fn errors(operators: &str) -> String {
+        match Topology::parse("unit.toml", &full_topology(operators)) {
+            Ok(_) => panic!("expected validation errors"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Processes `payload` at `ts` and returns what reached the sink meanwhile
+    /// (timers due before `ts` included). State is committed after each record
+    /// so that every step also round-trips through the backend.
+    pub fn push(&mut self, ts: u64, payload: Payload) -> Vec<Record> {
+        let topic = match payload {
+            Payload::Alert(_) => "alert-events",
+            _ => "docker-events",
+        };
+        let value = payload.to_json().to_string();
+        let input = SourceInput {
+            topic,
+            key: Some("k"),
+            value: &value,
+        };
+        self.engine
+            .process(input, ts, &mut self.out)
+            .expect("processing succeeds");
+        self.engine.commit().expect("commit succeeds");
+        std::mem::take(&mut self.out.records)
+    }
+
+    /// Fires the timers due up to `ts`.
+    pub fn advance(&mut self, ts: u64) -> Vec<Record> {
+        self.engine
+            .advance_to(ts, &mut self.out)
+            .expect("advance succeeds");
+        std::mem::take(&mut self.out.records)
+    }
+
+    /// Fires every remaining timer.
+    pub fn drain(&mut self) -> Vec<Record> {
+        self.engine.drain(&mut self.out).expect("drain succeeds");
+        std::mem::take(&mut self.out.records)
+    }
+
+    pub fn dead_letters(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.out.dead)
+    }
+
+    /// Records dropped for `reason`, over all nodes.
+    pub fn dropped(&self, reason: &str) -> u64 {
+        self.engine
+            .stats()
+            .iter()
+            .filter_map(|s| s.dropped.get(reason))
+            .sum()
+    }
+
+    pub fn pending_timers(&self) -> usize {
+        self.engine.pending_timers()
+    }
+}
+
+pub fn image(service: &str, tag: Option<&str>) -> Payload {
+    Payload::Image(ImageEvent {
+        service: service.into(),
+        repository: service.to_lowercase(),
+        tag: tag.map(Into::into),
+        digest: tag.is_none().then(|| format!("sha256:{}", "0".repeat(64))),
+        environment: None,
+    })
+}
+
+pub fn image_in(service: &str, tag: &str, environment: &str) -> Payload {
+    let mut p = image(service, Some(tag));
+    p.set_environment(environment);
+    p
+}
+
+pub fn alert(service: &str, name: &str, severity: &str, firing: bool) -> Payload {
+    Payload::Alert(AlertEvent {
+        service: service.into(),
+        alertname: name.into(),
+        severity: severity.into(),
+        status: if firing {
+            AlertStatus::Firing
+        } else {
+            AlertStatus::Resolved
+        },
+        environment: "prod".into(),
+        fingerprint: None,
+    })
+}
+
+/// `(ts, tag)` of image records, for compact assertions.
+pub fn tags(records: &[Record]) -> Vec<(u64, String)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r.ts,
+                r.payload.field(crate::record::Field::Tag).into_owned(),
+            )
+        })
+        .collect()
+}

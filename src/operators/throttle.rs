@@ -1,0 +1,318 @@
+//! `throttle`: a per-key rate limit (GCRA), dropping or delaying the excess.
+
+use serde::{Deserialize, Serialize};
+
+use super::{dur, key_summary, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
+use crate::duration::DurationMs;
+use crate::record::{Kind, Record};
+use crate::state::{StateError, Table, WriteBatch};
+use crate::topology::diag::{Diags, Located};
+use crate::topology::reader::TableReader;
+
+/// Limits each key to `count` records `per` duration, allowing `burst`
+/// records back to back, with the generic cell rate algorithm: emission
+/// interval `T = per / count` (whole ms, rounded down), tolerance
+/// `tau = T x (burst - 1)`, and per key a theoretical arrival time `tat`.
+/// A record conforms when `max(tat, now) - now <= tau`; it passes and
+/// `tat = max(tat, now) + T`.
+///
+/// The excess: with `excess = "drop"` it is dropped (counted as
+/// `rate_limited`). With `excess = "delay"` it becomes the key's pending
+/// record, replacing an older pending one (counted as `superseded`), and goes
+/// out at `tat - tau`, the first moment it conforms; so the newest image is
+/// never lost, only late.
+///
+/// ```toml
+/// [[operators]]
+/// name = "throttle"
+/// type = "throttle"
+/// input = "debounce"
+/// key = ["service", "environment"]
+/// count = 1
+/// per = "5m"
+/// burst = 2
+/// excess = "delay"
+/// ```
+#[derive(Debug, Clone)]
+pub struct ThrottleConfig {
+    /// The node whose records are throttled.
+    pub input: Located<String>,
+    /// Fields whose values identify a rate-limited stream.
+    pub key: KeyConfig,
+    /// Records allowed per `per` (at least 1).
+    pub count: u64,
+    /// The period `count` applies to.
+    pub per: DurationMs,
+    /// Records allowed back to back (at least 1).
+    pub burst: u64,
+    /// What happens to records over the rate.
+    pub excess: Excess,
+}
+
+/// What a throttle does with a record over its rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Excess {
+    Drop,
+    Delay,
+}
+
+impl ThrottleConfig {
+    pub fn read(t: &mut TableReader<'_, '_, '_>) -> Option<Self> {
+        let diags = t.diags();
+        let input = t.required_string("input");
+        let key = KeyConfig::read(t);
+        if !t.contains("count") {
+            t.missing("count");
+        }
+        let count = t.integer("count", 1);
+        let per = t.required_duration("per");
+        let burst = t.integer("burst", 1).map_or(Some(1), |b| Some(b.value));
+        let excess = match t.string("excess") {
+            None => Some(Excess::Drop),
+            Some(e) => match e.value.as_str() {
+                "drop" => Some(Excess::Drop),
+                "delay" => Some(Excess::Delay),
+                other => {
+                    diags.error(
+                        e.pos,
+                        t.key_path("excess"),
+                        format!("unknown excess `{other}`; expected drop or delay"),
+                    );
+                    None
+                }
+            },
+        };
+        let (count_at, per) = (count?, per?);
+        let interval = per.value.as_ms() / count_at.value;
+        if interval == 0 {
+            diags.error(
+                count_at.pos,
+                t.key_path("count"),
+                format!(
+                    "{} per {} is more than one per millisecond, the clock's resolution",
+                    count_at.value, per.value
+                ),
+            );
+            return None;
+        }
+        let burst = burst?;
+        if interval.checked_mul(burst - 1).is_none() {
+            diags.error(
+                t.pos(),
+                t.key_path("burst"),
+                "burst x (per / count) overflows",
+            );
+            return None;
+        }
+        Some(ThrottleConfig {
+            input: input?,
+            key: key?,
+            count: count_at.value,
+            per: per.value,
+            burst,
+            excess: excess?,
+        })
+    }
+
+    pub fn check(&self, kind: Kind, diags: &Diags<'_>, path: &str) -> Option<Kind> {
+        self.key.resolve(kind, diags, &format!("{path}.key"));
+        Some(kind)
+    }
+
+    /// The emission interval T in ms (at least 1, checked when read).
+    pub fn interval(&self) -> u64 {
+        self.per.as_ms() / self.count
+    }
+
+    pub fn build(&self, kind: Kind, cx: &BuildCx<'_>) -> Throttle {
+        let interval = self.interval();
+        Throttle {
+            key: self
+                .key
+                .resolve(kind, &Diags::new(""), "")
+                .expect("checked"),
+            interval,
+            tolerance: interval * (self.burst - 1),
+            excess: self.excess,
+            state: Table::new(cx.store, &format!("op/{}", cx.name), cx.cache_capacity),
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        let excess = match self.excess {
+            Excess::Drop => "drop",
+            Excess::Delay => "delay",
+        };
+        format!(
+            "throttle key {} {} per {} burst {} excess {excess}",
+            key_summary(&self.key),
+            self.count,
+            dur(self.per),
+            self.burst
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KeyState {
+    /// Theoretical arrival time of the next conforming record.
+    tat: u64,
+    /// The delayed record waiting for its turn (`excess = "delay"`).
+    pending: Option<Record>,
+}
+
+pub struct Throttle {
+    key: KeySpec,
+    interval: u64,
+    tolerance: u64,
+    excess: Excess,
+    state: Table<KeyState>,
+}
+
+impl Operator for Throttle {
+    fn on_record(
+        &mut self,
+        _port: usize,
+        record: Record,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), StateError> {
+        let key = self.key.encode(&record.payload);
+        let now = cx.now();
+        let slot = self.state.get_mut(cx.backend(), &key)?;
+        let Some(state) = slot.as_mut() else {
+            let tat = now.saturating_add(self.interval);
+            *slot = Some(KeyState { tat, pending: None });
+            cx.arm_timer(&key, tat);
+            cx.emit(record.key, record.payload);
+            return Ok(());
+        };
+        if state.tat.max(now) - now <= self.tolerance && state.pending.is_none() {
+            state.tat = state.tat.max(now).saturating_add(self.interval);
+            // The timer doubles as the purge: once tat has passed, the key's state is moot.
+            cx.arm_timer(&key, state.tat);
+            cx.emit(record.key, record.payload);
+            return Ok(());
+        }
+        match self.excess {
+            Excess::Drop => cx.drop_record("rate_limited"),
+            Excess::Delay => {
+                if state.pending.replace(record).is_some() {
+                    cx.drop_record("superseded");
+                } else {
+                    cx.arm_timer(&key, state.tat - self.tolerance);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases the pending record, or purges the key once its tat has passed.
+    fn on_timer(&mut self, key: &[u8], cx: &mut Ctx<'_>) -> Result<(), StateError> {
+        let now = cx.now();
+        let slot = self.state.get_mut(cx.backend(), key)?;
+        let Some(state) = slot.as_mut() else {
+            return Ok(());
+        };
+        match state.pending.take() {
+            Some(record) => {
+                state.tat = state.tat.max(now).saturating_add(self.interval);
+                cx.arm_timer(key, state.tat);
+                cx.emit(record.key, record.payload);
+            }
+            None if state.tat <= now => *slot = None,
+            None => cx.arm_timer(key, state.tat),
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, batch: &mut WriteBatch) -> Result<(), StateError> {
+        self.state.commit(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{image, tags, Harness};
+
+    fn topology(burst: u64, excess: &str) -> String {
+        format!("[[operators]]\nname = \"th\"\ntype = \"throttle\"\ninput = \"images\"\nkey = [\"service\"]\ncount = 1\nper = \"1m\"\nburst = {burst}\nexcess = \"{excess}\"\n")
+    }
+
+    #[test]
+    fn drop_lets_a_burst_through_then_one_per_interval() {
+        let mut h = Harness::new(&topology(3, "drop"));
+        let mut out = Vec::new();
+        for (i, t) in [0u64, 1, 2, 3, 60_000, 60_001, 120_000]
+            .into_iter()
+            .enumerate()
+        {
+            out.extend(h.push(t, image("a", Some(&format!("v{i}")))));
+        }
+        // T = 60s, tau = 120s. tat: 60s, 120s, 180s; the 4th (tat-now = 180s-3ms > tau) drops.
+        // At 60s: tat 180s - 60s = 120s <= tau passes (tat 240s); at 60.001s 179.999s > tau drops.
+        // At 120s: 240s - 120s = 120s passes.
+        assert_eq!(
+            tags(&out)
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .collect::<Vec<_>>(),
+            ["v0", "v1", "v2", "v4", "v6"]
+        );
+        assert_eq!(h.dropped("rate_limited"), 2);
+    }
+
+    #[test]
+    fn delay_keeps_only_the_newest_excess_record_and_emits_it_at_tat_minus_tau() {
+        let mut h = Harness::new(&topology(1, "delay"));
+        assert_eq!(h.push(0, image("a", Some("v1"))).len(), 1);
+        assert!(h.push(10_000, image("a", Some("v2"))).is_empty());
+        assert!(h.push(20_000, image("a", Some("v3"))).is_empty());
+        assert_eq!(h.dropped("superseded"), 1);
+        assert_eq!(tags(&h.advance(60_000)), [(60_000, "v3".into())]);
+        // tat is now 120s: the next record waits again.
+        assert!(h.push(70_000, image("a", Some("v4"))).is_empty());
+        assert_eq!(tags(&h.drain()), [(120_000, "v4".into())]);
+        assert_eq!(
+            h.pending_timers(),
+            0,
+            "the key's state is purged after its tat"
+        );
+    }
+
+    #[test]
+    fn keys_do_not_share_a_rate() {
+        let mut h = Harness::new(&topology(1, "drop"));
+        assert_eq!(h.push(0, image("a", Some("v1"))).len(), 1);
+        assert_eq!(h.push(0, image("b", Some("v1"))).len(), 1);
+        assert_eq!(h.push(1, image("a", Some("v2"))).len(), 0);
+    }
+
+    #[test]
+    fn the_worked_example_rates() {
+        // A record at 22s then one at 60s with T = 60s: the second waits until 82s.
+        let mut h = Harness::new(&topology(1, "delay"));
+        h.push(22_000, image("a", Some("v3")));
+        h.push(60_000, image("a", Some("v4")));
+        assert!(h.advance(81_999).is_empty());
+        assert_eq!(tags(&h.advance(82_000)), [(82_000, "v4".into())]);
+    }
+
+    #[test]
+    fn rejects_rates_finer_than_a_millisecond_and_bad_values() {
+        let errs = Harness::errors("[[operators]]\nname = \"th\"\ntype = \"throttle\"\ninput = \"images\"\nkey = [\"service\"]\ncount = 2000\nper = \"1s\"\n");
+        assert!(
+            errs.contains("operators[0].count") && errs.contains("per millisecond"),
+            "{errs}"
+        );
+        let errs = Harness::errors("[[operators]]\nname = \"th\"\ntype = \"throttle\"\ninput = \"images\"\nkey = [\"service\"]\ncount = 0\nper = \"1s\"\nburst = 0\nexcess = \"queue\"\n");
+        assert!(
+            errs.contains("operators[0].count") && errs.contains("at least 1"),
+            "{errs}"
+        );
+        assert!(errs.contains("operators[0].burst"), "{errs}");
+        assert!(
+            errs.contains("operators[0].excess") && errs.contains("drop or delay"),
+            "{errs}"
+        );
+    }
+}

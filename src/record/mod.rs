@@ -1,0 +1,393 @@
+//! The records that flow through a topology: image events, alert events and
+//! deployment intents, with their validation rules and field access.
+
+pub mod oci;
+mod parse;
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use parse::{parse_alert, parse_image};
+
+/// An "image pushed" event, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEvent {
+    pub service: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    pub environment: Option<String>,
+}
+
+impl ImageEvent {
+    /// The image reference `repository[:tag][@digest]`.
+    pub fn reference(&self) -> String {
+        oci::reference(
+            &self.repository,
+            self.tag.as_deref(),
+            self.digest.as_deref(),
+        )
+    }
+}
+
+/// Whether an alert is firing or resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    Firing,
+    Resolved,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
+}
+
+/// A monitoring alert notification, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    pub service: String,
+    pub alertname: String,
+    pub severity: String,
+    pub status: AlertStatus,
+    pub environment: String,
+    pub fingerprint: Option<String>,
+}
+
+impl AlertEvent {
+    /// The alert's identity: its fingerprint, or its name when it has none.
+    pub fn identity(&self) -> &str {
+        self.fingerprint.as_deref().unwrap_or(&self.alertname)
+    }
+}
+
+/// What a deployment intent asks the committer to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Deploy,
+    Hold,
+    Rollback,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Deploy => "deploy",
+            Action::Hold => "hold",
+            Action::Rollback => "rollback",
+        }
+    }
+}
+
+/// A deployment intent emitted by an alert gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub action: Action,
+    pub service: String,
+    pub environment: String,
+    pub image: String,
+    pub previous_image: Option<String>,
+    pub reason: String,
+    pub intent_id: String,
+    pub caused_by: String,
+}
+
+/// The kind of record a stream carries; fixed per edge of the topology graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Image,
+    Alert,
+    Intent,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Image => "image",
+            Kind::Alert => "alert",
+            Kind::Intent => "intent",
+        }
+    }
+
+    /// The fields `key` lists and route rules may name for this kind.
+    pub fn fields(self) -> &'static [Field] {
+        use Field::*;
+        match self {
+            Kind::Image => &[Service, Repository, Tag, Digest, Environment, Image],
+            Kind::Alert => &[
+                Service,
+                Alertname,
+                Severity,
+                Status,
+                Environment,
+                Fingerprint,
+                Identity,
+            ],
+            Kind::Intent => &[
+                Action,
+                Service,
+                Environment,
+                Image,
+                PreviousImage,
+                Reason,
+                IntentId,
+                CausedBy,
+            ],
+        }
+    }
+
+    /// Looks up a field by name, if this kind has it.
+    pub fn field(self, name: &str) -> Option<Field> {
+        self.fields().iter().copied().find(|f| f.name() == name)
+    }
+
+    pub fn field_names(self) -> Vec<&'static str> {
+        self.fields().iter().map(|f| f.name()).collect()
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A field of some record kind, resolved once when the topology is built so
+/// that the hot path never compares field names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    Service,
+    Repository,
+    Tag,
+    Digest,
+    Environment,
+    /// Image events: the reference; intents: the target image.
+    Image,
+    Alertname,
+    Severity,
+    Status,
+    Fingerprint,
+    Identity,
+    Action,
+    PreviousImage,
+    Reason,
+    IntentId,
+    CausedBy,
+}
+
+impl Field {
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Service => "service",
+            Field::Repository => "repository",
+            Field::Tag => "tag",
+            Field::Digest => "digest",
+            Field::Environment => "environment",
+            Field::Image => "image",
+            Field::Alertname => "alertname",
+            Field::Severity => "severity",
+            Field::Status => "status",
+            Field::Fingerprint => "fingerprint",
+            Field::Identity => "identity",
+            Field::Action => "action",
+            Field::PreviousImage => "previous_image",
+            Field::Reason => "reason",
+            Field::IntentId => "intent_id",
+            Field::CausedBy => "caused_by",
+        }
+    }
+}
+
+/// The value of a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    Image(ImageEvent),
+    Alert(AlertEvent),
+    Intent(Intent),
+}
+
+impl Payload {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Payload::Image(_) => Kind::Image,
+            Payload::Alert(_) => Kind::Alert,
+            Payload::Intent(_) => Kind::Intent,
+        }
+    }
+
+    /// A field's value; an absent field reads as the empty string, as keys require.
+    pub fn field(&self, field: Field) -> Cow<'_, str> {
+        fn opt(v: &Option<String>) -> Cow<'_, str> {
+            Cow::Borrowed(v.as_deref().unwrap_or(""))
+        }
+        let borrowed = Cow::Borrowed;
+        match (self, field) {
+            (Payload::Image(i), Field::Service) => borrowed(&i.service),
+            (Payload::Image(i), Field::Repository) => borrowed(&i.repository),
+            (Payload::Image(i), Field::Tag) => opt(&i.tag),
+            (Payload::Image(i), Field::Digest) => opt(&i.digest),
+            (Payload::Image(i), Field::Environment) => opt(&i.environment),
+            (Payload::Image(i), Field::Image) => Cow::Owned(i.reference()),
+            (Payload::Alert(a), Field::Service) => borrowed(&a.service),
+            (Payload::Alert(a), Field::Alertname) => borrowed(&a.alertname),
+            (Payload::Alert(a), Field::Severity) => borrowed(&a.severity),
+            (Payload::Alert(a), Field::Status) => borrowed(a.status.as_str()),
+            (Payload::Alert(a), Field::Environment) => borrowed(&a.environment),
+            (Payload::Alert(a), Field::Fingerprint) => opt(&a.fingerprint),
+            (Payload::Alert(a), Field::Identity) => borrowed(a.identity()),
+            (Payload::Intent(i), Field::Action) => borrowed(i.action.as_str()),
+            (Payload::Intent(i), Field::Service) => borrowed(&i.service),
+            (Payload::Intent(i), Field::Environment) => borrowed(&i.environment),
+            (Payload::Intent(i), Field::Image) => borrowed(&i.image),
+            (Payload::Intent(i), Field::PreviousImage) => opt(&i.previous_image),
+            (Payload::Intent(i), Field::Reason) => borrowed(&i.reason),
+            (Payload::Intent(i), Field::IntentId) => borrowed(&i.intent_id),
+            (Payload::Intent(i), Field::CausedBy) => borrowed(&i.caused_by),
+            // Validation guarantees each operator only names fields its input kind has.
+            _ => Cow::Borrowed(""),
+        }
+    }
+
+    /// Sets the environment (route operator).
+    pub fn set_environment(&mut self, environment: &str) {
+        match self {
+            Payload::Image(i) => i.environment = Some(environment.to_owned()),
+            Payload::Alert(a) => a.environment = environment.to_owned(),
+            Payload::Intent(i) => i.environment = environment.to_owned(),
+        }
+    }
+
+    /// The value as written to a JSON sink: absent optional fields are left out,
+    /// an intent's unknown previous image is `null`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let result = match self {
+            Payload::Image(i) => serde_json::to_value(ImageJson::from(i)),
+            Payload::Alert(a) => serde_json::to_value(AlertJson::from(a)),
+            Payload::Intent(i) => serde_json::to_value(i),
+        };
+        // Serializing plain structs of strings into a Value cannot fail.
+        result.unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[derive(Serialize)]
+struct ImageJson<'a> {
+    service: &'a str,
+    repository: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tag: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    digest: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<&'a str>,
+}
+
+impl<'a> From<&'a ImageEvent> for ImageJson<'a> {
+    fn from(i: &'a ImageEvent) -> Self {
+        ImageJson {
+            service: &i.service,
+            repository: &i.repository,
+            tag: i.tag.as_deref(),
+            digest: i.digest.as_deref(),
+            environment: i.environment.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AlertJson<'a> {
+    service: &'a str,
+    alertname: &'a str,
+    severity: &'a str,
+    status: AlertStatus,
+    environment: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<&'a str>,
+}
+
+impl<'a> From<&'a AlertEvent> for AlertJson<'a> {
+    fn from(a: &'a AlertEvent) -> Self {
+        AlertJson {
+            service: &a.service,
+            alertname: &a.alertname,
+            severity: &a.severity,
+            status: a.status,
+            environment: &a.environment,
+            fingerprint: a.fingerprint.as_deref(),
+        }
+    }
+}
+
+/// A record in flight: its value, its Kafka key and the time it was emitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub ts: u64,
+    pub key: Option<String>,
+    pub payload: Payload,
+}
+
+/// Why a record is invalid. The message names the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRecord(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> ImageEvent {
+        ImageEvent {
+            service: "a".into(),
+            repository: "reg/a".into(),
+            tag: Some("v1".into()),
+            digest: None,
+            environment: None,
+        }
+    }
+
+    #[test]
+    fn absent_fields_read_as_empty_and_reference_is_derived() {
+        let p = Payload::Image(image());
+        assert_eq!(p.field(Field::Digest), "");
+        assert_eq!(p.field(Field::Environment), "");
+        assert_eq!(p.field(Field::Image), "reg/a:v1");
+    }
+
+    #[test]
+    fn json_leaves_out_absent_image_fields_but_keeps_null_previous_image() {
+        let p = Payload::Image(image());
+        assert_eq!(
+            p.to_json(),
+            serde_json::json!({"service": "a", "repository": "reg/a", "tag": "v1"})
+        );
+        let intent = Payload::Intent(Intent {
+            action: Action::Deploy,
+            service: "a".into(),
+            environment: "prod".into(),
+            image: "reg/a:v1".into(),
+            previous_image: None,
+            reason: "new image".into(),
+            intent_id: "x".into(),
+            caused_by: "image reg/a:v1".into(),
+        });
+        assert_eq!(intent.to_json()["previous_image"], serde_json::Value::Null);
+        assert_eq!(intent.to_json()["action"], "deploy");
+    }
+
+    #[test]
+    fn kinds_know_their_fields() {
+        assert_eq!(Kind::Alert.field("identity"), Some(Field::Identity));
+        assert_eq!(Kind::Image.field("alertname"), None);
+        assert_eq!(
+            Kind::Intent.field("previous_image"),
+            Some(Field::PreviousImage)
+        );
+    }
+}

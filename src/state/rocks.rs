@@ -1,0 +1,150 @@
+//! The RocksDB backend: one database per state directory, one column family
+//! per store, so that a commit across all stores is a single atomic write.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
+
+use super::{StateBackend, StateError, StoreId, WriteBatch};
+
+pub struct RocksBackend {
+    db: DB,
+    dir: PathBuf,
+    names: Vec<String>,
+}
+
+impl RocksBackend {
+    /// Opens (creating if needed) the database in `dir`, with every column family it already has.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let opts = Self::options();
+        let open_err = |source| StateError::Open {
+            dir: dir.to_owned(),
+            source,
+        };
+        let existing = if dir.join("CURRENT").exists() {
+            DB::list_cf(&opts, dir).map_err(open_err)?
+        } else {
+            vec!["default".to_owned()]
+        };
+        let cfs = existing
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Self::options()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(open_err)?;
+        Ok(RocksBackend {
+            db,
+            dir: dir.to_owned(),
+            names: Vec::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    // State is small and hot in the table caches: keep RocksDB's own memory modest
+    // so that a process stays well under its RSS budget.
+    fn options() -> Options {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_write_buffer_size(8 << 20);
+        opts.set_max_write_buffer_number(2);
+        opts.set_max_background_jobs(1);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_keep_log_file_num(2);
+        opts
+    }
+
+    fn cf(&self, store: StoreId) -> Result<&rocksdb::ColumnFamily, StateError> {
+        let name = &self.names[store];
+        self.db.cf_handle(name).ok_or_else(|| StateError::Corrupt {
+            dir: self.dir.display().to_string(),
+            message: format!("column family `{name}` disappeared"),
+        })
+    }
+}
+
+impl StateBackend for RocksBackend {
+    fn open_store(&mut self, name: &str) -> Result<StoreId, StateError> {
+        if let Some(i) = self.names.iter().position(|n| n == name) {
+            return Ok(i);
+        }
+        if self.db.cf_handle(name).is_none() {
+            self.db
+                .create_cf(name, &Self::options())
+                .map_err(|source| StateError::Rocks {
+                    store: name.to_owned(),
+                    op: "create",
+                    source,
+                })?;
+        }
+        self.names.push(name.to_owned());
+        Ok(self.names.len() - 1)
+    }
+
+    fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.db
+            .get_cf(self.cf(store)?, key)
+            .map_err(|source| StateError::Rocks {
+                store: self.names[store].clone(),
+                op: "get",
+                source,
+            })
+    }
+
+    fn scan(
+        &self,
+        store: StoreId,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(store)?, rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|source| StateError::Rocks {
+                store: self.names[store].clone(),
+                op: "scan",
+                source,
+            })?;
+            visit(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StateError> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for (store, key, value) in &batch.ops {
+            let cf = self.cf(*store)?;
+            match value {
+                Some(v) => wb.put_cf(cf, key, v),
+                None => wb.delete_cf(cf, key),
+            }
+        }
+        let mut opts = WriteOptions::default();
+        // Durability comes from the WAL, synced in `sync` at the points that need it.
+        opts.set_sync(false);
+        self.db
+            .write_opt(wb, &opts)
+            .map_err(|source| StateError::Rocks {
+                store: "(batch)".into(),
+                op: "write",
+                source,
+            })
+    }
+
+    fn sync(&mut self) -> Result<(), StateError> {
+        self.db.flush_wal(true).map_err(|source| StateError::Rocks {
+            store: "(wal)".into(),
+            op: "sync",
+            source,
+        })
+    }
+
+    fn store_name(&self, store: StoreId) -> &str {
+        &self.names[store]
+    }
+
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+}

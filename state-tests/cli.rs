@@ -1,0 +1,230 @@
+//! The `sluice` binary as a user meets it: exit codes, messages on bad input,
+//! the state directory across runs, and the demo.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn sluice(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sluice starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("sluice finishes")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn scenario(name: &str, file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("state-tests/scenarios")
+        .join(name)
+        .join(file)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn the_worked_example_through_the_binary() {
+    let topo = scenario("21-worked-example", "topology.toml");
+    let input = std::fs::read_to_string(scenario("21-worked-example", "input.jsonl")).unwrap();
+    let out = sluice(&["replay", &topo, "--input", "-", "--drain"], &input);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let actions: Vec<(u64, String, String)> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["ts"].as_u64().unwrap(),
+                v["value"]["action"].as_str().unwrap().to_owned(),
+                v["value"]["image"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (22_000, "deploy".into(), "a:v3".into()),
+            (82_000, "deploy".into(), "a:v4".into()),
+            (90_000, "rollback".into(), "a:v3".into())
+        ]
+    );
+}
+
+#[test]
+fn malformed_input_exits_2_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &input,
+        "{\"topic\":\"docker-events\",\"ts\":1,\"key\":null,\"value\":{}}\n{oops\n",
+    )
+    .unwrap();
+    let out = sluice(
+        &[
+            "replay",
+            "topologies/cicd.toml",
+            "--input",
+            &input.display().to_string(),
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:2: not a replay record", input.display())),
+        "{err}"
+    );
+    // The first line was an invalid record: a dead letter, written before the error.
+    assert!(text(&out.stdout).contains("cicd.dead-letter"));
+}
+
+#[test]
+fn an_invalid_topology_lists_every_error_with_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let src = std::fs::read_to_string("topologies/cicd.toml".to_string().replace(
+        "topologies",
+        &format!("{}/topologies", env!("CARGO_MANIFEST_DIR")),
+    ))
+    .unwrap();
+    let broken = src
+        .replacen("ttl = \"10m\"", "ttl = \"0m\"", 1)
+        .replacen("quiet = \"30s\"", "quiet = \"30sec\"", 1)
+        .replacen("type = \"throttle\"", "type = \"throttel\"", 1);
+    std::fs::write(&path, broken).unwrap();
+    let shown = path.display().to_string();
+    let out = sluice(&["validate", &shown], "");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("3 errors found"), "{err}");
+    for key in [
+        "operators[1].ttl",
+        "operators[2].quiet",
+        "operators[3].type",
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("no error for {key}: {err}"));
+        assert!(line.starts_with(&format!("{shown}:")), "{line}");
+    }
+    let ok = sluice(&["validate", "topologies/cicd.toml"], "");
+    assert!(ok.status.success());
+}
+
+#[test]
+fn state_dir_continues_a_run_and_refuses_another_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state").display().to_string();
+    let input = std::fs::read_to_string(scenario("21-worked-example", "input.jsonl")).unwrap();
+    let lines: Vec<&str> = input.split_inclusive('\n').collect();
+    let topo = scenario("21-worked-example", "topology.toml");
+    let first = sluice(
+        &["replay", &topo, "--input", "-", "--state-dir", &state],
+        &lines[..4].concat(),
+    );
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let second = sluice(
+        &[
+            "replay",
+            &topo,
+            "--input",
+            "-",
+            "--state-dir",
+            &state,
+            "--drain",
+        ],
+        &lines[4..].concat(),
+    );
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let whole = sluice(&["replay", &topo, "--input", "-", "--drain"], &input);
+    assert_eq!(
+        text(&first.stdout) + &text(&second.stdout),
+        text(&whole.stdout)
+    );
+
+    let other = sluice(
+        &[
+            "replay",
+            "topologies/cicd.toml",
+            "--input",
+            "-",
+            "--state-dir",
+            &state,
+        ],
+        "",
+    );
+    assert_eq!(other.status.code(), Some(1));
+    assert!(
+        text(&other.stderr).contains("belongs to app"),
+        "{}",
+        text(&other.stderr)
+    );
+}
+
+#[test]
+fn skipped_lines_are_counted_on_stderr_and_empty_input_is_fine() {
+    let out = sluice(
+        &["replay", "topologies/cicd.toml", "--input", "-"],
+        "{\"topic\":\"unrelated\",\"ts\":5,\"key\":null,\"value\":1}\n",
+    );
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("1 lines skipped"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    let empty = sluice(&["replay", "--input", "-", "--drain"], "");
+    assert!(empty.status.success(), "{}", text(&empty.stderr));
+    assert!(empty.stdout.is_empty());
+}
+
+#[test]
+fn the_demo_prints_intents_deterministically() {
+    let a = sluice(&["demo", "--events", "3000", "--services", "5"], "");
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let b = sluice(&["demo", "--events", "3000", "--services", "5"], "");
+    assert_eq!(a.stdout, b.stdout, "same seed, same intents and ids");
+    let out = text(&a.stdout);
+    assert!(
+        out.lines().any(|l| l.contains("\"action\":\"deploy\"")),
+        "{out}"
+    );
+}
+
+#[test]
+fn describe_prints_the_graph() {
+    let out = sluice(&["describe", "topologies/cicd.toml"], "");
+    let t = text(&out.stdout);
+    assert!(
+        t.contains("operator gate") && t.contains("alert_gate block_on [critical]"),
+        "{t}"
+    );
+    let dot = text(&sluice(&["describe", "topologies/cicd.toml", "--dot"], "").stdout);
+    assert!(
+        dot.starts_with("digraph \"cicd\"") && dot.contains("-> n"),
+        "{dot}"
+    );
+}
+
+#[test]
+fn flood_is_seeded() {
+    let a = sluice(&["flood", "--events", "500", "--seed", "7"], "");
+    let b = sluice(&["flood", "--events", "500", "--seed", "7"], "");
+    assert_eq!(a.stdout, b.stdout);
+    assert_eq!(text(&a.stdout).lines().count(), 500);
+}

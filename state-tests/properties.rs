@@ -1,0 +1,153 @@
+//! Properties of state, checked on random seeded floods:
+//! - a replay split at any line into two runs sharing a RocksDB state
+//!   directory prints exactly what one uninterrupted run prints;
+//! - the RocksDB and in-memory backends print identical output, whatever the
+//!   cache size and commit interval.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use sluice::engine::{Engine, EngineOptions};
+use sluice::flood::{write_flood, FloodConfig};
+use sluice::replay::{replay, JsonLinesOutput, ReplayOptions};
+use sluice::state::{MemoryBackend, RocksBackend, StateBackend};
+use sluice::topology::Topology;
+
+fn cicd() -> Arc<Topology> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/cicd.toml");
+    Arc::new(Topology::load(&path).expect("cicd.toml is valid"))
+}
+
+fn flood(seed: u64, events: u64, services: u32) -> String {
+    let cfg = FloodConfig {
+        events,
+        services,
+        seed,
+        invalid_per_mille: 20,
+        ..FloodConfig::default()
+    };
+    let mut out = Vec::new();
+    write_flood(&cfg, &mut out).expect("flood writes to memory");
+    String::from_utf8(out).expect("flood is UTF-8")
+}
+
+struct Run {
+    cache: usize,
+    commit_every: u64,
+    drain: bool,
+}
+
+fn replay_on(
+    topo: &Arc<Topology>,
+    backend: Box<dyn StateBackend>,
+    input: &str,
+    run: &Run,
+) -> String {
+    let mut engine = Engine::open(
+        Arc::clone(topo),
+        backend,
+        &EngineOptions {
+            cache_capacity: run.cache,
+        },
+    )
+    .expect("engine opens");
+    let mut out = JsonLinesOutput::new(Vec::new(), topo.dead_letter_topic());
+    let opts = ReplayOptions {
+        drain: run.drain,
+        commit_every: run.commit_every,
+    };
+    replay(
+        &mut engine,
+        input.as_bytes(),
+        "flood",
+        &mut out,
+        &opts,
+        &mut (),
+    )
+    .expect("replay succeeds");
+    engine.close().expect("engine closes");
+    String::from_utf8(out.into_inner()).expect("output is UTF-8")
+}
+
+fn rocks(dir: &Path) -> Box<dyn StateBackend> {
+    Box::new(RocksBackend::open(dir).expect("rocksdb opens"))
+}
+
+/// Fails with a readable diff of the first differing lines.
+fn assert_same(expected: &str, actual: &str, what: &str) -> Result<(), TestCaseError> {
+    if expected != actual {
+        let diff = similar::TextDiff::from_lines(expected, actual)
+            .unified_diff()
+            .context_radius(2)
+            .header("expected", "actual")
+            .to_string();
+        let head: String = diff.lines().take(40).collect::<Vec<_>>().join("\n");
+        return Err(TestCaseError::fail(format!("{what}:\n{head}")));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_split_replay_equals_an_uninterrupted_one(seed in any::<u64>(), events in 50u64..600, services in 1u32..12, cut_share in 0.0f64..=1.0, cache in 1usize..64) {
+        let topo = cicd();
+        let input = flood(seed, events, services);
+        let lines: Vec<&str> = input.split_inclusive('\n').collect();
+        let cut = ((lines.len() as f64) * cut_share) as usize;
+        let whole_dir = tempfile::tempdir().unwrap();
+        let whole = replay_on(&topo, rocks(whole_dir.path()), &input, &Run { cache, commit_every: 97, drain: true });
+
+        let split_dir = tempfile::tempdir().unwrap();
+        let mut split = replay_on(&topo, rocks(split_dir.path()), &lines[..cut].concat(), &Run { cache, commit_every: 97, drain: false });
+        split += &replay_on(&topo, rocks(split_dir.path()), &lines[cut..].concat(), &Run { cache, commit_every: 97, drain: true });
+        assert_same(&whole, &split, &format!("split after line {cut} of {}", lines.len()))?;
+        prop_assert!(whole.contains("\"action\""), "the flood should produce intents");
+    }
+
+    #[test]
+    fn rocksdb_and_memory_backends_agree(seed in any::<u64>(), events in 50u64..800, services in 1u32..20, cache in 1usize..32, commit_every in 1u64..200) {
+        let topo = cicd();
+        let input = flood(seed, events, services);
+        let run = Run { cache, commit_every, drain: true };
+        let memory = replay_on(&topo, Box::new(MemoryBackend::new()), &input, &run);
+        let dir = tempfile::tempdir().unwrap();
+        let rocksdb = replay_on(&topo, rocks(dir.path()), &input, &run);
+        assert_same(&memory, &rocksdb, "memory vs rocksdb")?;
+    }
+}
+
+#[test]
+fn a_state_dir_refuses_another_app() {
+    let dir = tempfile::tempdir().unwrap();
+    replay_on(
+        &cicd(),
+        rocks(dir.path()),
+        "",
+        &Run {
+            cache: 10,
+            commit_every: 10,
+            drain: false,
+        },
+    );
+    let other = Topology::parse(
+        "other.toml",
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/cicd.toml"),
+        )
+        .unwrap()
+        .replace("id = \"cicd\"", "id = \"other\""),
+    )
+    .unwrap();
+    let err = match Engine::open(
+        Arc::new(other),
+        rocks(dir.path()),
+        &EngineOptions::default(),
+    ) {
+        Ok(_) => panic!("a state dir of app cicd must refuse app other"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("belongs to app `cicd`, not `other`"), "{err}");
+}
