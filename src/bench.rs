@@ -1,7 +1,7 @@
 //! `sluice bench`: benchmarks that report medians over several runs and
 //! compare against a baseline measured in the same invocation.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +18,7 @@ pub enum BenchCommand {
         topology: PathBuf,
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         services: u32,
         /// Runs per backend; the median is reported.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -53,12 +53,7 @@ struct RunStats {
     peak_rss_bytes: f64,
 }
 
-fn one_run(
-    topology: &PathBuf,
-    input: &PathBuf,
-    backend: &str,
-    stats: &PathBuf,
-) -> Result<RunStats> {
+fn one_run(topology: &Path, input: &Path, backend: &str, stats: &Path) -> Result<RunStats> {
     let exe = std::env::current_exe().context("cannot find the sluice binary")?;
     let status = Command::new(exe)
         .arg("replay")
@@ -102,7 +97,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn bench_replay(topology: &PathBuf, events: u64, services: u32, runs: u32) -> Result<()> {
+fn bench_replay(topology: &Path, events: u64, services: u32, runs: u32) -> Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let input = dir.path().join("flood.jsonl");
     let file = std::fs::File::create(&input)?;

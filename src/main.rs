@@ -46,7 +46,7 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         events: u64,
         /// Distinct services in the flood.
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         services: u32,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -100,12 +100,12 @@ struct ReplayArgs {
 struct FloodArgs {
     #[arg(long, default_value_t = 100_000)]
     events: u64,
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     services: u32,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Timestamp (ms) of the first event.
-    #[arg(long, default_value_t = FloodConfig::default().start_ts)]
+    /// Timestamp (ms) of the first event (at most 2^52, leaving room for the flood to run).
+    #[arg(long, default_value_t = FloodConfig::default().start_ts, value_parser = clap::value_parser!(u64).range(..=(1u64 << 52)))]
     start_ts: u64,
     /// Deliberately invalid records per 1000.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1000))]
@@ -156,14 +156,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => run_demo(events, services, seed),
         Command::Validate { topology } => {
             let topo = Topology::load(&topology)?;
-            println!(
-                "{}: ok ({} sources, {} operators, {} sinks)",
+            let text = format!(
+                "{}: ok ({} sources, {} operators, {} sinks)\n",
                 topology.display(),
                 topo.sources.len(),
                 topo.operators.len(),
                 topo.sinks.len()
             );
-            Ok(ExitCode::SUCCESS)
+            print_stdout(&text)
         }
         Command::Describe { topology, dot } => {
             let topo = Topology::load(&topology)?;
@@ -172,11 +172,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 describe::text(&topo)
             };
-            print!("{text}");
-            Ok(ExitCode::SUCCESS)
+            print_stdout(&text)
         }
         Command::Flood(args) => run_flood(args),
         Command::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn print_stdout(text: &str) -> Result<ExitCode> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -17,6 +17,11 @@ use crate::topology::Sink;
 /// than a way to exhaust memory.
 pub const MAX_LINE_BYTES: usize = 16 << 20;
 
+/// Largest accepted timestamp: 2^53 - 1 ms, the largest integer every JSON
+/// reader keeps exact (and far inside Kafka's i64 timestamps). Beyond it,
+/// deadlines would saturate and timers stop meaning anything.
+pub const MAX_TS: u64 = (1 << 53) - 1;
+
 /// One line of a replay file: `{"topic", "ts", "key", "value"}`.
 #[derive(Debug, Deserialize)]
 struct InputLine<'a> {
@@ -43,7 +48,7 @@ struct DeadLetterValue<'a> {
     error: &'a str,
     node: &'a str,
     topic: Option<&'a str>,
-    value: serde_json::Value,
+    value: &'a RawValue,
 }
 
 /// Writes sink records and dead letters as JSON Lines.
@@ -151,11 +156,8 @@ pub enum ReplayError {
         line: u64,
         reason: String,
     },
-    #[error("cannot read {file}: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read {file}: {cause}")]
+    Read { file: String, cause: std::io::Error },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -190,9 +192,9 @@ pub fn replay<R: BufRead, W: Write>(
         let n = (&mut input)
             .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut buf)
-            .map_err(|source| ReplayError::Read {
+            .map_err(|cause| ReplayError::Read {
                 file: file.to_owned(),
-                source,
+                cause,
             })?;
         if n == 0 {
             break;
@@ -219,6 +221,14 @@ pub fn replay<R: BufRead, W: Write>(
                 return Err(input_error(file, line_no, reason));
             }
         };
+        if line.ts > MAX_TS {
+            engine.commit()?;
+            return Err(input_error(
+                file,
+                line_no,
+                format!("`ts` {} is larger than {MAX_TS} (ms)", line.ts),
+            ));
+        }
         let value = line.value.map_or("null", RawValue::get);
         let source = SourceInput {
             topic: &line.topic,
@@ -341,6 +351,10 @@ mod tests {
             "a late record is handled at the clock, which the skipped line did not move"
         );
         assert_eq!(lines[1]["value"]["value"], "nope");
+        assert!(
+            out.contains(r#""value":"nope"}}"#),
+            "the original value is kept byte for byte: {out}"
+        );
         assert_eq!(lines[1]["value"]["node"], "images");
     }
 
@@ -353,6 +367,10 @@ mod tests {
             ("{\"topic\":\"t\",\"ts\":-1}\n", "non-negative"),
             ("{\"topic\":\"t\",\"ts\":1.5}\n", "non-negative"),
             ("\n{\"topic\":\"t\",\"ts\":1}\n[\n", "in.jsonl:3:"),
+            (
+                "{\"topic\":\"t\",\"ts\":9007199254740992}\n",
+                "larger than 9007199254740991",
+            ),
         ];
         for (input, expected) in cases {
             let err = run(input).0.unwrap_err().to_string();

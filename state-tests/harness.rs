@@ -6,8 +6,9 @@
 //! - straight through on the in-memory backend and on RocksDB,
 //! - split at every line: the first part, a commit, a fresh engine on the same
 //!   state, then the rest (in-memory), and split in the middle across two
-//!   processes' worth of RocksDB opens,
-//! and every run must print exactly the expected output.
+//!   processes' worth of RocksDB opens.
+//!
+//! Every run must print exactly the expected output.
 //!
 //! Comparison: lines are compared as JSON values, except that an intent's
 //! `intent_id` is checked apart (32 hex digits, equal across all runs), and

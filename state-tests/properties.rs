@@ -10,6 +10,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use sluice::engine::{Engine, EngineOptions};
 use sluice::flood::{write_flood, FloodConfig};
+use sluice::record::{parse_alert, parse_image};
 use sluice::replay::{replay, JsonLinesOutput, ReplayOptions};
 use sluice::state::{MemoryBackend, RocksBackend, StateBackend};
 use sluice::topology::Topology;
@@ -150,4 +151,84 @@ fn a_state_dir_refuses_another_app() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("belongs to app `cicd`, not `other`"), "{err}");
+}
+
+/// A JSON value shaped like a record with arbitrary contents: the fields
+/// Sluice knows, with strings, numbers, nulls or nested values.
+fn record_like() -> impl Strategy<Value = serde_json::Value> {
+    const NAMES: [&str; 9] = [
+        "service",
+        "repository",
+        "tag",
+        "digest",
+        "environment",
+        "alertname",
+        "severity",
+        "status",
+        "fingerprint",
+    ];
+    let field = prop_oneof![
+        prop::sample::select(&NAMES[..]).prop_map(String::from),
+        ".{0,8}"
+    ];
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<i64>().prop_map(serde_json::Value::from),
+        prop_oneof![
+            Just("firing".to_string()),
+            Just("a".to_string()),
+            Just("v1".to_string()),
+            ".{0,40}"
+        ]
+        .prop_map(serde_json::Value::from),
+    ];
+    let value = leaf.prop_recursive(2, 8, 4, |inner| {
+        prop::collection::vec(inner, 0..3).prop_map(serde_json::Value::from)
+    });
+    prop_oneof![
+        prop::collection::btree_map(field, value.clone(), 0..8)
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        value,
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever the values, replay neither fails nor panics: bad records become dead letters.
+    #[test]
+    fn arbitrary_values_never_stop_a_replay(values in prop::collection::vec((any::<bool>(), record_like(), 0u64..100_000), 1..40)) {
+        let topo = cicd();
+        let input: String = values
+            .iter()
+            .map(|(alert, value, ts)| {
+                let topic = if *alert { "alert-events" } else { "docker-events" };
+                format!("{}\n", serde_json::json!({"topic": topic, "ts": ts, "key": null, "value": value}))
+            })
+            .collect();
+        let out = replay_on(&topo, Box::new(MemoryBackend::new()), &input, &Run { cache: 4, commit_every: 3, drain: true });
+        // Every value the sources' own validation refuses is one dead letter, no more, no less
+        // (cicd.toml routes every image to an environment, so the gate refuses none).
+        let invalid = values
+            .iter()
+            .filter(|(alert, value, _)| {
+                let text = value.to_string();
+                if *alert { parse_alert(&text, Some("prod")).is_err() } else { parse_image(&text, None).is_err() }
+            })
+            .count();
+        let dead = out.lines().filter(|l| l.starts_with("{\"topic\":\"cicd.dead-letter\"")).count();
+        prop_assert_eq!(dead, invalid);
+    }
+
+    /// Arbitrary text is an input-file error with a line number, never a panic.
+    #[test]
+    fn arbitrary_lines_are_answered_not_panicked_on(lines in prop::collection::vec(".{0,60}", 1..10)) {
+        let topo = cicd();
+        let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let mut engine = Engine::open(Arc::clone(&topo), Box::new(MemoryBackend::new()), &EngineOptions::default()).unwrap();
+        let mut out = JsonLinesOutput::new(Vec::new(), topo.dead_letter_topic());
+        if let Err(e) = replay(&mut engine, input.as_bytes(), "f", &mut out, &ReplayOptions::default(), &mut ()) {
+            prop_assert!(e.to_string().starts_with("f:"), "{e}");
+        }
+    }
 }

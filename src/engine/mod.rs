@@ -11,6 +11,8 @@ pub mod timers;
 
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
+
 use crate::operators::{BuildCx, Ctx, Emitted, Operator};
 use crate::record::Record;
 use crate::state::{StateBackend, StateError, StoreId, WriteBatch};
@@ -42,8 +44,8 @@ pub struct DeadLetter<'a> {
     /// The input topic, when the record came straight from one.
     pub source_topic: Option<&'a str>,
     pub error: &'a str,
-    /// The value as it reached `node`.
-    pub value: serde_json::Value,
+    /// The value as it reached `node`, as JSON text kept byte for byte.
+    pub value: &'a RawValue,
 }
 
 pub type OutputError = Box<dyn std::error::Error + Send + Sync>;
@@ -81,6 +83,7 @@ pub struct Engine {
     topo: Arc<Topology>,
     ops: Vec<Box<dyn Operator>>,
     op_names: Vec<String>,
+    op_stores: Vec<StoreId>,
     backend: Box<dyn StateBackend>,
     timers: TimerQueue,
     clock: u64,
@@ -104,8 +107,10 @@ impl Engine {
         let clock = read_u64(backend.as_ref(), meta, b"clock")?.unwrap_or(0);
         let next_seq = read_u64(backend.as_ref(), meta, b"timer_seq")?.unwrap_or(0);
         let mut ops = Vec::with_capacity(topo.operators.len());
+        let mut op_stores = Vec::with_capacity(topo.operators.len());
         for op in &topo.operators {
             let store = backend.open_store(&format!("op/{}", op.name))?;
+            op_stores.push(store);
             let cx = BuildCx {
                 app_id: &topo.app_id,
                 name: &op.name,
@@ -125,6 +130,7 @@ impl Engine {
             topo,
             ops,
             op_names,
+            op_stores,
             backend,
             timers,
             clock,
@@ -169,6 +175,19 @@ impl Engine {
     /// Timers waiting to fire.
     pub fn pending_timers(&self) -> usize {
         self.timers.len()
+    }
+
+    /// Committed entries in operator `op`'s store (for tests and diagnostics).
+    pub fn stored_entries(&self, op: &str) -> Result<usize, StateError> {
+        let Some(index) = self.op_names.iter().position(|n| n == op) else {
+            return Ok(0);
+        };
+        let mut count = 0;
+        self.backend.scan(self.op_stores[index], &mut |_, _| {
+            count += 1;
+            Ok(())
+        })?;
+        Ok(count)
     }
 
     pub fn next_deadline(&self) -> Option<u64> {
@@ -285,7 +304,15 @@ impl Engine {
             }
             Err(err) => {
                 self.stats[src.node].drop("invalid_record");
-                let value = serde_json::from_str(input.value).unwrap_or(serde_json::Value::Null);
+                let quoted;
+                let value = match serde_json::from_str::<&RawValue>(input.value) {
+                    Ok(raw) => raw,
+                    // A driver may hand over text that is not JSON: keep it as a JSON string.
+                    Err(_) => {
+                        quoted = json_string(input.value);
+                        &*quoted
+                    }
+                };
                 let letter = DeadLetter {
                     ts: self.clock,
                     key: input.key,
@@ -376,7 +403,7 @@ impl Engine {
                         node: topo.node_name(topo.nodes[node]),
                         source_topic: topic,
                         error: &error,
-                        value,
+                        value: &value,
                     };
                     out.dead_letter(letter).map_err(EngineError::Output)?;
                 }
@@ -384,6 +411,11 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+fn json_string(text: &str) -> Box<RawValue> {
+    let quoted = serde_json::Value::String(text.to_owned()).to_string();
+    RawValue::from_string(quoted).expect("a JSON string literal is valid JSON")
 }
 
 fn read_u64(

@@ -97,9 +97,9 @@ impl TimerQueue {
             match self.by_key.get(&id) {
                 Some(&entry) => {
                     let value =
-                        postcard::to_stdvec(&entry).map_err(|source| StateError::Encode {
+                        postcard::to_stdvec(&entry).map_err(|cause| StateError::Encode {
                             store: "sluice/timers".into(),
-                            source,
+                            cause,
                         })?;
                     batch.put(store, key, value);
                 }
@@ -134,7 +134,7 @@ impl TimerQueue {
                 Some(op) => {
                     queue.queue.insert((deadline, seq), (op, key.to_vec()));
                     queue.by_key.insert((op, key.to_vec()), (deadline, seq));
-                    queue.next_seq = queue.next_seq.max(seq + 1);
+                    queue.next_seq = queue.next_seq.max(seq.saturating_add(1));
                 }
                 None => orphans += 1,
             }

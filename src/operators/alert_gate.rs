@@ -63,11 +63,9 @@ impl AlertGateConfig {
         let alerts = t.required_string("alerts");
         let block_on = severities(t, "block_on");
         let rollback_on = severities(t, "rollback_on");
+        let window_given = t.contains("rollback_window");
         let rollback_window = t.duration("rollback_window");
-        if rollback_on.as_ref().is_some_and(|r| !r.is_empty())
-            && rollback_window.is_none()
-            && !t.diags().has_errors()
-        {
+        if rollback_on.as_ref().is_some_and(|r| !r.is_empty()) && !window_given {
             t.diags().error(
                 t.pos(),
                 t.key_path("rollback_window"),
@@ -84,20 +82,22 @@ impl AlertGateConfig {
         })
     }
 
-    pub fn check(&self, kinds: &[Kind], diags: &Diags<'_>, path: &str) -> Option<Kind> {
-        for (key, at, kind, wanted) in [
+    pub fn check(&self, kinds: &[Option<Kind>], diags: &Diags<'_>, path: &str) -> Option<Kind> {
+        let ports = [
             ("images", &self.images, kinds[0], Kind::Image),
             ("alerts", &self.alerts, kinds[1], Kind::Alert),
-        ] {
-            if kind != wanted {
-                diags.error(
+        ];
+        for (key, at, kind, wanted) in ports {
+            match kind {
+                Some(kind) if kind != wanted => diags.error(
                     at.pos,
                     format!("{path}.{key}"),
                     format!(
                         "`{key}` must be an {wanted} stream, but `{}` carries {kind} records",
                         at.value
                     ),
-                );
+                ),
+                _ => {}
             }
         }
         Some(Kind::Intent)
@@ -131,7 +131,7 @@ impl AlertGateConfig {
 
 fn severities(t: &mut TableReader<'_, '_, '_>, key: &'static str) -> Option<Vec<String>> {
     let Some(list) = t.string_list(key) else {
-        return Some(Vec::new()).filter(|_| !t.diags().has_errors() || true);
+        return Some(Vec::new());
     };
     let mut out = Vec::new();
     for (i, s) in list.value.into_iter().enumerate() {
@@ -337,7 +337,7 @@ impl AlertGate {
                     reason: format!(
                         "rollback: alert {identity} ({}) fired {} ms after deploy",
                         alert.severity,
-                        now - last.at
+                        now.saturating_sub(last.at)
                     ),
                     caused_by: format!("alert {identity} firing"),
                 };

@@ -45,7 +45,7 @@ pub enum Emitted {
     DeadLetter {
         key: Option<String>,
         error: String,
-        value: serde_json::Value,
+        value: Box<serde_json::value::RawValue>,
     },
 }
 
@@ -101,7 +101,7 @@ impl Ctx<'_> {
         self.out.push(Emitted::DeadLetter {
             key: record.key.clone(),
             error,
-            value: record.payload.to_json(),
+            value: record.payload.to_raw_json(),
         });
     }
 }
@@ -225,12 +225,17 @@ impl OperatorConfig {
     /// Checks the config against the kinds reaching its inputs and returns the
     /// kind it emits; reports every mismatch. The kind is returned even after
     /// an error, so that the nodes downstream are still checked.
-    pub fn check(&self, input_kinds: &[Kind], diags: &Diags<'_>, path: &str) -> Option<Kind> {
+    pub fn check(
+        &self,
+        input_kinds: &[Option<Kind>],
+        diags: &Diags<'_>,
+        path: &str,
+    ) -> Option<Kind> {
         match self {
-            OperatorConfig::Route(c) => c.check(input_kinds[0], diags, path),
-            OperatorConfig::Dedup(c) => c.check(input_kinds[0], diags, path),
-            OperatorConfig::Debounce(c) => c.check(input_kinds[0], diags, path),
-            OperatorConfig::Throttle(c) => c.check(input_kinds[0], diags, path),
+            OperatorConfig::Route(c) => c.check(input_kinds[0]?, diags, path),
+            OperatorConfig::Dedup(c) => c.check(input_kinds[0]?, diags, path),
+            OperatorConfig::Debounce(c) => c.check(input_kinds[0]?, diags, path),
+            OperatorConfig::Throttle(c) => c.check(input_kinds[0]?, diags, path),
             OperatorConfig::AlertGate(c) => c.check(input_kinds, diags, path),
         }
     }

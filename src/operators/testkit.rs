@@ -50,7 +50,7 @@ fn full_topology(operators: &str) -> String {
     let last = operators
         .lines()
         .filter_map(|l| l.trim().strip_prefix("name = \""))
-        .last()
+        .next_back()
         .map(|n| n.trim_end_matches('"').to_owned())
         .unwrap_or_else(|| "images".into());
     format!(
@@ -130,8 +130,12 @@ impl Harness {
             .sum()
     }
 
-    pub fn pending_timers(&self) -> usize {
-        self.engine.pending_timers()
+    /// Entries in operator `op`'s store once everything is committed.
+    pub fn stored(&mut self, op: &str) -> usize {
+        self.engine.commit().expect("commit succeeds");
+        self.engine
+            .stored_entries(op)
+            .expect("the store can be scanned")
     }
 }
 

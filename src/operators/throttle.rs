@@ -66,7 +66,15 @@ impl ThrottleConfig {
         }
         let count = t.integer("count", 1);
         let per = t.required_duration("per");
-        let burst = t.integer("burst", 1).map_or(Some(1), |b| Some(b.value));
+        let burst_given = t.contains("burst");
+        let burst_at = t.integer("burst", 1);
+        let burst_pos = burst_at.as_ref().map_or(t.pos(), |b| b.pos);
+        // A burst that was given but invalid has been reported; 1 is only the default.
+        let burst = match (burst_given, burst_at) {
+            (false, _) => Some(1),
+            (true, Some(b)) => Some(b.value),
+            (true, None) => None,
+        };
         let excess = match t.string("excess") {
             None => Some(Excess::Drop),
             Some(e) => match e.value.as_str() {
@@ -98,7 +106,7 @@ impl ThrottleConfig {
         let burst = burst?;
         if interval.checked_mul(burst - 1).is_none() {
             diags.error(
-                t.pos(),
+                burst_pos,
                 t.key_path("burst"),
                 "burst x (per / count) overflows",
             );
@@ -186,10 +194,14 @@ impl Operator for Throttle {
             cx.emit(record.key, record.payload);
             return Ok(());
         };
-        if state.tat.max(now) - now <= self.tolerance && state.pending.is_none() {
+        if state.tat.max(now) - now <= self.tolerance {
             state.tat = state.tat.max(now).saturating_add(self.interval);
-            // The timer doubles as the purge: once tat has passed, the key's state is moot.
-            cx.arm_timer(&key, state.tat);
+            // The timer doubles as the purge: once tat has passed, the key's state
+            // is moot. A pending record keeps its release timer, though: a record
+            // can conform while one waits (a timer due at the same instant).
+            if state.pending.is_none() {
+                cx.arm_timer(&key, state.tat);
+            }
             cx.emit(record.key, record.payload);
             return Ok(());
         }
@@ -273,10 +285,33 @@ mod tests {
         assert!(h.push(70_000, image("a", Some("v4"))).is_empty());
         assert_eq!(tags(&h.drain()), [(120_000, "v4".into())]);
         assert_eq!(
-            h.pending_timers(),
+            h.stored("th"),
             0,
-            "the key's state is purged after its tat"
+            "the key's state is purged once its tat has passed"
         );
+    }
+
+    #[test]
+    fn a_record_conforming_while_one_is_pending_passes_and_the_pending_one_still_goes_out() {
+        // debounce keyed by tag feeds a throttle keyed by service: at 70s the debounce
+        // timer of v3 (armed at 60s) fires before the throttle's release timer (armed
+        // at 65s). v3 conforms (tat 70s - now 70s = 0 <= tau), so it passes, and v2,
+        // pending since 65s, follows at its own timer.
+        let topo = "[[operators]]\nname = \"db\"\ntype = \"debounce\"\ninput = \"images\"\nkey = [\"service\", \"tag\"]\nquiet = \"10s\"\n[[operators]]\nname = \"th\"\ntype = \"throttle\"\ninput = \"db\"\nkey = [\"service\"]\ncount = 1\nper = \"1m\"\nexcess = \"delay\"\n";
+        let mut h = Harness::new(topo);
+        let mut out = h.push(0, image("a", Some("v1")));
+        out.extend(h.push(55_000, image("a", Some("v2"))));
+        out.extend(h.push(60_000, image("a", Some("v3"))));
+        out.extend(h.drain());
+        assert_eq!(
+            tags(&out),
+            [
+                (10_000, "v1".into()),
+                (70_000, "v3".into()),
+                (70_000, "v2".into())
+            ]
+        );
+        assert_eq!(h.dropped("superseded"), 0);
     }
 
     #[test]

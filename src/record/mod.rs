@@ -277,6 +277,14 @@ impl Payload {
     }
 }
 
+impl Payload {
+    /// The JSON form as text, for dead letters.
+    pub fn to_raw_json(&self) -> Box<serde_json::value::RawValue> {
+        let text = self.to_json().to_string();
+        serde_json::value::RawValue::from_string(text).expect("serialized JSON is valid JSON")
+    }
+}
+
 #[derive(Serialize)]
 struct ImageJson<'a> {
     service: &'a str,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{StateBackend, StateError, StoreId, WriteBatch};
+use super::{StateBackend, StateError, StoreId, Visit, WriteBatch};
 
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
@@ -31,11 +31,7 @@ impl StateBackend for MemoryBackend {
         Ok(self.stores[store].get(key).cloned())
     }
 
-    fn scan(
-        &self,
-        store: StoreId,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StateError>,
-    ) -> Result<(), StateError> {
+    fn scan(&self, store: StoreId, visit: &mut Visit<'_>) -> Result<(), StateError> {
         for (k, v) in &self.stores[store] {
             visit(k, v)?;
         }

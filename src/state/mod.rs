@@ -17,6 +17,9 @@ pub use memory::MemoryBackend;
 pub use rocks::RocksBackend;
 pub use table::Table;
 
+/// A visitor of store entries, for [`StateBackend::scan`].
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
+
 /// Identifies a store (one per operator, plus the engine's own) within a backend.
 pub type StoreId = usize;
 
@@ -55,11 +58,7 @@ pub trait StateBackend: Send {
     fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
 
     /// Calls `visit` for every entry of `store`, in key order.
-    fn scan(
-        &self,
-        store: StoreId,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StateError>,
-    ) -> Result<(), StateError>;
+    fn scan(&self, store: StoreId, visit: &mut Visit<'_>) -> Result<(), StateError>;
 
     /// Applies `batch` atomically.
     fn write(&mut self, batch: WriteBatch) -> Result<(), StateError>;
@@ -81,30 +80,29 @@ pub enum BackendKind {
     Memory,
 }
 
-/// Failures of state storage. Each names the store or directory involved.
+/// Failures of state storage. Each names the store or directory involved and
+/// carries its cause in the message (the field is not a `source`, so that a
+/// chain printer does not print the cause twice).
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot open state directory {dir}: {source}")]
-    Open {
-        dir: PathBuf,
-        source: rocksdb::Error,
-    },
-    #[error("state store `{store}`: {op} failed: {source}")]
+    #[error("cannot open state directory {dir}: {cause}")]
+    Open { dir: PathBuf, cause: rocksdb::Error },
+    #[error("state store `{store}`: {op} failed: {cause}")]
     Rocks {
         store: String,
         op: &'static str,
-        source: rocksdb::Error,
+        cause: rocksdb::Error,
     },
-    #[error("state store `{store}`: cannot decode the entry for key {key}: {source}")]
+    #[error("state store `{store}`: cannot decode the entry for key {key}: {cause}")]
     Decode {
         store: String,
         key: String,
-        source: postcard::Error,
+        cause: postcard::Error,
     },
-    #[error("state store `{store}`: cannot encode an entry: {source}")]
+    #[error("state store `{store}`: cannot encode an entry: {cause}")]
     Encode {
         store: String,
-        source: postcard::Error,
+        cause: postcard::Error,
     },
     #[error(
         "state directory {dir} belongs to app `{found}`, not `{expected}`; use another --state-dir"

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
-use super::{StateBackend, StateError, StoreId, WriteBatch};
+use super::{StateBackend, StateError, StoreId, Visit, WriteBatch};
 
 pub struct RocksBackend {
     db: DB,
@@ -17,9 +17,9 @@ impl RocksBackend {
     /// Opens (creating if needed) the database in `dir`, with every column family it already has.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         let opts = Self::options();
-        let open_err = |source| StateError::Open {
+        let open_err = |cause| StateError::Open {
             dir: dir.to_owned(),
-            source,
+            cause,
         };
         let existing = if dir.join("CURRENT").exists() {
             DB::list_cf(&opts, dir).map_err(open_err)?
@@ -72,10 +72,10 @@ impl StateBackend for RocksBackend {
         if self.db.cf_handle(name).is_none() {
             self.db
                 .create_cf(name, &Self::options())
-                .map_err(|source| StateError::Rocks {
+                .map_err(|cause| StateError::Rocks {
                     store: name.to_owned(),
                     op: "create",
-                    source,
+                    cause,
                 })?;
         }
         self.names.push(name.to_owned());
@@ -85,26 +85,22 @@ impl StateBackend for RocksBackend {
     fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.db
             .get_cf(self.cf(store)?, key)
-            .map_err(|source| StateError::Rocks {
+            .map_err(|cause| StateError::Rocks {
                 store: self.names[store].clone(),
                 op: "get",
-                source,
+                cause,
             })
     }
 
-    fn scan(
-        &self,
-        store: StoreId,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StateError>,
-    ) -> Result<(), StateError> {
+    fn scan(&self, store: StoreId, visit: &mut Visit<'_>) -> Result<(), StateError> {
         for item in self
             .db
             .iterator_cf(self.cf(store)?, rocksdb::IteratorMode::Start)
         {
-            let (k, v) = item.map_err(|source| StateError::Rocks {
+            let (k, v) = item.map_err(|cause| StateError::Rocks {
                 store: self.names[store].clone(),
                 op: "scan",
-                source,
+                cause,
             })?;
             visit(&k, &v)?;
         }
@@ -125,18 +121,18 @@ impl StateBackend for RocksBackend {
         opts.set_sync(false);
         self.db
             .write_opt(wb, &opts)
-            .map_err(|source| StateError::Rocks {
+            .map_err(|cause| StateError::Rocks {
                 store: "(batch)".into(),
                 op: "write",
-                source,
+                cause,
             })
     }
 
     fn sync(&mut self) -> Result<(), StateError> {
-        self.db.flush_wal(true).map_err(|source| StateError::Rocks {
+        self.db.flush_wal(true).map_err(|cause| StateError::Rocks {
             store: "(wal)".into(),
             op: "sync",
-            source,
+            cause,
         })
     }
 

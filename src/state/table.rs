@@ -50,10 +50,10 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
             let value = match backend.get(store, key)? {
                 Some(bytes) => {
                     Some(
-                        postcard::from_bytes(&bytes).map_err(|source| StateError::Decode {
+                        postcard::from_bytes(&bytes).map_err(|cause| StateError::Decode {
                             store: name.to_owned(),
                             key: show_key(key),
-                            source,
+                            cause,
                         })?,
                     )
                 }
@@ -106,9 +106,9 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
             slot.dirty = false;
             match &slot.value {
                 Some(v) => {
-                    let bytes = postcard::to_stdvec(v).map_err(|source| StateError::Encode {
+                    let bytes = postcard::to_stdvec(v).map_err(|cause| StateError::Encode {
                         store: self.name.clone(),
-                        source,
+                        cause,
                     })?;
                     batch.put(self.store, key, bytes);
                 }

@@ -116,12 +116,9 @@ pub struct Topology {
 /// Why a topology could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
-    #[error("cannot read topology {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
+    #[error("cannot read topology {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    #[error(transparent)]
     Invalid(#[from] ConfigError),
 }
 
@@ -129,9 +126,9 @@ impl Topology {
     /// Reads and validates a topology file.
     pub fn load(path: &Path) -> Result<Topology, TopologyError> {
         let shown = path.display().to_string();
-        let src = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+        let src = std::fs::read_to_string(path).map_err(|cause| TopologyError::Read {
             path: shown.clone(),
-            source,
+            cause,
         })?;
         Ok(Topology::parse(&shown, &src)?)
     }
@@ -194,6 +191,7 @@ impl Topology {
 }
 
 struct SourceDecl {
+    path: String,
     name: Located<String>,
     topic: String,
     kind: Kind,
@@ -230,8 +228,9 @@ fn read_declarations<'de>(diags: &Diags<'_>, value: toml_span::Value<'de>) -> Op
     let mut root = TableReader::new(diags, value, String::new())?;
     let root_pos = Pos { line: 1, column: 1 };
     let app_id = read_app(&mut root);
-    let sources: Vec<_> = root
-        .tables("sources")
+    let source_tables = root.tables("sources");
+    let no_sources = source_tables.is_empty();
+    let sources: Vec<_> = source_tables
         .into_iter()
         .filter_map(|(p, v)| read_source(diags, p, v))
         .collect();
@@ -240,20 +239,21 @@ fn read_declarations<'de>(diags: &Diags<'_>, value: toml_span::Value<'de>) -> Op
         .into_iter()
         .filter_map(|(p, v)| read_operator(diags, p, v))
         .collect();
-    let sinks: Vec<_> = root
-        .tables("sinks")
+    let sink_tables = root.tables("sinks");
+    let no_sinks = sink_tables.is_empty();
+    let sinks: Vec<_> = sink_tables
         .into_iter()
         .filter_map(|(p, v)| read_sink(diags, p, v))
         .collect();
     root.finish();
-    if !diags.has_errors() && sources.is_empty() {
+    if no_sources {
         diags.error(
             root_pos,
             "sources",
             "a topology needs at least one [[sources]] entry",
         );
     }
-    if !diags.has_errors() && sinks.is_empty() {
+    if no_sinks {
         diags.error(
             root_pos,
             "sinks",
@@ -364,8 +364,10 @@ fn read_source<'de>(
         }
         other => Some(other.map(|e| e.value)),
     };
+    let path = t.path().to_owned();
     t.finish();
     Some(SourceDecl {
+        path,
         name: name?,
         topic: topic?,
         kind: kind?,
@@ -438,27 +440,27 @@ fn resolve(diags: &Diags<'_>, file: &str, d: Declarations) -> Option<Topology> {
     let names = d
         .sources
         .iter()
-        .map(|s| (&s.name, NodeRef::Source(0)))
-        .chain(d.operators.iter().map(|o| (&o.name, NodeRef::Operator(0))))
-        .chain(d.sinks.iter().map(|s| (&s.name, NodeRef::Sink(0))));
-    let (mut ns, mut no, mut nk) = (0, 0, 0);
-    for (name, kind) in names {
-        let node = match kind {
-            NodeRef::Source(_) => {
-                ns += 1;
-                NodeRef::Source(ns - 1)
-            }
-            NodeRef::Operator(_) => {
-                no += 1;
-                NodeRef::Operator(no - 1)
-            }
-            NodeRef::Sink(_) => {
-                nk += 1;
-                NodeRef::Sink(nk - 1)
-            }
-        };
+        .enumerate()
+        .map(|(i, s)| (&s.path, &s.name, NodeRef::Source(i)))
+        .chain(
+            d.operators
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (&o.path, &o.name, NodeRef::Operator(i))),
+        )
+        .chain(
+            d.sinks
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (&s.path, &s.name, NodeRef::Sink(i))),
+        );
+    for (path, name, node) in names {
         if ids.insert(&name.value, nodes.len()).is_some() {
-            diags.error(name.pos, "name", format!("duplicate node name `{}`; names must be unique across sources, operators and sinks", name.value));
+            diags.error(
+                name.pos,
+                format!("{path}.name"),
+                format!("duplicate node name `{}`; names must be unique across sources, operators and sinks", name.value),
+            );
         }
         nodes.push(node);
     }
@@ -526,11 +528,12 @@ fn resolve(diags: &Diags<'_>, file: &str, d: Declarations) -> Option<Topology> {
         kinds[i] = Some(s.kind);
     }
     for &o in &order {
-        let inputs: Option<Vec<Kind>> = op_inputs[o]
+        // A port whose kind is unknown (its upstream is broken) is skipped, the others are checked.
+        let input_kinds: Vec<Option<Kind>> = op_inputs[o]
             .iter()
             .map(|i| i.and_then(|id| kinds[id]))
             .collect();
-        if let (Some(input_kinds), Some(config)) = (inputs, &d.operators[o].config) {
+        if let Some(config) = &d.operators[o].config {
             kinds[first_op + o] = config.check(&input_kinds, diags, &d.operators[o].path);
         }
     }
@@ -576,37 +579,44 @@ fn topological_order(
             continue;
         }
         // Walk upstream through operators still blocked until one repeats: that is a cycle.
-        let mut path = vec![start];
-        let mut current = start;
-        loop {
-            let Some(prev) = inputs[current]
+        let blocked_input = |op: usize| {
+            inputs[op]
                 .iter()
                 .flatten()
                 .filter_map(|&id| op_of(id))
                 .find(|&p| indegree[p] > 0)
-            else {
-                break;
+        };
+        let mut path = vec![start];
+        while let Some(prev) = path.last().and_then(|&op| blocked_input(op)) {
+            let Some(at) = path.iter().position(|&p| p == prev) else {
+                path.push(prev);
+                continue;
             };
-            if let Some(at) = path.iter().position(|&p| p == prev) {
-                let cycle = &path[at..];
-                if cycle.iter().all(|c| !reported.contains(c)) {
-                    // The walk went upstream; print the cycle the way records flow.
-                    let names: Vec<&str> = std::iter::once(&prev)
-                        .chain(cycle.iter().rev())
-                        .map(|&c| ops[c].name.value.as_str())
-                        .collect();
-                    let head = &ops[prev];
-                    diags.error(
-                        head.name.pos,
-                        format!("{}.input", head.path),
-                        format!("operators form a cycle: {}", names.join(" -> ")),
-                    );
-                }
-                reported.extend(cycle.iter().copied());
-                break;
+            let cycle = &path[at..];
+            if cycle.iter().all(|c| !reported.contains(c)) {
+                // The walk went upstream; print the cycle the way records flow.
+                let names: Vec<&str> = std::iter::once(&prev)
+                    .chain(cycle.iter().rev())
+                    .map(|&c| ops[c].name.value.as_str())
+                    .collect();
+                // Point at the input that closes the loop: the last operator's, naming `prev`.
+                let closer = &ops[*path.last().expect("the path starts with `start`")];
+                let port = closer.config.as_ref().and_then(|c| {
+                    c.inputs()
+                        .into_iter()
+                        .find(|(_, target)| target.value == ops[prev].name.value)
+                });
+                let (key, pos) = port.map_or(("input", closer.name.pos), |(key, target)| {
+                    (key, target.pos)
+                });
+                diags.error(
+                    pos,
+                    format!("{}.{key}", closer.path),
+                    format!("operators form a cycle: {}", names.join(" -> ")),
+                );
             }
-            path.push(prev);
-            current = prev;
+            reported.extend(cycle.iter().copied());
+            break;
         }
         reported.insert(start);
     }

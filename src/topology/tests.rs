@@ -35,13 +35,18 @@ fn the_default_topology_is_valid_and_wired_in_file_order() {
 
 #[test]
 fn every_example_topology_is_valid() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/topologies");
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            Topology::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mut checked = 0;
+    for dir in ["topologies", "topologies/examples"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Topology::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                checked += 1;
+            }
         }
     }
+    assert!(checked >= 4, "cicd.toml and the examples");
 }
 
 #[test]
