@@ -1,5 +1,10 @@
 //! The `sluice` command line.
 
+// The engine allocates many small strings per record; mimalloc serves them
+// faster than glibc's allocator and returns memory more readily.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod describe;
 
@@ -86,7 +91,7 @@ struct ReplayArgs {
     #[arg(long, value_enum, default_value = "rocksdb")]
     backend: BackendKind,
     /// Commit state every N input lines.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = ReplayOptions::default().commit_every, value_parser = clap::value_parser!(u64).range(1..))]
     commit_every: u64,
     /// Write run statistics as JSON to this file (used by `sluice bench`).
     #[arg(long)]

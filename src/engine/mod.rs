@@ -91,6 +91,8 @@ pub struct Engine {
     timer_store: StoreId,
     /// Counters per node, indexed like `Topology::nodes`.
     stats: Vec<NodeStats>,
+    /// Spare emission buffers.
+    buffers: Vec<Vec<Emitted>>,
 }
 
 impl Engine {
@@ -111,11 +113,13 @@ impl Engine {
         for op in &topo.operators {
             let store = backend.open_store(&format!("op/{}", op.name))?;
             op_stores.push(store);
+            let store_is_empty = backend.is_empty(store)?;
             let cx = BuildCx {
                 app_id: &topo.app_id,
                 name: &op.name,
                 store,
                 cache_capacity: opts.cache_capacity,
+                store_is_empty,
             };
             ops.push(op.config.build(op.input_kinds[0], &cx));
         }
@@ -131,6 +135,7 @@ impl Engine {
             ops,
             op_names,
             op_stores,
+            buffers: Vec::new(),
             backend,
             timers,
             clock,
@@ -230,7 +235,7 @@ impl Engine {
     pub fn commit(&mut self) -> Result<(), EngineError> {
         let mut batch = WriteBatch::default();
         for op in &mut self.ops {
-            op.commit(&mut batch)?;
+            op.commit(self.clock, self.backend.as_ref(), &mut batch)?;
         }
         self.timers
             .commit(&mut batch, self.timer_store, &self.op_names)?;
@@ -266,7 +271,7 @@ impl Engine {
         while let Some(timer) = self.timers.pop_due(limit) {
             self.clock = self.clock.max(timer.deadline);
             let node = topo.operators[timer.op].node;
-            let mut emitted = Vec::new();
+            let mut emitted = self.buffers.pop().unwrap_or_default();
             {
                 let mut cx = Ctx {
                     now: self.clock,
@@ -370,7 +375,7 @@ impl Engine {
         out: &mut dyn Output,
     ) -> Result<(), EngineError> {
         let node = topo.operators[op].node;
-        let mut emitted = Vec::new();
+        let mut emitted = self.buffers.pop().unwrap_or_default();
         {
             let mut cx = Ctx {
                 now: self.clock,
@@ -389,11 +394,11 @@ impl Engine {
         &mut self,
         topo: &Topology,
         node: usize,
-        emitted: Vec<Emitted>,
+        mut emitted: Vec<Emitted>,
         topic: Option<&str>,
         out: &mut dyn Output,
     ) -> Result<(), EngineError> {
-        for item in emitted {
+        for item in emitted.drain(..) {
             match item {
                 Emitted::Record(r) => self.deliver(topo, node, r, topic, out)?,
                 Emitted::DeadLetter { key, error, value } => {
@@ -409,6 +414,9 @@ impl Engine {
                 }
             }
         }
+        // Operator calls nest (a record goes all the way down first), so buffers are
+        // kept on a stack and reused instead of allocated per call.
+        self.buffers.push(emitted);
         Ok(())
     }
 }

@@ -5,19 +5,30 @@
 //! place in the sequence. The whole queue is kept in memory (it holds one entry
 //! per key with pending work) and written back to its store on commit.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 
 use crate::state::{show_key, StateBackend, StateError, StoreId, WriteBatch};
 
-type TimerKey = (usize, Vec<u8>);
+/// The timers of one operator, by key: where each sits in the queue, and
+/// whether it changed since the last commit. A cancelled or fired timer keeps
+/// its slot (with no deadline) until the commit has recorded its deletion.
+type OperatorTimers = HashMap<Vec<u8>, TimerSlot>;
+
+#[derive(Debug, Clone, Copy)]
+struct TimerSlot {
+    at: Option<(u64, u64)>,
+    dirty: bool,
+    /// Whether the store holds this timer as of the last commit.
+    stored: bool,
+}
 
 #[derive(Debug, Default)]
 pub struct TimerQueue {
-    queue: BTreeMap<(u64, u64), TimerKey>,
-    by_key: HashMap<TimerKey, (u64, u64)>,
+    queue: BTreeMap<(u64, u64), (usize, Vec<u8>)>,
+    by_key: Vec<OperatorTimers>,
     next_seq: u64,
-    /// Timers changed since the last commit.
-    dirty: HashSet<TimerKey>,
 }
 
 /// A timer taken off the queue because it is due.
@@ -29,23 +40,37 @@ pub struct DueTimer {
 }
 
 impl TimerQueue {
+    fn operator(&mut self, op: usize) -> &mut OperatorTimers {
+        if self.by_key.len() <= op {
+            self.by_key.resize_with(op + 1, HashMap::new);
+        }
+        &mut self.by_key[op]
+    }
+
     /// Arms the timer of operator `op` for `key`, replacing any older one.
     pub fn arm(&mut self, op: usize, key: &[u8], deadline: u64) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let id = (op, key.to_vec());
-        if let Some(old) = self.by_key.insert(id.clone(), (deadline, seq)) {
+        let slot = self.operator(op).entry_ref(key).or_insert(TimerSlot {
+            at: None,
+            dirty: false,
+            stored: false,
+        });
+        let old = slot.at.replace((deadline, seq));
+        slot.dirty = true;
+        if let Some(old) = old {
             self.queue.remove(&old);
         }
-        self.queue.insert((deadline, seq), id.clone());
-        self.dirty.insert(id);
+        self.queue.insert((deadline, seq), (op, key.to_vec()));
     }
 
     pub fn cancel(&mut self, op: usize, key: &[u8]) {
-        let id = (op, key.to_vec());
-        if let Some(old) = self.by_key.remove(&id) {
+        let Some(slot) = self.by_key.get_mut(op).and_then(|m| m.get_mut(key)) else {
+            return;
+        };
+        if let Some(old) = slot.at.take() {
+            slot.dirty = true;
             self.queue.remove(&old);
-            self.dirty.insert(id);
         }
     }
 
@@ -59,14 +84,11 @@ impl TimerQueue {
             .queue
             .remove(&(deadline, seq))
             .expect("first entry exists");
-        let id = (op, key);
-        self.by_key.remove(&id);
-        self.dirty.insert(id.clone());
-        Some(DueTimer {
-            deadline,
-            op: id.0,
-            key: id.1,
-        })
+        if let Some(slot) = self.by_key.get_mut(op).and_then(|m| m.get_mut(&key)) {
+            slot.at = None;
+            slot.dirty = true;
+        }
+        Some(DueTimer { deadline, op, key })
     }
 
     pub fn next_deadline(&self) -> Option<u64> {
@@ -92,21 +114,36 @@ impl TimerQueue {
         store: StoreId,
         ops: &[String],
     ) -> Result<(), StateError> {
-        for id in self.dirty.drain() {
-            let key = encode_key(&ops[id.0], &id.1);
-            match self.by_key.get(&id) {
-                Some(&entry) => {
-                    let value =
-                        postcard::to_stdvec(&entry).map_err(|cause| StateError::Encode {
-                            store: "sluice/timers".into(),
-                            cause,
-                        })?;
-                    batch.put(store, key, value);
+        let mut failure = None;
+        for (op, timers) in self.by_key.iter_mut().enumerate() {
+            timers.retain(|key, slot| {
+                if slot.dirty {
+                    slot.dirty = false;
+                    match slot.at {
+                        Some(at) => match postcard::to_stdvec(&at) {
+                            Ok(value) => {
+                                batch.put(store, encode_key(&ops[op], key), value);
+                                slot.stored = true;
+                            }
+                            Err(cause) => {
+                                failure = Some(StateError::Encode {
+                                    store: "sluice/timers".into(),
+                                    cause,
+                                })
+                            }
+                        },
+                        // A timer armed and gone between two commits was never written.
+                        None if slot.stored => {
+                            batch.delete(store, encode_key(&ops[op], key));
+                            slot.stored = false;
+                        }
+                        None => {}
+                    }
                 }
-                None => batch.delete(store, key),
-            }
+                slot.at.is_some()
+            });
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     /// Loads the timers of the operators named in `ops`. Timers of operators
@@ -133,7 +170,14 @@ impl TimerQueue {
             match ops.iter().position(|n| n.as_bytes() == name) {
                 Some(op) => {
                     queue.queue.insert((deadline, seq), (op, key.to_vec()));
-                    queue.by_key.insert((op, key.to_vec()), (deadline, seq));
+                    queue.operator(op).insert(
+                        key.to_vec(),
+                        TimerSlot {
+                            at: Some((deadline, seq)),
+                            dirty: false,
+                            stored: true,
+                        },
+                    );
                     queue.next_seq = queue.next_seq.max(seq.saturating_add(1));
                 }
                 None => orphans += 1,

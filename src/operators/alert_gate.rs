@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::{dur, BuildCx, Ctx, Operator};
 use crate::duration::DurationMs;
 use crate::record::{Action, AlertEvent, AlertStatus, ImageEvent, Intent, Kind, Payload, Record};
-use crate::state::{StateError, Table, WriteBatch};
+use crate::state::{StateBackend, StateError, Table, WriteBatch};
 use crate::topology::diag::{Diags, Located};
 use crate::topology::reader::TableReader;
 
@@ -112,7 +112,7 @@ impl AlertGateConfig {
                 rollback_on: self.rollback_on.clone(),
                 rollback_window: self.rollback_window.map_or(0, DurationMs::as_ms),
             },
-            state: Table::new(cx.store, &format!("op/{}", cx.name), cx.cache_capacity),
+            state: cx.table(),
         }
     }
 
@@ -224,7 +224,7 @@ impl GateRules {
             intent_id,
             caused_by: draft.caused_by,
         };
-        cx.emit(Some(key), Payload::Intent(intent));
+        cx.emit(Some(key), Payload::Intent(Box::new(intent)));
     }
 
     /// A stable id: the same topology and input give the same ids, and two
@@ -244,7 +244,13 @@ impl GateRules {
         }
         h.update(count.to_le_bytes());
         let digest = h.finalize();
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(32);
+        for b in &digest[..16] {
+            id.push(HEX[usize::from(b >> 4)] as char);
+            id.push(HEX[usize::from(b & 0xf)] as char);
+        }
+        id
     }
 
     /// The deploy path shared by new images and unparked ones.
@@ -398,7 +404,12 @@ impl Operator for AlertGate {
         Ok(())
     }
 
-    fn commit(&mut self, batch: &mut WriteBatch) -> Result<(), StateError> {
+    fn commit(
+        &mut self,
+        _now: u64,
+        _backend: &dyn StateBackend,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StateError> {
         self.state.commit(batch)
     }
 }

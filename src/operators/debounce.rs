@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{dur, key_summary, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
 use crate::duration::DurationMs;
 use crate::record::{Kind, Record};
-use crate::state::{StateError, Table, WriteBatch};
+use crate::state::{StateBackend, StateError, Table, WriteBatch};
 use crate::topology::diag::{Diags, Located};
 use crate::topology::reader::TableReader;
 
@@ -81,7 +81,7 @@ impl DebounceConfig {
                 .expect("checked"),
             quiet: self.quiet.as_ms(),
             max_wait: self.max_wait.map(DurationMs::as_ms),
-            pending: Table::new(cx.store, &format!("op/{}", cx.name), cx.cache_capacity),
+            pending: cx.table(),
         }
     }
 
@@ -148,7 +148,12 @@ impl Operator for Debounce {
         Ok(())
     }
 
-    fn commit(&mut self, batch: &mut WriteBatch) -> Result<(), StateError> {
+    fn commit(
+        &mut self,
+        _now: u64,
+        _backend: &dyn StateBackend,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StateError> {
         self.pending.commit(batch)
     }
 }

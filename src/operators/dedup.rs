@@ -3,7 +3,7 @@
 use super::{dur, key_summary, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
 use crate::duration::DurationMs;
 use crate::record::{Kind, Record};
-use crate::state::{StateError, Table, WriteBatch};
+use crate::state::{StateBackend, StateError, Table, WriteBatch};
 use crate::topology::diag::{Diags, Located};
 use crate::topology::reader::TableReader;
 
@@ -12,8 +12,8 @@ use crate::topology::reader::TableReader;
 /// and `s = now`. With `refresh_on_drop = true` a dropped record also sets
 /// `s = now`, so a steady stream of repeats stays suppressed.
 ///
-/// State: one timestamp per key, purged by a timer at `s + ttl`, so state
-/// holds only the keys seen within the last ttl.
+/// State: one timestamp per key. Entries whose ttl has run out are purged at
+/// the next commit, so state holds only the keys seen within about the last ttl.
 ///
 /// ```toml
 /// [[operators]]
@@ -63,7 +63,7 @@ impl DedupConfig {
                 .expect("checked"),
             ttl: self.ttl.as_ms(),
             refresh_on_drop: self.refresh_on_drop,
-            last_passed: Table::new(cx.store, &format!("op/{}", cx.name), cx.cache_capacity),
+            last_passed: cx.table(),
         }
     }
 
@@ -103,33 +103,32 @@ impl Operator for Dedup {
             Some(s) if now < s.saturating_add(self.ttl) => {
                 if self.refresh_on_drop {
                     *slot = Some(now);
-                    cx.arm_timer(&key, now.saturating_add(self.ttl));
                 }
                 cx.drop_record("duplicate");
             }
             _ => {
                 *slot = Some(now);
-                cx.arm_timer(&key, now.saturating_add(self.ttl));
                 cx.emit(record.key, record.payload);
             }
         }
         Ok(())
     }
 
-    /// Purges the key once its ttl has run out; it would let the next record through anyway.
-    fn on_timer(&mut self, key: &[u8], cx: &mut Ctx<'_>) -> Result<(), StateError> {
-        let now = cx.now();
-        let slot = self.last_passed.get_mut(cx.backend(), key)?;
-        match *slot {
-            Some(s) if now < s.saturating_add(self.ttl) => {
-                cx.arm_timer(key, s.saturating_add(self.ttl))
-            }
-            _ => *slot = None,
-        }
+    fn on_timer(&mut self, _key: &[u8], _cx: &mut Ctx<'_>) -> Result<(), StateError> {
         Ok(())
     }
 
-    fn commit(&mut self, batch: &mut WriteBatch) -> Result<(), StateError> {
+    fn commit(
+        &mut self,
+        now: u64,
+        backend: &dyn StateBackend,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StateError> {
+        // An entry whose ttl has run out lets the next record through, exactly as
+        // no entry would: purging it at a commit changes nothing but the state size.
+        let ttl = self.ttl;
+        self.last_passed
+            .sweep(backend, |&s| now < s.saturating_add(ttl))?;
         self.last_passed.commit(batch)
     }
 }
@@ -189,7 +188,7 @@ mod tests {
 
     #[test]
     fn state_is_purged_after_the_ttl() {
-        let mut h = Harness::new(&topology(false));
+        let mut h = Harness::with_cache(&topology(false), 1_000);
         for i in 0..50 {
             h.push(i, image(&format!("s{i}"), Some("v1")));
         }
@@ -198,6 +197,18 @@ mod tests {
         assert_eq!(h.stored("d"), 1, "the last key's ttl runs out at 10.049s");
         h.advance(10_049);
         assert_eq!(h.stored("d"), 0, "every entry purged once its ttl ran out");
+    }
+
+    #[test]
+    fn entries_only_in_the_store_are_purged_too() {
+        // A cache of 2 entries: almost everything lives only in the store.
+        let mut h = Harness::new(&topology(false));
+        for i in 0..50 {
+            h.push(i, image(&format!("s{i}"), Some("v1")));
+        }
+        h.advance(20_000);
+        let commits = (1..=16).find(|_| h.stored("d") == 0);
+        assert!(commits.is_some(), "purged within 16 commits");
     }
 
     #[test]

@@ -34,8 +34,15 @@ pub trait Operator: Send {
     /// Handles the timer armed for `key`, now due (`cx.now()` is its deadline).
     fn on_timer(&mut self, key: &[u8], cx: &mut Ctx<'_>) -> Result<(), StateError>;
 
-    /// Writes the state changed since the last commit into `batch`.
-    fn commit(&mut self, batch: &mut WriteBatch) -> Result<(), StateError>;
+    /// Writes the state changed since the last commit into `batch`. `now` is
+    /// the clock at the commit, for operators that purge expired state here
+    /// rather than with a timer per key (the purge is never observable).
+    fn commit(
+        &mut self,
+        now: u64,
+        backend: &dyn StateBackend,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StateError>;
 }
 
 /// What an operator produced while handling one record or timer.
@@ -196,6 +203,22 @@ pub struct BuildCx<'a> {
     pub store: crate::state::StoreId,
     /// How many entries a table keeps in memory before it evicts clean ones.
     pub cache_capacity: usize,
+    /// Whether the store holds nothing yet (a fresh state directory).
+    pub store_is_empty: bool,
+}
+
+impl BuildCx<'_> {
+    /// The operator's table over its store.
+    pub fn table<V: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+    ) -> crate::state::Table<V> {
+        crate::state::Table::new(
+            self.store,
+            &format!("op/{}", self.name),
+            self.cache_capacity,
+            self.store_is_empty,
+        )
+    }
 }
 
 impl OperatorConfig {

@@ -4,7 +4,7 @@ use regex::{Regex, RegexBuilder};
 
 use super::{Ctx, Operator};
 use crate::record::{Field, Kind, Record};
-use crate::state::{StateError, WriteBatch};
+use crate::state::{StateBackend, StateError, WriteBatch};
 use crate::topology::diag::{Diags, Located};
 use crate::topology::reader::TableReader;
 
@@ -221,7 +221,12 @@ impl Operator for Route {
         Ok(())
     }
 
-    fn commit(&mut self, _batch: &mut WriteBatch) -> Result<(), StateError> {
+    fn commit(
+        &mut self,
+        _now: u64,
+        _backend: &dyn StateBackend,
+        _batch: &mut WriteBatch,
+    ) -> Result<(), StateError> {
         Ok(())
     }
 }

@@ -59,13 +59,19 @@ fn full_topology(operators: &str) -> String {
 }
 
 impl Harness {
+    /// A harness whose tables keep at most 2 entries, so that state keeps
+    /// going through the backend.
     pub fn new(operators: &str) -> Self {
+        Self::with_cache(operators, 2)
+    }
+
+    pub fn with_cache(operators: &str, cache_capacity: usize) -> Self {
         let text = full_topology(operators);
         let topo = Topology::parse("unit.toml", &text).unwrap_or_else(|e| panic!("{e}"));
         let engine = Engine::open(
             Arc::new(topo),
             Box::new(MemoryBackend::new()),
-            &EngineOptions { cache_capacity: 2 },
+            &EngineOptions { cache_capacity },
         )
         .expect("engine opens on memory");
         Harness {

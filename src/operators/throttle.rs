@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{dur, key_summary, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
 use crate::duration::DurationMs;
 use crate::record::{Kind, Record};
-use crate::state::{StateError, Table, WriteBatch};
+use crate::state::{StateBackend, StateError, Table, WriteBatch};
 use crate::topology::diag::{Diags, Located};
 use crate::topology::reader::TableReader;
 
@@ -142,7 +142,7 @@ impl ThrottleConfig {
             interval,
             tolerance: interval * (self.burst - 1),
             excess: self.excess,
-            state: Table::new(cx.store, &format!("op/{}", cx.name), cx.cache_capacity),
+            state: cx.table(),
         }
     }
 
@@ -190,18 +190,13 @@ impl Operator for Throttle {
         let Some(state) = slot.as_mut() else {
             let tat = now.saturating_add(self.interval);
             *slot = Some(KeyState { tat, pending: None });
-            cx.arm_timer(&key, tat);
             cx.emit(record.key, record.payload);
             return Ok(());
         };
+        // A record can conform while another is pending (a timer due at the same
+        // instant delivered it): it passes, and the pending one keeps its timer.
         if state.tat.max(now) - now <= self.tolerance {
             state.tat = state.tat.max(now).saturating_add(self.interval);
-            // The timer doubles as the purge: once tat has passed, the key's state
-            // is moot. A pending record keeps its release timer, though: a record
-            // can conform while one waits (a timer due at the same instant).
-            if state.pending.is_none() {
-                cx.arm_timer(&key, state.tat);
-            }
             cx.emit(record.key, record.payload);
             return Ok(());
         }
@@ -218,26 +213,29 @@ impl Operator for Throttle {
         Ok(())
     }
 
-    /// Releases the pending record, or purges the key once its tat has passed.
+    /// Releases the pending record: its turn has come.
     fn on_timer(&mut self, key: &[u8], cx: &mut Ctx<'_>) -> Result<(), StateError> {
         let now = cx.now();
         let slot = self.state.get_mut(cx.backend(), key)?;
-        let Some(state) = slot.as_mut() else {
-            return Ok(());
-        };
-        match state.pending.take() {
-            Some(record) => {
+        if let Some(state) = slot.as_mut() {
+            if let Some(record) = state.pending.take() {
                 state.tat = state.tat.max(now).saturating_add(self.interval);
-                cx.arm_timer(key, state.tat);
                 cx.emit(record.key, record.payload);
             }
-            None if state.tat <= now => *slot = None,
-            None => cx.arm_timer(key, state.tat),
         }
         Ok(())
     }
 
-    fn commit(&mut self, batch: &mut WriteBatch) -> Result<(), StateError> {
+    fn commit(
+        &mut self,
+        now: u64,
+        backend: &dyn StateBackend,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StateError> {
+        // Once tat has passed and nothing waits, a key conforms exactly as a key
+        // never seen does: its state is purged at the commit.
+        self.state
+            .sweep(backend, |s| s.pending.is_some() || s.tat > now)?;
         self.state.commit(batch)
     }
 }
@@ -284,6 +282,12 @@ mod tests {
         // tat is now 120s: the next record waits again.
         assert!(h.push(70_000, image("a", Some("v4"))).is_empty());
         assert_eq!(tags(&h.drain()), [(120_000, "v4".into())]);
+        assert_eq!(
+            h.stored("th"),
+            1,
+            "tat is 180s: the key's state still matters"
+        );
+        h.advance(180_000);
         assert_eq!(
             h.stored("th"),
             0,

@@ -210,7 +210,8 @@ impl Field {
 pub enum Payload {
     Image(ImageEvent),
     Alert(AlertEvent),
-    Intent(Intent),
+    /// Boxed: an intent is the largest value, and records are moved often.
+    Intent(Box<Intent>),
 }
 
 impl Payload {
@@ -266,27 +267,39 @@ impl Payload {
 
     /// The value as written to a JSON sink: absent optional fields are left out,
     /// an intent's unknown previous image is `null`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let result = match self {
-            Payload::Image(i) => serde_json::to_value(ImageJson::from(i)),
-            Payload::Alert(a) => serde_json::to_value(AlertJson::from(a)),
-            Payload::Intent(i) => serde_json::to_value(i),
-        };
-        // Serializing plain structs of strings into a Value cannot fail.
-        result.unwrap_or(serde_json::Value::Null)
+    pub fn json(&self) -> PayloadJson<'_> {
+        match self {
+            Payload::Image(i) => PayloadJson::Image(ImageJson::from(i)),
+            Payload::Alert(a) => PayloadJson::Alert(AlertJson::from(a)),
+            Payload::Intent(i) => PayloadJson::Intent(i.as_ref()),
+        }
     }
+
+    /// [`Payload::json`] as a JSON value.
+    pub fn to_json(&self) -> serde_json::Value {
+        // Serializing plain structs of strings into a Value cannot fail.
+        serde_json::to_value(self.json()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A record's value in its JSON form, serialized without building a tree first.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum PayloadJson<'a> {
+    Image(ImageJson<'a>),
+    Alert(AlertJson<'a>),
+    Intent(&'a Intent),
 }
 
 impl Payload {
     /// The JSON form as text, for dead letters.
     pub fn to_raw_json(&self) -> Box<serde_json::value::RawValue> {
-        let text = self.to_json().to_string();
-        serde_json::value::RawValue::from_string(text).expect("serialized JSON is valid JSON")
+        serde_json::value::to_raw_value(&self.json()).expect("plain structs of strings serialize")
     }
 }
 
 #[derive(Serialize)]
-struct ImageJson<'a> {
+pub struct ImageJson<'a> {
     service: &'a str,
     repository: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -310,7 +323,7 @@ impl<'a> From<&'a ImageEvent> for ImageJson<'a> {
 }
 
 #[derive(Serialize)]
-struct AlertJson<'a> {
+pub struct AlertJson<'a> {
     service: &'a str,
     alertname: &'a str,
     severity: &'a str,
@@ -375,7 +388,7 @@ mod tests {
             p.to_json(),
             serde_json::json!({"service": "a", "repository": "reg/a", "tag": "v1"})
         );
-        let intent = Payload::Intent(Intent {
+        let intent = Payload::Intent(Box::new(Intent {
             action: Action::Deploy,
             service: "a".into(),
             environment: "prod".into(),
@@ -384,7 +397,7 @@ mod tests {
             reason: "new image".into(),
             intent_id: "x".into(),
             caused_by: "image reg/a:v1".into(),
-        });
+        }));
         assert_eq!(intent.to_json()["previous_image"], serde_json::Value::Null);
         assert_eq!(intent.to_json()["action"], "deploy");
     }

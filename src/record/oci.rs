@@ -5,34 +5,82 @@
 //! downstream (intents, and later the committer's YAML edits) ever sees a
 //! reference that a registry would refuse.
 
-use std::sync::LazyLock;
-
-use regex::Regex;
+//! The checks are written out by hand rather than as regexes: they run for
+//! every record, and the tests hold them to the grammar's regexes.
 
 /// Longest repository name a registry accepts.
 pub const MAX_REPOSITORY_LEN: usize = 255;
 
-// The grammar, piece by piece (distribution/reference's regexp.go):
+// The grammar (distribution/reference's regexp.go):
 //   domain-component := [a-zA-Z0-9] | [a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]
-//   domain           := (domain-name | "[" ipv6 "]") [":" port]
+//   domain           := (domain-component ("." domain-component)* | "[" ipv6 "]") [":" port]
 //   path-component   := [a-z0-9]+ (separator [a-z0-9]+)*,  separator := [_.] | "__" | "-"+
 //   name             := [domain "/"] path-component ("/" path-component)*
-static REPOSITORY: LazyLock<Regex> = LazyLock::new(|| {
-    let domain_component = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
-    let domain_name = format!(r"{domain_component}(?:\.{domain_component})*");
-    let host = format!(r"(?:{domain_name}|\[[a-fA-F0-9:]+\])");
-    let domain = format!(r"{host}(?::[0-9]+)?");
-    let path_component = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
-    let name = format!(r"^(?:{domain}/)?{path_component}(?:/{path_component})*$");
-    Regex::new(&name).expect("the repository grammar is a valid regex")
-});
 
-static TAG: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").expect("valid regex"));
+fn is_path_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &b[start..i];
+        let ok = matches!(sep, b"." | b"_" | b"__") || sep.iter().all(|&x| x == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
 
-static DIGEST: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$").expect("valid regex")
-});
+fn is_domain_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|&x| x.is_ascii_alphanumeric() || x == b'-')
+}
+
+fn is_domain(d: &str) -> bool {
+    let (host, port) = if let Some(rest) = d.strip_prefix('[') {
+        let Some(end) = rest.find(']') else {
+            return false;
+        };
+        let ipv6 = &rest[..end];
+        if ipv6.is_empty() || !ipv6.bytes().all(|x| x.is_ascii_hexdigit() || x == b':') {
+            return false;
+        }
+        ("", &rest[end + 1..])
+    } else {
+        match d.find(':') {
+            Some(i) => (&d[..i], &d[i..]),
+            None => (d, ""),
+        }
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|x| x.is_ascii_digit()));
+    let host_ok = d.starts_with('[') || host.split('.').all(is_domain_component);
+    port_ok && host_ok
+}
+
+fn is_repository(name: &str) -> bool {
+    let mut parts = name.split('/');
+    let first = parts.next().unwrap_or("");
+    let rest: Vec<&str> = parts.collect();
+    let rest_ok = rest.iter().all(|c| is_path_component(c));
+    rest_ok && (is_path_component(first) || (!rest.is_empty() && is_domain(first)))
+}
 
 /// Checks a repository name such as `registry.example.com:5000/team/app`.
 pub fn check_repository(name: &str) -> Result<(), String> {
@@ -42,7 +90,7 @@ pub fn check_repository(name: &str) -> Result<(), String> {
             name.len()
         ));
     }
-    if REPOSITORY.is_match(name) {
+    if is_repository(name) {
         Ok(())
     } else {
         Err(format!(
@@ -52,9 +100,17 @@ pub fn check_repository(name: &str) -> Result<(), String> {
     }
 }
 
+fn is_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
+    (1..=128).contains(&b.len())
+        && word(b[0])
+        && b.iter().all(|&x| word(x) || x == b'.' || x == b'-')
+}
+
 /// Checks a tag such as `v1.2.3` (`^[\w][\w.-]{0,127}$`, ASCII word characters).
 pub fn check_tag(tag: &str) -> Result<(), String> {
-    if TAG.is_match(tag) {
+    if is_tag(tag) {
         Ok(())
     } else {
         Err(format!(
@@ -64,9 +120,22 @@ pub fn check_tag(tag: &str) -> Result<(), String> {
     }
 }
 
+fn is_digest(digest: &str) -> bool {
+    let hex = |h: &str, len: usize| {
+        h.len() == len
+            && h.bytes()
+                .all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x))
+    };
+    match digest.split_once(':') {
+        Some(("sha256", h)) => hex(h, 64),
+        Some(("sha512", h)) => hex(h, 128),
+        _ => false,
+    }
+}
+
 /// Checks a digest: `sha256:` + 64 lowercase hex digits or `sha512:` + 128.
 pub fn check_digest(digest: &str) -> Result<(), String> {
-    if DIGEST.is_match(digest) {
+    if is_digest(digest) {
         Ok(())
     } else {
         Err(format!(
@@ -74,6 +143,16 @@ pub fn check_digest(digest: &str) -> Result<(), String> {
             printable(digest)
         ))
     }
+}
+
+/// Whether `value` is a valid service or environment name:
+/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`.
+pub fn is_name(value: &str) -> bool {
+    let b = value.as_bytes();
+    (1..=253).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-'))
 }
 
 /// Parses a full reference `repository[:tag][@digest]` into its parts, checking each.
@@ -141,6 +220,51 @@ pub fn printable(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use regex::Regex;
+    use std::sync::LazyLock;
+
+    /// The grammar as regexes, the oracle for the hand-written checks.
+    static REPOSITORY: LazyLock<Regex> = LazyLock::new(|| {
+        let dc = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
+        let domain = format!(r"(?:{dc}(?:\.{dc})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?");
+        let path = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
+        Regex::new(&format!(r"^(?:{domain}/)?{path}(?:/{path})*$")).unwrap()
+    });
+    static TAG: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").unwrap());
+    static DIGEST: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$").unwrap());
+    static NAME: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$").unwrap());
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn hand_written_checks_agree_with_the_grammar(s in "[a-zA-Z0-9._:/\\[\\]-]{0,24}") {
+            prop_assert_eq!(is_repository(&s), REPOSITORY.is_match(&s), "repository {:?}", s);
+            prop_assert_eq!(is_tag(&s), TAG.is_match(&s), "tag {:?}", s);
+            prop_assert_eq!(is_name(&s), NAME.is_match(&s), "name {:?}", s);
+        }
+
+        #[test]
+        fn path_like_strings_agree_with_the_grammar(s in "([a-z0-9]{1,3}[._-]{0,3}){1,4}(/([a-z0-9]{1,3}[._-]{0,2}){1,3}){0,3}") {
+            prop_assert_eq!(is_repository(&s), REPOSITORY.is_match(&s), "repository {:?}", s);
+        }
+
+        #[test]
+        fn digests_agree_with_the_grammar(alg in "sha256|sha512|sha1", hex in "[0-9a-fA-F]{60,130}") {
+            let d = format!("{alg}:{hex}");
+            prop_assert_eq!(is_digest(&d), DIGEST.is_match(&d), "digest {:?}", d);
+        }
+    }
+
+    #[test]
+    fn lengths_at_the_limits() {
+        assert!(is_tag(&"a".repeat(128)) && !is_tag(&"a".repeat(129)));
+        assert!(is_name(&"a".repeat(253)) && !is_name(&"a".repeat(254)));
+    }
 
     #[test]
     fn accepts_repository_names_registries_accept() {

@@ -5,15 +5,10 @@
 //! at fault so that a dead letter says what to fix.
 
 use std::fmt;
-use std::sync::LazyLock;
 
-use regex::Regex;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use super::{oci, AlertEvent, AlertStatus, ImageEvent, InvalidRecord};
-
-static NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$").expect("valid regex"));
 
 const IMAGE_FIELDS: &[&str] = &["service", "repository", "tag", "digest", "environment"];
 const ALERT_FIELDS: &[&str] = &[
@@ -122,7 +117,7 @@ fn non_empty(field: &str, value: String) -> Result<String, InvalidRecord> {
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), InvalidRecord> {
-    if NAME.is_match(value) {
+    if oci::is_name(value) {
         Ok(())
     } else {
         Err(invalid(

@@ -38,6 +38,10 @@ impl StateBackend for MemoryBackend {
         Ok(())
     }
 
+    fn is_empty(&self, store: StoreId) -> Result<bool, StateError> {
+        Ok(self.stores[store].is_empty())
+    }
+
     fn write(&mut self, batch: WriteBatch) -> Result<(), StateError> {
         for (store, key, value) in batch.ops {
             match value {

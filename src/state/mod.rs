@@ -60,6 +60,9 @@ pub trait StateBackend: Send {
     /// Calls `visit` for every entry of `store`, in key order.
     fn scan(&self, store: StoreId, visit: &mut Visit<'_>) -> Result<(), StateError>;
 
+    /// Whether `store` holds no entry.
+    fn is_empty(&self, store: StoreId) -> Result<bool, StateError>;
+
     /// Applies `batch` atomically.
     fn write(&mut self, batch: WriteBatch) -> Result<(), StateError>;
 

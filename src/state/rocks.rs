@@ -9,6 +9,8 @@ use super::{StateBackend, StateError, StoreId, Visit, WriteBatch};
 
 pub struct RocksBackend {
     db: DB,
+    /// One block cache shared by all column families.
+    cache: rocksdb::Cache,
     dir: PathBuf,
     names: Vec<String>,
 }
@@ -16,7 +18,8 @@ pub struct RocksBackend {
 impl RocksBackend {
     /// Opens (creating if needed) the database in `dir`, with every column family it already has.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        let opts = Self::options();
+        let cache = rocksdb::Cache::new_lru_cache(8 << 20);
+        let opts = Self::options(&cache);
         let open_err = |cause| StateError::Open {
             dir: dir.to_owned(),
             cause,
@@ -28,10 +31,11 @@ impl RocksBackend {
         };
         let cfs = existing
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Self::options()));
+            .map(|name| ColumnFamilyDescriptor::new(name, Self::options(&cache)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(open_err)?;
         Ok(RocksBackend {
             db,
+            cache,
             dir: dir.to_owned(),
             names: Vec::new(),
         })
@@ -43,7 +47,7 @@ impl RocksBackend {
 
     // State is small and hot in the table caches: keep RocksDB's own memory modest
     // so that a process stays well under its RSS budget.
-    fn options() -> Options {
+    fn options(cache: &rocksdb::Cache) -> Options {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -52,6 +56,13 @@ impl RocksBackend {
         opts.set_max_background_jobs(1);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_keep_log_file_num(2);
+        // Reads are for keys missing from a table's cache, often absent from the
+        // store as well: a bloom filter answers those without touching a block.
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_block_cache(cache);
+        table.set_cache_index_and_filter_blocks(true);
+        opts.set_block_based_table_factory(&table);
         opts
     }
 
@@ -71,7 +82,7 @@ impl StateBackend for RocksBackend {
         }
         if self.db.cf_handle(name).is_none() {
             self.db
-                .create_cf(name, &Self::options())
+                .create_cf(name, &Self::options(&self.cache))
                 .map_err(|cause| StateError::Rocks {
                     store: name.to_owned(),
                     op: "create",
@@ -105,6 +116,21 @@ impl StateBackend for RocksBackend {
             visit(&k, &v)?;
         }
         Ok(())
+    }
+
+    fn is_empty(&self, store: StoreId) -> Result<bool, StateError> {
+        let mut iter = self
+            .db
+            .iterator_cf(self.cf(store)?, rocksdb::IteratorMode::Start);
+        match iter.next() {
+            None => Ok(true),
+            Some(Ok(_)) => Ok(false),
+            Some(Err(cause)) => Err(StateError::Rocks {
+                store: self.names[store].clone(),
+                op: "scan",
+                cause,
+            }),
+        }
     }
 
     fn write(&mut self, batch: WriteBatch) -> Result<(), StateError> {

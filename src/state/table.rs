@@ -1,7 +1,7 @@
 //! A typed, write-back cached view of one store.
 
-use std::collections::HashMap;
-
+use hashbrown::hash_map::EntryRef;
+use hashbrown::HashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -9,65 +9,68 @@ use super::{show_key, StateBackend, StateError, StoreId, WriteBatch};
 
 /// Entries of one store, decoded, cached and written back on commit.
 ///
-/// Reads go to the cache first and load from the backend on a miss (a miss
-/// that finds nothing is cached too). Writes only touch the cache and mark
-/// the entry dirty; [`Table::commit`] encodes the dirty entries into the
-/// commit's batch. After a commit, when the cache holds more than its
-/// capacity, clean entries are dropped, which bounds memory whatever the
-/// number of keys.
+/// Reads go to the cache first and load from the backend on a miss. Writes
+/// only touch the cache and mark the entry dirty; [`Table::commit`] encodes
+/// the dirty entries into the commit's batch.
+///
+/// While the cache is *complete* (it holds every entry of the store, which
+/// is true from the start for an empty store and stays true until the first
+/// eviction), a miss means "absent" and costs no backend read at all. After a
+/// commit, deleted entries leave the cache, and when it holds more than its
+/// capacity it is emptied (and no longer complete): memory stays bounded
+/// whatever the number of keys.
 pub struct Table<V> {
     store: StoreId,
     name: String,
     cache: HashMap<Vec<u8>, Slot<V>>,
-    dirty: Vec<Vec<u8>>,
     capacity: usize,
+    complete: bool,
+    /// Sweeps since the stored entries were last swept (see [`Table::sweep`]).
+    sweeps: u32,
 }
+
+/// While the cache is incomplete, every this many sweeps also go through the
+/// entries that are only in the store: a full scan, so not at every commit.
+const STORE_SWEEP_EVERY: u32 = 16;
 
 struct Slot<V> {
     value: Option<V>,
     dirty: bool,
+    /// Whether the backend holds an entry for the key as of the last commit:
+    /// an entry created and deleted between two commits costs no write at all.
+    stored: bool,
 }
 
 impl<V: Serialize + DeserializeOwned> Table<V> {
-    pub fn new(store: StoreId, name: &str, capacity: usize) -> Self {
+    /// A table over `store`; `store_is_empty` says whether the store holds nothing yet.
+    pub fn new(store: StoreId, name: &str, capacity: usize, store_is_empty: bool) -> Self {
         Table {
             store,
             name: name.to_owned(),
             cache: HashMap::new(),
-            dirty: Vec::new(),
             capacity,
+            complete: store_is_empty,
+            sweeps: 0,
         }
     }
 
-    fn load<'t>(
-        cache: &'t mut HashMap<Vec<u8>, Slot<V>>,
-        store: StoreId,
-        name: &str,
-        backend: &dyn StateBackend,
-        key: &[u8],
-    ) -> Result<&'t mut Slot<V>, StateError> {
-        if !cache.contains_key(key) {
-            let value = match backend.get(store, key)? {
-                Some(bytes) => {
-                    Some(
-                        postcard::from_bytes(&bytes).map_err(|cause| StateError::Decode {
-                            store: name.to_owned(),
-                            key: show_key(key),
-                            cause,
-                        })?,
-                    )
-                }
-                None => None,
-            };
-            cache.insert(
-                key.to_vec(),
-                Slot {
+    fn slot(&mut self, backend: &dyn StateBackend, key: &[u8]) -> Result<&mut Slot<V>, StateError> {
+        match self.cache.entry_ref(key) {
+            EntryRef::Occupied(e) => Ok(e.into_mut()),
+            EntryRef::Vacant(e) => {
+                let value = if self.complete {
+                    None
+                } else {
+                    decode(backend, self.store, &self.name, key)?
+                };
+                let stored = value.is_some();
+                Ok(e.insert(Slot {
                     value,
                     dirty: false,
-                },
-            );
+                    stored,
+                }))
+            }
         }
-        Ok(cache.get_mut(key).expect("the entry was just inserted"))
     }
 
     /// The entry for `key`, if any.
@@ -76,11 +79,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         backend: &dyn StateBackend,
         key: &[u8],
     ) -> Result<Option<&V>, StateError> {
-        Ok(
-            Self::load(&mut self.cache, self.store, &self.name, backend, key)?
-                .value
-                .as_ref(),
-        )
+        Ok(self.slot(backend, key)?.value.as_ref())
     }
 
     /// The entry for `key`, to read and change; it is written back on commit.
@@ -89,34 +88,95 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         backend: &dyn StateBackend,
         key: &[u8],
     ) -> Result<&mut Option<V>, StateError> {
-        let slot = Self::load(&mut self.cache, self.store, &self.name, backend, key)?;
-        if !slot.dirty {
-            slot.dirty = true;
-            self.dirty.push(key.to_vec());
-        }
+        let slot = self.slot(backend, key)?;
+        slot.dirty = true;
         Ok(&mut slot.value)
+    }
+
+    /// Deletes every entry for which `keep` says no: the cached ones always,
+    /// and, while the cache is incomplete, now and then the stored ones too.
+    /// Operators purge expired state this way instead of arming a timer per key.
+    pub fn sweep(
+        &mut self,
+        backend: &dyn StateBackend,
+        mut keep: impl FnMut(&V) -> bool,
+    ) -> Result<(), StateError> {
+        for slot in self.cache.values_mut() {
+            if slot.value.as_ref().is_some_and(|v| !keep(v)) {
+                slot.value = None;
+                slot.dirty = true;
+            }
+        }
+        self.sweeps += 1;
+        if self.complete || self.sweeps < STORE_SWEEP_EVERY {
+            return Ok(());
+        }
+        self.sweeps = 0;
+        let mut expired = Vec::new();
+        let (cache, store, name) = (&self.cache, self.store, &self.name);
+        backend.scan(store, &mut |key, bytes| {
+            if !cache.contains_key(key) {
+                let value: V = postcard::from_bytes(bytes).map_err(|cause| StateError::Decode {
+                    store: name.clone(),
+                    key: show_key(key),
+                    cause,
+                })?;
+                if !keep(&value) {
+                    expired.push(key.to_vec());
+                }
+            }
+            Ok(())
+        })?;
+        for key in expired {
+            self.cache.insert(
+                key,
+                Slot {
+                    value: None,
+                    dirty: true,
+                    stored: true,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Writes every dirty entry into `batch` and trims the cache.
     pub fn commit(&mut self, batch: &mut WriteBatch) -> Result<(), StateError> {
-        for key in self.dirty.drain(..) {
-            let Some(slot) = self.cache.get_mut(&key) else {
-                continue;
-            };
-            slot.dirty = false;
-            match &slot.value {
-                Some(v) => {
-                    let bytes = postcard::to_stdvec(v).map_err(|cause| StateError::Encode {
-                        store: self.name.clone(),
-                        cause,
-                    })?;
-                    batch.put(self.store, key, bytes);
+        let mut failure = None;
+        let (store, name) = (self.store, &self.name);
+        self.cache.retain(|key, slot| {
+            if slot.dirty && failure.is_none() {
+                slot.dirty = false;
+                match &slot.value {
+                    Some(v) => match postcard::to_stdvec(v) {
+                        Ok(bytes) => {
+                            batch.put(store, key.clone(), bytes);
+                            slot.stored = true;
+                        }
+                        Err(cause) => {
+                            failure = Some(StateError::Encode {
+                                store: name.clone(),
+                                cause,
+                            })
+                        }
+                    },
+                    None if slot.stored => {
+                        batch.delete(store, key.clone());
+                        slot.stored = false;
+                    }
+                    None => {}
                 }
-                None => batch.delete(self.store, key),
             }
+            // A deleted entry is known absent without a slot while the cache is
+            // complete, and otherwise costs one read when next needed.
+            slot.value.is_some() || slot.dirty
+        });
+        if let Some(err) = failure {
+            return Err(err);
         }
         if self.cache.len() > self.capacity {
             self.cache.clear();
+            self.complete = false;
         }
         Ok(())
     }
@@ -127,16 +187,45 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     }
 }
 
+fn decode<V: DeserializeOwned>(
+    backend: &dyn StateBackend,
+    store: StoreId,
+    name: &str,
+    key: &[u8],
+) -> Result<Option<V>, StateError> {
+    let Some(bytes) = backend.get(store, key)? else {
+        return Ok(None);
+    };
+    postcard::from_bytes(&bytes)
+        .map(Some)
+        .map_err(|cause| StateError::Decode {
+            store: name.to_owned(),
+            key: show_key(key),
+            cause,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::MemoryBackend;
 
+    fn commit<V: Serialize + DeserializeOwned>(
+        table: &mut Table<V>,
+        backend: &mut MemoryBackend,
+    ) -> usize {
+        let mut batch = WriteBatch::default();
+        table.commit(&mut batch).unwrap();
+        let n = batch.len();
+        backend.write(batch).unwrap();
+        n
+    }
+
     #[test]
     fn writes_back_only_on_commit_and_reloads_after_eviction() {
         let mut backend = MemoryBackend::new();
         let store = backend.open_store("t").unwrap();
-        let mut table: Table<u64> = Table::new(store, "t", 1);
+        let mut table: Table<u64> = Table::new(store, "t", 1, true);
         *table.get_mut(&backend, b"a").unwrap() = Some(7);
         *table.get_mut(&backend, b"b").unwrap() = Some(8);
         assert_eq!(
@@ -144,18 +233,86 @@ mod tests {
             None,
             "nothing written before commit"
         );
-        let mut batch = WriteBatch::default();
-        table.commit(&mut batch).unwrap();
-        assert_eq!(batch.len(), 2);
-        backend.write(batch).unwrap();
+        assert_eq!(commit(&mut table, &mut backend), 2);
         assert_eq!(table.cached(), 0, "over capacity: clean entries evicted");
-        assert_eq!(table.get(&backend, b"a").unwrap(), Some(&7));
+        assert_eq!(
+            table.get(&backend, b"a").unwrap(),
+            Some(&7),
+            "reloaded from the backend"
+        );
         *table.get_mut(&backend, b"a").unwrap() = None;
-        let mut batch = WriteBatch::default();
-        table.commit(&mut batch).unwrap();
-        backend.write(batch).unwrap();
+        assert_eq!(commit(&mut table, &mut backend), 1);
         assert_eq!(backend.get(store, b"a").unwrap(), None, "deleted on commit");
         assert_eq!(table.get(&backend, b"b").unwrap(), Some(&8));
+    }
+
+    #[test]
+    fn a_complete_cache_does_not_read_the_backend_and_drops_deleted_entries() {
+        let mut backend = MemoryBackend::new();
+        let store = backend.open_store("t").unwrap();
+        // Something the table must not see while it believes the store empty.
+        let mut batch = WriteBatch::default();
+        batch.put(store, b"x".to_vec(), postcard::to_stdvec(&1u64).unwrap());
+        backend.write(batch).unwrap();
+        let mut table: Table<u64> = Table::new(store, "t", 10, true);
+        assert_eq!(table.get(&backend, b"x").unwrap(), None);
+        *table.get_mut(&backend, b"y").unwrap() = Some(1);
+        commit(&mut table, &mut backend);
+        *table.get_mut(&backend, b"y").unwrap() = None;
+        commit(&mut table, &mut backend);
+        assert_eq!(
+            table.cached(),
+            0,
+            "neither the absent x nor the deleted y keeps a slot"
+        );
+        let mut incomplete: Table<u64> = Table::new(store, "t", 10, false);
+        assert_eq!(incomplete.get(&backend, b"x").unwrap(), Some(&1));
+    }
+
+    #[test]
+    fn an_entry_born_and_deleted_between_commits_writes_nothing() {
+        let mut backend = MemoryBackend::new();
+        let store = backend.open_store("t").unwrap();
+        let mut table: Table<u64> = Table::new(store, "t", 10, true);
+        *table.get_mut(&backend, b"a").unwrap() = Some(1);
+        *table.get_mut(&backend, b"a").unwrap() = None;
+        assert_eq!(commit(&mut table, &mut backend), 0);
+        *table.get_mut(&backend, b"b").unwrap() = Some(1);
+        assert_eq!(commit(&mut table, &mut backend), 1);
+        *table.get_mut(&backend, b"b").unwrap() = None;
+        assert_eq!(
+            commit(&mut table, &mut backend),
+            1,
+            "a stored entry is deleted"
+        );
+    }
+
+    #[test]
+    fn sweep_deletes_cached_and_eventually_stored_entries() {
+        let mut backend = MemoryBackend::new();
+        let store = backend.open_store("t").unwrap();
+        let mut table: Table<u64> = Table::new(store, "t", 2, true);
+        for (i, k) in [b"a", b"b", b"c"].iter().enumerate() {
+            *table.get_mut(&backend, *k).unwrap() = Some(i as u64);
+        }
+        commit(&mut table, &mut backend);
+        assert_eq!(table.cached(), 0, "evicted: the cache is incomplete now");
+        *table.get_mut(&backend, b"c").unwrap() = Some(2);
+        let mut sweeps = 0;
+        while backend.get(store, b"a").unwrap().is_some() {
+            table.sweep(&backend, |v| *v >= 1).unwrap();
+            commit(&mut table, &mut backend);
+            sweeps += 1;
+            assert!(
+                sweeps <= STORE_SWEEP_EVERY,
+                "stored entries are swept within {STORE_SWEEP_EVERY} sweeps"
+            );
+        }
+        assert!(
+            backend.get(store, b"b").unwrap().is_some(),
+            "kept entries stay"
+        );
+        assert!(backend.get(store, b"c").unwrap().is_some());
     }
 
     #[test]
@@ -165,7 +322,7 @@ mod tests {
         let mut batch = WriteBatch::default();
         batch.put(store, b"k".to_vec(), vec![0xff; 12]);
         backend.write(batch).unwrap();
-        let mut table: Table<(u64, String)> = Table::new(store, "op/x", 10);
+        let mut table: Table<(u64, String)> = Table::new(store, "op/x", 10, false);
         let err = table.get(&backend, b"k").unwrap_err().to_string();
         assert!(err.contains("op/x") && err.contains('k'), "{err}");
     }
