@@ -266,14 +266,8 @@ impl GateRules {
 }
 
 impl AlertGate {
-    fn on_image(
-        &mut self,
-        record: Record,
-        image: &ImageEvent,
-        cx: &mut Ctx<'_>,
-    ) -> Result<(), StateError> {
+    fn on_image(&mut self, image: &ImageEvent, cx: &mut Ctx<'_>) -> Result<(), StateError> {
         let Some(environment) = image.environment.as_deref() else {
-            cx.dead_letter(&record, "environment: an image needs an environment at an alert_gate (set one on the source or route it)".into());
             return Ok(());
         };
         let reference = image.reference();
@@ -390,10 +384,11 @@ impl Operator for AlertGate {
         cx: &mut Ctx<'_>,
     ) -> Result<(), StateError> {
         match &record.payload {
-            Payload::Image(image) => {
-                let image = image.clone();
-                self.on_image(record, &image, cx)
+            Payload::Image(image) if image.environment.is_none() => {
+                cx.dead_letter(&record, "environment: an image needs an environment at an alert_gate (set one on the source or route it)".into());
+                Ok(())
             }
+            Payload::Image(image) => self.on_image(image, cx),
             Payload::Alert(alert) => self.on_alert(alert, cx),
             // Validation only connects image and alert streams to a gate.
             Payload::Intent(_) => Ok(()),

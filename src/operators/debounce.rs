@@ -121,7 +121,7 @@ impl Operator for Debounce {
     ) -> Result<(), StateError> {
         let key = self.key.encode(&record.payload);
         let now = cx.now();
-        let slot = self.pending.get_mut(cx.backend(), &key)?;
+        let slot = self.pending.get_mut(cx.backend(), key)?;
         let first_arrival = match slot.as_ref() {
             Some(p) => {
                 cx.drop_record("superseded");
@@ -137,7 +137,7 @@ impl Operator for Debounce {
             first_arrival,
             record,
         });
-        cx.arm_timer(&key, deadline);
+        cx.arm_timer(key, deadline);
         Ok(())
     }
 

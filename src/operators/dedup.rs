@@ -98,7 +98,7 @@ impl Operator for Dedup {
     ) -> Result<(), StateError> {
         let key = self.key.encode(&record.payload);
         let now = cx.now();
-        let slot = self.last_passed.get_mut(cx.backend(), &key)?;
+        let slot = self.last_passed.get_mut(cx.backend(), key)?;
         match *slot {
             Some(s) if now < s.saturating_add(self.ttl) => {
                 if self.refresh_on_drop {

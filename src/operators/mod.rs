@@ -117,23 +117,51 @@ impl Ctx<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySpec {
     fields: Vec<Field>,
+    /// Reused for every key: encoding runs once per record.
+    buf: Vec<u8>,
 }
 
 impl KeySpec {
     pub fn new(fields: Vec<Field>) -> Self {
-        KeySpec { fields }
+        KeySpec {
+            fields,
+            buf: Vec::with_capacity(64),
+        }
     }
 
     /// Encodes the key of a record. Each value is length-prefixed so that no
     /// two different field tuples can produce the same bytes.
-    pub fn encode(&self, payload: &Payload) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32);
+    pub fn encode(&mut self, payload: &Payload) -> &[u8] {
+        self.buf.clear();
         for field in &self.fields {
-            let value = payload.field(*field);
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            out.extend_from_slice(value.as_bytes());
+            match (field, payload) {
+                // The reference, written in place rather than built as a string first.
+                (Field::Image, Payload::Image(i)) => {
+                    let parts = [
+                        Some(i.repository.as_str()),
+                        i.tag.as_deref(),
+                        i.digest.as_deref(),
+                    ];
+                    let len = i.repository.len()
+                        + i.tag.as_ref().map_or(0, |t| t.len() + 1)
+                        + i.digest.as_ref().map_or(0, |d| d.len() + 1);
+                    self.buf.extend_from_slice(&(len as u32).to_le_bytes());
+                    for (part, sep) in parts.into_iter().zip(["", ":", "@"]) {
+                        if let Some(part) = part {
+                            self.buf.extend_from_slice(sep.as_bytes());
+                            self.buf.extend_from_slice(part.as_bytes());
+                        }
+                    }
+                }
+                _ => {
+                    let value = payload.field(*field);
+                    self.buf
+                        .extend_from_slice(&(value.len() as u32).to_le_bytes());
+                    self.buf.extend_from_slice(value.as_bytes());
+                }
+            }
         }
-        out
+        &self.buf
     }
 }
 
@@ -299,3 +327,30 @@ pub(crate) fn dur(d: DurationMs) -> String {
 
 #[cfg(test)]
 pub(crate) mod testkit;
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::image;
+    use super::*;
+
+    #[test]
+    fn keys_are_length_prefixed_and_the_reference_is_encoded_like_the_field() {
+        let mut spec = KeySpec::new(vec![Field::Service, Field::Image, Field::Digest]);
+        let p = image("a", Some("v1"));
+        let mut expected = Vec::new();
+        for v in ["a", "a:v1", ""] {
+            expected.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            expected.extend_from_slice(v.as_bytes());
+        }
+        assert_eq!(spec.encode(&p), expected.as_slice());
+        let digest_only = image("a", None);
+        let reference = digest_only.field(Field::Image).into_owned();
+        let mut spec = KeySpec::new(vec![Field::Image]);
+        assert_eq!(&spec.encode(&digest_only)[4..], reference.as_bytes());
+        // ("ab", "") and ("a", "b") must differ.
+        let mut two = KeySpec::new(vec![Field::Service, Field::Tag]);
+        let k1 = two.encode(&image("ab", None)).to_vec();
+        let k2 = two.encode(&image("a", Some("b"))).to_vec();
+        assert_ne!(k1, k2);
+    }
+}

@@ -146,13 +146,13 @@ impl Harness {
 }
 
 pub fn image(service: &str, tag: Option<&str>) -> Payload {
-    Payload::Image(ImageEvent {
+    Payload::Image(Box::new(ImageEvent {
         service: service.into(),
         repository: service.to_lowercase(),
         tag: tag.map(Into::into),
         digest: tag.is_none().then(|| format!("sha256:{}", "0".repeat(64))),
         environment: None,
-    })
+    }))
 }
 
 pub fn image_in(service: &str, tag: &str, environment: &str) -> Payload {
@@ -162,7 +162,7 @@ pub fn image_in(service: &str, tag: &str, environment: &str) -> Payload {
 }
 
 pub fn alert(service: &str, name: &str, severity: &str, firing: bool) -> Payload {
-    Payload::Alert(AlertEvent {
+    Payload::Alert(Box::new(AlertEvent {
         service: service.into(),
         alertname: name.into(),
         severity: severity.into(),
@@ -173,7 +173,7 @@ pub fn alert(service: &str, name: &str, severity: &str, firing: bool) -> Payload
         },
         environment: "prod".into(),
         fingerprint: None,
-    })
+    }))
 }
 
 /// `(ts, tag)` of image records, for compact assertions.

@@ -186,7 +186,7 @@ impl Operator for Throttle {
     ) -> Result<(), StateError> {
         let key = self.key.encode(&record.payload);
         let now = cx.now();
-        let slot = self.state.get_mut(cx.backend(), &key)?;
+        let slot = self.state.get_mut(cx.backend(), key)?;
         let Some(state) = slot.as_mut() else {
             let tat = now.saturating_add(self.interval);
             *slot = Some(KeyState { tat, pending: None });
@@ -206,7 +206,7 @@ impl Operator for Throttle {
                 if state.pending.replace(record).is_some() {
                     cx.drop_record("superseded");
                 } else {
-                    cx.arm_timer(&key, state.tat - self.tolerance);
+                    cx.arm_timer(key, state.tat - self.tolerance);
                 }
             }
         }

@@ -52,8 +52,8 @@ impl Source {
     pub fn parse(&self, json: &str) -> Result<Payload, InvalidRecord> {
         let env = self.environment.as_deref();
         match self.kind {
-            Kind::Image => parse_image(json, env).map(Payload::Image),
-            Kind::Alert => parse_alert(json, env).map(Payload::Alert),
+            Kind::Image => parse_image(json, env).map(|i| Payload::Image(Box::new(i))),
+            Kind::Alert => parse_alert(json, env).map(|a| Payload::Alert(Box::new(a))),
             Kind::Intent => Err(InvalidRecord("sources cannot read intents".into())),
         }
     }
