@@ -93,6 +93,11 @@ struct ReplayArgs {
     /// Commit state every N input lines.
     #[arg(long, default_value_t = ReplayOptions::default().commit_every, value_parser = clap::value_parser!(u64).range(1..))]
     commit_every: u64,
+    /// Compare the intents with a baseline replay output: print what is
+    /// missing, extra or changed, and exit 1 when they differ. The records
+    /// themselves are then only written with an explicit --output FILE.
+    #[arg(long, value_name = "BASELINE.jsonl")]
+    diff: Option<PathBuf>,
     /// Write run statistics as JSON to this file (used by `sluice bench`).
     #[arg(long)]
     stats_json: Option<PathBuf>,
@@ -335,7 +340,22 @@ fn run_replay(args: ReplayArgs) -> Result<ExitCode> {
         // process's resident memory, for a gain of a few percent.
         Box::new(BufReader::with_capacity(1 << 16, file))
     };
-    let mut out = JsonLinesOutput::new(open_output(&args.output)?, topo.dead_letter_topic());
+    let baseline = match &args.diff {
+        Some(path) => Some(read_baseline(path)?),
+        None => None,
+    };
+    // With --diff the output is kept to compare it; it is written out only to a named file.
+    let writer: Box<dyn Write> = match (&baseline, args.output.as_str()) {
+        (Some(_), "-") => Box::new(io::sink()),
+        _ => open_output(&args.output)?,
+    };
+    let mut out = JsonLinesOutput::new(
+        Tee {
+            out: writer,
+            keep: baseline.as_ref().map(|_| Vec::new()),
+        },
+        topo.dead_letter_topic(),
+    );
     let opts = ReplayOptions {
         drain: args.drain,
         commit_every: args.commit_every,
@@ -363,7 +383,55 @@ fn run_replay(args: ReplayArgs) -> Result<ExitCode> {
         write_stats(path, &summary)?;
     }
     engine.close()?;
-    Ok(ExitCode::SUCCESS)
+    match (baseline, args.diff) {
+        (Some(base), Some(path)) => {
+            let kept = out.into_inner().keep.unwrap_or_default();
+            let new = sluice::diff::read_intents(&String::from_utf8_lossy(&kept), "<this run>")?;
+            let d = sluice::diff::diff(&base, &new);
+            let shown = args
+                .topology
+                .as_ref()
+                .map_or("topologies/cicd.toml (embedded)".into(), |t| {
+                    t.display().to_string()
+                });
+            print_stdout(&d.render(&path.display().to_string(), &shown))?;
+            Ok(if d.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn read_baseline(path: &Path) -> Result<Vec<sluice::diff::IntentLine>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read baseline {}", path.display()))?;
+    Ok(sluice::diff::read_intents(
+        &text,
+        &path.display().to_string(),
+    )?)
+}
+
+/// Writes through, and keeps a copy when asked (for --diff).
+struct Tee {
+    out: Box<dyn Write>,
+    keep: Option<Vec<u8>>,
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        if let Some(keep) = &mut self.keep {
+            keep.extend_from_slice(&buf[..n]);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 fn render_summary(s: &ReplaySummary, engine: &Engine) -> String {

@@ -232,3 +232,91 @@ fn flood_is_seeded() {
     assert_eq!(a.stdout, b.stdout);
     assert_eq!(text(&a.stdout).lines().count(), 500);
 }
+
+#[test]
+fn diff_against_a_baseline_reports_changes_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let flood = text(
+        &sluice(
+            &[
+                "flood",
+                "--events",
+                "2000",
+                "--services",
+                "4",
+                "--seed",
+                "3",
+            ],
+            "",
+        )
+        .stdout,
+    );
+    let flood_path = dir.path().join("flood.jsonl");
+    std::fs::write(&flood_path, &flood).unwrap();
+    let flood_arg = flood_path.display().to_string();
+    let baseline = sluice(
+        &[
+            "replay",
+            "topologies/cicd.toml",
+            "--input",
+            &flood_arg,
+            "--drain",
+        ],
+        "",
+    );
+    let base_path = dir.path().join("baseline.jsonl");
+    std::fs::write(&base_path, &baseline.stdout).unwrap();
+    let base_arg = base_path.display().to_string();
+
+    let same = sluice(
+        &[
+            "replay",
+            "topologies/cicd.toml",
+            "--input",
+            &flood_arg,
+            "--drain",
+            "--diff",
+            &base_arg,
+        ],
+        "",
+    );
+    assert_eq!(same.status.code(), Some(0), "{}", text(&same.stdout));
+    assert!(
+        text(&same.stdout).contains("0 missing, 0 extra, 0 changed"),
+        "{}",
+        text(&same.stdout)
+    );
+
+    // A longer debounce moves deploys later and merges some: the diff must say so.
+    let changed_topo = dir.path().join("slower.toml");
+    let src =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/cicd.toml"))
+            .unwrap();
+    std::fs::write(
+        &changed_topo,
+        src.replace("quiet = \"30s\"", "quiet = \"90s\""),
+    )
+    .unwrap();
+    let diff = sluice(
+        &[
+            "replay",
+            &changed_topo.display().to_string(),
+            "--input",
+            &flood_arg,
+            "--drain",
+            "--diff",
+            &base_arg,
+        ],
+        "",
+    );
+    assert_eq!(diff.status.code(), Some(1), "{}", text(&diff.stderr));
+    let report = text(&diff.stdout);
+    assert!(
+        report.starts_with(&format!("--- {base_arg}\n+++ ")),
+        "{report}"
+    );
+    assert!(
+        report.contains("  ~ ") && report.contains("ts "),
+        "{report}"
+    );
+}
