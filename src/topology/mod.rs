@@ -5,6 +5,7 @@
 //! with `file:line:column` and the key at fault, before any record is read.
 
 pub mod diag;
+pub mod kafka;
 pub mod reader;
 
 use std::collections::{HashMap, HashSet};
@@ -103,6 +104,8 @@ pub struct Edge {
 pub struct Topology {
     pub file: String,
     pub app_id: String,
+    /// How `sluice run` reaches the cluster (defaults when there is no `[kafka]`).
+    pub kafka: kafka::KafkaConfig,
     pub sources: Vec<Source>,
     pub operators: Vec<OperatorNode>,
     pub sinks: Vec<Sink>,
@@ -218,6 +221,7 @@ struct SinkDecl {
 
 struct Declarations {
     app_id: String,
+    kafka: kafka::KafkaConfig,
     root_pos: Pos,
     sources: Vec<SourceDecl>,
     operators: Vec<OperatorDecl>,
@@ -228,6 +232,14 @@ fn read_declarations<'de>(diags: &Diags<'_>, value: toml_span::Value<'de>) -> Op
     let mut root = TableReader::new(diags, value, String::new())?;
     let root_pos = Pos { line: 1, column: 1 };
     let app_id = read_app(&mut root);
+    let kafka = match root.take("kafka") {
+        None => Some(kafka::KafkaConfig::default()),
+        Some(value) => TableReader::new(diags, value, "kafka".into()).and_then(|mut t| {
+            let config = kafka::KafkaConfig::read(&mut t);
+            t.finish();
+            config
+        }),
+    };
     let source_tables = root.tables("sources");
     let no_sources = source_tables.is_empty();
     let sources: Vec<_> = source_tables
@@ -262,6 +274,7 @@ fn read_declarations<'de>(diags: &Diags<'_>, value: toml_span::Value<'de>) -> Op
     }
     Some(Declarations {
         app_id: app_id?,
+        kafka: kafka?,
         root_pos,
         sources,
         operators,
@@ -696,6 +709,7 @@ fn build(
     Some(Topology {
         file: file.to_owned(),
         app_id: d.app_id,
+        kafka: d.kafka,
         sources,
         operators,
         sinks,

@@ -225,6 +225,12 @@ impl<'d, 's, 'de> TableReader<'d, 's, 'de> {
         }
     }
 
+    /// Hands over every remaining entry, for tables whose keys are free-form
+    /// (librdkafka properties); nothing is reported as unknown.
+    pub fn into_entries(self) -> Vec<(toml_span::value::Key<'de>, Value<'de>)> {
+        self.table.into_iter().collect()
+    }
+
     /// Reports every key that was never asked for.
     pub fn finish(self) {
         for key in self.table.keys() {

@@ -175,3 +175,73 @@ fn fan_out_goes_to_operators_first_then_sinks_in_file_order() {
         .collect();
     assert_eq!(order, ["r", "raw"]);
 }
+
+const KAFKA_TAIL: &str = "[[sinks]]\nname = \"s\"\ninput = \"images\"\ntopic = \"o\"\n";
+
+#[test]
+fn the_kafka_table_is_read_with_secrets_by_reference() {
+    let src = format!(
+        "{HEAD}{KAFKA_TAIL}[kafka]\nbrokers = \"k:9092\"\nprocessing_guarantee = \"at_least_once\"\ncommit_interval = \"250ms\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"socket.keepalive.enable\" = true\n\"fetch.wait.max.ms\" = 50\n[kafka.secrets]\n\"sasl.password\" = {{ env = \"SLUICE_TEST_PW_ABSENT\" }}\n\"ssl.key.password\" = {{ file = \"/nonexistent/pw\" }}\n"
+    );
+    let t = Topology::parse("t.toml", &src).unwrap_or_else(|e| panic!("{e}"));
+    let k = &t.kafka;
+    assert_eq!(k.brokers.as_deref(), Some("k:9092"));
+    assert_eq!(k.guarantee, kafka::Guarantee::AtLeastOnce);
+    assert_eq!(k.commit_interval.as_ms(), 250);
+    let names: Vec<&str> = k.properties.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "fetch.wait.max.ms",
+            "security.protocol",
+            "socket.keepalive.enable"
+        ]
+    );
+    assert_eq!(
+        k.properties[0].1, "50",
+        "integers become librdkafka strings"
+    );
+    assert_eq!(k.properties[2].1, "true");
+    let err = k.resolve_secrets().unwrap_err().to_string();
+    assert_eq!(err, "kafka secret `sasl.password`: environment variable SLUICE_TEST_PW_ABSENT is not set (or not UTF-8)");
+}
+
+#[test]
+fn secrets_resolve_from_files_and_never_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "s3ntinel-P4ss\n").unwrap();
+    let src = format!(
+        "{HEAD}{KAFKA_TAIL}[kafka.secrets]\n\"sasl.password\" = {{ file = \"{}\" }}\n",
+        file.display()
+    );
+    let t = Topology::parse("t.toml", &src).unwrap();
+    let secrets = t.kafka.resolve_secrets().unwrap();
+    assert_eq!(secrets[0].1.expose(), "s3ntinel-P4ss");
+    let shown = format!("{secrets:?} {}", secrets[0].1);
+    assert!(!shown.contains("s3ntinel"), "{shown}");
+}
+
+#[test]
+fn credentials_in_properties_and_managed_keys_are_refused() {
+    let errs = errors(&format!(
+        "{KAFKA_TAIL}[kafka]\nprocessing_guarantee = \"maybe_once\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"group.id\" = \"x\"\n\"Bad Name\" = 1\n[kafka.secrets]\n\"ssl.key.password\" = {{ env = \"A\", file = \"B\" }}\n"
+    ));
+    let keys: Vec<&str> = errs.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "kafka.processing_guarantee",
+            "kafka.properties.\"sasl.password\"",
+            "kafka.properties.\"group.id\"",
+            "kafka.properties.\"Bad Name\"",
+            "kafka.secrets.\"ssl.key.password\""
+        ],
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().all(|d| !d.message.contains("hunter2")),
+        "a refused secret is not echoed: {errs:?}"
+    );
+    assert!(errs[1].message.contains("[kafka.secrets]"));
+}

@@ -1,0 +1,283 @@
+//! The `[kafka]` table: how `sluice run` talks to the cluster.
+//!
+//! ```toml
+//! [kafka]
+//! brokers = "kafka-1:9092,kafka-2:9092"   # --brokers overrides it
+//! processing_guarantee = "exactly_once"    # or "at_least_once"
+//! commit_interval = "100ms"
+//!
+//! [kafka.properties]                       # librdkafka client properties
+//! "security.protocol" = "SASL_SSL"
+//! "sasl.mechanisms" = "SCRAM-SHA-512"
+//! "sasl.username" = "sluice"
+//! "ssl.ca.location" = "/etc/kafka/ca.pem"
+//!
+//! [kafka.secrets]                          # never in the file: an environment variable or a file
+//! "sasl.password" = { env = "SLUICE_KAFKA_PASSWORD" }
+//! # "ssl.key.password" = { file = "/run/secrets/key-password" }
+//! ```
+//!
+//! A secret is only read when the client is built, is held in a [`Secret`]
+//! that prints as `***`, and no error message ever contains its value.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use toml_span::value::ValueInner;
+
+use super::diag::Located;
+use super::reader::TableReader;
+use crate::duration::DurationMs;
+
+/// What `sluice run` promises about its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Consume, process and produce inside Kafka transactions.
+    ExactlyOnce,
+    /// Offsets committed after the output is acknowledged; a crash may repeat output.
+    AtLeastOnce,
+}
+
+/// Where a secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+/// The validated `[kafka]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    pub brokers: Option<String>,
+    pub guarantee: Guarantee,
+    pub commit_interval: DurationMs,
+    /// librdkafka properties that are not secret, sorted by name.
+    pub properties: Vec<(String, String)>,
+    /// librdkafka properties whose values are secret, by reference.
+    pub secrets: Vec<(String, SecretRef)>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: None,
+            guarantee: Guarantee::ExactlyOnce,
+            commit_interval: DurationMs::from_ms(100).expect("non-zero"),
+            properties: Vec::new(),
+            secrets: Vec::new(),
+        }
+    }
+}
+
+/// Properties Sluice sets itself, from the topology and its guarantee.
+const MANAGED: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "transactional.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "enable.idempotence",
+];
+
+/// Whether a property holds a credential, which must come from [kafka.secrets].
+fn is_secret_property(name: &str) -> bool {
+    name.ends_with("password")
+        || name.ends_with(".secret")
+        || name.ends_with("jaas.config")
+        || name == "ssl.key.pem"
+        || name == "ssl_key"
+        || name == "sasl.oauthbearer.config"
+}
+
+fn is_property_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+impl KafkaConfig {
+    /// Reads the `[kafka]` table.
+    pub fn read(t: &mut TableReader<'_, '_, '_>) -> Option<Self> {
+        let diags = t.diags();
+        let brokers = t.string("brokers").map(|b| b.value);
+        let guarantee = match t.string("processing_guarantee") {
+            None => Some(Guarantee::ExactlyOnce),
+            Some(g) => {
+                match g.value.as_str() {
+                    "exactly_once" => Some(Guarantee::ExactlyOnce),
+                    "at_least_once" => Some(Guarantee::AtLeastOnce),
+                    other => {
+                        diags.error(g.pos, t.key_path("processing_guarantee"), format!("unknown guarantee `{other}`; expected exactly_once or at_least_once"));
+                        None
+                    }
+                }
+            }
+        };
+        let commit_interval = t
+            .duration("commit_interval")
+            .map_or(KafkaConfig::default().commit_interval, |d| d.value);
+        let properties = read_properties(t);
+        let secrets = read_secrets(t);
+        Some(KafkaConfig {
+            brokers,
+            guarantee: guarantee?,
+            commit_interval,
+            properties: properties?,
+            secrets: secrets?,
+        })
+    }
+
+    /// Reads every secret from where it is kept. The error names the property
+    /// and the variable or file, never the value.
+    pub fn resolve_secrets(&self) -> Result<Vec<(String, Secret)>, SecretError> {
+        self.secrets
+            .iter()
+            .map(|(property, source)| {
+                let value = match source {
+                    SecretRef::Env(var) => std::env::var(var).map_err(|_| SecretError {
+                        property: property.clone(),
+                        problem: format!("environment variable {var} is not set (or not UTF-8)"),
+                    })?,
+                    SecretRef::File(path) => std::fs::read_to_string(path)
+                        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+                        .map_err(|e| SecretError {
+                            property: property.clone(),
+                            problem: format!("cannot read {}: {}", path.display(), e.kind()),
+                        })?,
+                };
+                Ok((property.clone(), Secret(value)))
+            })
+            .collect()
+    }
+}
+
+fn read_properties(t: &mut TableReader<'_, '_, '_>) -> Option<Vec<(String, String)>> {
+    let diags = t.diags();
+    let Some(value) = t.take("properties") else {
+        return Some(Vec::new());
+    };
+    let path = t.key_path("properties");
+    let table = TableReader::new(diags, value, path.clone())?;
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (key, mut value) in table.into_entries() {
+        let pos = diags.pos(key.span.start);
+        let name = key.name.into_owned();
+        let key_path = format!("{path}.\"{name}\"");
+        let problem = if !is_property_name(&name) {
+            Some("not a librdkafka property name (lowercase, digits, `.`, `_`, `-`)".to_owned())
+        } else if MANAGED.contains(&name.as_str()) {
+            Some(format!(
+                "`{name}` is set by Sluice (brokers, app.id and processing_guarantee decide it)"
+            ))
+        } else if is_secret_property(&name) {
+            Some(format!("`{name}` is a credential: put it in [kafka.secrets] as {{ env = \"VAR\" }} or {{ file = \"PATH\" }}"))
+        } else {
+            None
+        };
+        let text = match value.take() {
+            ValueInner::String(s) => Some(s.into_owned()),
+            ValueInner::Integer(i) => Some(i.to_string()),
+            ValueInner::Boolean(b) => Some(b.to_string()),
+            other => {
+                diags.error(
+                    pos,
+                    key_path.clone(),
+                    format!(
+                        "expected a string, integer or boolean, found {}",
+                        other.type_str()
+                    ),
+                );
+                None
+            }
+        };
+        match (problem, text) {
+            (Some(p), _) => {
+                ok = false;
+                diags.error(pos, key_path, p);
+            }
+            (None, Some(v)) => out.push((name, v)),
+            (None, None) => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn read_secrets(t: &mut TableReader<'_, '_, '_>) -> Option<Vec<(String, SecretRef)>> {
+    let diags = t.diags();
+    let Some(value) = t.take("secrets") else {
+        return Some(Vec::new());
+    };
+    let path = t.key_path("secrets");
+    let table = TableReader::new(diags, value, path.clone())?;
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (key, value) in table.into_entries() {
+        let name = key.name.into_owned();
+        let key_path = format!("{path}.\"{name}\"");
+        if !is_property_name(&name) || MANAGED.contains(&name.as_str()) {
+            diags.error(
+                diags.pos(key.span.start),
+                key_path,
+                format!("`{name}` cannot be set as a secret"),
+            );
+            ok = false;
+            continue;
+        }
+        let Some(mut source) = TableReader::new(diags, value, key_path.clone()) else {
+            ok = false;
+            continue;
+        };
+        let env = source.string("env");
+        let file = source.string("file");
+        let at = source.pos();
+        source.finish();
+        match (env, file) {
+            (Some(Located { value: var, .. }), None) if !var.is_empty() => {
+                out.push((name, SecretRef::Env(var)))
+            }
+            (None, Some(Located { value: f, .. })) if !f.is_empty() => {
+                out.push((name, SecretRef::File(PathBuf::from(f))))
+            }
+            _ => {
+                ok = false;
+                diags.error(at, key_path, "a secret is { env = \"VARIABLE\" } or { file = \"PATH\" }, exactly one of them, not empty");
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+/// A secret value: it prints as `***` whichever way it is formatted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for handing to the client library and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A secret that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("kafka secret `{property}`: {problem}")]
+pub struct SecretError {
+    pub property: String,
+    pub problem: String,
+}
