@@ -11,6 +11,7 @@ pub mod diff;
 pub mod duration;
 pub mod engine;
 pub mod flood;
+pub mod kafka;
 pub mod operators;
 pub mod proto;
 pub mod record;

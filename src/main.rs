@@ -66,6 +66,9 @@ enum Command {
     },
     /// Write a realistic, seeded flood of CI/CD events in the replay format.
     Flood(FloodArgs),
+    /// Write a slice of real topics in the replay format (timestamps, keys,
+    /// JSON values; protobuf values of the topology's sources decoded).
+    Record(RecordArgs),
     /// Benchmarks (not tests): print medians of several runs.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -104,6 +107,31 @@ struct ReplayArgs {
     /// No summary on stderr.
     #[arg(short, long)]
     quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct RecordArgs {
+    /// Bootstrap brokers; default: the topology's [kafka] brokers.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Topics to record, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    topics: Vec<String>,
+    /// First timestamp to record: ms since the epoch, RFC 3339, `now` or `-1h`.
+    #[arg(long)]
+    from: String,
+    /// Last timestamp to record (inclusive); default: what the topics hold now.
+    #[arg(long, default_value = "now")]
+    to: String,
+    /// Where to write the slice, `-` for stdout.
+    #[arg(long, default_value = "-")]
+    output: String,
+    /// A topology: its [kafka] client settings and the formats of its sources.
+    #[arg(long)]
+    topology: Option<PathBuf>,
+    /// Seconds to wait for the cluster on each call.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -185,6 +213,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print_stdout(&text)
         }
         Command::Flood(args) => run_flood(args),
+        Command::Record(args) => run_record(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
@@ -196,6 +225,42 @@ fn print_stdout(text: &str) -> Result<ExitCode> {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
         _ => Ok(ExitCode::SUCCESS),
     }
+}
+
+fn run_record(args: RecordArgs) -> Result<ExitCode> {
+    let topo = args.topology.as_deref().map(Topology::load).transpose()?;
+    let kafka = topo.as_ref().map(|t| t.kafka.clone()).unwrap_or_default();
+    let brokers = args
+        .brokers
+        .or_else(|| kafka.brokers.clone())
+        .context("no brokers: pass --brokers or set brokers in the topology's [kafka] table")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let from_ms = sluice::kafka::parse_time(&args.from, now)
+        .map_err(anyhow::Error::msg)
+        .context("--from")?;
+    let to_ms = sluice::kafka::parse_time(&args.to, now)
+        .map_err(anyhow::Error::msg)
+        .context("--to")?;
+    if to_ms < from_ms {
+        bail!("--to ({to_ms}) is before --from ({from_ms})");
+    }
+    let config = sluice::kafka::client_config(&kafka, &brokers)?;
+    let opts = sluice::kafka::record::RecordOptions {
+        topics: args.topics,
+        from_ms,
+        to_ms,
+        timeout: std::time::Duration::from_secs(args.timeout_secs),
+    };
+    let mut out = open_output(&args.output)?;
+    let n = sluice::kafka::record::record(&config, topo.as_ref(), &opts, &mut out)?;
+    eprintln!(
+        "recorded {n} records from {} into {}",
+        opts.topics.join(","),
+        args.output
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_flood(args: FloodArgs) -> Result<ExitCode> {
