@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use sluice::engine::{Engine, EngineOptions};
+use sluice::engine::{Engine, EngineOptions, SourceInput};
 use sluice::flood::{write_flood, FloodConfig};
 use sluice::record::{parse_alert, parse_image};
 use sluice::replay::{replay, JsonLinesOutput, ReplayOptions};
@@ -230,5 +230,77 @@ proptest! {
         if let Err(e) = replay(&mut engine, input.as_bytes(), "f", &mut out, &ReplayOptions::default(), &mut ()) {
             prop_assert!(e.to_string().starts_with("f:"), "{e}");
         }
+    }
+}
+
+/// Runs `lines` through `engine`, committing every `every` lines, and returns
+/// the JSON output and every changelog entry the commits produced.
+type ChangelogEntry = (String, Vec<u8>, Option<Vec<u8>>);
+
+fn run_with_changelog(
+    engine: &mut Engine,
+    lines: &[&str],
+    every: usize,
+    drain: bool,
+) -> (String, Vec<ChangelogEntry>) {
+    let topo = Arc::clone(engine.topology());
+    let mut out = JsonLinesOutput::new(Vec::new(), topo.dead_letter_topic());
+    let mut log = Vec::new();
+    let commit = |engine: &mut Engine, log: &mut Vec<ChangelogEntry>| {
+        let changes = engine.prepare_commit().unwrap();
+        log.extend(
+            engine
+                .changelog(&changes)
+                .map(|(s, k, v)| (s.to_owned(), k.to_vec(), v.map(<[u8]>::to_vec))),
+        );
+        engine.apply_commit(changes).unwrap();
+    };
+    for (i, line) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let value = v["value"].to_string();
+        let input = SourceInput {
+            topic: v["topic"].as_str().unwrap(),
+            key: v["key"].as_str(),
+            value: &value,
+        };
+        engine
+            .process(input, v["ts"].as_u64().unwrap(), &mut out)
+            .unwrap();
+        if (i + 1) % every == 0 {
+            commit(engine, &mut log);
+        }
+    }
+    if drain {
+        engine.drain(&mut out).unwrap();
+    }
+    commit(engine, &mut log);
+    (String::from_utf8(out.into_inner()).unwrap(), log)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// A task's state restored from nothing but its changelog carries on
+    /// exactly as the original would have: stores, timers and clock are all in it.
+    #[test]
+    fn state_restored_from_the_changelog_carries_on_identically(seed in any::<u64>(), events in 50u64..500, services in 1u32..10, cut_share in 0.0f64..=1.0, every in 1usize..60, cache in 1usize..32) {
+        let topo = cicd();
+        let input = flood(seed, events, services);
+        let lines: Vec<&str> = input.lines().collect();
+        let cut = ((lines.len() as f64) * cut_share) as usize;
+        let opts = EngineOptions { cache_capacity: cache };
+        let mut whole = Engine::open(Arc::clone(&topo), Box::new(MemoryBackend::new()), &opts).unwrap();
+        let (expected, _) = run_with_changelog(&mut whole, &lines, every, true);
+
+        let mut first = Engine::open(Arc::clone(&topo), Box::new(MemoryBackend::new()), &opts).unwrap();
+        let (mut output, changelog) = run_with_changelog(&mut first, &lines[..cut], every, false);
+        drop(first);
+        let dir = tempfile::tempdir().unwrap();
+        let mut restored: Box<dyn StateBackend> = rocks(dir.path());
+        sluice::engine::restore(restored.as_mut(), changelog.iter().map(|(s, k, v)| (s.as_str(), k.as_slice(), v.as_deref()))).unwrap();
+        let mut second = Engine::open(Arc::clone(&topo), restored, &opts).unwrap();
+        let (rest, _) = run_with_changelog(&mut second, &lines[cut..], every, true);
+        output += &rest;
+        assert_same(&expected, &output, &format!("restored from the changelog after line {cut}"))?;
     }
 }

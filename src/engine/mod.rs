@@ -64,6 +64,42 @@ pub enum EngineError {
     Output(OutputError),
 }
 
+/// State changes collected for one commit.
+#[derive(Debug)]
+pub struct Changes {
+    batch: WriteBatch,
+}
+
+impl Changes {
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+/// Writes changelog entries, as [`Engine::changelog`] yields them, into a
+/// backend before an engine is opened on it: how a task's state is restored
+/// from its changelog topics.
+pub fn restore<'e>(
+    backend: &mut dyn StateBackend,
+    entries: impl IntoIterator<Item = (&'e str, &'e [u8], Option<&'e [u8]>)>,
+) -> Result<usize, StateError> {
+    let mut batch = WriteBatch::default();
+    for (store, key, value) in entries {
+        let id = backend.open_store(store)?;
+        match value {
+            Some(v) => batch.put(id, key.to_vec(), v.to_vec()),
+            None => batch.delete(id, key.to_vec()),
+        }
+    }
+    let n = batch.len();
+    backend.write(batch)?;
+    Ok(n)
+}
+
 /// Tuning that does not change results.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -233,6 +269,17 @@ impl Engine {
 
     /// Writes all state changed since the last commit, the timers and the clock, atomically.
     pub fn commit(&mut self) -> Result<(), EngineError> {
+        let changes = self.prepare_commit()?;
+        self.apply_commit(changes)
+    }
+
+    /// Collects every change since the last commit (operator stores, timers,
+    /// clock) without writing it. The live runtime produces these to the
+    /// changelog inside its transaction and only then calls
+    /// [`Engine::apply_commit`]; if the transaction fails, it drops this
+    /// engine and opens a new one on the store, which is still at the last
+    /// commit, so no aborted write ever reaches it.
+    pub fn prepare_commit(&mut self) -> Result<Changes, EngineError> {
         let mut batch = WriteBatch::default();
         for op in &mut self.ops {
             op.commit(self.clock, self.backend.as_ref(), &mut batch)?;
@@ -249,8 +296,27 @@ impl Engine {
             b"timer_seq".to_vec(),
             self.timers.next_seq().to_be_bytes().to_vec(),
         );
-        self.backend.write(batch)?;
+        Ok(Changes { batch })
+    }
+
+    /// Writes changes collected by [`Engine::prepare_commit`].
+    pub fn apply_commit(&mut self, changes: Changes) -> Result<(), EngineError> {
+        self.backend.write(changes.batch)?;
         Ok(())
+    }
+
+    /// The changes as changelog entries: (store name, key, value or deletion).
+    pub fn changelog<'c>(
+        &'c self,
+        changes: &'c Changes,
+    ) -> impl Iterator<Item = (&'c str, &'c [u8], Option<&'c [u8]>)> + 'c {
+        changes.batch.ops.iter().map(|(store, key, value)| {
+            (
+                self.backend.store_name(*store),
+                key.as_slice(),
+                value.as_deref(),
+            )
+        })
     }
 
     /// Commits and makes the state durable.
