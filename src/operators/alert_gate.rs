@@ -266,6 +266,7 @@ impl GateRules {
 }
 
 impl AlertGate {
+    /// Handles an image; `on_record` has already dead-lettered images without an environment.
     fn on_image(&mut self, image: &ImageEvent, cx: &mut Ctx<'_>) -> Result<(), StateError> {
         let Some(environment) = image.environment.as_deref() else {
             return Ok(());
