@@ -7,6 +7,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod describe;
+mod run_cmd;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
@@ -66,6 +67,9 @@ enum Command {
     },
     /// Write a realistic, seeded flood of CI/CD events in the replay format.
     Flood(FloodArgs),
+    /// Run a topology live on Kafka: consumer group `app.id`, exactly-once
+    /// transactions, state in RocksDB with changelog topics.
+    Run(run_cmd::RunArgs),
     /// Write a slice of real topics in the replay format (timestamps, keys,
     /// JSON values; protobuf values of the topology's sources decoded).
     Record(RecordArgs),
@@ -214,6 +218,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Flood(args) => run_flood(args),
         Command::Record(args) => run_record(args),
+        Command::Run(args) => run_cmd::run_live(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -68,6 +68,8 @@ pub enum EngineError {
 #[derive(Debug)]
 pub struct Changes {
     batch: WriteBatch,
+    /// Driver bookkeeping written with the batch but not part of the changelog.
+    local: WriteBatch,
 }
 
 impl Changes {
@@ -129,6 +131,9 @@ pub struct Engine {
     stats: Vec<NodeStats>,
     /// Spare emission buffers.
     buffers: Vec<Vec<Emitted>>,
+    /// Timers fired since the engine was opened: lets a driver tell whether
+    /// anything changed since its last commit.
+    timers_fired: u64,
 }
 
 impl Engine {
@@ -178,6 +183,7 @@ impl Engine {
             meta,
             timer_store,
             stats,
+            timers_fired: 0,
         };
         engine.record_identity()?;
         Ok(engine)
@@ -229,6 +235,61 @@ impl Engine {
             Ok(())
         })?;
         Ok(count)
+    }
+
+    /// Timers fired since the engine was opened.
+    pub fn timers_fired(&self) -> u64 {
+        self.timers_fired
+    }
+
+    /// The names of the stores this engine writes (operators', timers, meta):
+    /// the live runtime keeps a changelog topic for each.
+    pub fn store_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .op_stores
+            .iter()
+            .map(|s| self.backend.store_name(*s).to_owned())
+            .collect();
+        names.push(TIMER_STORE.to_owned());
+        names.push(META_STORE.to_owned());
+        names
+    }
+
+    /// Adds a driver's own bookkeeping entry (such as the changelog position
+    /// the state reflects) to a commit, in the engine's meta store. It is
+    /// written with the commit but is not a changelog entry.
+    pub fn note_in_commit(&self, changes: &mut Changes, key: &[u8], value: Vec<u8>) {
+        changes.local.put(self.meta, key.to_vec(), value);
+    }
+
+    /// Reads a driver's bookkeeping entry from a backend's meta store
+    /// (before an engine is opened on it).
+    pub fn read_note(
+        backend: &mut dyn StateBackend,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        let meta = backend.open_store(META_STORE)?;
+        backend.get(meta, key)
+    }
+
+    /// Writes a driver's bookkeeping entry straight into a backend's meta
+    /// store (after a restore, before an engine is opened on it).
+    pub fn write_note(
+        backend: &mut dyn StateBackend,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> Result<(), StateError> {
+        let meta = backend.open_store(META_STORE)?;
+        let mut batch = WriteBatch::default();
+        batch.put(meta, key.to_vec(), value);
+        backend.write(batch)
+    }
+
+    /// Drops everything since the last commit and hands the backend back,
+    /// which still holds the last committed state: what a driver does when
+    /// the transaction that carried those changes was aborted.
+    pub fn discard(self) -> Box<dyn StateBackend> {
+        self.backend
     }
 
     pub fn next_deadline(&self) -> Option<u64> {
@@ -296,12 +357,17 @@ impl Engine {
             b"timer_seq".to_vec(),
             self.timers.next_seq().to_be_bytes().to_vec(),
         );
-        Ok(Changes { batch })
+        Ok(Changes {
+            batch,
+            local: WriteBatch::default(),
+        })
     }
 
     /// Writes changes collected by [`Engine::prepare_commit`].
     pub fn apply_commit(&mut self, changes: Changes) -> Result<(), EngineError> {
-        self.backend.write(changes.batch)?;
+        let Changes { mut batch, local } = changes;
+        batch.ops.extend(local.ops);
+        self.backend.write(batch)?;
         Ok(())
     }
 
@@ -335,6 +401,7 @@ impl Engine {
     fn fire_due(&mut self, limit: u64, out: &mut dyn Output) -> Result<(), EngineError> {
         let topo = Arc::clone(&self.topo);
         while let Some(timer) = self.timers.pop_due(limit) {
+            self.timers_fired += 1;
             self.clock = self.clock.max(timer.deadline);
             let node = topo.operators[timer.op].node;
             let mut emitted = self.buffers.pop().unwrap_or_default();

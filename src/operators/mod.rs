@@ -250,6 +250,11 @@ impl BuildCx<'_> {
 }
 
 impl OperatorConfig {
+    /// Whether the operator keeps state (and so needs a changelog when live).
+    pub fn is_stateful(&self) -> bool {
+        !matches!(self, OperatorConfig::Route(_))
+    }
+
     /// Reads the keys of an operator of type `type_name` (all but `name` and `type`).
     pub fn read(type_name: &str, t: &mut TableReader<'_, '_, '_>) -> Option<Self> {
         Some(match type_name {

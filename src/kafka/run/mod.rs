@@ -1,0 +1,176 @@
+//! `sluice run`: the topology live on Kafka.
+//!
+//! Delivery guarantee: with `exactly_once` (the default) each commit is one
+//! Kafka transaction holding the sink records, the dead letters, the
+//! changelog records of every state change, and the consumed offsets (sent
+//! with the consumer's group metadata, KIP-447). The local RocksDB stores are
+//! written only after the transaction committed, together with the
+//! changelog position they then reflect; an aborted transaction never
+//! reaches them. With `at_least_once`, output and changelog are flushed
+//! before the offsets are committed, so a crash can repeat output but never
+//! lose it.
+//!
+//! Work is split into tasks, one per input partition number; each task owns
+//! an engine, a RocksDB store under `--state-dir`, and partition `p` of every
+//! changelog. The engine is the one replay uses: only the clock differs.
+
+mod consumer;
+pub mod output;
+pub mod producer;
+pub mod task;
+pub mod topics;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use serde::Serialize;
+
+use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::state::{MemoryBackend, StateError};
+use crate::topology::kafka::{Guarantee, SecretError};
+use crate::topology::Topology;
+
+/// Which clock drives the operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClockMode {
+    /// System time; timers fire at their deadline even when no record comes.
+    Wall,
+    /// Per-task stream time (the largest record timestamp seen), as replay does.
+    Event,
+}
+
+/// Settings of a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub brokers: String,
+    /// Tasks keep their stores under `<state_dir>/<app.id>/task-<n>`.
+    pub state_dir: PathBuf,
+    pub clock: ClockMode,
+    /// Static group membership and a stable transactional id; default: an
+    /// id kept in the state directory.
+    pub instance_id: Option<String>,
+    pub guarantee: Guarantee,
+    pub commit_interval: Duration,
+    /// Stop once nothing has arrived for this long and all is committed.
+    pub exit_after_idle: Option<Duration>,
+    /// Input values above this size go to the dead-letter topic unparsed.
+    pub max_value_bytes: usize,
+    pub engine: EngineOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot {what}: {cause}")]
+    Kafka {
+        what: &'static str,
+        cause: KafkaError,
+    },
+    #[error("{0}")]
+    Setup(String),
+    #[error("fenced: another instance with the same transactional id or group instance id took over, so this one stops writing ({0})")]
+    Fenced(String),
+    #[error("the producer failed fatally: {0}")]
+    ProducerFatal(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+impl RunError {
+    pub fn kafka(what: &'static str, cause: KafkaError) -> Self {
+        RunError::Kafka { what, cause }
+    }
+}
+
+/// What a run did, for the summary line and `--stats-json`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RunSummary {
+    pub processed: u64,
+    pub records: u64,
+    pub dead_letters: u64,
+    pub commits: u64,
+    pub aborts: u64,
+    pub producer_rebuilds: u64,
+    pub rebalances: u64,
+    pub restored_records: u64,
+    pub restore_ms: u64,
+    /// Milliseconds from the first record processed to the last commit.
+    pub active_ms: u64,
+    pub commit_ms_max: u64,
+}
+
+/// Runs the topology until `stop` is set (or it has been idle long enough).
+pub fn run(
+    topo: Arc<Topology>,
+    opts: RunOptions,
+    stop: &AtomicBool,
+) -> Result<RunSummary, RunError> {
+    let base = crate::kafka::client_config(&topo.kafka, &opts.brokers)?;
+    let stores = store_names(&topo, &opts.engine)?;
+    let plan = topics::Plan::new(&topo, &stores)?;
+    let layout = topics::prepare(&base, &topo, &plan)?;
+    let state_root = opts.state_dir.join(&topo.app_id);
+    std::fs::create_dir_all(&state_root).map_err(|e| {
+        RunError::Setup(format!(
+            "cannot create state directory {}: {e}",
+            state_root.display()
+        ))
+    })?;
+    let instance = match &opts.instance_id {
+        Some(id) => id.clone(),
+        None => consumer::stored_instance_id(&state_root)?,
+    };
+    tracing::info!(app = %topo.app_id, instance = %instance, tasks = layout.tasks, guarantee = ?opts.guarantee, clock = ?opts.clock, "starting");
+    let shared = consumer::Shared {
+        topo,
+        plan,
+        layout,
+        state_root,
+        base,
+        instance,
+        opts,
+    };
+    consumer::Runtime::new(Arc::new(shared))?.run(stop)
+}
+
+fn store_names(topo: &Arc<Topology>, opts: &EngineOptions) -> Result<Vec<String>, RunError> {
+    let probe = Engine::open(Arc::clone(topo), Box::new(MemoryBackend::default()), opts)?;
+    Ok(probe.store_names())
+}
+
+/// librdkafka's own log lines, through tracing. Its config dumps mark
+/// secret properties as sensitive and never print them.
+pub(crate) fn log_librdkafka(
+    client: &'static str,
+    level: RDKafkaLogLevel,
+    fac: &str,
+    message: &str,
+) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(client, fac, "{message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(client, fac, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(client, fac, "{message}"),
+        RDKafkaLogLevel::Debug => tracing::debug!(client, fac, "{message}"),
+    }
+}
+
+/// The librdkafka log level matching what tracing lets through.
+pub(crate) fn librdkafka_log_level() -> RDKafkaLogLevel {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else if tracing::enabled!(tracing::Level::INFO) {
+        RDKafkaLogLevel::Info
+    } else {
+        RDKafkaLogLevel::Warning
+    }
+}

@@ -1,0 +1,219 @@
+//! The producer side of a run: delivery bookkeeping, and the transaction
+//! calls wrapped with what librdkafka's error classes ask for.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext, Message};
+
+use super::RunError;
+
+pub type TxnProducer = BaseProducer<Deliveries>;
+
+/// How long a transactional call may take before the run gives up on it.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counts delivery reports, keeps the first failure and the last offset
+/// written to each changelog partition (the position a store reflects once
+/// the transaction commits).
+pub struct Deliveries {
+    changelogs: HashSet<String>,
+    state: Mutex<DeliveryState>,
+}
+
+#[derive(Default)]
+pub struct DeliveryState {
+    pub failed: u64,
+    pub first_error: Option<String>,
+    /// Next offset after the last changelog record delivered, per (topic, partition).
+    pub changelog_ends: HashMap<(String, i32), i64>,
+}
+
+impl Deliveries {
+    pub fn new(changelogs: impl IntoIterator<Item = String>) -> Self {
+        Deliveries {
+            changelogs: changelogs.into_iter().collect(),
+            state: Mutex::new(DeliveryState::default()),
+        }
+    }
+
+    /// Takes what was reported since the last call.
+    pub fn take(&self) -> DeliveryState {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DeliveryState> {
+        // A panic while holding this lock cannot leave the counters half-updated.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClientContext for Deliveries {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::log_librdkafka("producer", level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(client = "producer", error = %error, reason, "kafka client error");
+    }
+}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut state = self.lock();
+        match result {
+            Ok(m) => {
+                if self.changelogs.contains(m.topic()) {
+                    let end = state
+                        .changelog_ends
+                        .entry((m.topic().to_owned(), m.partition()))
+                        .or_insert(0);
+                    *end = (*end).max(m.offset() + 1);
+                }
+            }
+            Err((e, m)) => {
+                state.failed += 1;
+                if state.first_error.is_none() {
+                    state.first_error = Some(format!("{e} on {}[{}]", m.topic(), m.partition()));
+                }
+            }
+        }
+    }
+}
+
+/// Builds the producer; transactional when `transactional_id` is given.
+pub fn create(
+    base: &ClientConfig,
+    transactional_id: Option<&str>,
+    changelogs: impl IntoIterator<Item = String>,
+) -> Result<TxnProducer, RunError> {
+    let mut config = base.clone();
+    config
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        // Keys land on the partitions the Java clients (and Kafka Streams) would pick.
+        .set("partitioner", "murmur2_random");
+    if let Some(id) = transactional_id {
+        // Short enough that a crashed instance's open transaction does not
+        // block read_committed readers for long when no successor with the
+        // same id comes up to abort it.
+        config
+            .set("transactional.id", id)
+            .set("transaction.timeout.ms", "10000");
+    }
+    let producer: TxnProducer = config
+        .create_with_context(Deliveries::new(changelogs))
+        .map_err(|e| RunError::kafka("create the producer", e))?;
+    if transactional_id.is_some() {
+        retry_retriable(|| producer.init_transactions(CALL_TIMEOUT))
+            .map_err(|e| classify(e, "initialize transactions"))?;
+    }
+    Ok(producer)
+}
+
+/// Sends, serving delivery reports while the local queue is full.
+pub fn send(
+    producer: &TxnProducer,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Waits until every message has its delivery report served. rdkafka's own
+/// `flush` polls in 100 ms slices, which would put 100 ms on every commit.
+pub fn drain(producer: &TxnProducer) -> Result<(), RunError> {
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() > deadline {
+            return Err(RunError::Setup(format!(
+                "{} messages still undelivered after {CALL_TIMEOUT:?}",
+                producer.in_flight_count()
+            )));
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Aborts the open transaction. Delivery reports are served first: librdkafka
+/// waits for them inside the abort, and nothing else would serve them.
+/// (Purging the queue instead leaves sequence gaps that fail the next transaction.)
+pub fn abort(producer: &TxnProducer) -> Result<(), RunError> {
+    drain(producer)?;
+    retry_retriable(|| producer.abort_transaction(CALL_TIMEOUT))
+        .map_err(|e| classify(e, "abort the transaction"))
+}
+
+/// Calls `f` again while librdkafka says the error is retriable.
+pub fn retry_retriable(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
+    let mut backoff = Duration::from_millis(10);
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    loop {
+        match f() {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
+                tracing::debug!(error = %e, "retriable transaction error; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What a failed transactional call means for the run.
+#[derive(Debug)]
+pub enum TxnFailure {
+    /// Abort, rewind to the committed offsets, restore state, go on.
+    Abortable(String),
+    /// Another instance took over our transactional id: stop writing.
+    Fenced(String),
+    /// The producer is unusable: drop it and build a new one.
+    Fatal(String),
+}
+
+/// Sorts an error into librdkafka's documented classes.
+pub fn failure_class(error: &KafkaError) -> TxnFailure {
+    let text = error.to_string();
+    match error {
+        KafkaError::Transaction(e) if is_fencing(e.code()) => TxnFailure::Fenced(text),
+        KafkaError::Transaction(e) if e.is_fatal() => TxnFailure::Fatal(text),
+        KafkaError::Transaction(e) if e.txn_requires_abort() => TxnFailure::Abortable(text),
+        _ => match error.rdkafka_error_code() {
+            Some(code) if is_fencing(code) => TxnFailure::Fenced(text),
+            _ => TxnFailure::Fatal(text),
+        },
+    }
+}
+
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::FencedInstanceId
+    )
+}
+
+/// The error a failed call becomes when it cannot be handled in place.
+pub fn classify(error: KafkaError, what: &'static str) -> RunError {
+    match failure_class(&error) {
+        TxnFailure::Fenced(reason) => RunError::Fenced(reason),
+        _ => RunError::kafka(what, error),
+    }
+}

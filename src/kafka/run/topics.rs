@@ -1,0 +1,403 @@
+//! The topics `sluice run` reads and writes, checked and created at start.
+//!
+//! Sluice creates its own topics (changelogs, dead letters, sinks) with the
+//! partition count of its inputs, so that task `p` always finds partition `p`
+//! of every changelog it owns.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use futures_executor::block_on;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+use super::RunError;
+use crate::topology::{NodeRef, Topology};
+
+/// A state store and the compacted topic that logs its changes.
+#[derive(Debug, Clone)]
+pub struct Changelog {
+    pub store: String,
+    pub topic: String,
+}
+
+/// Every topic of a run, by role.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Distinct source topics, in the order the topology declares them.
+    pub inputs: Vec<String>,
+    pub sinks: Vec<String>,
+    pub dead_letter: String,
+    pub changelogs: Vec<Changelog>,
+}
+
+/// The changelog topic of a store: `<app.id>-<operator>-changelog` for an
+/// operator, `<app.id>-__timers-changelog` and `<app.id>-__meta-changelog`
+/// for the engine's own stores.
+pub fn changelog_topic(app_id: &str, store: &str) -> String {
+    match store.strip_prefix("op/") {
+        Some(op) => format!("{app_id}-{op}-changelog"),
+        None => format!(
+            "{app_id}-__{}-changelog",
+            store.trim_start_matches("sluice/")
+        ),
+    }
+}
+
+impl Plan {
+    /// `stores` are the engine's store names; stateless operators get no changelog.
+    pub fn new(topo: &Topology, stores: &[String]) -> Result<Plan, RunError> {
+        let stateless: HashSet<String> = topo
+            .operators
+            .iter()
+            .filter(|o| !o.config.is_stateful())
+            .map(|o| format!("op/{}", o.name))
+            .collect();
+        let changelogs = stores
+            .iter()
+            .filter(|s| !stateless.contains(*s))
+            .map(|store| Changelog {
+                store: store.clone(),
+                topic: changelog_topic(&topo.app_id, store),
+            })
+            .collect();
+        let mut inputs: Vec<String> = Vec::new();
+        for s in &topo.sources {
+            if !inputs.contains(&s.topic) {
+                inputs.push(s.topic.clone());
+            }
+        }
+        let mut sinks: Vec<String> = Vec::new();
+        for s in &topo.sinks {
+            if !sinks.contains(&s.topic) {
+                sinks.push(s.topic.clone());
+            }
+        }
+        let plan = Plan {
+            inputs,
+            sinks,
+            dead_letter: topo.dead_letter_topic(),
+            changelogs,
+        };
+        plan.check_distinct()?;
+        Ok(plan)
+    }
+
+    /// An internal topic that is also an input or a sink would feed the
+    /// processor its own bookkeeping.
+    fn check_distinct(&self) -> Result<(), RunError> {
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        let roles = self
+            .inputs
+            .iter()
+            .map(|t| (t.as_str(), "an input"))
+            .chain(
+                self.changelogs
+                    .iter()
+                    .map(|c| (c.topic.as_str(), "a changelog")),
+            )
+            .chain(std::iter::once((
+                self.dead_letter.as_str(),
+                "the dead-letter topic",
+            )));
+        for (topic, role) in roles {
+            if let Some(other) = seen.insert(topic, role) {
+                return Err(RunError::Setup(format!(
+                    "topic `{topic}` would be both {other} and {role}: rename the node or topic"
+                )));
+            }
+        }
+        for sink in &self.sinks {
+            if let Some(role) = seen.get(sink.as_str()) {
+                return Err(RunError::Setup(format!(
+                    "sink topic `{sink}` is also {role}: a topology must not read or overwrite its own output"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn changelog_topics(&self) -> impl Iterator<Item = &str> {
+        self.changelogs.iter().map(|c| c.topic.as_str())
+    }
+}
+
+/// Partition counts found (or given) at start.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Tasks: the largest partition count among the inputs.
+    pub tasks: i32,
+    pub partitions: HashMap<String, i32>,
+}
+
+impl Layout {
+    /// Whether `topic` has partition `p` (inputs may have fewer than `tasks`).
+    pub fn has_partition(&self, topic: &str, p: i32) -> bool {
+        self.partitions.get(topic).is_some_and(|n| p < *n)
+    }
+}
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Checks the inputs (present, co-partitioned where they meet) and creates
+/// the changelog, dead-letter and sink topics that are missing.
+pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<Layout, RunError> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .create()
+        .map_err(|e| RunError::kafka("create the admin client", e))?;
+    let mut partitions = partition_counts(&admin)?;
+    let missing: Vec<&str> = plan
+        .inputs
+        .iter()
+        .filter(|t| !partitions.contains_key(*t))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(RunError::Setup(format!(
+            "input topic(s) {} do not exist: create them (Sluice creates only its own topics)",
+            quote_list(&missing)
+        )));
+    }
+    check_co_partitioning(topo, &partitions)?;
+    let tasks = plan
+        .inputs
+        .iter()
+        .filter_map(|t| partitions.get(t))
+        .copied()
+        .max()
+        .unwrap_or(1);
+    let compacted = plan.changelog_topics().map(|t| (t, true));
+    let plain = plan
+        .sinks
+        .iter()
+        .map(|t| (t.as_str(), false))
+        .chain(std::iter::once((plan.dead_letter.as_str(), false)));
+    let wanted: Vec<(&str, bool)> = compacted
+        .chain(plain)
+        .filter(|(t, _)| !partitions.contains_key(*t))
+        .collect();
+    create_topics(&admin, &wanted, tasks)?;
+    for (t, _) in &wanted {
+        partitions.insert((*t).to_owned(), tasks);
+    }
+    check_changelogs(plan, &partitions, tasks)?;
+    Ok(Layout { tasks, partitions })
+}
+
+fn quote_list(items: &[&str]) -> String {
+    items
+        .iter()
+        .map(|t| format!("`{t}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn partition_counts(
+    admin: &AdminClient<DefaultClientContext>,
+) -> Result<HashMap<String, i32>, RunError> {
+    let md = admin
+        .inner()
+        .fetch_metadata(None, ADMIN_TIMEOUT)
+        .map_err(|e| RunError::kafka("fetch cluster metadata", e))?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+        .collect())
+}
+
+/// Sources whose records meet in a stateful operator must split their keys
+/// the same way, or a key's records would land in different tasks.
+fn check_co_partitioning(
+    topo: &Topology,
+    partitions: &HashMap<String, i32>,
+) -> Result<(), RunError> {
+    let mut reaching: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (s, source) in topo.sources.iter().enumerate() {
+        for op in stateful_operators_reached(topo, source.node) {
+            reaching.entry(op).or_default().push(s);
+        }
+    }
+    for (op, sources) in reaching {
+        let first = &topo.sources[sources[0]];
+        let count = |topic: &str| partitions.get(topic).copied().unwrap_or(0);
+        for &s in &sources[1..] {
+            let other = &topo.sources[s];
+            if count(&other.topic) != count(&first.topic) {
+                return Err(RunError::Setup(format!(
+                    "sources `{}` (topic `{}`, {} partitions) and `{}` (topic `{}`, {} partitions) meet in operator `{}` \
+                     and must be co-partitioned: give both topics the same partition count and key their records by service",
+                    first.name,
+                    first.topic,
+                    count(&first.topic),
+                    other.name,
+                    other.topic,
+                    count(&other.topic),
+                    topo.operators[op].name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn stateful_operators_reached(topo: &Topology, from: usize) -> Vec<usize> {
+    let mut seen = vec![false; topo.nodes.len()];
+    let mut stack = vec![from];
+    let mut found = Vec::new();
+    while let Some(n) = stack.pop() {
+        for edge in &topo.successors[n] {
+            if std::mem::replace(&mut seen[edge.to], true) {
+                continue;
+            }
+            if let NodeRef::Operator(op) = topo.nodes[edge.to] {
+                if topo.operators[op].config.is_stateful() {
+                    found.push(op);
+                }
+            }
+            stack.push(edge.to);
+        }
+    }
+    found
+}
+
+fn create_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    wanted: &[(&str, bool)],
+    partitions: i32,
+) -> Result<(), RunError> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<NewTopic<'_>> = wanted
+        .iter()
+        .map(|(name, compacted)| {
+            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
+            if *compacted {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
+        .collect();
+    // The broker answers once the topics exist.
+    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let results = block_on(admin.create_topics(&topics, &opts))
+        .map_err(|e| RunError::kafka("create topics", e))?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, partitions, "created topic"),
+            // Another instance created it first: its partition count is checked next.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(RunError::Setup(format!(
+                    "cannot create topic `{name}`: {code}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_changelogs(
+    plan: &Plan,
+    partitions: &HashMap<String, i32>,
+    tasks: i32,
+) -> Result<(), RunError> {
+    for topic in plan.changelog_topics() {
+        let found = partitions.get(topic).copied().unwrap_or(tasks);
+        if found != tasks {
+            return Err(RunError::Setup(format!(
+                "changelog topic `{topic}` has {found} partitions but the inputs have {tasks}: \
+                 the input partition count changed; reset the application (delete its internal topics and state)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo(src: &str) -> Topology {
+        Topology::parse("t.toml", src).expect("valid topology")
+    }
+
+    const GATED: &str = r#"
+[app]
+id = "app"
+[[sources]]
+name = "images"
+topic = "img"
+kind = "image"
+[[sources]]
+name = "alerts"
+topic = "alr"
+kind = "alert"
+[[operators]]
+name = "route"
+type = "route"
+input = "images"
+default = "dev"
+[[operators]]
+name = "gate"
+type = "alert_gate"
+images = "route"
+alerts = "alerts"
+block_on = ["critical"]
+[[sinks]]
+name = "out"
+input = "gate"
+topic = "intents"
+"#;
+
+    #[test]
+    fn stateless_operators_have_no_changelog_and_engine_stores_do() {
+        let t = topo(GATED);
+        let stores: Vec<String> = ["op/route", "op/gate", "sluice/timers", "sluice/meta"]
+            .map(String::from)
+            .to_vec();
+        let plan = Plan::new(&t, &stores).expect("plan");
+        let topics: Vec<&str> = plan.changelog_topics().collect();
+        assert_eq!(
+            topics,
+            [
+                "app-gate-changelog",
+                "app-__timers-changelog",
+                "app-__meta-changelog"
+            ]
+        );
+        assert_eq!(plan.inputs, ["img", "alr"]);
+        assert_eq!(plan.dead_letter, "app.dead-letter");
+    }
+
+    #[test]
+    fn sources_meeting_in_a_gate_must_have_equal_partition_counts() {
+        let t = topo(GATED);
+        let counts = |a, b| HashMap::from([("img".to_owned(), a), ("alr".to_owned(), b)]);
+        assert!(check_co_partitioning(&t, &counts(4, 4)).is_ok());
+        let err = check_co_partitioning(&t, &counts(4, 2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`images` (topic `img`, 4 partitions)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("`alerts` (topic `alr`, 2 partitions)"),
+            "{err}"
+        );
+        assert!(err.contains("operator `gate`"), "{err}");
+    }
+
+    #[test]
+    fn a_sink_writing_an_input_topic_is_refused() {
+        let t = topo(&GATED.replace("topic = \"intents\"", "topic = \"img\""));
+        let err = Plan::new(&t, &[]).unwrap_err().to_string();
+        assert!(err.contains("sink topic `img`"), "{err}");
+    }
+}

@@ -1,0 +1,121 @@
+//! `sluice run`: argument handling and signals for the live runtime.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use sluice::engine::EngineOptions;
+use sluice::kafka::run::{self, ClockMode, RunError, RunOptions};
+use sluice::topology::kafka::Guarantee;
+use sluice::topology::Topology;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Topology file.
+    topology: PathBuf,
+    /// Bootstrap brokers; default: the topology's [kafka] brokers.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Where tasks keep their RocksDB stores (`<dir>/<app.id>/task-<n>`).
+    #[arg(long, default_value = "sluice-state")]
+    state_dir: PathBuf,
+    /// `wall`: system time, timers fire at their deadline by themselves.
+    /// `event`: stream time per task, as `sluice replay` does.
+    #[arg(long, value_enum, default_value = "wall")]
+    clock: ClockMode,
+    /// A stable name for this instance: static group membership (a restart
+    /// resumes without a rebalance) and the transactional id's suffix.
+    /// Default: an id kept in the state directory.
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Override the topology's processing_guarantee.
+    #[arg(long, value_parser = parse_guarantee)]
+    guarantee: Option<Guarantee>,
+    /// Override the topology's commit_interval, in milliseconds.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    commit_interval_ms: Option<u64>,
+    /// Exit once no record has arrived for this long and all is committed
+    /// (catch-up jobs, tests and benchmarks), e.g. `5s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    exit_after_idle: Option<Duration>,
+    /// Input values larger than this go to the dead-letter topic unparsed.
+    #[arg(long, default_value_t = 256 * 1024)]
+    max_value_bytes: usize,
+    /// Write the run's summary as JSON to this file when it ends.
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
+}
+
+fn parse_guarantee(text: &str) -> Result<Guarantee, String> {
+    match text {
+        "exactly_once" => Ok(Guarantee::ExactlyOnce),
+        "at_least_once" => Ok(Guarantee::AtLeastOnce),
+        _ => Err("use exactly_once or at_least_once".into()),
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_: libc::c_int) {
+    // Only an atomic store: safe in a signal handler.
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    let handler = request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+pub fn run_live(args: RunArgs) -> Result<ExitCode> {
+    let topo = Arc::new(Topology::load(&args.topology)?);
+    let brokers = args
+        .brokers
+        .or_else(|| topo.kafka.brokers.clone())
+        .context("no brokers: pass --brokers or set brokers in the topology's [kafka] table")?;
+    let opts = RunOptions {
+        brokers,
+        state_dir: args.state_dir,
+        clock: args.clock,
+        instance_id: args.instance_id,
+        guarantee: args.guarantee.unwrap_or(topo.kafka.guarantee),
+        commit_interval: args
+            .commit_interval_ms
+            .map(Duration::from_millis)
+            .unwrap_or_else(|| Duration::from_millis(topo.kafka.commit_interval.as_ms())),
+        exit_after_idle: args.exit_after_idle,
+        max_value_bytes: args.max_value_bytes,
+        engine: EngineOptions::default(),
+    };
+    install_signal_handlers();
+    match run::run(topo, opts, &STOP) {
+        Ok(summary) => {
+            eprintln!(
+                "processed {} records: {} output records, {} dead letters, {} commits, {} aborts, {} restored records",
+                summary.processed,
+                summary.records,
+                summary.dead_letters,
+                summary.commits,
+                summary.aborts,
+                summary.restored_records
+            );
+            if let Some(path) = args.stats_json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ RunError::Fenced(_)) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(3))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

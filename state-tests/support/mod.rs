@@ -1,0 +1,356 @@
+//! Helpers for the tests against a real Kafka broker (`.ci/test` starts one
+//! with `.ci/kafka-local` and passes its address in SLUICE_TEST_BROKERS).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub fn brokers() -> String {
+    std::env::var("SLUICE_TEST_BROKERS")
+        .expect("SLUICE_TEST_BROKERS is not set: run .ci/test, which starts a local Kafka broker")
+}
+
+/// A name no other test run has used, so runs never see each other's records.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+pub fn create_topics_on(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results =
+        futures_executor::block_on(admin.create_topics(&new, &opts)).expect("create topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+pub fn create_topics(topics: &[(&str, i32)]) {
+    create_topics_on(&brokers(), topics)
+}
+
+pub fn producer_on(brokers: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        // The Java clients' partitioner: keys land where Kafka Streams would put them.
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer")
+}
+
+pub fn producer() -> BaseProducer {
+    producer_on(&brokers())
+}
+
+pub fn sluice_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+pub fn sluice(args: &[&str]) -> std::process::Output {
+    sluice_cmd().args(args).output().expect("sluice runs")
+}
+
+/// A line of the replay format.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub topic: String,
+    pub ts: i64,
+    pub key: Option<String>,
+    pub value: String,
+}
+
+pub fn parse_lines(text: &str) -> Vec<Line> {
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("replay line");
+            Line {
+                topic: v["topic"].as_str().expect("topic").to_owned(),
+                ts: v["ts"].as_i64().expect("ts"),
+                key: v["key"].as_str().map(str::to_owned),
+                value: v["value"].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// A flood sorted by time, ties in topology source order (images first):
+/// the order in which `sluice run --clock event` takes a task's records.
+pub fn sorted_flood(events: u64, services: u32, seed: u64) -> Vec<Line> {
+    let out = sluice(&[
+        "flood",
+        "--events",
+        &events.to_string(),
+        "--services",
+        &services.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]);
+    assert!(out.status.success());
+    let mut lines = parse_lines(&String::from_utf8_lossy(&out.stdout));
+    lines.sort_by_key(|l| (l.ts, l.topic != "docker-events"));
+    lines
+}
+
+pub fn write_lines(path: &Path, lines: &[Line]) {
+    let mut text = String::new();
+    for l in lines {
+        let key = l
+            .key
+            .as_ref()
+            .map_or("null".to_owned(), |k| format!("{k:?}"));
+        text.push_str(&format!(
+            "{{\"topic\":{:?},\"ts\":{},\"key\":{key},\"value\":{}}}\n",
+            l.topic, l.ts, l.value
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Produces `lines` (topics renamed through `topics`), keyed and stamped as
+/// given; `partition` pins a line to a partition when it returns Some.
+pub fn produce(
+    p: &BaseProducer,
+    lines: &[Line],
+    topics: &HashMap<&str, String>,
+    partition: impl Fn(&Line) -> Option<i32>,
+) {
+    for l in lines {
+        let topic = &topics[l.topic.as_str()];
+        let mut record = BaseRecord::<str, str>::to(topic)
+            .payload(&l.value)
+            .timestamp(l.ts);
+        if let Some(k) = &l.key {
+            record = record.key(k);
+        }
+        if let Some(part) = partition(l) {
+            record = record.partition(part);
+        }
+        let mut record = record;
+        loop {
+            match p.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).expect("flushed");
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub ts: i64,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning with the given isolation level until
+/// `done` says the records are enough and no new one came for `settle`, or
+/// `timeout` passes.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    isolation: &str,
+    settle: Duration,
+    timeout: Duration,
+    done: impl Fn(&[Read]) -> bool,
+) -> Vec<Read> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .expect("metadata");
+    let parts = md.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let started = Instant::now();
+    let mut last_new = Instant::now();
+    let mut out = Vec::new();
+    while started.elapsed() < timeout {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last_new = Instant::now();
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                (h.key.to_owned(), v.unwrap_or_default())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Read {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    ts: m.timestamp().to_millis().unwrap_or(-1),
+                    headers,
+                });
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None if done(&out) && last_new.elapsed() >= settle => break,
+            None => {}
+        }
+    }
+    out
+}
+
+/// What the equivalence tests compare of an intent.
+pub type IntentFields = (String, String, String, String, Option<String>, i64);
+
+pub fn intent_fields(value: &serde_json::Value, ts: i64) -> IntentFields {
+    let s = |k: &str| value[k].as_str().unwrap_or_default().to_owned();
+    (
+        s("action"),
+        s("service"),
+        s("environment"),
+        s("image"),
+        value["previous_image"].as_str().map(str::to_owned),
+        ts,
+    )
+}
+
+/// The intents `sluice replay --drain` prints for a file, in order.
+pub fn replay_intents(topology: &Path, input: &Path, sink: &str) -> Vec<IntentFields> {
+    let out = sluice(&[
+        "replay",
+        &topology.display().to_string(),
+        "--input",
+        &input.display().to_string(),
+        "--drain",
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_lines(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .filter(|l| l.topic == sink)
+        .map(|l| intent_fields(&serde_json::from_str(&l.value).unwrap(), l.ts))
+        .collect()
+}
+
+pub fn read_intents(reads: &[Read]) -> Vec<IntentFields> {
+    reads
+        .iter()
+        .map(|r| {
+            intent_fields(
+                &serde_json::from_slice(&r.value).expect("json intent"),
+                r.ts,
+            )
+        })
+        .collect()
+}
+
+/// The default topology with its topics and app id renamed for one test.
+pub fn topology_file(dir: &Path, app: &str, images: &str, alerts: &str, sink: &str) -> PathBuf {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/topologies/cicd.toml"))
+            .unwrap()
+            .replace("id = \"cicd\"", &format!("id = \"{app}\""))
+            .replace("\"docker-events\"", &format!("\"{images}\""))
+            .replace("\"alert-events\"", &format!("\"{alerts}\""))
+            .replace("\"deploy-intents\"", &format!("\"{sink}\""));
+    let path = dir.join(format!("{app}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts `sluice run` in the background, its log in `log`.
+pub fn spawn_run(topology: &Path, state: &Path, log: &Path, extra: &[&str]) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    sluice_cmd()
+        .arg("-v")
+        .arg("run")
+        .arg(topology)
+        .args(["--brokers", &brokers(), "--state-dir"])
+        .arg(state)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("sluice run starts")
+}
+
+pub fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    child.wait().expect("wait")
+}
+
+/// Multiset difference, for readable failures.
+pub fn diff_multisets(expected: &[IntentFields], got: &[IntentFields]) -> String {
+    let mut counts: HashMap<&IntentFields, i64> = HashMap::new();
+    for e in expected {
+        *counts.entry(e).or_default() += 1;
+    }
+    for g in got {
+        *counts.entry(g).or_default() -= 1;
+    }
+    let mut lines: Vec<String> = counts
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|(k, n)| {
+            if n > 0 {
+                format!("missing x{n}: {k:?}")
+            } else {
+                format!("extra x{}: {k:?}", -n)
+            }
+        })
+        .collect();
+    lines.sort();
+    lines.truncate(20);
+    lines.join("\n")
+}
