@@ -303,8 +303,20 @@ pub fn topology_file(dir: &Path, app: &str, images: &str, alerts: &str, sink: &s
 
 /// Starts `sluice run` in the background, its log in `log`.
 pub fn spawn_run(topology: &Path, state: &Path, log: &Path, extra: &[&str]) -> Child {
+    spawn_run_with(topology, state, log, extra, &[])
+}
+
+/// [`spawn_run`] with extra environment variables.
+pub fn spawn_run_with(
+    topology: &Path,
+    state: &Path,
+    log: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let log = std::fs::File::create(log).unwrap();
     sluice_cmd()
+        .envs(env.iter().copied())
         .arg("-v")
         .arg("run")
         .arg(topology)

@@ -135,6 +135,9 @@ impl ClientContext for RunContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            return; // reported on the partition queues
+        }
         tracing::warn!(client = "consumer", error = %error, reason, "kafka client error");
     }
 }
@@ -365,6 +368,9 @@ fn create_restorer(shared: &Shared) -> Result<BaseConsumer, RunError> {
         // one the store was built from: fail, and restore from scratch.
         .set("auto.offset.reset", "error")
         .set("fetch.queue.backoff.ms", "10")
+        // The end of a changelog is only known when an empty fetch returns:
+        // do not let the broker hold it for the default 500 ms.
+        .set("fetch.wait.max.ms", "10")
         .set_log_level(super::librdkafka_log_level());
     config
         .create()
@@ -642,6 +648,7 @@ impl Inner {
             return self.abort_and_rewind(consumer);
         }
         let offsets = self.offsets();
+        fault_injection_pause();
         let committed = if self.shared.exactly_once() {
             self.commit_transaction(consumer, &offsets)
         } else {
@@ -874,6 +881,22 @@ impl Inner {
             summary.active_ms = last.saturating_duration_since(first).as_millis() as u64;
         }
         summary
+    }
+}
+
+/// Test hook: `SLUICE_TEST_COMMIT_DELAY_MS` widens the moment between the
+/// changelog being written and the transaction committing, so that the
+/// crash tests' kills land there often. Unset in production.
+fn fault_injection_pause() {
+    static DELAY: OnceLock<Option<Duration>> = OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        std::env::var("SLUICE_TEST_COMMIT_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    });
+    if let Some(d) = delay {
+        std::thread::sleep(*d);
     }
 }
 

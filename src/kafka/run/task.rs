@@ -286,6 +286,17 @@ fn restore_changelog(
     from: Option<i64>,
     restorer: &BaseConsumer,
 ) -> Result<u64, RestoreError> {
+    let (low, high) = restorer
+        .fetch_watermarks(&changelog.topic, id, Duration::from_secs(30))
+        .map_err(|e| RunError::kafka("read a changelog's offsets", e))?;
+    match from {
+        // Compaction keeps offsets; a start past our position means records
+        // we never saw were deleted.
+        Some(f) if f < low || f > high => return Err(RestoreError::OutOfRange),
+        Some(f) if f == high => return Ok(0),
+        None if high == low => return Ok(0),
+        _ => {}
+    }
     let mut tpl = TopicPartitionList::new();
     let offset = from.map_or(Offset::Beginning, Offset::Offset);
     tpl.add_partition_offset(&changelog.topic, id, offset)
