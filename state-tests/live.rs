@@ -4,6 +4,8 @@
 mod support;
 
 use std::collections::HashMap;
+
+use rdkafka::producer::{BaseRecord, Producer};
 use std::time::Duration;
 
 use support::*;
@@ -222,13 +224,13 @@ fn exactly_once_survives_kill_9_with_two_instances() {
         &logs[logs.len().saturating_sub(4000)..]
     );
     assert_eq!(got, expected, "{}", diff_multisets(&expected, &got));
-    let restored_with_state = logs
+    let reopened_with_state = logs
         .lines()
-        .filter(|l| l.contains("task restored") && !l.contains("records=0"))
+        .filter(|l| l.contains("task restored") && l.contains("from_beginning=false"))
         .count();
     assert!(
-        restored_with_state >= 3,
-        "the kills should hit runs that had state to restore:\n{logs}"
+        reopened_with_state >= 3,
+        "the kills should hit runs that had state to reopen:\n{logs}"
     );
 
     // A marker produced now must come out, read_committed: no transaction
@@ -264,4 +266,624 @@ fn exactly_once_survives_kill_9_with_two_instances() {
             .any(|r| String::from_utf8_lossy(&r.value).contains("zz-final")),
         "the final marker never became readable with read_committed"
     );
+}
+
+/// Produces a sorted flood with end markers and returns the intents that
+/// `sluice replay --drain` gives for it, sorted.
+fn flood_into(
+    s: &Setup,
+    events: u64,
+    partitions: i32,
+    seed: u64,
+) -> (Vec<Line>, Vec<IntentFields>) {
+    let mut lines = sorted_flood(events, 300, seed);
+    end_markers(&mut lines, partitions);
+    let input = s.path("input.jsonl");
+    write_lines(&input, &s.renamed(&lines));
+    let expected = sorted(replay_intents(&s.topology, &input, &s.sink));
+    produce(&producer(), &lines, &s.topics(), marker_partition);
+    (lines, expected)
+}
+
+fn committed_intents(s: &Setup, expected: usize, timeout_secs: u64) -> Vec<IntentFields> {
+    let reads = read_topic(
+        &brokers(),
+        &s.sink,
+        "read_committed",
+        Duration::from_secs(4),
+        Duration::from_secs(timeout_secs),
+        |r| r.len() >= expected,
+    );
+    sorted(read_intents(&reads))
+}
+
+/// Slows commits so that the instances below meet mid-run.
+const SLOW_COMMITS: [(&str, &str); 1] = [("SLUICE_TEST_COMMIT_DELAY_MS", "40")];
+
+#[test]
+fn state_moves_with_partitions_when_instances_come_and_go() {
+    let s = Setup::new("rebalance", 4);
+    let (_, expected) = flood_into(&s, 60_000, 4, 5);
+    let args = ["--clock", "event", "--commit-interval-ms", "20"];
+    let mut first = spawn_run_with(
+        &s.topology,
+        &s.path("state-1"),
+        &s.path("first.log"),
+        &args,
+        &SLOW_COMMITS,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let mut second = spawn_run_with(
+        &s.topology,
+        &s.path("state-2"),
+        &s.path("second.log"),
+        &args,
+        &SLOW_COMMITS,
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let status = terminate(&mut first);
+    assert!(status.success(), "first instance: {}", s.log("first.log"));
+    let got = committed_intents(&s, expected.len(), 120);
+    terminate(&mut second);
+    assert_eq!(got, expected, "{}", diff_multisets(&expected, &got));
+    let second_log = s.log("second.log");
+    assert!(
+        second_log.matches("partitions assigned").count() >= 2,
+        "the second instance should have been assigned partitions twice:\n{second_log}"
+    );
+    assert!(
+        second_log
+            .lines()
+            .any(|l| l.contains("task restored") && !l.contains("records=0")),
+        "the second instance should restore the first one's state from the changelog:\n{second_log}"
+    );
+}
+
+#[test]
+fn a_second_process_with_the_same_identity_fences_the_first() {
+    let s = Setup::new("fence", 2);
+    let (_, expected) = flood_into(&s, 40_000, 2, 9);
+    let args = [
+        "--clock",
+        "event",
+        "--instance-id",
+        "same",
+        "--commit-interval-ms",
+        "20",
+    ];
+    let mut first = spawn_run_with(
+        &s.topology,
+        &s.path("state-1"),
+        &s.path("first.log"),
+        &args,
+        &SLOW_COMMITS,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let mut second = spawn_run_with(
+        &s.topology,
+        &s.path("state-2"),
+        &s.path("second.log"),
+        &args,
+        &SLOW_COMMITS,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = first.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first process kept running:\n{}",
+            s.log("first.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "fenced exits with 3:\n{}",
+        s.log("first.log")
+    );
+    assert!(
+        s.log("first.log").contains("fenced"),
+        "{}",
+        s.log("first.log")
+    );
+    let got = committed_intents(&s, expected.len(), 120);
+    terminate(&mut second);
+    let log = s.log("second.log");
+    assert_eq!(
+        got,
+        expected,
+        "{}\n{}",
+        diff_multisets(&expected, &got),
+        &log[log.len().saturating_sub(5000)..]
+    );
+}
+
+#[test]
+fn inputs_of_different_partition_counts_meeting_in_a_gate_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = unique("copart");
+    let (images, alerts) = (format!("{app}-images"), format!("{app}-alerts"));
+    create_topics(&[(&images, 4), (&alerts, 2)]);
+    let topology = topology_file(dir.path(), &app, &images, &alerts, &format!("{app}-out"));
+    let out = sluice(&[
+        "run",
+        &topology.display().to_string(),
+        "--brokers",
+        &brokers(),
+        "--state-dir",
+        &dir.path().join("state").display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`images`")
+            && err.contains("4 partitions")
+            && err.contains("2 partitions")
+            && err.contains("`gate`"),
+        "{err}"
+    );
+}
+
+/// The suppress() trap of Kafka Streams and Quix Streams: a window closes
+/// only when the next record arrives. Here the wall clock fires the timer.
+#[test]
+fn wall_clock_timers_fire_without_another_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = unique("wall");
+    let (images, sink) = (format!("{app}-images"), format!("{app}-out"));
+    create_topics(&[(&images, 1)]);
+    let topology = dir.path().join("t.toml");
+    std::fs::write(
+        &topology,
+        format!(
+            "[app]\nid = \"{app}\"\n[[sources]]\nname = \"images\"\ntopic = \"{images}\"\nkind = \"image\"\n\
+             [[operators]]\nname = \"quiet\"\ntype = \"debounce\"\ninput = \"images\"\nkey = [\"service\"]\nquiet = \"2s\"\nmax_wait = \"10s\"\n\
+             [[sinks]]\nname = \"out\"\ninput = \"quiet\"\ntopic = \"{sink}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut run = spawn_run(
+        &topology,
+        &dir.path().join("state"),
+        &dir.path().join("run.log"),
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let p = producer();
+    for tag in ["v1", "v2"] {
+        let value = format!(r#"{{"service":"web","repository":"r/web","tag":"{tag}"}}"#);
+        p.send(
+            BaseRecord::<str, str>::to(&images)
+                .key("web")
+                .payload(&value),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let reads = read_topic(
+        &brokers(),
+        &sink,
+        "read_committed",
+        Duration::ZERO,
+        Duration::from_secs(30),
+        |r| !r.is_empty(),
+    );
+    let arrived = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    terminate(&mut run);
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
+    assert_eq!(
+        reads.len(),
+        1,
+        "one debounced image, with no record after it:\n{log}"
+    );
+    let value: serde_json::Value = serde_json::from_slice(&reads[0].value).unwrap();
+    assert_eq!(value["tag"], "v2", "the newest image wins");
+    let waited = reads[0].ts - sent;
+    assert!(
+        (2_000..6_000).contains(&waited),
+        "stamped at its 2 s deadline, not later: {waited} ms"
+    );
+    assert!(
+        arrived - sent < 8_000,
+        "arrived {} ms after the push",
+        arrived - sent
+    );
+}
+
+/// A broker of this test's own, so that stopping it disturbs no other test.
+struct OwnBroker {
+    env: Vec<(String, String)>,
+    address: String,
+}
+
+impl OwnBroker {
+    /// Ports `base + 0..3` (plus a per-process offset), extra server.properties lines.
+    fn start(dir: &std::path::Path, base: u16, extra_config: &str) -> OwnBroker {
+        let port = base + (std::process::id() % 100) as u16 * 4;
+        let env = vec![
+            ("SLUICE_KAFKA_PORT".to_owned(), port.to_string()),
+            (
+                "SLUICE_KAFKA_CONTROLLER_PORT".to_owned(),
+                (port + 1).to_string(),
+            ),
+            ("SLUICE_KAFKA_DIR".to_owned(), dir.display().to_string()),
+            (
+                "SLUICE_KAFKA_EXTRA_CONFIG".to_owned(),
+                extra_config
+                    .replace("@PORT@", &port.to_string())
+                    .replace("@CONTROLLER_PORT@", &(port + 1).to_string())
+                    .replace("@SASL_PORT@", &(port + 2).to_string()),
+            ),
+        ];
+        let broker = OwnBroker {
+            env,
+            address: format!("127.0.0.1:{port}"),
+        };
+        broker.script(&["start"]);
+        broker
+    }
+
+    fn script(&self, args: &[&str]) {
+        let out =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/kafka-local"))
+                .args(args)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .output()
+                .expect("kafka-local runs");
+        assert!(
+            out.status.success(),
+            "kafka-local {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/kafka-local"))
+            .arg("stop")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output();
+    }
+}
+
+#[test]
+fn the_run_carries_on_by_itself_across_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = OwnBroker::start(&dir.path().join("kafka"), 29_200, "");
+    let app = unique("restart");
+    let (images, alerts, sink) = (
+        format!("{app}-images"),
+        format!("{app}-alerts"),
+        format!("{app}-out"),
+    );
+    create_topics_on(&broker.address, &[(&images, 2), (&alerts, 2)]);
+    let topology = topology_file(dir.path(), &app, &images, &alerts, &sink);
+    let mut lines = sorted_flood(40_000, 300, 3);
+    end_markers(&mut lines, 2);
+    let topics = HashMap::from([
+        ("docker-events", images.clone()),
+        ("alert-events", alerts.clone()),
+    ]);
+    let renamed: Vec<Line> = lines
+        .iter()
+        .map(|l| Line {
+            topic: topics[l.topic.as_str()].clone(),
+            ..l.clone()
+        })
+        .collect();
+    let input = dir.path().join("input.jsonl");
+    write_lines(&input, &renamed);
+    let expected = sorted(replay_intents(&topology, &input, &sink));
+    produce(
+        &producer_on(&broker.address),
+        &lines,
+        &topics,
+        marker_partition,
+    );
+
+    let log = dir.path().join("run.log");
+    let mut run = sluice_cmd()
+        .env("SLUICE_TEST_COMMIT_DELAY_MS", "40")
+        .args(["-v", "run"])
+        .arg(&topology)
+        .args([
+            "--brokers",
+            &broker.address,
+            "--clock",
+            "event",
+            "--commit-interval-ms",
+            "20",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    broker.script(&["restart", "--keep-data"]);
+    let reads = read_topic(
+        &broker.address,
+        &sink,
+        "read_committed",
+        Duration::from_secs(4),
+        Duration::from_secs(180),
+        |r| r.len() >= expected.len(),
+    );
+    let still_running = run.try_wait().unwrap().is_none();
+    terminate(&mut run);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(still_running, "the run gave up:\n{log}");
+    let got = sorted(read_intents(&reads));
+    assert_eq!(
+        got,
+        expected,
+        "{}\n{}",
+        diff_multisets(&expected, &got),
+        &log[log.len().saturating_sub(3000)..]
+    );
+}
+
+#[test]
+fn bad_input_goes_to_the_dead_letter_topic_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = unique("bad");
+    let (images, alerts, sink) = (
+        format!("{app}-images"),
+        format!("{app}-alerts"),
+        format!("{app}-out"),
+    );
+    create_topics(&[(&images, 1), (&alerts, 1)]);
+    let topology = dir.path().join("t.toml");
+    std::fs::write(
+        &topology,
+        format!(
+            "[app]\nid = \"{app}\"\n\
+             [[sources]]\nname = \"images\"\ntopic = \"{images}\"\nkind = \"image\"\n\
+             [[sources]]\nname = \"alerts\"\ntopic = \"{alerts}\"\nkind = \"alert\"\nformat = \"protobuf\"\n\
+             [[operators]]\nname = \"gate\"\ntype = \"alert_gate\"\nimages = \"images\"\nalerts = \"alerts\"\nblock_on = [\"critical\"]\n\
+             [[sinks]]\nname = \"out\"\ninput = \"gate\"\ntopic = \"{sink}\"\n"
+        ),
+    )
+    .unwrap();
+    let p = producer();
+    let image = |n: u32| {
+        format!(r#"{{"service":"s{n}","repository":"r/s{n}","tag":"v{n}","environment":"prod"}}"#)
+    };
+    let oversized = format!(
+        r#"{{"service":"big","repository":"r/big","tag":"{}"}}"#,
+        "x".repeat(300_000)
+    );
+    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+        (&images, image(1).into_bytes(), "good"),
+        (&images, b"not json at all".to_vec(), "not JSON"),
+        (
+            &images,
+            br#"{"repository":"r/x","tag":"v1"}"#.to_vec(),
+            "no service",
+        ),
+        (
+            &images,
+            br#"{"service":"s","repository":"r/s","tag":"bad tag!"}"#.to_vec(),
+            "bad tag",
+        ),
+        (
+            &alerts,
+            vec![0xff, 0xfe, 0x01, 0x02, 0x03],
+            "protobuf garbage",
+        ),
+        (&images, oversized.into_bytes(), "oversized"),
+        (&images, image(2).into_bytes(), "good"),
+    ];
+    for (i, (topic, value, _)) in bad.iter().enumerate() {
+        p.send(
+            BaseRecord::<str, [u8]>::to(topic)
+                .key("k")
+                .payload(value)
+                .timestamp(1_767_225_600_000 + i as i64),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let mut run = spawn_run(
+        &topology,
+        &dir.path().join("state"),
+        &dir.path().join("run.log"),
+        &["--clock", "event", "--exit-after-idle", "3s"],
+    );
+    let status = run.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
+    assert!(status.success(), "{log}");
+    let intents = read_topic(
+        &brokers(),
+        &sink,
+        "read_committed",
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        |r| r.len() >= 2,
+    );
+    let services: Vec<String> = read_intents(&intents).into_iter().map(|i| i.1).collect();
+    assert_eq!(
+        services,
+        ["s1", "s2"],
+        "good records before and after the bad ones: {log}"
+    );
+    let letters = read_topic(
+        &brokers(),
+        &format!("{app}.dead-letter"),
+        "read_committed",
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        |r| r.len() >= 5,
+    );
+    assert_eq!(letters.len(), 5, "{letters:?}");
+    let mut offsets: Vec<(String, String)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l.headers["sluice.topic"].clone(),
+                l.headers["sluice.offset"].clone(),
+            )
+        })
+        .collect();
+    offsets.sort();
+    let mut want = vec![
+        (images.clone(), "1".to_owned()),
+        (images.clone(), "2".to_owned()),
+        (images.clone(), "3".to_owned()),
+        (images.clone(), "4".to_owned()),
+        (alerts.clone(), "0".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(offsets, want, "each letter names its record");
+    for l in &letters {
+        assert_eq!(l.headers["sluice.partition"], "0");
+        assert!(!l.headers["sluice.error"].is_empty());
+        let v: serde_json::Value = serde_json::from_slice(&l.value).expect("letters are JSON");
+        assert_eq!(v["error"], l.headers["sluice.error"].as_str());
+    }
+    let big = letters
+        .iter()
+        .find(|l| l.headers["sluice.error"].contains("larger than"))
+        .expect("the oversized value");
+    let v: serde_json::Value = serde_json::from_slice(&big.value).unwrap();
+    assert!(
+        big.value.len() < 10_000,
+        "an oversized value is cut to a prefix"
+    );
+    assert!(v["value"]
+        .as_str()
+        .unwrap()
+        .starts_with(r#"{"service":"big""#));
+    let garbage = letters
+        .iter()
+        .find(|l| l.headers["sluice.topic"] == alerts)
+        .unwrap();
+    assert!(
+        garbage.headers["sluice.error"].contains("Alert"),
+        "{:?}",
+        garbage.headers
+    );
+}
+
+#[test]
+fn a_secret_never_reaches_the_logs_even_with_debug_logging() {
+    const SENTINEL: &str = "S3ntinel-pa55word-7d1c";
+    let dir = tempfile::tempdir().unwrap();
+    // A broker of its own with a SASL/PLAIN listener whose one user has the
+    // sentinel as password: the run must authenticate with it, from the
+    // environment, while logging everything it can.
+    let sasl = format!(
+        "listeners=PLAINTEXT://127.0.0.1:@PORT@,CONTROLLER://127.0.0.1:@CONTROLLER_PORT@,SASL_PLAINTEXT://127.0.0.1:@SASL_PORT@\n\
+         advertised.listeners=PLAINTEXT://127.0.0.1:@PORT@,SASL_PLAINTEXT://127.0.0.1:@SASL_PORT@\n\
+         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT\n\
+         sasl.enabled.mechanisms=PLAIN\n\
+         listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_sluice=\"{SENTINEL}\";"
+    );
+    let broker = OwnBroker::start(&dir.path().join("kafka"), 29_600, &sasl);
+    let sasl_address = broker.address.replace(
+        &broker.env[0].1,
+        &(broker.env[0].1.parse::<u16>().unwrap() + 2).to_string(),
+    );
+    let app = unique("secret");
+    let (input, output) = (format!("{app}-in"), format!("{app}-out"));
+    create_topics_on(&broker.address, &[(&input, 1)]);
+    let p = producer_on(&broker.address);
+    let value = r#"{"service":"web","repository":"r/web","tag":"v1"}"#;
+    p.send(BaseRecord::<str, str>::to(&input).key("web").payload(value))
+        .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+    let topology = dir.path().join("t.toml");
+    std::fs::write(
+        &topology,
+        format!(
+            "[app]\nid = \"{app}\"\n[[sources]]\nname = \"images\"\ntopic = \"{input}\"\nkind = \"image\"\n\
+             [[sinks]]\nname = \"out\"\ninput = \"images\"\ntopic = \"{output}\"\n\
+             [kafka]\n[kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\
+             \"sasl.username\" = \"sluice\"\n\"debug\" = \"security,broker,protocol,conf\"\n\
+             [kafka.secrets]\n\"sasl.password\" = {{ env = \"SLUICE_TEST_SASL_PASSWORD\" }}\n"
+        ),
+    )
+    .unwrap();
+    let run = |password: &str, state: &str| {
+        sluice_cmd()
+            .env("SLUICE_TEST_SASL_PASSWORD", password)
+            .env("SLUICE_LOG", "trace")
+            .args(["-vvv", "run"])
+            .arg(&topology)
+            .args([
+                "--brokers",
+                &sasl_address,
+                "--exit-after-idle",
+                "2s",
+                "--state-dir",
+            ])
+            .arg(dir.path().join(state))
+            .output()
+            .unwrap()
+    };
+    let good = run(SENTINEL, "state-good");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&good.stdout),
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(
+        good.status.success(),
+        "{}",
+        &text[text.len().saturating_sub(3000)..]
+    );
+    assert!(
+        text.contains("SASL") && text.contains("DEBUG"),
+        "librdkafka's debug log should be on"
+    );
+    assert!(!text.contains(SENTINEL), "the password was printed");
+    let reads = read_topic(
+        &broker.address,
+        &output,
+        "read_committed",
+        Duration::ZERO,
+        Duration::from_secs(30),
+        |r| !r.is_empty(),
+    );
+    assert_eq!(
+        reads.len(),
+        1,
+        "the record went through an authenticated run"
+    );
+
+    // A wrong password: the run fails, and neither password is printed.
+    let wrong = format!("{SENTINEL}-wrong");
+    let bad = sluice_cmd()
+        .env("SLUICE_TEST_SASL_PASSWORD", &wrong)
+        .env("SLUICE_LOG", "trace")
+        .args(["-vvv", "run"])
+        .arg(&topology)
+        .args(["--brokers", &sasl_address, "--state-dir"])
+        .arg(dir.path().join("state-bad"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&bad.stdout),
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text.contains("error: cannot fetch cluster metadata"),
+        "{}",
+        &text[text.len().saturating_sub(3000)..]
+    );
+    assert!(!text.contains(SENTINEL), "a password was printed");
 }

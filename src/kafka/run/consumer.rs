@@ -112,7 +112,7 @@ struct Inner {
     failure: Option<RunError>,
     counts: OutputCounts,
     summary: RunSummary,
-    restorer: BaseConsumer,
+    restorer: BaseConsumer<RestoreContext>,
     first_record: Option<Instant>,
     last_commit_done: Option<Instant>,
 }
@@ -135,7 +135,7 @@ impl ClientContext for RunContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        if is_end_of_partition(&error) {
             return; // reported on the partition queues
         }
         tracing::warn!(client = "consumer", error = %error, reason, "kafka client error");
@@ -316,6 +316,11 @@ impl Runtime {
     }
 }
 
+pub(super) fn is_end_of_partition(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::PartitionEOF(_))
+        || e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+}
+
 fn consumer_error(e: KafkaError) -> Result<(), RunError> {
     match producer::failure_class(&e) {
         TxnFailure::Fenced(reason) => Err(RunError::Fenced(reason)),
@@ -357,7 +362,25 @@ fn create_consumer(shared: &Shared) -> Result<BaseConsumer<RunContext>, RunError
         .map_err(|e| RunError::kafka("create the consumer", e))
 }
 
-fn create_restorer(shared: &Shared) -> Result<BaseConsumer, RunError> {
+/// The restore consumer's context: logs through tracing; reaching the end
+/// of a changelog is the expected outcome, not an error.
+pub struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::log_librdkafka("restore", level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_end_of_partition(&error) {
+            tracing::warn!(client = "restore", error = %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
+fn create_restorer(shared: &Shared) -> Result<BaseConsumer<RestoreContext>, RunError> {
     let mut config = shared.base.clone();
     config
         .set("group.id", format!("{}-restore", shared.topo.app_id))
@@ -373,7 +396,7 @@ fn create_restorer(shared: &Shared) -> Result<BaseConsumer, RunError> {
         .set("fetch.wait.max.ms", "10")
         .set_log_level(super::librdkafka_log_level());
     config
-        .create()
+        .create_with_context(RestoreContext)
         .map_err(|e| RunError::kafka("create the restore consumer", e))
 }
 
@@ -382,6 +405,25 @@ fn new_producer(shared: &Shared) -> Result<TxnProducer, RunError> {
     config.set_log_level(super::librdkafka_log_level());
     let changelogs = shared.plan.changelog_topics().map(str::to_owned);
     producer::create(&config, shared.transactional_id().as_deref(), changelogs)
+}
+
+/// A new producer, retried while the cluster is away (a broker restart):
+/// the run carries on by itself once it is back.
+fn new_producer_patiently(shared: &Shared) -> Result<TxnProducer, RunError> {
+    let mut backoff = Duration::from_millis(200);
+    let give_up = Instant::now() + Duration::from_secs(300);
+    loop {
+        match new_producer(shared) {
+            Ok(p) => return Ok(p),
+            Err(e @ RunError::Fenced(_)) => return Err(e),
+            Err(e) if Instant::now() < give_up => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot build the producer yet");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -416,9 +458,9 @@ impl Inner {
         for (topic, p) in &assigned {
             tpl.add_partition(topic, *p);
         }
-        consumer
-            .committed_offsets(tpl, CALL_TIMEOUT)
-            .map_err(|e| RunError::kafka("fetch the committed offsets", e))?;
+        super::retry_kafka("fetch the committed offsets", || {
+            consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT)
+        })?;
         let mut ids: Vec<i32> = assigned.iter().map(|(_, p)| *p).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -619,7 +661,10 @@ impl Inner {
         idle >= limit
             && !self.tasks.is_empty()
             && !self.txn_open
-            && self.tasks.values().all(|t| !t.dirty && t.buffered() == 0)
+            && self
+                .tasks
+                .values()
+                .all(|t| !t.dirty && t.queues.iter().all(|q| q.caught_up && q.buffer.is_empty()))
     }
 
     /// Commits: changelog records for every changed store, then offsets and
@@ -794,9 +839,9 @@ impl Inner {
         if assigned.count() == 0 {
             return Ok(());
         }
-        let committed = consumer
-            .committed_offsets(assigned, CALL_TIMEOUT)
-            .map_err(|e| RunError::kafka("fetch the committed offsets", e))?;
+        let committed = super::retry_kafka("fetch the committed offsets", || {
+            consumer.committed_offsets(assigned.clone(), CALL_TIMEOUT)
+        })?;
         let mut seek = TopicPartitionList::new();
         for e in committed.elements() {
             let offset = match e.offset() {
@@ -805,9 +850,9 @@ impl Inner {
             };
             let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
         }
-        let result = consumer
-            .seek_partitions(seek, CALL_TIMEOUT)
-            .map_err(|e| RunError::kafka("rewind to the committed offsets", e))?;
+        let result = super::retry_kafka("rewind to the committed offsets", || {
+            consumer.seek_partitions(seek.clone(), CALL_TIMEOUT)
+        })?;
         for e in result.elements() {
             if let Err(err) = e.error() {
                 return Err(RunError::kafka("rewind a partition", err));
@@ -827,7 +872,7 @@ impl Inner {
         self.summary.producer_rebuilds += 1;
         self.producer
             .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
-        self.producer = new_producer(&self.shared)?;
+        self.producer = new_producer_patiently(&self.shared)?;
         self.txn_open = false;
         self.reset_tasks()?;
         self.rewind(consumer)

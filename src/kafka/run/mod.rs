@@ -145,6 +145,42 @@ fn store_names(topo: &Arc<Topology>, opts: &EngineOptions) -> Result<Vec<String>
     Ok(probe.store_names())
 }
 
+/// Retries a Kafka call through connection trouble (a broker restart) for
+/// up to two minutes; librdkafka reconnects by itself meanwhile.
+pub(crate) fn retry_kafka<T>(
+    what: &'static str,
+    mut call: impl FnMut() -> Result<T, KafkaError>,
+) -> Result<T, RunError> {
+    let give_up = std::time::Instant::now() + Duration::from_secs(120);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match call() {
+            Ok(v) => return Ok(v),
+            Err(e) if std::time::Instant::now() < give_up && !is_permanent(&e) => {
+                tracing::warn!(what, error = %e, retry_in = ?backoff, "kafka call failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(RunError::kafka(what, e)),
+        }
+    }
+}
+
+fn is_permanent(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::Fenced
+                | C::FencedInstanceId
+                | C::ProducerFenced
+                | C::GroupAuthorizationFailed
+                | C::TopicAuthorizationFailed
+                | C::SaslAuthenticationFailed
+        )
+    )
+}
+
 /// librdkafka's own log lines, through tracing. Its config dumps mark
 /// secret properties as sensitive and never print them.
 pub(crate) fn log_librdkafka(

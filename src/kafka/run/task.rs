@@ -11,6 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::consumer::RestoreContext;
 use super::topics::{Changelog, Layout, Plan};
 use super::RunError;
 use crate::engine::{self, Engine, EngineOptions};
@@ -103,7 +104,7 @@ impl Task {
     pub fn open(
         id: i32,
         setup: &TaskSetup<'_>,
-        restorer: &BaseConsumer,
+        restorer: &BaseConsumer<RestoreContext>,
     ) -> Result<(Task, RestoreStats), RunError> {
         let dir = setup.dir(id);
         let (backend, stats) = restore_store(&dir, id, setup, restorer)?;
@@ -196,7 +197,7 @@ fn restore_store(
     dir: &Path,
     id: i32,
     setup: &TaskSetup<'_>,
-    restorer: &BaseConsumer,
+    restorer: &BaseConsumer<RestoreContext>,
 ) -> Result<(Box<dyn StateBackend>, RestoreStats), RunError> {
     let started = Instant::now();
     let mut backend: Box<dyn StateBackend> = Box::new(RocksBackend::open(dir)?);
@@ -284,11 +285,11 @@ fn restore_changelog(
     changelog: &Changelog,
     id: i32,
     from: Option<i64>,
-    restorer: &BaseConsumer,
+    restorer: &BaseConsumer<RestoreContext>,
 ) -> Result<u64, RestoreError> {
-    let (low, high) = restorer
-        .fetch_watermarks(&changelog.topic, id, Duration::from_secs(30))
-        .map_err(|e| RunError::kafka("read a changelog's offsets", e))?;
+    let (low, high) = super::retry_kafka("read a changelog's offsets", || {
+        restorer.fetch_watermarks(&changelog.topic, id, Duration::from_secs(10))
+    })?;
     match from {
         // Compaction keeps offsets; a start past our position means records
         // we never saw were deleted.
@@ -320,7 +321,7 @@ fn restore_changelog(
 fn read_to_end(
     backend: &mut dyn StateBackend,
     changelog: &Changelog,
-    restorer: &BaseConsumer,
+    restorer: &BaseConsumer<RestoreContext>,
 ) -> Result<(u64, Option<i64>), RestoreError> {
     let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(RESTORE_BATCH);
     let mut records = 0u64;
@@ -341,6 +342,11 @@ fn read_to_end(
             }
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) if is_out_of_range(&e) => return Err(RestoreError::OutOfRange),
+            // Connection trouble (a broker restarting): librdkafka reconnects by itself.
+            Some(Err(e)) if last_progress.elapsed() < deadline_idle => {
+                tracing::warn!(topic = %changelog.topic, error = %e, "changelog read error; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
             Some(Err(e)) => {
                 return Err(RunError::kafka("read a changelog", e).into());
             }

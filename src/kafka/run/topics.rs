@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use futures_executor::block_on;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
@@ -139,13 +138,28 @@ impl Layout {
     }
 }
 
+/// Sends the admin client's log lines through tracing, like the others.
+pub struct LogContext;
+
+impl rdkafka::ClientContext for LogContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::log_librdkafka("admin", level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(client = "admin", error = %error, reason, "kafka client error");
+    }
+}
+
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Checks the inputs (present, co-partitioned where they meet) and creates
 /// the changelog, dead-letter and sink topics that are missing.
 pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<Layout, RunError> {
-    let admin: AdminClient<DefaultClientContext> = config
-        .create()
+    let mut config = config.clone();
+    config.set_log_level(super::librdkafka_log_level());
+    let admin: AdminClient<LogContext> = config
+        .create_with_context(LogContext)
         .map_err(|e| RunError::kafka("create the admin client", e))?;
     let mut partitions = partition_counts(&admin)?;
     let missing: Vec<&str> = plan
@@ -194,9 +208,7 @@ fn quote_list(items: &[&str]) -> String {
         .join(", ")
 }
 
-fn partition_counts(
-    admin: &AdminClient<DefaultClientContext>,
-) -> Result<HashMap<String, i32>, RunError> {
+fn partition_counts(admin: &AdminClient<LogContext>) -> Result<HashMap<String, i32>, RunError> {
     let md = admin
         .inner()
         .fetch_metadata(None, ADMIN_TIMEOUT)
@@ -265,7 +277,7 @@ fn stateful_operators_reached(topo: &Topology, from: usize) -> Vec<usize> {
 }
 
 fn create_topics(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &AdminClient<LogContext>,
     wanted: &[(&str, bool)],
     partitions: i32,
 ) -> Result<(), RunError> {
