@@ -24,6 +24,10 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
         runs: u32,
     },
+    /// The live runtime against a real broker: sustained events/s under
+    /// both guarantees, end-to-end latency at a fixed rate, restore rate,
+    /// peak RSS.
+    Run(crate::bench_live::LiveArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<std::process::ExitCode> {
@@ -34,6 +38,7 @@ pub fn run(cmd: BenchCommand) -> Result<std::process::ExitCode> {
             services,
             runs,
         } => bench_replay(&topology, events, services, runs)?,
+        BenchCommand::Run(args) => crate::bench_live::bench_live(&args)?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -107,7 +107,9 @@ pub fn run_live(args: RunArgs) -> Result<ExitCode> {
                 summary.restored_records
             );
             if let Some(path) = args.stats_json {
-                std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
+                let mut json = serde_json::to_value(&summary)?;
+                json["peak_rss_bytes"] = crate::bench::peak_rss_bytes().into();
+                std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(ExitCode::SUCCESS)

@@ -887,3 +887,165 @@ fn a_secret_never_reaches_the_logs_even_with_debug_logging() {
     );
     assert!(!text.contains(SENTINEL), "a password was printed");
 }
+
+/// Image events keyed by nothing useful (here: no key at all) are re-keyed
+/// by service through `<app.id>-images-repartition` before the tasks see
+/// them, so each service's state lives in one task: the output equals replay.
+#[test]
+fn unkeyed_sources_are_repartitioned_by_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = unique("repart");
+    let (images, sink) = (format!("{app}-images"), format!("{app}-out"));
+    create_topics(&[(&images, 1)]);
+    let topology = dir.path().join("t.toml");
+    let cicd =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/topologies/cicd.toml"))
+            .unwrap();
+    // cicd.toml up to its gate, fed by an unkeyed topic that Sluice repartitions.
+    let head = &cicd[..cicd.find("# Hold deploys").unwrap()];
+    let text = head
+        .replace("id = \"cicd\"", &format!("id = \"{app}\""))
+        .replace(
+            "topic = \"docker-events\"",
+            &format!("topic = \"{images}\"\nrepartition = true"),
+        )
+        .replace(
+            "topic = \"alert-events\"",
+            &format!("topic = \"{app}-alerts\""),
+        )
+        + &format!("[[sinks]]\nname = \"out\"\ninput = \"throttle\"\ntopic = \"{sink}\"\n");
+    std::fs::write(&topology, &text).unwrap();
+    create_topics(&[(&format!("{app}-alerts"), 3)]);
+
+    let mut lines: Vec<Line> = sorted_flood(20_000, 100, 13)
+        .into_iter()
+        .filter(|l| l.topic == "docker-events")
+        .map(|l| Line { key: None, ..l })
+        .collect();
+    let last = lines.last().unwrap().ts;
+    // One late image per repartition partition's worth of services moves every
+    // task's stream time past all deadlines.
+    for n in 0..60 {
+        lines.push(Line {
+            topic: "docker-events".into(),
+            ts: last + 86_400_000 + n,
+            key: None,
+            value: format!(r#"{{"service":"zz-end-{n}","repository":"r/zz","tag":"v0"}}"#),
+        });
+    }
+    let topics = HashMap::from([
+        ("docker-events", images.clone()),
+        ("alert-events", format!("{app}-alerts")),
+    ]);
+    let renamed: Vec<Line> = lines
+        .iter()
+        .map(|l| Line {
+            topic: images.clone(),
+            ..l.clone()
+        })
+        .collect();
+    let input = dir.path().join("input.jsonl");
+    write_lines(&input, &renamed);
+    let expected: Vec<IntentFields> = {
+        let out = sluice(&[
+            "replay",
+            &topology.display().to_string(),
+            "--input",
+            &input.display().to_string(),
+            "--quiet",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Keys differ by design (the run's records carry the service key the
+        // repartitioning gave them), so values and times are compared.
+        let mut v: Vec<(String, String, i64)> = parse_lines(&String::from_utf8_lossy(&out.stdout))
+            .into_iter()
+            .filter(|l| l.topic == sink)
+            .map(|l| (l.value, String::new(), l.ts))
+            .filter(|(v, _, _)| !v.contains("zz-end"))
+            .collect();
+        v.sort();
+        v.into_iter()
+            .map(|(v, k, ts)| (v, k, String::new(), String::new(), None, ts))
+            .collect()
+    };
+    assert!(expected.len() > 100);
+    produce(&producer(), &lines, &topics, |_| None);
+    let mut run = spawn_run(
+        &topology,
+        &dir.path().join("state"),
+        &dir.path().join("run.log"),
+        &["--clock", "event"],
+    );
+    let real = |r: &[Read]| {
+        r.iter()
+            .filter(|r| !String::from_utf8_lossy(&r.value).contains("zz-end"))
+            .count()
+    };
+    let reads = read_topic(
+        &brokers(),
+        &sink,
+        "read_committed",
+        Duration::from_secs(4),
+        Duration::from_secs(120),
+        |r| real(r) >= expected.len(),
+    );
+    terminate(&mut run);
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
+    let mut got: Vec<(String, String, i64)> = reads
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            (v.to_string(), String::new(), r.ts)
+        })
+        .filter(|(v, _, _)| !v.contains("zz-end"))
+        .collect();
+    got.sort();
+    let got: Vec<IntentFields> = got
+        .into_iter()
+        .map(|(v, k, ts)| (v, k, String::new(), String::new(), None, ts))
+        .collect();
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "{}\n{}",
+        diff_multisets(&expected, &got),
+        &log[log.len().saturating_sub(3000)..]
+    );
+    assert_eq!(got, expected);
+    // The repartition topic has the tasks' partition count, keyed by service.
+    let repartitioned = read_topic(
+        &brokers(),
+        &format!("{app}-images-repartition"),
+        "read_committed",
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        |r| r.len() >= lines.len(),
+    );
+    assert_eq!(repartitioned.len(), lines.len());
+    let mut partitions_of: HashMap<String, std::collections::HashSet<i32>> = HashMap::new();
+    for r in &repartitioned {
+        let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        let service = v["service"].as_str().unwrap_or_default().to_owned();
+        if service.is_empty() {
+            continue; // an invalid record, unkeyed: whichever task gets it dead-letters it
+        }
+        assert_eq!(r.key.as_deref(), Some(service.as_str()), "keyed by service");
+        partitions_of
+            .entry(service)
+            .or_default()
+            .insert(r.partition);
+    }
+    assert!(
+        partitions_of.values().all(|p| p.len() == 1),
+        "each service in one partition"
+    );
+    assert_eq!(
+        repartitioned.iter().map(|r| r.partition).max(),
+        Some(2),
+        "3 partitions, like the alerts"
+    );
+}

@@ -14,7 +14,7 @@ mod table;
 use std::path::PathBuf;
 
 pub use memory::MemoryBackend;
-pub use rocks::RocksBackend;
+pub use rocks::{RocksBackend, SharedMemory};
 pub use table::Table;
 
 /// A visitor of store entries, for [`StateBackend::scan`].

@@ -7,10 +7,34 @@ use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
 use super::{StateBackend, StateError, StoreId, Visit, WriteBatch};
 
+/// Memory that several databases of one process share: the live runtime
+/// opens one store per task, and their memtables and block caches together
+/// must stay within one budget.
+#[derive(Clone)]
+pub struct SharedMemory {
+    cache: rocksdb::Cache,
+    write_buffers: rocksdb::WriteBufferManager,
+}
+
+impl SharedMemory {
+    /// A block cache of `cache_bytes` and at most `memtable_bytes` of memtables in all.
+    pub fn new(cache_bytes: usize, memtable_bytes: usize) -> Self {
+        SharedMemory {
+            cache: rocksdb::Cache::new_lru_cache(cache_bytes),
+            write_buffers: rocksdb::WriteBufferManager::new_write_buffer_manager(
+                memtable_bytes,
+                false,
+            ),
+        }
+    }
+}
+
 pub struct RocksBackend {
     db: DB,
     /// One block cache shared by all column families.
     cache: rocksdb::Cache,
+    /// Set when the memtable budget is shared with other databases.
+    write_buffers: Option<rocksdb::WriteBufferManager>,
     dir: PathBuf,
     names: Vec<String>,
 }
@@ -18,8 +42,21 @@ pub struct RocksBackend {
 impl RocksBackend {
     /// Opens (creating if needed) the database in `dir`, with every column family it already has.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        let cache = rocksdb::Cache::new_lru_cache(8 << 20);
-        let opts = Self::options(&cache);
+        Self::open_with(dir, None)
+    }
+
+    /// Opens the database in `dir` within a memory budget shared with others.
+    pub fn open_shared(dir: &Path, shared: &SharedMemory) -> Result<Self, StateError> {
+        Self::open_with(dir, Some(shared))
+    }
+
+    fn open_with(dir: &Path, shared: Option<&SharedMemory>) -> Result<Self, StateError> {
+        let cache = shared.map_or_else(
+            || rocksdb::Cache::new_lru_cache(8 << 20),
+            |s| s.cache.clone(),
+        );
+        let write_buffers = shared.map(|s| s.write_buffers.clone());
+        let opts = Self::options(&cache, write_buffers.as_ref());
         let open_err = |cause| StateError::Open {
             dir: dir.to_owned(),
             cause,
@@ -29,13 +66,14 @@ impl RocksBackend {
         } else {
             vec!["default".to_owned()]
         };
-        let cfs = existing
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Self::options(&cache)));
+        let cfs = existing.iter().map(|name| {
+            ColumnFamilyDescriptor::new(name, Self::options(&cache, write_buffers.as_ref()))
+        });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(open_err)?;
         Ok(RocksBackend {
             db,
             cache,
+            write_buffers,
             dir: dir.to_owned(),
             names: Vec::new(),
         })
@@ -47,8 +85,14 @@ impl RocksBackend {
 
     // State is small and hot in the table caches: keep RocksDB's own memory modest
     // so that a process stays well under its RSS budget.
-    fn options(cache: &rocksdb::Cache) -> Options {
+    fn options(
+        cache: &rocksdb::Cache,
+        write_buffers: Option<&rocksdb::WriteBufferManager>,
+    ) -> Options {
         let mut opts = Options::default();
+        if let Some(wbm) = write_buffers {
+            opts.set_write_buffer_manager(wbm);
+        }
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_write_buffer_size(8 << 20);
@@ -82,7 +126,10 @@ impl StateBackend for RocksBackend {
         }
         if self.db.cf_handle(name).is_none() {
             self.db
-                .create_cf(name, &Self::options(&self.cache))
+                .create_cf(
+                    name,
+                    &Self::options(&self.cache, self.write_buffers.as_ref()),
+                )
                 .map_err(|cause| StateError::Rocks {
                     store: name.to_owned(),
                     op: "create",

@@ -46,6 +46,9 @@ pub struct Source {
     pub format: Format,
     /// Environment given to records that have none.
     pub environment: Option<String>,
+    /// The topic's records are not keyed by service: `sluice run` re-keys
+    /// them through `<app.id>-<source>-repartition` before any task sees them.
+    pub repartition: bool,
 }
 
 impl Source {
@@ -200,6 +203,7 @@ struct SourceDecl {
     kind: Kind,
     format: Format,
     environment: Option<String>,
+    repartition: bool,
 }
 
 struct OperatorDecl {
@@ -377,9 +381,11 @@ fn read_source<'de>(
         }
         other => Some(other.map(|e| e.value)),
     };
+    let repartition = t.bool("repartition").unwrap_or(false);
     let path = t.path().to_owned();
     t.finish();
     Some(SourceDecl {
+        repartition,
         path,
         name: name?,
         topic: topic?,
@@ -658,6 +664,7 @@ fn build(
             kind: s.kind,
             format: s.format,
             environment: s.environment,
+            repartition: s.repartition,
         })
         .collect();
     let mut operators = Vec::new();

@@ -193,17 +193,27 @@ pub fn read_topic(
         .set("isolation.level", isolation)
         .create()
         .expect("consumer");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .expect("metadata");
-    let parts = md.topics()[0].partitions().len() as i32;
+    let started = Instant::now();
+    // The topic may not exist yet: the run under test creates its sinks.
+    let parts = loop {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .expect("metadata");
+        let n = md
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len() as i32);
+        if n > 0 || started.elapsed() > timeout {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
     consumer.assign(&tpl).expect("assign");
-    let started = Instant::now();
     let mut last_new = Instant::now();
     let mut out = Vec::new();
     while started.elapsed() < timeout {
@@ -363,6 +373,12 @@ pub fn diff_multisets(expected: &[IntentFields], got: &[IntentFields]) -> String
         })
         .collect();
     lines.sort();
+    let total = lines.len();
     lines.truncate(20);
-    lines.join("\n")
+    format!(
+        "{total} differences (expected {}, got {}):\n{}",
+        expected.len(),
+        got.len(),
+        lines.join("\n")
+    )
 }

@@ -5,7 +5,7 @@
 //! `consumer.poll`, and share the tasks with the loop through a mutex the
 //! loop never holds while polling.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -25,6 +25,7 @@ use super::topics::{Layout, Plan};
 use super::{ClockMode, RunError, RunOptions, RunSummary};
 use crate::engine::{DeadLetter, Output, SourceInput};
 use crate::record::Kind;
+use crate::state::SharedMemory;
 use crate::topology::kafka::Guarantee;
 use crate::topology::{Format, Topology};
 use rdkafka::consumer::base_consumer::PartitionQueue;
@@ -38,6 +39,7 @@ pub struct Shared {
     pub base: ClientConfig,
     pub instance: String,
     pub opts: RunOptions,
+    pub memory: SharedMemory,
 }
 
 impl Shared {
@@ -57,6 +59,7 @@ impl Shared {
             layout: &self.layout,
             state_root: &self.state_root,
             engine_options: &self.opts.engine,
+            memory: &self.memory,
         }
     }
 
@@ -108,6 +111,12 @@ struct Inner {
     queues: Vec<SplitQueue>,
     /// Partitions assigned by the last rebalance, not yet opened.
     assigned: Option<Vec<(String, i32)>>,
+    /// Next offset to commit of each repartitioned input partition.
+    raw_offsets: BTreeMap<(String, i32), i64>,
+    /// Records were forwarded to a repartition topic since the last commit.
+    raw_dirty: bool,
+    /// Repartitioned input partitions not yet read to their end.
+    raw_waiting: HashSet<(String, i32)>,
     /// An error raised inside a callback, surfaced by the loop.
     failure: Option<RunError>,
     counts: OutputCounts,
@@ -185,6 +194,11 @@ impl ConsumerContext for RunContext {
                 }
             }
         }
+        for (topic, partition) in &partitions {
+            if inner.shared.plan.repartition_of(topic).is_some() {
+                inner.raw_waiting.insert((topic.clone(), *partition));
+            }
+        }
         inner.assigned = Some(partitions);
     }
 }
@@ -194,11 +208,14 @@ pub struct Runtime {
     consumer: Arc<BaseConsumer<RunContext>>,
 }
 
+/// How often the loop logs its counters.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// Records processed per task before the loop serves the consumer again.
 const PROCESS_BUDGET: usize = 2_000;
 /// Buffered records per partition above which its fetching pauses.
-const PAUSE_ABOVE: usize = 20_000;
-const RESUME_BELOW: usize = 2_000;
+const PAUSE_ABOVE: usize = 5_000;
+const RESUME_BELOW: usize = 1_000;
 
 impl Runtime {
     pub fn new(shared: Arc<Shared>) -> Result<Self, RunError> {
@@ -212,6 +229,9 @@ impl Runtime {
             tasks: BTreeMap::new(),
             queues: Vec::new(),
             assigned: None,
+            raw_offsets: BTreeMap::new(),
+            raw_dirty: false,
+            raw_waiting: HashSet::new(),
             failure: None,
             counts: OutputCounts::default(),
             summary: RunSummary::default(),
@@ -219,7 +239,7 @@ impl Runtime {
             last_commit_done: None,
         };
         *consumer.context().lock() = Some(inner);
-        let topics: Vec<&str> = shared.plan.inputs.iter().map(String::as_str).collect();
+        let topics = shared.plan.subscriptions();
         consumer
             .subscribe(&topics)
             .map_err(|e| RunError::kafka("subscribe to the input topics", e))?;
@@ -236,8 +256,9 @@ impl Runtime {
 
     fn run_loop(&self, stop: &AtomicBool) -> Result<(), RunError> {
         let interval = self.shared.opts.commit_interval;
-        let mut last_commit = Instant::now();
+        let mut next_commit = Instant::now() + interval;
         let mut last_activity = Instant::now();
+        let mut next_report = Instant::now() + PROGRESS_EVERY;
         let mut busy = false;
         while !stop.load(Ordering::Relaxed) {
             let wait = if busy {
@@ -253,19 +274,31 @@ impl Runtime {
             inner.handle_failure(&self.consumer)?;
             inner.open_assigned(&self.consumer)?;
             for m in stray {
-                inner.enqueue(m);
+                if let Err(OutputFailure(e)) = inner.enqueue(m) {
+                    tracing::warn!(error = %e, "forwarding failed; aborting the transaction");
+                    inner.abort_and_rewind(&self.consumer)?;
+                }
             }
-            inner.fill_queues();
-            let processed = inner.process(&self.consumer)?;
+            let moved = inner.fill_queues(&self.consumer)?;
+            let processed = inner.process(&self.consumer)? + moved;
             inner.punctuate(&self.consumer)?;
             inner.flow_control(&self.consumer);
             busy = processed > 0;
             if busy || inner.assigned.is_some() {
                 last_activity = Instant::now();
             }
-            if last_commit.elapsed() >= interval {
+            // A fixed cadence, not "interval after the last commit ended": a
+            // record waits at most one interval plus one commit for its output.
+            if Instant::now() >= next_commit {
                 inner.commit(&self.consumer)?;
-                last_commit = Instant::now();
+                next_commit += interval;
+                if next_commit < Instant::now() {
+                    next_commit = Instant::now() + interval;
+                }
+            }
+            if Instant::now() >= next_report {
+                inner.report_progress();
+                next_report += PROGRESS_EVERY;
             }
             if inner.idle_done(last_activity.elapsed()) {
                 tracing::info!("idle: everything committed; exiting");
@@ -347,6 +380,10 @@ fn create_consumer(shared: &Shared) -> Result<BaseConsumer<RunContext>, RunError
         // With the default (1 s) fetching pauses a whole second whenever the
         // local queue is full, which stalls a busy run.
         .set("fetch.queue.backoff.ms", "10")
+        // Prefetch less than librdkafka's default (64 MiB, 100k records per
+        // partition): the task buffers hold records too, within the RSS budget.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", "20000")
         .set_log_level(super::librdkafka_log_level());
     if let Some(id) = &shared.opts.instance_id {
         // Static membership: a restarted instance gets its partitions back
@@ -394,6 +431,7 @@ fn create_restorer(shared: &Shared) -> Result<BaseConsumer<RestoreContext>, RunE
         // The end of a changelog is only known when an empty fetch returns:
         // do not let the broker hold it for the default 500 ms.
         .set("fetch.wait.max.ms", "10")
+        .set("queued.max.messages.kbytes", "16384")
         .set_log_level(super::librdkafka_log_level());
     config
         .create_with_context(RestoreContext)
@@ -461,7 +499,12 @@ impl Inner {
         super::retry_kafka("fetch the committed offsets", || {
             consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT)
         })?;
-        let mut ids: Vec<i32> = assigned.iter().map(|(_, p)| *p).collect();
+        let plan = &self.shared.plan;
+        let mut ids: Vec<i32> = assigned
+            .iter()
+            .filter(|(t, _)| plan.inputs.contains(t))
+            .map(|(_, p)| *p)
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         for id in ids {
@@ -476,33 +519,70 @@ impl Inner {
         Ok(())
     }
 
-    fn enqueue(&mut self, m: OwnedMessage) {
+    fn enqueue(&mut self, m: OwnedMessage) -> Result<(), OutputFailure> {
+        if self.shared.plan.repartition_of(m.topic()).is_some() {
+            return self.forward(&m);
+        }
         let Some(task) = self.tasks.get_mut(&m.partition()) else {
             tracing::debug!(
                 topic = m.topic(),
                 partition = m.partition(),
                 "record for a partition without a task; it will be fetched again"
             );
-            return;
+            return Ok(());
         };
         if let Some(q) = task.queue_mut(m.topic()) {
             q.push(m);
         }
+        Ok(())
     }
 
-    /// Moves fetched records from the partition queues into the task buffers.
-    fn fill_queues(&mut self) {
+    /// Re-keys a record of a repartitioned input by service and produces it
+    /// to the repartition topic, in the open transaction. A record without a
+    /// readable service goes unkeyed: the task that gets it dead-letters it.
+    fn forward(&mut self, m: &OwnedMessage) -> Result<(), OutputFailure> {
+        let shared = Arc::clone(&self.shared);
+        let Some(r) = shared.plan.repartition_of(m.topic()) else {
+            return Ok(());
+        };
+        if shared.exactly_once() && !self.txn_open {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| OutputFailure(e.to_string()))?;
+            self.txn_open = true;
+        }
+        let key = service_key(&shared.topo, r.source, m.payload());
+        let mut record = BaseRecord::<[u8], [u8]>::to(&r.to);
+        if let Some(ts) = m.timestamp().to_millis() {
+            record = record.timestamp(ts);
+        }
+        if let Some(k) = &key {
+            record = record.key(k.as_bytes());
+        }
+        if let Some(v) = m.payload() {
+            record = record.payload(v);
+        }
+        producer::send(&self.producer, record).map_err(|e| OutputFailure(e.to_string()))?;
+        self.raw_offsets
+            .insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+        self.raw_dirty = true;
+        Ok(())
+    }
+
+    /// Moves fetched records from the partition queues into the task
+    /// buffers (or, for repartitioned inputs, on to their repartition topic).
+    /// Returns how many records it moved.
+    fn fill_queues(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<usize, RunError> {
+        let mut fetched: Vec<OwnedMessage> = Vec::new();
+        let mut ended: Vec<(String, i32)> = Vec::new();
         for split in &self.queues {
-            let Some(task) = self.tasks.get_mut(&split.partition) else {
-                continue;
-            };
-            let Some(q) = task.queue_mut(&split.topic) else {
-                continue;
-            };
             for _ in 0..PROCESS_BUDGET {
                 match split.queue.poll(Duration::ZERO) {
-                    Some(Ok(m)) => q.push(m.detach()),
-                    Some(Err(KafkaError::PartitionEOF(_))) => q.caught_up = true,
+                    Some(Ok(m)) => fetched.push(m.detach()),
+                    Some(Err(KafkaError::PartitionEOF(_))) => {
+                        ended.push((split.topic.clone(), split.partition));
+                        break;
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(topic = %split.topic, partition = split.partition, error = %e, "fetch error");
                         break;
@@ -510,6 +590,31 @@ impl Inner {
                     None => break,
                 }
             }
+        }
+        let moved = fetched.len();
+        for m in fetched {
+            self.raw_waiting
+                .remove(&(m.topic().to_owned(), m.partition()));
+            if let Err(OutputFailure(e)) = self.enqueue(m) {
+                tracing::warn!(error = %e, "forwarding to a repartition topic failed; aborting the transaction");
+                self.abort_and_rewind(consumer)?;
+                return Ok(moved);
+            }
+        }
+        for (topic, partition) in ended {
+            self.mark_caught_up(&topic, partition);
+        }
+        Ok(moved)
+    }
+
+    fn mark_caught_up(&mut self, topic: &str, partition: i32) {
+        self.raw_waiting.remove(&(topic.to_owned(), partition));
+        if let Some(q) = self
+            .tasks
+            .get_mut(&partition)
+            .and_then(|t| t.queue_mut(topic))
+        {
+            q.caught_up = true;
         }
     }
 
@@ -576,7 +681,7 @@ impl Inner {
         match input_value(&shared.topo, m, shared.opts.max_value_bytes) {
             Ok(value) => {
                 let input = SourceInput {
-                    topic: m.topic(),
+                    topic: &task.queues[qi].engine_topic,
                     key,
                     value: &value,
                 };
@@ -654,6 +759,33 @@ impl Inner {
         }
     }
 
+    fn report_progress(&self) {
+        let buffered: usize = self
+            .tasks
+            .values()
+            .flat_map(|t| t.queues.iter())
+            .map(|q| q.buffer.len())
+            .sum();
+        let waiting: Vec<String> = self
+            .tasks
+            .values()
+            .flat_map(|t| t.queues.iter().map(move |q| (t.id, q)))
+            .filter(|(_, q)| q.buffer.is_empty() && !q.caught_up)
+            .map(|(id, q)| format!("{}[{id}]", q.topic))
+            .collect();
+        tracing::info!(
+            processed = self.summary.processed,
+            outputs = self.counts.records,
+            dead_letters = self.counts.dead_letters,
+            commits = self.summary.commits,
+            aborts = self.summary.aborts,
+            tasks = self.tasks.len(),
+            buffered,
+            waiting_for = %waiting.join(","),
+            "progress"
+        );
+    }
+
     fn idle_done(&self, idle: Duration) -> bool {
         let Some(limit) = self.shared.opts.exit_after_idle else {
             return false;
@@ -661,6 +793,8 @@ impl Inner {
         idle >= limit
             && !self.tasks.is_empty()
             && !self.txn_open
+            && !self.raw_dirty
+            && self.raw_waiting.is_empty()
             && self
                 .tasks
                 .values()
@@ -671,7 +805,7 @@ impl Inner {
     /// output atomically (a transaction, or flush-then-commit), then the
     /// local stores.
     fn commit(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<(), RunError> {
-        let dirty = self.tasks.values().any(|t| t.dirty);
+        let dirty = self.raw_dirty || self.tasks.values().any(|t| t.dirty);
         if !dirty && !self.txn_open {
             return Ok(());
         }
@@ -709,6 +843,7 @@ impl Inner {
             Err(Committed::Fenced(reason)) => return Err(RunError::Fenced(reason)),
         }
         self.apply(&deliveries.changelog_ends)?;
+        self.raw_dirty = false;
         let ms = started.elapsed().as_millis() as u64;
         self.summary.commits += 1;
         self.summary.commit_ms_max = self.summary.commit_ms_max.max(ms);
@@ -740,6 +875,9 @@ impl Inner {
 
     fn offsets(&self) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.raw_offsets {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
         for task in self.tasks.values() {
             for q in &task.queues {
                 if let Some(next) = q.consumed {
@@ -825,6 +963,8 @@ impl Inner {
     fn reset_tasks(&mut self) -> Result<(), RunError> {
         let shared = Arc::clone(&self.shared);
         self.producer.context().take();
+        self.raw_offsets.clear();
+        self.raw_dirty = false;
         for task in self.tasks.values_mut() {
             task.reset(&shared.topo, &shared.opts.engine)?;
         }
@@ -896,9 +1036,17 @@ impl Inner {
         } else {
             self.commit(consumer)?;
         }
-        let ids: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        let plan = &self.shared.plan;
+        let ids: Vec<i32> = revoked
+            .elements()
+            .iter()
+            .filter(|e| plan.inputs.iter().any(|t| t == e.topic()))
+            .map(|e| e.partition())
+            .collect();
         self.close_tasks(Some(&ids));
         self.queues.clear();
+        self.raw_offsets.clear();
+        self.raw_waiting.clear();
         Ok(())
     }
 
@@ -961,6 +1109,23 @@ impl Committed {
             TxnFailure::Fenced(r) => Committed::Fenced(r),
         }
     }
+}
+
+/// The service a repartitioned record belongs to, read from its value.
+fn service_key(topo: &Topology, source: usize, value: Option<&[u8]>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ServiceOnly {
+        service: String,
+    }
+    use prost::Message as _;
+    let src = &topo.sources[source];
+    let bytes = value?;
+    let service = match (src.format, src.kind) {
+        (Format::Protobuf, Kind::Image) => crate::proto::ImagePushed::decode(bytes).ok()?.service,
+        (Format::Protobuf, Kind::Alert) => crate::proto::Alert::decode(bytes).ok()?.service,
+        _ => serde_json::from_slice::<ServiceOnly>(bytes).ok()?.service,
+    };
+    (!service.is_empty()).then_some(service)
 }
 
 /// Why a record is refused before the engine sees it.

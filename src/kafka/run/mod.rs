@@ -30,7 +30,7 @@ use rdkafka::error::KafkaError;
 use serde::Serialize;
 
 use crate::engine::{Engine, EngineError, EngineOptions};
-use crate::state::{MemoryBackend, StateError};
+use crate::state::{MemoryBackend, SharedMemory, StateError};
 use crate::topology::kafka::{Guarantee, SecretError};
 use crate::topology::Topology;
 
@@ -123,6 +123,10 @@ pub fn run(
             state_root.display()
         ))
     })?;
+    let mut opts = opts;
+    // One cache budget for all tasks, not one per task.
+    let per_task = opts.engine.cache_capacity / layout.tasks.max(1) as usize;
+    opts.engine.cache_capacity = per_task.max(20_000);
     let instance = match &opts.instance_id {
         Some(id) => id.clone(),
         None => consumer::stored_instance_id(&state_root)?,
@@ -136,6 +140,7 @@ pub fn run(
         base,
         instance,
         opts,
+        memory: SharedMemory::new(16 << 20, 48 << 20),
     };
     consumer::Runtime::new(Arc::new(shared))?.run(stop)
 }

@@ -97,6 +97,8 @@ pub fn create(
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
+        // Backpressure instead of buffering up to librdkafka's default 1 GiB.
+        .set("queue.buffering.max.kbytes", "65536")
         // Keys land on the partitions the Java clients (and Kafka Streams) would pick.
         .set("partitioner", "murmur2_random");
     if let Some(id) = transactional_id {

@@ -15,7 +15,7 @@ use super::consumer::RestoreContext;
 use super::topics::{Changelog, Layout, Plan};
 use super::RunError;
 use crate::engine::{self, Engine, EngineOptions};
-use crate::state::{RocksBackend, StateBackend};
+use crate::state::{RocksBackend, SharedMemory, StateBackend};
 use crate::topology::Topology;
 
 /// The meta entry saying a store was restored and its positions are kept.
@@ -28,6 +28,8 @@ fn position_note(topic: &str) -> Vec<u8> {
 /// One input partition's records waiting to be processed.
 pub struct InputQueue {
     pub topic: String,
+    /// The topic the engine's sources read: the source topic of a repartition topic.
+    pub engine_topic: String,
     pub buffer: VecDeque<OwnedMessage>,
     /// The fetcher reached the end of the partition and nothing came since.
     pub caught_up: bool,
@@ -37,9 +39,10 @@ pub struct InputQueue {
 }
 
 impl InputQueue {
-    fn new(topic: &str) -> Self {
+    fn new(topic: &str, engine_topic: &str) -> Self {
         InputQueue {
             topic: topic.to_owned(),
+            engine_topic: engine_topic.to_owned(),
             buffer: VecDeque::new(),
             caught_up: false,
             paused: false,
@@ -91,6 +94,7 @@ pub struct TaskSetup<'a> {
     pub layout: &'a Layout,
     pub state_root: &'a Path,
     pub engine_options: &'a EngineOptions,
+    pub memory: &'a SharedMemory,
 }
 
 impl TaskSetup<'_> {
@@ -114,7 +118,7 @@ impl Task {
             .inputs
             .iter()
             .filter(|t| setup.layout.has_partition(t, id))
-            .map(|t| InputQueue::new(t))
+            .map(|t| InputQueue::new(t, setup.plan.engine_topic(t)))
             .collect();
         let fired_seen = engine.timers_fired();
         let task = Task {
@@ -183,10 +187,6 @@ impl Task {
         }
         best.map(|(_, i)| i)
     }
-
-    pub fn buffered(&self) -> usize {
-        self.queues.iter().map(|q| q.buffer.len()).sum()
-    }
 }
 
 /// Opens the store in `dir` and brings it to the end of its changelogs:
@@ -200,12 +200,13 @@ fn restore_store(
     restorer: &BaseConsumer<RestoreContext>,
 ) -> Result<(Box<dyn StateBackend>, RestoreStats), RunError> {
     let started = Instant::now();
-    let mut backend: Box<dyn StateBackend> = Box::new(RocksBackend::open(dir)?);
+    let open = || RocksBackend::open_shared(dir, setup.memory);
+    let mut backend: Box<dyn StateBackend> = Box::new(open()?);
     let ready = Engine::read_note(backend.as_mut(), READY_NOTE)?.is_some();
     if !ready {
         drop(backend);
         wipe(dir)?;
-        backend = Box::new(RocksBackend::open(dir)?);
+        backend = Box::new(open()?);
     }
     let mut stats = RestoreStats {
         from_beginning: !ready,

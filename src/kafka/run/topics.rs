@@ -22,11 +22,24 @@ pub struct Changelog {
     pub topic: String,
 }
 
+/// A source whose records are re-keyed by service before tasks read them.
+#[derive(Debug, Clone)]
+pub struct Repartition {
+    pub source: usize,
+    /// The source's own topic, read and forwarded.
+    pub from: String,
+    /// `<app.id>-<source>-repartition`, what the tasks read.
+    pub to: String,
+}
+
 /// Every topic of a run, by role.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Distinct source topics, in the order the topology declares them.
+    /// What the tasks read, in the order the topology declares its sources:
+    /// the source topics, or their repartition topics.
     pub inputs: Vec<String>,
+    /// Source topics that are only forwarded into a repartition topic.
+    pub repartitions: Vec<Repartition>,
     pub sinks: Vec<String>,
     pub dead_letter: String,
     pub changelogs: Vec<Changelog>,
@@ -63,9 +76,21 @@ impl Plan {
             })
             .collect();
         let mut inputs: Vec<String> = Vec::new();
-        for s in &topo.sources {
-            if !inputs.contains(&s.topic) {
-                inputs.push(s.topic.clone());
+        let mut repartitions: Vec<Repartition> = Vec::new();
+        for (i, s) in topo.sources.iter().enumerate() {
+            let task_topic = if s.repartition {
+                let to = format!("{}-{}-repartition", topo.app_id, s.name);
+                repartitions.push(Repartition {
+                    source: i,
+                    from: s.topic.clone(),
+                    to: to.clone(),
+                });
+                to
+            } else {
+                s.topic.clone()
+            };
+            if !inputs.contains(&task_topic) {
+                inputs.push(task_topic);
             }
         }
         let mut sinks: Vec<String> = Vec::new();
@@ -76,6 +101,7 @@ impl Plan {
         }
         let plan = Plan {
             inputs,
+            repartitions,
             sinks,
             dead_letter: topo.dead_letter_topic(),
             changelogs,
@@ -116,6 +142,31 @@ impl Plan {
             }
         }
         Ok(())
+    }
+
+    /// The topic the engine knows a task input by: a repartition topic
+    /// carries its source topic's records.
+    pub fn engine_topic<'a>(&'a self, task_topic: &'a str) -> &'a str {
+        self.repartitions
+            .iter()
+            .find(|r| r.to == task_topic)
+            .map_or(task_topic, |r| r.from.as_str())
+    }
+
+    /// The repartitioning of a topic this run forwards, if it is one.
+    pub fn repartition_of(&self, topic: &str) -> Option<&Repartition> {
+        self.repartitions.iter().find(|r| r.from == topic)
+    }
+
+    /// Everything the consumer subscribes to.
+    pub fn subscriptions(&self) -> Vec<&str> {
+        let mut topics: Vec<&str> = self.inputs.iter().map(String::as_str).collect();
+        for r in &self.repartitions {
+            if !topics.contains(&r.from.as_str()) {
+                topics.push(&r.from);
+            }
+        }
+        topics
     }
 
     pub fn changelog_topics(&self) -> impl Iterator<Item = &str> {
@@ -162,11 +213,11 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
         .create_with_context(LogContext)
         .map_err(|e| RunError::kafka("create the admin client", e))?;
     let mut partitions = partition_counts(&admin)?;
-    let missing: Vec<&str> = plan
-        .inputs
+    let sources: Vec<&str> = topo.sources.iter().map(|s| s.topic.as_str()).collect();
+    let missing: Vec<&str> = sources
         .iter()
+        .copied()
         .filter(|t| !partitions.contains_key(*t))
-        .map(String::as_str)
         .collect();
     if !missing.is_empty() {
         return Err(RunError::Setup(format!(
@@ -174,14 +225,31 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
             quote_list(&missing)
         )));
     }
-    check_co_partitioning(topo, &partitions)?;
-    let tasks = plan
-        .inputs
+    // Tasks: the partitions of the inputs read as they are; when every
+    // source is repartitioned, those of the largest raw topic.
+    let count = |s: &&crate::topology::Source| partitions.get(&s.topic).copied();
+    let keyed_max = topo
+        .sources
         .iter()
-        .filter_map(|t| partitions.get(t))
-        .copied()
-        .max()
+        .filter(|s| !s.repartition)
+        .filter_map(|s| count(&s))
+        .max();
+    let tasks = keyed_max
+        .or_else(|| topo.sources.iter().filter_map(|s| count(&s)).max())
         .unwrap_or(1);
+    let task_counts: HashMap<String, i32> = topo
+        .sources
+        .iter()
+        .map(|s| {
+            let topic = plan.repartition_of(&s.topic).map_or(&s.topic, |r| &r.to);
+            (
+                s.topic.clone(),
+                partitions.get(topic).copied().unwrap_or(tasks),
+            )
+        })
+        .collect();
+    check_co_partitioning(topo, &task_counts)?;
+    let repartition_topics = plan.repartitions.iter().map(|r| (r.to.as_str(), false));
     let compacted = plan.changelog_topics().map(|t| (t, true));
     let plain = plan
         .sinks
@@ -189,6 +257,7 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
         .map(|t| (t.as_str(), false))
         .chain(std::iter::once((plan.dead_letter.as_str(), false)));
     let wanted: Vec<(&str, bool)> = compacted
+        .chain(repartition_topics)
         .chain(plain)
         .filter(|(t, _)| !partitions.contains_key(*t))
         .collect();
@@ -196,7 +265,7 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
     for (t, _) in &wanted {
         partitions.insert((*t).to_owned(), tasks);
     }
-    check_changelogs(plan, &partitions, tasks)?;
+    check_internal_counts(plan, &partitions, tasks)?;
     Ok(Layout { tasks, partitions })
 }
 
@@ -314,16 +383,17 @@ fn create_topics(
     Ok(())
 }
 
-fn check_changelogs(
+fn check_internal_counts(
     plan: &Plan,
     partitions: &HashMap<String, i32>,
     tasks: i32,
 ) -> Result<(), RunError> {
-    for topic in plan.changelog_topics() {
+    let repartitions = plan.repartitions.iter().map(|r| r.to.as_str());
+    for topic in plan.changelog_topics().chain(repartitions) {
         let found = partitions.get(topic).copied().unwrap_or(tasks);
         if found != tasks {
             return Err(RunError::Setup(format!(
-                "changelog topic `{topic}` has {found} partitions but the inputs have {tasks}: \
+                "internal topic `{topic}` has {found} partitions but the inputs have {tasks}: \
                  the input partition count changed; reset the application (delete its internal topics and state)"
             )));
         }

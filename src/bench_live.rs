@@ -1,0 +1,608 @@
+//! `sluice bench run`: the live runtime against a real broker (start one
+//! with `.ci/kafka-local start`). Each figure is the median of several
+//! runs, each run a separate `sluice run` process.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use sluice::flood::{write_flood, FloodConfig};
+
+#[derive(clap::Args)]
+pub struct LiveArgs {
+    /// Bootstrap brokers; default: $SLUICE_TEST_BROKERS, else 127.0.0.1:9092.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Events in the throughput flood.
+    #[arg(long, default_value_t = 500_000)]
+    events: u64,
+    #[arg(long, default_value_t = 10_000)]
+    services: u32,
+    /// Partitions of the input topics (tasks).
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Runs per figure; medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Events per second of the latency run.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u32,
+    /// Seconds each latency run produces for.
+    #[arg(long, default_value_t = 20)]
+    latency_secs: u64,
+    /// Keys in the store of the restore run.
+    #[arg(long, default_value_t = 1_000_000)]
+    restore_keys: u64,
+}
+
+pub fn bench_live(args: &LiveArgs) -> Result<()> {
+    let brokers = args.brokers.clone().unwrap_or_else(|| {
+        std::env::var("SLUICE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    });
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let bench = Bench {
+        brokers,
+        dir: dir.path().to_owned(),
+        tag: format!("bench-{}", now_ms()),
+    };
+    let throughput = bench.throughput(args)?;
+    let latency = bench.latency(args)?;
+    let restore = bench.restore(args)?;
+    println!("\n| figure | target | median | runs |\n|---|---|---|---|");
+    for (name, target, runs, unit) in [
+        (
+            "sustained ev/s, exactly_once",
+            "≥ 100,000",
+            &throughput.0,
+            "ev/s",
+        ),
+        ("sustained ev/s, at_least_once", "", &throughput.1, "ev/s"),
+        ("latency p50 at the fixed rate", "", &latency.0, "ms"),
+        ("latency p99 at the fixed rate", "≤ 150", &latency.1, "ms"),
+        (
+            "restore, changelog records/s",
+            "≥ 300,000",
+            &restore.0,
+            "rec/s",
+        ),
+        (
+            "peak RSS, restore of the store",
+            "< 256 MiB",
+            &restore.1,
+            "MiB",
+        ),
+        (
+            "peak RSS, throughput runs",
+            "< 256 MiB",
+            &throughput.2,
+            "MiB",
+        ),
+    ] {
+        println!(
+            "| {name} | {target} | {:.0} {unit} | {} |",
+            median(runs.clone()),
+            runs.iter()
+                .map(|v| format!("{v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+struct Bench {
+    brokers: String,
+    dir: PathBuf,
+    tag: String,
+}
+
+type Figures = Vec<f64>;
+
+impl Bench {
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c
+    }
+
+    fn create_topics(&self, topics: &[(&str, i32, bool)]) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self.config().create()?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|(name, parts, compact)| {
+                let t = NewTopic::new(name, *parts, TopicReplication::Fixed(1));
+                if *compact {
+                    t.set("cleanup.policy", "compact")
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for r in futures_executor::block_on(admin.create_topics(&new, &opts))? {
+            r.map_err(|(t, e)| anyhow::anyhow!("cannot create {t}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn producer(&self) -> Result<BaseProducer> {
+        Ok(self
+            .config()
+            .set("linger.ms", "20")
+            .set("batch.size", "1000000")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("partitioner", "murmur2_random")
+            .create()?)
+    }
+
+    /// The default topology with this run's topics and app id.
+    fn topology(
+        &self,
+        name: &str,
+        text: &str,
+        app: &str,
+        topics: &[(&str, &str)],
+    ) -> Result<PathBuf> {
+        let mut text = text.replace("id = \"cicd\"", &format!("id = \"{app}\""));
+        for (from, to) in topics {
+            text = text.replace(&format!("\"{from}\""), &format!("\"{to}\""));
+        }
+        let path = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Runs a flood through cicd.toml under both guarantees, alternating.
+    fn throughput(&self, args: &LiveArgs) -> Result<(Figures, Figures, Figures)> {
+        let (images, alerts) = (
+            format!("{}-images", self.tag),
+            format!("{}-alerts", self.tag),
+        );
+        self.create_topics(&[
+            (&images, args.partitions, false),
+            (&alerts, args.partitions, false),
+        ])?;
+        let mut flood = Vec::new();
+        let cfg = FloodConfig {
+            events: args.events,
+            services: args.services,
+            ..FloodConfig::default()
+        };
+        write_flood(&cfg, &mut flood)?;
+        let renames = HashMap::from([
+            ("docker-events", images.as_str()),
+            ("alert-events", alerts.as_str()),
+        ]);
+        eprintln!("producing {} events to {images} and {alerts}", args.events);
+        produce_flood(&self.producer()?, &flood, &renames)?;
+        let (mut eos, mut alo, mut rss) = (vec![], vec![], vec![]);
+        for run in 0..args.runs {
+            for guarantee in ["exactly_once", "at_least_once"] {
+                let app = format!("{}-{guarantee}-{run}", self.tag);
+                let topology = self.topology(
+                    &app,
+                    CICD,
+                    &app,
+                    &[
+                        ("docker-events", &images),
+                        ("alert-events", &alerts),
+                        ("deploy-intents", &format!("{app}-out")),
+                    ],
+                )?;
+                let (stats, peak) = self.sluice_run(
+                    &topology,
+                    &app,
+                    &[
+                        "--clock",
+                        "event",
+                        "--guarantee",
+                        guarantee,
+                        "--exit-after-idle",
+                        "2s",
+                    ],
+                )?;
+                let rate = stats.processed as f64 / (stats.active_ms.max(1) as f64 / 1000.0);
+                eprintln!("{guarantee} run {run}: {} events in {} ms: {rate:.0} ev/s, {} commits, peak RSS {:.1} MiB", stats.processed, stats.active_ms, stats.commits, peak);
+                if stats.processed < args.events {
+                    bail!(
+                        "the run processed {} of {} events",
+                        stats.processed,
+                        args.events
+                    );
+                }
+                if guarantee == "exactly_once" {
+                    eos.push(rate)
+                } else {
+                    alo.push(rate)
+                }
+                rss.push(peak);
+            }
+        }
+        Ok((eos, alo, rss))
+    }
+
+    /// Runs `sluice run` to its idle exit; returns its stats and peak RSS (MiB).
+    fn sluice_run(&self, topology: &Path, name: &str, extra: &[&str]) -> Result<(Stats, f64)> {
+        let stats_path = self.dir.join(format!("{name}.stats.json"));
+        let exe = std::env::current_exe().context("cannot find the sluice binary")?;
+        let child = Command::new(exe)
+            .arg("run")
+            .arg(topology)
+            .args(["--brokers", &self.brokers])
+            .arg("--state-dir")
+            .arg(self.dir.join(format!("{name}.state")))
+            .arg("--stats-json")
+            .arg(&stats_path)
+            .args(extra)
+            .spawn()
+            .context("cannot start sluice run")?;
+        let (ok, peak_kb) = wait_with_peak_rss(child.id())?;
+        if !ok {
+            bail!("sluice run failed");
+        }
+        let stats: Stats = serde_json::from_slice(&std::fs::read(&stats_path)?)?;
+        Ok((stats, peak_kb as f64 / 1024.0))
+    }
+
+    /// Produces unique images at a fixed rate through a topology without
+    /// debounce (so every image becomes an intent at once) and measures
+    /// from produce to the intent being readable with read_committed.
+    fn latency(&self, args: &LiveArgs) -> Result<(Figures, Figures)> {
+        let (mut p50s, mut p99s) = (vec![], vec![]);
+        for run in 0..args.runs {
+            let app = format!("{}-latency-{run}", self.tag);
+            let (images, alerts, out) = (
+                format!("{app}-images"),
+                format!("{app}-alerts"),
+                format!("{app}-out"),
+            );
+            self.create_topics(&[
+                (&images, args.partitions, false),
+                (&alerts, args.partitions, false),
+                (&out, args.partitions, false),
+            ])?;
+            let topology = self.topology(
+                &app,
+                LATENCY_TOPOLOGY,
+                &app,
+                &[
+                    ("images-in", &images),
+                    ("alerts-in", &alerts),
+                    ("intents-out", &out),
+                ],
+            )?;
+            let exe = std::env::current_exe()?;
+            let mut child = Command::new(exe)
+                .arg("run")
+                .arg(&topology)
+                .args(["--brokers", &self.brokers, "--clock", "wall"])
+                .arg("--state-dir")
+                .arg(self.dir.join(format!("{app}.state")))
+                .spawn()?;
+            let samples = self.measure_latency(&images, &out, args);
+            // SAFETY: a plain signal to our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+            let mut samples = samples?;
+            samples.sort_by(f64::total_cmp);
+            let pct = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
+            eprintln!(
+                "latency run {run}: {} intents, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                samples.len(),
+                pct(0.5),
+                pct(0.99),
+                pct(1.0)
+            );
+            p50s.push(pct(0.5));
+            p99s.push(pct(0.99));
+        }
+        Ok((p50s, p99s))
+    }
+
+    fn measure_latency(&self, images: &str, out: &str, args: &LiveArgs) -> Result<Vec<f64>> {
+        let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+        let consumer: BaseConsumer = self
+            .config()
+            .set("group.id", format!("{}-measure", self.tag))
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..args.partitions {
+            tpl.add_partition_offset(out, p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        // Warm up: one image, then wait until its intent comes out.
+        let producer = self.producer_low_latency()?;
+        send_image(&producer, images, u64::MAX)?;
+        let warm = Instant::now();
+        while poll_seq(&consumer).is_none_or(|s| s != u64::MAX) {
+            if warm.elapsed() > Duration::from_secs(60) {
+                bail!("the latency run never produced its warm-up intent");
+            }
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let (sent, done, images) = (Arc::clone(&sent), Arc::clone(&done), images.to_owned());
+            let (rate, secs) = (args.rate as u64, args.latency_secs);
+            std::thread::spawn(move || -> Result<()> {
+                let start = Instant::now();
+                for seq in 0..rate * secs {
+                    let due = start + Duration::from_micros(seq * 1_000_000 / rate);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    sent.lock()
+                        .map_err(|_| anyhow::anyhow!("lock"))?
+                        .insert(seq, Instant::now());
+                    send_image(&producer, &images, seq)?;
+                    producer.poll(Duration::ZERO);
+                }
+                producer.flush(Duration::from_secs(30))?;
+                done.store(true, Ordering::SeqCst);
+                Ok(())
+            })
+        };
+        let expected = args.rate as u64 * args.latency_secs;
+        let mut latencies = Vec::with_capacity(expected as usize);
+        let deadline = Instant::now() + Duration::from_secs(args.latency_secs + 60);
+        while (latencies.len() as u64) < expected && Instant::now() < deadline {
+            if let Some(seq) = poll_seq(&consumer) {
+                let at = Instant::now();
+                if let Some(t) = sent.lock().map_err(|_| anyhow::anyhow!("lock"))?.get(&seq) {
+                    latencies.push(at.duration_since(*t).as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        if (latencies.len() as u64) < expected {
+            bail!("only {} of {expected} intents came out", latencies.len());
+        }
+        Ok(latencies)
+    }
+
+    fn producer_low_latency(&self) -> Result<BaseProducer> {
+        Ok(self
+            .config()
+            .set("linger.ms", "0")
+            .set("partitioner", "murmur2_random")
+            .create()?)
+    }
+
+    /// Fills a dedup store's changelog with `restore_keys` entries, then
+    /// times how fast fresh instances restore it.
+    fn restore(&self, args: &LiveArgs) -> Result<(Figures, Figures)> {
+        let app = format!("{}-restore", self.tag);
+        let (input, changelog) = (format!("{app}-in"), format!("{app}-dedup-changelog"));
+        self.create_topics(&[(&input, 1, false), (&changelog, 1, true)])?;
+        let producer = self.producer()?;
+        eprintln!("writing {} changelog records", args.restore_keys);
+        for i in 0..args.restore_keys {
+            let key = format!(
+                "svc-{:05}\u{0}prod\u{0}registry.example.com/team-{}/svc:v1.{i}",
+                i % 10_000,
+                i % 40
+            );
+            let value = (i as u128 * 1_000_003).to_le_bytes();
+            let mut record = BaseRecord::<[u8], [u8]>::to(&changelog)
+                .partition(0)
+                .key(key.as_bytes())
+                .payload(&value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(120))?;
+        let topology = self.topology(
+            &app,
+            &RESTORE_TOPOLOGY
+                .replace("@APP@", &app)
+                .replace("@IN@", &input),
+            &app,
+            &[],
+        )?;
+        let (mut rates, mut rss) = (vec![], vec![]);
+        for run in 0..args.runs {
+            let (stats, peak) = self.sluice_run(
+                &topology,
+                &format!("{app}-{run}"),
+                &["--exit-after-idle", "1s"],
+            )?;
+            if stats.restored_records < args.restore_keys {
+                bail!(
+                    "restored {} of {} records",
+                    stats.restored_records,
+                    args.restore_keys
+                );
+            }
+            let rate = stats.restored_records as f64 / (stats.restore_ms.max(1) as f64 / 1000.0);
+            eprintln!(
+                "restore run {run}: {} records in {} ms: {rate:.0} rec/s, peak RSS {peak:.1} MiB",
+                stats.restored_records, stats.restore_ms
+            );
+            rates.push(rate);
+            rss.push(peak);
+        }
+        Ok((rates, rss))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Stats {
+    processed: u64,
+    commits: u64,
+    restored_records: u64,
+    restore_ms: u64,
+    active_ms: u64,
+}
+
+const CICD: &str = include_str!("../topologies/cicd.toml");
+
+/// Every new image is an intent at once: what end-to-end latency measures.
+const LATENCY_TOPOLOGY: &str = r#"
+[app]
+id = "cicd"
+[[sources]]
+name = "images"
+topic = "images-in"
+kind = "image"
+environment = "prod"
+[[sources]]
+name = "alerts"
+topic = "alerts-in"
+kind = "alert"
+environment = "prod"
+[[operators]]
+name = "dedup"
+type = "dedup"
+input = "images"
+key = ["service", "image"]
+ttl = "10m"
+[[operators]]
+name = "gate"
+type = "alert_gate"
+images = "dedup"
+alerts = "alerts"
+block_on = ["critical"]
+[[sinks]]
+name = "intents"
+input = "gate"
+topic = "intents-out"
+"#;
+
+const RESTORE_TOPOLOGY: &str = r#"
+[app]
+id = "@APP@"
+[[sources]]
+name = "images"
+topic = "@IN@"
+kind = "image"
+[[operators]]
+name = "dedup"
+type = "dedup"
+input = "images"
+key = ["service", "environment", "image"]
+ttl = "10m"
+[[sinks]]
+name = "out"
+input = "dedup"
+topic = "@APP@-out"
+"#;
+
+fn send_image(producer: &BaseProducer, topic: &str, seq: u64) -> Result<()> {
+    let service = format!("svc-{}", seq % 100);
+    let value = format!(
+        r#"{{"service":"{service}","repository":"registry.example.com/{service}","tag":"t{seq}"}}"#
+    );
+    let mut record = BaseRecord::<str, str>::to(topic)
+        .key(&service)
+        .payload(&value);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(1));
+                if !matches!(
+                    e,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull
+                    )
+                ) {
+                    bail!("cannot produce: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The sequence number in the tag of the next intent read, if any.
+fn poll_seq(consumer: &BaseConsumer) -> Option<u64> {
+    let m = consumer.poll(Duration::from_millis(5))?.ok()?;
+    let v: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
+    let image = v["image"].as_str()?;
+    image.rsplit_once(":t")?.1.parse().ok()
+}
+
+fn produce_flood(
+    producer: &BaseProducer,
+    flood: &[u8],
+    topics: &HashMap<&str, &str>,
+) -> Result<()> {
+    for line in flood.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let v: serde_json::Value = serde_json::from_slice(line)?;
+        let topic = topics[v["topic"].as_str().context("topic")?];
+        let value = v["value"].to_string();
+        let mut record = BaseRecord::<str, str>::to(topic)
+            .payload(&value)
+            .timestamp(v["ts"].as_i64().context("ts")?);
+        let key = v["key"].as_str().map(str::to_owned);
+        if let Some(k) = &key {
+            record = record.key(k);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(())
+}
+
+/// Waits for a child and returns whether it succeeded and its peak RSS in KiB.
+fn wait_with_peak_rss(pid: u32) -> Result<(bool, i64)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled in by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; pointers are to live locals.
+    let r = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+    if r < 0 {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    Ok((
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        usage.ru_maxrss,
+    ))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
