@@ -125,7 +125,8 @@ impl Bench {
                 if *compact {
                     t.set("cleanup.policy", "compact")
                 } else {
-                    t
+                    // The flood's timestamps must not be deleted by retention mid-run.
+                    t.set("retention.ms", "-1")
                 }
             })
             .collect();
@@ -175,9 +176,12 @@ impl Bench {
             (&alerts, args.partitions, false),
         ])?;
         let mut flood = Vec::new();
+        // Recent timestamps: Kafka 4 refuses records over an hour in the future,
+        // and retention would delete ones older than a week.
         let cfg = FloodConfig {
             events: args.events,
             services: args.services,
+            start_ts: now_ms() - 3 * 86_400_000,
             ..FloodConfig::default()
         };
         write_flood(&cfg, &mut flood)?;
@@ -240,6 +244,7 @@ impl Bench {
         let child = Command::new(exe)
             .arg("run")
             .arg(topology)
+            .stdout(std::process::Stdio::null())
             .args(["--brokers", &self.brokers])
             .arg("--state-dir")
             .arg(self.dir.join(format!("{name}.state")))
@@ -248,12 +253,15 @@ impl Bench {
             .args(extra)
             .spawn()
             .context("cannot start sluice run")?;
-        let (ok, peak_kb) = wait_with_peak_rss(child.id())?;
-        if !ok {
-            bail!("sluice run failed");
+        let status = child.wait_with_output()?.status;
+        if !status.success() {
+            bail!("sluice run failed: {status}");
         }
+        // The run's own VmHWM: a fork's rusage would count the pages it
+        // shared with this (large) process before exec.
         let stats: Stats = serde_json::from_slice(&std::fs::read(&stats_path)?)?;
-        Ok((stats, peak_kb as f64 / 1024.0))
+        let peak = stats.peak_rss_bytes as f64 / 1_048_576.0;
+        Ok((stats, peak))
     }
 
     /// Produces unique images at a fixed rate through a topology without
@@ -454,6 +462,7 @@ struct Stats {
     restored_records: u64,
     restore_ms: u64,
     active_ms: u64,
+    peak_rss_bytes: u64,
 }
 
 const CICD: &str = include_str!("../topologies/cicd.toml");
@@ -572,22 +581,6 @@ fn produce_flood(
     }
     producer.flush(Duration::from_secs(120))?;
     Ok(())
-}
-
-/// Waits for a child and returns whether it succeeded and its peak RSS in KiB.
-fn wait_with_peak_rss(pid: u32) -> Result<(bool, i64)> {
-    let mut status = 0;
-    // SAFETY: rusage is plain data, filled in by the kernel.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child; pointers are to live locals.
-    let r = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
-    if r < 0 {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
-    }
-    Ok((
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        usage.ru_maxrss,
-    ))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -2,60 +2,13 @@
 //! 4.x (`.ci/kafka-local`) and passes its address in SLUICE_TEST_BROKERS.
 //! Nothing here mocks Kafka; without a broker these tests fail and say so.
 
-use std::process::Command;
 use std::time::Duration;
 
 use prost::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseRecord, Producer};
 
-fn brokers() -> String {
-    std::env::var("SLUICE_TEST_BROKERS")
-        .expect("SLUICE_TEST_BROKERS is not set: run .ci/test, which starts a local Kafka broker")
-}
-
-/// A name no other test run has used, so runs never see each other's records.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
-fn create_topics(topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
-        .collect();
-    let results = futures_executor::block_on(admin.create_topics(&new, &AdminOptions::new()))
-        .expect("create topics");
-    for r in results {
-        r.expect("topic created");
-    }
-}
-
-fn producer() -> BaseProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer")
-}
-
-fn sluice(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("sluice runs")
-}
+mod support;
+use support::*;
 
 #[test]
 fn record_writes_a_time_slice_in_replay_format() {

@@ -35,7 +35,11 @@ pub fn create_topics_on(brokers: &str, topics: &[(&str, i32)]) {
         .expect("admin client");
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
+        // Floods carry event timestamps of days ago: time-based retention
+        // must not delete them while a test runs.
+        .map(|(name, parts)| {
+            NewTopic::new(name, *parts, TopicReplication::Fixed(1)).set("retention.ms", "-1")
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results =
@@ -73,6 +77,13 @@ pub fn sluice(args: &[&str]) -> std::process::Output {
     sluice_cmd().args(args).output().expect("sluice runs")
 }
 
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// A line of the replay format.
 #[derive(Debug, Clone)]
 pub struct Line {
@@ -99,8 +110,14 @@ pub fn parse_lines(text: &str) -> Vec<Line> {
 /// A flood sorted by time, ties in topology source order (images first):
 /// the order in which `sluice run --clock event` takes a task's records.
 pub fn sorted_flood(events: u64, services: u32, seed: u64) -> Vec<Line> {
+    // Three days ago: recent enough for the sinks' default 7-day retention,
+    // and a day-later end marker is still in the past (Kafka 4 refuses
+    // timestamps more than an hour ahead).
+    let start = now_ms() - 3 * 86_400_000;
     let out = sluice(&[
         "flood",
+        "--start-ts",
+        &start.to_string(),
         "--events",
         &events.to_string(),
         "--services",

@@ -249,14 +249,17 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
         })
         .collect();
     check_co_partitioning(topo, &task_counts)?;
-    let repartition_topics = plan.repartitions.iter().map(|r| (r.to.as_str(), false));
-    let compacted = plan.changelog_topics().map(|t| (t, true));
+    let repartition_topics = plan
+        .repartitions
+        .iter()
+        .map(|r| (r.to.as_str(), Kind::Repartition));
+    let compacted = plan.changelog_topics().map(|t| (t, Kind::Changelog));
     let plain = plan
         .sinks
         .iter()
-        .map(|t| (t.as_str(), false))
-        .chain(std::iter::once((plan.dead_letter.as_str(), false)));
-    let wanted: Vec<(&str, bool)> = compacted
+        .map(|t| (t.as_str(), Kind::Output))
+        .chain(std::iter::once((plan.dead_letter.as_str(), Kind::Output)));
+    let wanted: Vec<(&str, Kind)> = compacted
         .chain(repartition_topics)
         .chain(plain)
         .filter(|(t, _)| !partitions.contains_key(*t))
@@ -345,9 +348,21 @@ fn stateful_operators_reached(topo: &Topology, from: usize) -> Vec<usize> {
     found
 }
 
+/// What an internal topic is for, which decides its cleanup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Compacted: the latest value of every key is the state.
+    Changelog,
+    /// Never deleted by time: records keep their (possibly old) event
+    /// timestamps, and time-based retention would drop unread ones.
+    Repartition,
+    /// The broker's defaults.
+    Output,
+}
+
 fn create_topics(
     admin: &AdminClient<LogContext>,
-    wanted: &[(&str, bool)],
+    wanted: &[(&str, Kind)],
     partitions: i32,
 ) -> Result<(), RunError> {
     if wanted.is_empty() {
@@ -355,12 +370,12 @@ fn create_topics(
     }
     let topics: Vec<NewTopic<'_>> = wanted
         .iter()
-        .map(|(name, compacted)| {
+        .map(|(name, kind)| {
             let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
-            if *compacted {
-                topic.set("cleanup.policy", "compact")
-            } else {
-                topic
+            match kind {
+                Kind::Changelog => topic.set("cleanup.policy", "compact"),
+                Kind::Repartition => topic.set("retention.ms", "-1"),
+                Kind::Output => topic,
             }
         })
         .collect();
