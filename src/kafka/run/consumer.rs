@@ -380,10 +380,11 @@ fn create_consumer(shared: &Shared) -> Result<BaseConsumer<RunContext>, RunError
         // With the default (1 s) fetching pauses a whole second whenever the
         // local queue is full, which stalls a busy run.
         .set("fetch.queue.backoff.ms", "10")
-        // Prefetch less than librdkafka's default (64 MiB, 100k records per
-        // partition): the task buffers hold records too, within the RSS budget.
-        .set("queued.max.messages.kbytes", "16384")
-        .set("queued.min.messages", "20000")
+        // Prefetch less than librdkafka's default (64 MiB and 100k records
+        // per partition, since each has its own queue here): the task
+        // buffers hold records too, and all must fit the RSS budget.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("queued.min.messages", "5000")
         .set_log_level(super::librdkafka_log_level());
     if let Some(id) = &shared.opts.instance_id {
         // Static membership: a restarted instance gets its partitions back
