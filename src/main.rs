@@ -69,6 +69,9 @@ enum Command {
     /// Write a slice of real topics in the replay format (timestamps, keys,
     /// JSON values; protobuf values of the topology's sources decoded).
     Record(RecordArgs),
+    /// Turn deployment intents into GitOps commits: from the Kafka topic of
+    /// the config's [kafka] table, or from a replay output file (--input).
+    Commit(CommitArgs),
     /// Benchmarks (not tests): print medians of several runs.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -132,6 +135,32 @@ struct RecordArgs {
     /// Seconds to wait for the cluster on each call.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+}
+
+#[derive(clap::Args)]
+struct CommitArgs {
+    /// The committer's config (repository, author, environments, ...).
+    config: PathBuf,
+    /// Read intents from this replay output file (`-` for stdin) instead of Kafka.
+    #[arg(long)]
+    input: Option<String>,
+    /// Bootstrap brokers; default: the config's [kafka] brokers.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Where clones are kept; default: the config's work_dir, else ./.sluice-commit.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Write dead letters to this JSON Lines file (default with --input:
+    /// the config's dead_letter_file, else WORK_DIR/dead-letters.jsonl;
+    /// with Kafka: the dead-letter topic).
+    #[arg(long)]
+    dead_letters: Option<PathBuf>,
+    /// With Kafka: stop after this long without an intent (e.g. `30s`).
+    #[arg(long)]
+    idle_exit: Option<String>,
+    /// Only check the config, print `ok` and exit.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(clap::Args)]
@@ -214,6 +243,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Flood(args) => run_flood(args),
         Command::Record(args) => run_record(args),
+        Command::Commit(args) => run_commit(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
@@ -260,6 +290,102 @@ fn run_record(args: RecordArgs) -> Result<ExitCode> {
         opts.topics.join(","),
         args.output
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Set by SIGINT or SIGTERM: the committer finishes its batch and stops.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn request_stop(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn run_commit(args: CommitArgs) -> Result<ExitCode> {
+    use sluice::commit::{committer, config::CommitConfig, dead_letter, git::Remote, source};
+    let config = CommitConfig::load(&args.config)?;
+    if args.check {
+        return print_stdout(&format!("{}: ok\n", args.config.display()));
+    }
+    let idle_exit = args
+        .idle_exit
+        .as_deref()
+        .map(|d| sluice::duration::parse_duration(d).map_err(anyhow::Error::msg))
+        .transpose()
+        .context("--idle-exit")?
+        .map(|d| std::time::Duration::from_millis(d.as_ms()));
+    let work_dir = args
+        .work_dir
+        .clone()
+        .or_else(|| config.work_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(".sluice-commit"));
+    let remote = Remote::new(&config.repository, &config.author, config.signing.as_ref())?;
+    let mut committer = committer::Committer::open(&config, &remote, &work_dir)?;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            request_stop as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            request_stop as *const () as libc::sighandler_t,
+        );
+    }
+    let kafka_client = || -> Result<rdkafka::ClientConfig> {
+        let brokers = args
+            .brokers
+            .clone()
+            .or_else(|| config.kafka.brokers.clone())
+            .context("no brokers: pass --brokers or --input, or set brokers in [kafka]")?;
+        Ok(sluice::kafka::client_config(
+            &config.kafka.client,
+            &brokers,
+        )?)
+    };
+    let dead_file = args.dead_letters.clone().or_else(|| {
+        args.input.as_ref().map(|_| {
+            config
+                .dead_letter_file
+                .clone()
+                .unwrap_or_else(|| work_dir.join("dead-letters.jsonl"))
+        })
+    });
+    let topic = &config.kafka.dead_letter_topic;
+    let mut dead: Box<dyn dead_letter::DeadLetters> = match &dead_file {
+        Some(path) => Box::new(dead_letter::FileDeadLetters::open(path, topic)?),
+        None => Box::new(dead_letter::KafkaDeadLetters::new(kafka_client()?, topic)?),
+    };
+    let mut src: Box<dyn source::IntentSource> = match args.input.as_deref() {
+        Some("-") => Box::new(source::FileSource::new(
+            Box::new(BufReader::new(io::stdin().lock())),
+            "<stdin>".into(),
+            config.kafka.topic.clone(),
+        )),
+        Some(path) => {
+            let file = File::open(path).with_context(|| format!("cannot open input {path}"))?;
+            Box::new(source::FileSource::new(
+                Box::new(BufReader::new(file)),
+                path.into(),
+                config.kafka.topic.clone(),
+            ))
+        }
+        None => Box::new(source::KafkaSource::new(
+            kafka_client()?,
+            &config.kafka.group,
+            &config.kafka.topic,
+        )?),
+    };
+    let opts = committer::RunOptions {
+        stop: &STOP,
+        idle_exit,
+        on_batch: &mut |_, _| {},
+    };
+    let result = committer.run(src.as_mut(), dead.as_mut(), opts);
+    eprintln!("sluice commit: {}", committer.counters.render());
+    if let Some(path) = dead_file.filter(|_| committer.counters.dead_letters > 0) {
+        eprintln!("sluice commit: dead letters in {}", path.display());
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,230 @@
+//! Where intents come from: a Kafka topic (read_committed, the committer's
+//! own consumer group, offsets committed only after the batch was pushed),
+//! a JSON Lines file in the replay output format, or a channel (benchmarks).
+//!
+//! Delivery guarantee: at least once. An offset is committed only after
+//! every intent up to it was pushed, held or dead-lettered; a crash before
+//! that redelivers them, and the `Sluice-Intent` trailers turn the
+//! redelivery into no-ops.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde::Deserialize;
+
+use super::batch::Delivery;
+
+/// A source that failed; nothing was acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// What the next call to [`IntentSource::next`] found.
+pub enum Next {
+    Intent(Delivery),
+    /// Nothing arrived before the deadline.
+    Timeout,
+    /// The input is exhausted (files and channels only).
+    End,
+}
+
+pub trait IntentSource {
+    /// The next intent, waiting at most until `deadline` (forever if `None`,
+    /// though sources return `Timeout` now and then so that a stop request is seen).
+    fn next(&mut self, deadline: Option<Instant>) -> Result<Next, SourceError>;
+    /// Acknowledges every intent returned so far.
+    fn commit(&mut self) -> Result<(), SourceError>;
+}
+
+/// One line of replay output.
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    topic: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    ts: u64,
+    #[serde(default)]
+    key: Option<String>,
+    value: Box<serde_json::value::RawValue>,
+}
+
+/// Reads the lines of one topic from a replay output file (`-` for stdin);
+/// other topics (the replay's dead letters) are skipped.
+pub struct FileSource {
+    lines: Box<dyn BufRead>,
+    path: String,
+    topic: String,
+    line_no: u64,
+    pub skipped_lines: u64,
+}
+
+impl FileSource {
+    pub fn new(lines: Box<dyn BufRead>, path: String, topic: String) -> FileSource {
+        FileSource {
+            lines,
+            path,
+            topic,
+            line_no: 0,
+            skipped_lines: 0,
+        }
+    }
+}
+
+impl IntentSource for FileSource {
+    fn next(&mut self, _deadline: Option<Instant>) -> Result<Next, SourceError> {
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            let n = self
+                .lines
+                .read_line(&mut buf)
+                .map_err(|cause| SourceError::Io {
+                    path: self.path.clone(),
+                    cause,
+                })?;
+            if n == 0 {
+                return Ok(Next::End);
+            }
+            self.line_no += 1;
+            let text = buf.trim_end();
+            if text.is_empty() {
+                continue;
+            }
+            let origin = format!("{}:{}", self.path, self.line_no);
+            let delivery = match serde_json::from_str::<Line<'_>>(text) {
+                Ok(line) if line.topic != self.topic => {
+                    self.skipped_lines += 1;
+                    continue;
+                }
+                Ok(line) => Delivery {
+                    value: line.value.get().to_owned(),
+                    key: line.key,
+                    ts: line.ts,
+                    received: Instant::now(),
+                    origin,
+                },
+                // Not a replay line at all: a dead letter, with the line as its value.
+                Err(_) => Delivery {
+                    value: text.to_owned(),
+                    key: None,
+                    ts: 0,
+                    received: Instant::now(),
+                    origin,
+                },
+            };
+            return Ok(Next::Intent(delivery));
+        }
+    }
+
+    /// A file has no offsets to commit: a rerun reads it again, and the
+    /// trailers make that a no-op.
+    fn commit(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// Intents from a channel, for the benchmark.
+pub struct ChannelSource(pub Receiver<Delivery>);
+
+impl IntentSource for ChannelSource {
+    fn next(&mut self, deadline: Option<Instant>) -> Result<Next, SourceError> {
+        let wait = deadline.map_or(Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        Ok(match self.0.recv_timeout(wait) {
+            Ok(d) => Next::Intent(d),
+            Err(RecvTimeoutError::Timeout) => Next::Timeout,
+            Err(RecvTimeoutError::Disconnected) => Next::End,
+        })
+    }
+
+    fn commit(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// The longest single poll, so that stop requests are noticed promptly.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+
+/// Intents from a Kafka topic.
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    topic: String,
+    /// Next offset to commit per partition (last delivered + 1).
+    pending: HashMap<i32, i64>,
+}
+
+impl KafkaSource {
+    /// Subscribes `group` to `topic`, reading only committed transactions.
+    pub fn new(
+        mut config: ClientConfig,
+        group: &str,
+        topic: &str,
+    ) -> Result<KafkaSource, SourceError> {
+        let consumer: BaseConsumer = config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        consumer.subscribe(&[topic])?;
+        Ok(KafkaSource {
+            consumer,
+            topic: topic.to_owned(),
+            pending: HashMap::new(),
+        })
+    }
+}
+
+impl IntentSource for KafkaSource {
+    fn next(&mut self, deadline: Option<Instant>) -> Result<Next, SourceError> {
+        let wait = deadline.map_or(POLL_SLICE, |d| {
+            d.saturating_duration_since(Instant::now()).min(POLL_SLICE)
+        });
+        let Some(result) = self.consumer.poll(wait) else {
+            return Ok(Next::Timeout);
+        };
+        let msg = match result {
+            Ok(m) => m,
+            Err(e) => {
+                // librdkafka reports transient broker trouble here and recovers by itself.
+                tracing::warn!(error = %e, "kafka consumer error");
+                return Ok(Next::Timeout);
+            }
+        };
+        self.pending.insert(msg.partition(), msg.offset() + 1);
+        let value = msg
+            .payload()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        Ok(Next::Intent(Delivery {
+            value,
+            key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            ts: msg.timestamp().to_millis().map_or(0, |t| t.max(0) as u64),
+            received: Instant::now(),
+            origin: format!("{}/{}@{}", self.topic, msg.partition(), msg.offset()),
+        }))
+    }
+
+    fn commit(&mut self) -> Result<(), SourceError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in &self.pending {
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))?;
+        }
+        self.consumer.commit(&list, CommitMode::Sync)?;
+        self.pending.clear();
+        Ok(())
+    }
+}
