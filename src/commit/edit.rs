@@ -337,32 +337,31 @@ fn verify(
     let new = scan::scan(edited).map_err(|line| fail(format!("line {line} has a lone CR")))?;
     let mut k = 0;
     for line in old {
-        let delta: isize = splices
-            .iter()
-            .filter(|s| s.line == line.number)
-            .map(|s| s.lines_delta)
-            .sum();
-        if delta >= 0 {
+        if !splices.iter().any(|s| s.removes == Some(line.number)) {
             let same = new.get(k).is_some_and(|n| shape(n) == shape(line));
             if !same {
                 return Err(fail(format!("line {} changed its structure", line.number)));
             }
             k += 1;
         }
-        for added in new.iter().skip(k).take(delta.max(0) as usize) {
+        let adds: usize = splices
+            .iter()
+            .filter(|s| s.line == line.number)
+            .map(|s| s.adds)
+            .sum();
+        for added in new.iter().skip(k).take(adds) {
             if !matches!(&added.kind, Kind::Node(n) if n.dashes == 0 && n.key.is_some()) {
-                return Err(fail(format!(
-                    "inserted line {} is not a key: value line",
-                    added.number
-                )));
+                let n = added.number;
+                return Err(fail(format!("inserted line {n} is not a key: value line")));
             }
         }
-        k += delta.max(0) as usize;
+        k += adds;
     }
     if k != new.len() {
         return Err(fail(format!("{} lines expected, {} found", k, new.len())));
     }
-    let again = plan(edited, &new, service, image)?;
+    let again = plan(edited, &new, service, image)
+        .map_err(|e| fail(format!("editing again fails: {e}")))?;
     if !again.found || !again.splices.is_empty() {
         return Err(fail("editing again would change it further".into()));
     }

@@ -200,21 +200,26 @@ fn update(
             None => inserts.push(("newTag", tag)),
         }
     }
+    let mut removal = None;
     match (image.digest.as_deref(), digest) {
         (Some(d), Some(i)) => out.extend(slot(i)?.write(text, Some(d))?),
         (Some(d), None) => match new_tag {
-            Some(i) => out.push(insert(text, lines, i, entry, &[("digest", d)])?),
+            Some(i) => out.push(insert(text, lines, i, entry, &[("digest", d)], None)?),
             None => inserts.push(("digest", d)),
         },
-        (None, Some(i)) if slot(i)?.read(text).is_some() => out.push(remove(lines, i)?),
+        (None, Some(i)) if slot(i)?.read(text).is_some() => removal = Some(remove(lines, i)?),
         (None, _) => {}
     }
-    if !inserts.is_empty() {
-        let anchor = entry.field("newName").or(entry.field("name"));
-        if let Some(anchor) = anchor {
-            out.push(insert(text, lines, anchor, entry, &inserts)?);
+    let anchor = entry.field("newName").or(entry.field("name"));
+    if let (false, Some(anchor)) = (inserts.is_empty(), anchor) {
+        let splice = insert(text, lines, anchor, entry, &inserts, removal.as_ref())?;
+        // The insertion took over a removal it overlaps (see `insert`).
+        if splice.removes.is_some() {
+            removal = None;
         }
+        out.push(splice);
     }
+    out.extend(removal);
     Ok(())
 }
 
@@ -225,6 +230,7 @@ fn insert(
     anchor: usize,
     entry: &Entry,
     fields: &[(&str, &str)],
+    removal: Option<&Splice>,
 ) -> Result<Splice, EditError> {
     let mut last = anchor;
     while lines.get(last + 1).is_some_and(|l| {
@@ -256,26 +262,28 @@ fn insert(
         rendered.push(format!("{indent}{key}: {value}"));
     }
     // A last line without a line ending keeps the file without one.
-    let (at, body) = if line.next > line.end {
-        (
-            line.next,
-            rendered
-                .iter()
-                .map(|l| format!("{l}{eol}"))
-                .collect::<String>(),
-        )
+    let ends_file = line.next == line.end;
+    let body: String = if ends_file {
+        rendered.iter().map(|l| format!("{eol}{l}")).collect()
     } else {
-        (
-            line.end,
-            rendered.iter().map(|l| format!("{eol}{l}")).collect(),
-        )
+        rendered.iter().map(|l| format!("{l}{eol}")).collect()
     };
-    Ok(Splice {
-        range: at..at,
-        text: body,
+    let at = if ends_file { line.end } else { line.next };
+    let splice = |range, text, removes| Splice {
+        range,
+        text,
         line: line.number,
-        lines_delta: fields.len() as isize,
-    })
+        adds: fields.len(),
+        removes,
+    };
+    // Removing a last line without a line ending takes the line ending
+    // before it, which is where these lines go: one splice does both, and
+    // the file still ends without a line ending.
+    if let Some(r) = removal.filter(|r| r.range.start < at && at <= r.range.end) {
+        let body: String = rendered.iter().map(|l| format!("{eol}{l}")).collect();
+        return Ok(splice(r.range.clone(), body, r.removes));
+    }
+    Ok(splice(at..at, body, None))
 }
 
 /// Removes line `i` with its line ending (or, on a last line without one,
@@ -305,6 +313,7 @@ fn remove(lines: &[Line], i: usize) -> Result<Splice, EditError> {
         range,
         text: String::new(),
         line: line.number,
-        lines_delta: -1,
+        adds: 0,
+        removes: Some(line.number),
     })
 }

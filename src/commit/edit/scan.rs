@@ -48,7 +48,10 @@ pub(crate) enum Value {
     },
     Alias,
     BlockScalar,
-    Flow,
+    /// A flow collection; `open` when it continues on the next line.
+    Flow {
+        open: Option<FlowState>,
+    },
     /// A scalar quoted with this byte that continues on the next line.
     MultiLine(u8),
     /// Something this scanner does not understand.
@@ -69,6 +72,18 @@ pub(crate) struct Node {
     /// -1 for a document's root node: deeper lines belong to the value.
     pub owner_col: isize,
     pub value: Value,
+    /// The value carries an explicit tag other than `!!str` (`!!int`, `!!bool`,
+    /// a custom one): writing a string there would change its type.
+    pub foreign_tag: bool,
+}
+
+/// Where a flow collection that spans lines stands at the end of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlowState {
+    /// Open brackets.
+    depth: usize,
+    /// Inside a scalar quoted with this byte.
+    quote: Option<u8>,
 }
 
 /// What a line is.
@@ -86,6 +101,8 @@ pub(crate) enum Kind {
     QuotedText,
     /// Continues a multi-line plain scalar.
     Continuation,
+    /// Inside (or closing) a flow collection that spans lines.
+    FlowText,
     /// Not understood (a tab in the indentation, a complex key).
     Opaque,
 }
@@ -162,6 +179,8 @@ struct Scanner {
     /// Owner column of the last node with an empty value: the parent of a
     /// value written alone on the following line.
     open_owner: Option<isize>,
+    /// Inside a flow collection that spans lines.
+    flow: Option<FlowState>,
 }
 
 fn is_ws(c: u8) -> bool {
@@ -185,6 +204,11 @@ impl Scanner {
     fn classify(&mut self, b: &[u8], start: usize, end: usize) -> (Kind, Option<usize>) {
         if let Some(q) = self.quote {
             return self.quoted_text(b, start, end, q);
+        }
+        if let Some(state) = self.flow {
+            let (open, comment) = scan_flow(b, start, end, state);
+            self.flow = open;
+            return (Kind::FlowText, comment);
         }
         let blank = b[start..end].iter().all(|&c| is_ws(c));
         if let Some(parent) = self.block_parent {
@@ -234,6 +258,7 @@ impl Scanner {
         match &node.value {
             Value::BlockScalar => self.block_parent = Some(node.owner_col),
             Value::MultiLine(q) => self.quote = Some(*q),
+            Value::Flow { open } => self.flow = *open,
             Value::Scalar {
                 style: Style::Plain,
                 ..
@@ -266,6 +291,7 @@ impl Scanner {
                 match node.value {
                     Value::BlockScalar => self.block_parent = Some(-1),
                     Value::MultiLine(q) => self.quote = Some(q),
+                    Value::Flow { open } => self.flow = open,
                     Value::Scalar {
                         style: Style::Plain,
                         ..
@@ -351,7 +377,7 @@ fn parse_node(
         None => (None, None, value_from),
     };
     let owner_col = key_col.or(last_dash).map_or(parent, |c| c as isize);
-    let (value, comment) = parse_value(b, after, end);
+    let (value, comment, tag) = parse_value(b, after, end);
     let node = Node {
         indent,
         dashes,
@@ -359,6 +385,7 @@ fn parse_node(
         key_col,
         owner_col,
         value,
+        foreign_tag: tag == Tag::Other,
     };
     (Kind::Node(node), comment)
 }
@@ -395,40 +422,114 @@ fn parse_key(b: &[u8], p: usize, end: usize) -> Option<(String, usize)> {
     None
 }
 
-/// Skips `&anchor` and `!tag` properties; says whether a `!!str` tag was seen.
-fn skip_properties(b: &[u8], mut p: usize, end: usize) -> (usize, bool) {
-    let mut str_tag = false;
+/// The explicit tag before a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    None,
+    /// `!!str`: the value is a string whatever it looks like.
+    Str,
+    /// Any other tag, including the non-specific `!`.
+    Other,
+}
+
+/// Skips `&anchor` and `!tag` properties; returns the tag seen.
+fn skip_properties(b: &[u8], mut p: usize, end: usize) -> (usize, Tag) {
+    let mut tag = Tag::None;
     while p < end && matches!(b[p], b'&' | b'!') {
         let from = p;
         while p < end && !is_ws(b[p]) {
             p += 1;
         }
         let prop = &b[from..p];
-        str_tag |= prop == b"!!str" || prop == b"!<tag:yaml.org,2002:str>";
+        if prop[0] == b'!' {
+            let str_tag = prop == b"!!str" || prop == b"!<tag:yaml.org,2002:str>";
+            tag = if str_tag && tag != Tag::Other {
+                Tag::Str
+            } else {
+                Tag::Other
+            };
+        }
         p = skip_ws(b, p, end);
     }
-    (p, str_tag)
+    (p, tag)
 }
 
 /// Parses the value that starts at or after `from` (just after a key's `:`,
 /// the dashes, or the indentation).
-fn parse_value(b: &[u8], from: usize, end: usize) -> (Value, Option<usize>) {
-    let (p, str_tag) = skip_properties(b, skip_ws(b, from, end), end);
+fn parse_value(b: &[u8], from: usize, end: usize) -> (Value, Option<usize>, Tag) {
+    let (p, tag) = skip_properties(b, skip_ws(b, from, end), end);
+    let str_tag = tag == Tag::Str;
     if p == end || (b[p] == b'#' && (p == from || is_ws(b[p - 1]))) {
         let comment = (p < end).then_some(p);
-        return (empty_value(b, from, p), comment);
+        return (empty_value(b, from, p), comment, tag);
     }
-    match b[p] {
+    let (value, comment) = match b[p] {
         b'*' => (Value::Alias, find_comment(b, p, end)),
         b'|' | b'>' => match block_header(b, p, end) {
             Some(comment) => (Value::BlockScalar, comment),
             None => (Value::Invalid, find_comment(b, p, end)),
         },
-        b'{' | b'[' => (Value::Flow, find_comment(b, p, end)),
+        b'{' | b'[' => {
+            let (open, comment) = scan_flow(
+                b,
+                p,
+                end,
+                FlowState {
+                    depth: 0,
+                    quote: None,
+                },
+            );
+            (Value::Flow { open }, comment)
+        }
         q @ (b'"' | b'\'') => quoted_value(b, p, end, q, str_tag),
         _ if indicator(b, p, end) => (Value::Invalid, find_comment(b, p, end)),
         _ => plain_value(b, p, end, str_tag),
+    };
+    (value, comment, tag)
+}
+
+/// Follows a flow collection from `i` to the end of the line: returns its
+/// state if it is still open there, and the offset of a comment.
+fn scan_flow(
+    b: &[u8],
+    mut i: usize,
+    end: usize,
+    mut state: FlowState,
+) -> (Option<FlowState>, Option<usize>) {
+    let first = i;
+    while i < end {
+        if let Some(q) = state.quote {
+            match quote_end(b, i, end, q) {
+                Some(close) => {
+                    state.quote = None;
+                    i = close + 1;
+                    continue;
+                }
+                None => return (Some(state), None),
+            }
+        }
+        let after_separator =
+            i == first || matches!(b[i - 1], b' ' | b'\t' | b'[' | b'{' | b',' | b':');
+        match b[i] {
+            b'#' if i == first || is_ws(b[i - 1]) => {
+                return ((state.depth > 0).then_some(state), Some(i))
+            }
+            b'[' | b'{' => state.depth += 1,
+            b']' | b'}' => {
+                state.depth = state.depth.saturating_sub(1);
+                if state.depth == 0 {
+                    let j = skip_ws(b, i + 1, end);
+                    let comment = (j < end && b[j] == b'#' && j > i + 1).then_some(j);
+                    return (None, comment);
+                }
+            }
+            q @ (b'"' | b'\'') if after_separator => state.quote = Some(q),
+            _ => {}
+        }
+        i += 1;
     }
+    let open = state.depth > 0 || state.quote.is_some();
+    (open.then_some(state), None)
 }
 
 /// Where an empty value would be written: after the last token and one space.
@@ -597,6 +698,16 @@ mod tests {
             panic!()
         };
         assert_eq!((n.key.as_deref(), &n.value), (Some("q"), &Value::Alias));
+    }
+
+    #[test]
+    fn flow_collections_that_span_lines_are_text() {
+        let text = "f: [a, '] # x',\n  {b: \"c\n d\"},\n  e] # c\ng: 1 # {}\n";
+        let lines = scan(text).unwrap();
+        let k = kinds(text);
+        assert_eq!(&k[1..4], ["FlowText", "FlowText", "FlowText"]);
+        assert_eq!(&text[lines[3].comment.unwrap()..lines[3].end], "# c");
+        assert!(k[4].starts_with("node Some(\"g\")"));
     }
 
     #[test]

@@ -129,6 +129,11 @@ fn uneditable_marker_positions_are_refused() {
         ("# {\"sluice\": \"app\"}\nb: app:v1\n", "only a comment"),
         ("b: \"app:\\x41\" # {\"sluice\": \"app\"}\n", "escapes"),
         ("b: app\n  :v1 # {\"sluice\": \"app\"}\n", "continuation"),
+        ("b: !!int '3' # {\"sluice\": \"app\"}\n", "explicit tag"),
+        (
+            "f: {a: '}',\n  image: app:v1, # {\"sluice\": \"app\"}\n  }\n",
+            "inside a flow collection",
+        ),
     ];
     for (text, why) in cases {
         let e = error(text, "app", "app:v2");
@@ -346,5 +351,259 @@ proptest! {
             let kept = |s: &str| s.lines().filter(|l| !l.contains("sluice") && !l.contains("newTag") && !l.contains("digest")).map(str::to_owned).collect::<Vec<_>>();
             prop_assert_eq!(kept(&text), kept(&out));
         }
+    }
+}
+
+/// A generated line (or group of lines) of a manifest, rendered with a given image.
+#[derive(Debug, Clone)]
+enum Piece {
+    /// A value marked for `app`: in a sequence, quoting style, anchor, gap
+    /// before the comment, field, compact JSON.
+    Marked {
+        dash: bool,
+        style: u8,
+        anchor: bool,
+        gap: usize,
+        field: u8,
+        compact: bool,
+    },
+    /// A value marked for another service.
+    Other,
+    /// A block scalar whose content looks like markers.
+    Block,
+    /// A multi-line single-quoted scalar whose content looks like a marker.
+    Quoted,
+    Comment,
+    Blank,
+    Document,
+}
+
+fn piece() -> impl Strategy<Value = Piece> {
+    prop_oneof![
+        4 => (any::<bool>(), 0..3u8, any::<bool>(), 1..3usize, 0..4u8, any::<bool>()).prop_map(
+            |(dash, style, anchor, gap, field, compact)| Piece::Marked { dash, style, anchor, gap, field, compact }
+        ),
+        1 => Just(Piece::Other),
+        1 => Just(Piece::Block),
+        1 => Just(Piece::Quoted),
+        1 => Just(Piece::Comment),
+        1 => Just(Piece::Blank),
+        1 => Just(Piece::Document),
+    ]
+}
+
+/// The manifest these pieces make with `image` in every marked value.
+fn render(pieces: &[Piece], image: &ImageRef, eol: &str) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for p in pieces {
+        match p {
+            Piece::Marked {
+                dash,
+                style,
+                anchor,
+                gap,
+                field,
+                compact,
+            } => {
+                let (suffix, value) = match field {
+                    0 => ("", image.reference()),
+                    1 => (":name", image.repository.clone()),
+                    2 => (":tag", image.tag.clone().unwrap_or_default()),
+                    _ => (":digest", image.digest.clone().unwrap_or_default()),
+                };
+                let q = ["", "'", "\""][*style as usize];
+                let marker = if *compact {
+                    format!("#{{\"sluice\":\"app{suffix}\"}}")
+                } else {
+                    format!("# {{ \"sluice\" : \"app{suffix}\" }}")
+                };
+                if *dash {
+                    lines.push("list:".into());
+                }
+                lines.push(format!(
+                    "{}image: {}{q}{value}{q}{}{marker}",
+                    if *dash { "  - " } else { "" },
+                    if *anchor { "&img " } else { "" },
+                    " ".repeat(*gap),
+                ));
+            }
+            Piece::Other => lines.push("image: web:v1 # {\"sluice\": \"web\"}".into()),
+            Piece::Block => lines.extend([
+                "notes: |".to_owned(),
+                "  image: app:v0 # {\"sluice\": \"app\"}".to_owned(),
+                String::new(),
+                "  # {\"sluice\": \"app:tag\"}".to_owned(),
+            ]),
+            Piece::Quoted => lines.extend([
+                "q: 'first".to_owned(),
+                "  image: app:v0 # {\"sluice\": \"app\"}".to_owned(),
+                "  end' # a comment".to_owned(),
+            ]),
+            Piece::Comment => lines.push("# image: app:v0 # {\"sluice\": \"app\"}".into()),
+            Piece::Blank => lines.push(String::new()),
+            Piece::Document => lines.push("---".into()),
+        }
+    }
+    lines.join(eol)
+}
+
+fn generated_image() -> impl Strategy<Value = ImageRef> {
+    let digest = prop::option::of("[0-9a-f]{64}".prop_map(|h| format!("sha256:{h}")));
+    (
+        prop::sample::select(vec!["app", "reg.io/app", "reg.io:5000/team/app"]),
+        "v[0-9]{1,3}",
+        digest,
+    )
+        .prop_map(|(repository, tag, digest)| ImageRef {
+            repository: repository.into(),
+            tag: Some(tag),
+            digest,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+    /// The oracle: a manifest rendered with the old image, edited, equals the
+    /// same manifest rendered with the new image, byte for byte.
+    #[test]
+    fn editing_equals_rendering_with_the_new_image(
+        pieces in prop::collection::vec(piece(), 0..12),
+        crlf in any::<bool>(),
+        final_eol in any::<bool>(),
+        bom in any::<bool>(),
+        new in generated_image(),
+        old_tag in "v[0-9]{1,3}",
+    ) {
+        let old = ImageRef { tag: Some(old_tag), digest: Some(D1.into()), ..new.clone() };
+        let eol = if crlf { "\r\n" } else { "\n" };
+        let wrap = |body: String| {
+            let bom = if bom { "\u{feff}" } else { "" };
+            let end = if final_eol && !body.is_empty() { eol } else { "" };
+            format!("{bom}{body}{end}")
+        };
+        let before = wrap(render(&pieces, &old, eol));
+        let after = wrap(render(&pieces, &new, eol));
+        let marked = pieces.iter().any(|p| matches!(p, Piece::Marked { .. }));
+        let expected = if !marked {
+            Edit::NoMarker
+        } else if before == after {
+            Edit::Unchanged
+        } else {
+            Edit::Changed(after)
+        };
+        prop_assert_eq!(set_image(&before, "app", &new).unwrap(), expected);
+    }
+}
+
+/// A generated kustomize `images:` entry.
+#[derive(Debug, Clone)]
+struct KEntry {
+    name: &'static str,
+    new_name: Option<&'static str>,
+    new_tag: Option<String>,
+    quoted_tag: bool,
+    digest: Option<String>,
+    lone_dash: bool,
+}
+
+fn kentry() -> impl Strategy<Value = KEntry> {
+    let names = prop::sample::select(vec!["app", "web", "reg.io/app"]);
+    let new_names = prop::option::of(prop::sample::select(vec!["reg.io/app", "reg.io/web"]));
+    let digest = prop::option::of(Just(D1.to_owned()));
+    (
+        names,
+        new_names,
+        prop::option::of("v[0-9]"),
+        any::<bool>(),
+        digest,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(name, new_name, new_tag, quoted_tag, digest, lone_dash)| KEntry {
+                name,
+                new_name,
+                new_tag,
+                quoted_tag,
+                digest,
+                lone_dash,
+            },
+        )
+}
+
+impl KEntry {
+    fn produces(&self) -> &str {
+        self.new_name.unwrap_or(self.name)
+    }
+
+    /// The entry after a deploy of `image` (when it matches).
+    fn deployed(&self, image: &ImageRef) -> KEntry {
+        if self.produces() != image.repository {
+            return self.clone();
+        }
+        // An inserted newTag is plain (these tags need no quotes).
+        let quoted_tag = self.quoted_tag && self.new_tag.is_some();
+        KEntry {
+            new_tag: image.tag.clone(),
+            quoted_tag,
+            digest: image.digest.clone(),
+            ..self.clone()
+        }
+    }
+
+    fn render(&self, indent: &str, out: &mut Vec<String>) {
+        let mut fields = vec![format!("name: {}", self.name)];
+        fields.extend(self.new_name.map(|n| format!("newName: {n}")));
+        let q = if self.quoted_tag { "\"" } else { "" };
+        fields.extend(self.new_tag.as_ref().map(|t| format!("newTag: {q}{t}{q}")));
+        fields.extend(self.digest.as_ref().map(|d| format!("digest: {d}")));
+        if self.lone_dash {
+            out.push(format!("{indent}-"));
+            out.extend(fields.iter().map(|f| format!("{indent}  {f}")));
+        } else {
+            out.push(format!("{indent}- {}", fields[0]));
+            out.extend(fields[1..].iter().map(|f| format!("{indent}  {f}")));
+        }
+    }
+}
+
+fn render_kustomization(entries: &[KEntry], indent: &str, trailer: bool) -> String {
+    let mut lines = vec!["kind: Kustomization".to_owned(), "images:".to_owned()];
+    for e in entries {
+        e.render(indent, &mut lines);
+    }
+    if trailer {
+        lines.extend(["resources:".to_owned(), "- deployment.yaml".to_owned()]);
+    }
+    lines.join("\n")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+    /// The kustomize oracle: matching entries end up with the image's tag and
+    /// digest in kustomize's field order, every other byte stays.
+    #[test]
+    fn kustomize_edits_equal_rendering_the_deployed_entries(
+        entries in prop::collection::vec(kentry(), 0..5),
+        indented in any::<bool>(),
+        trailer in any::<bool>(),
+        repository in prop::sample::select(vec!["app", "reg.io/app", "reg.io/web"]),
+        tag in "v[0-9]",
+        digest in prop::option::of(Just(D2.to_owned())),
+    ) {
+        let image = ImageRef { repository: repository.into(), tag: Some(tag), digest };
+        let indent = if indented { "  " } else { "" };
+        let before = render_kustomization(&entries, indent, trailer);
+        let deployed: Vec<KEntry> = entries.iter().map(|e| e.deployed(&image)).collect();
+        let after = render_kustomization(&deployed, indent, trailer);
+        let expected = if !entries.iter().any(|e| e.produces() == image.repository) {
+            Edit::NoMarker
+        } else if before == after {
+            Edit::Unchanged
+        } else {
+            Edit::Changed(after)
+        };
+        prop_assert_eq!(set_image(&before, "any", &image).unwrap(), expected);
     }
 }

@@ -19,10 +19,12 @@ use crate::record::oci::printable;
 pub(crate) struct Splice {
     pub range: Range<usize>,
     pub text: String,
-    /// 1-based line, for messages.
+    /// 1-based line, for messages; added lines come after it.
     pub line: usize,
-    /// Lines this splice adds (positive) or removes (negative).
-    pub lines_delta: isize,
+    /// Number of whole lines this splice adds after `line`.
+    pub adds: usize,
+    /// The 1-based line this splice removes, if it removes one.
+    pub removes: Option<usize>,
 }
 
 /// A single-line scalar value that can be read and rewritten in place.
@@ -47,6 +49,7 @@ impl Slot {
             Kind::Document => return Err("a document marker line"),
             Kind::QuotedText => return Err("the end of a quoted value that spans lines"),
             Kind::Continuation => return Err("a continuation of a value that spans lines"),
+            Kind::FlowText => return Err("a line inside a flow collection ({...} or [...])"),
             Kind::Opaque => {
                 return Err("a line this editor cannot read (tab indentation or complex key)")
             }
@@ -59,6 +62,9 @@ impl Slot {
             empty,
             str_tag,
         };
+        if node.foreign_tag {
+            return Err("a value with an explicit tag other than !!str (!!int, !!bool, ...)");
+        }
         match &node.value {
             Value::Scalar { escaped: true, .. } => Err("a quoted value with escapes"),
             Value::Scalar {
@@ -73,7 +79,7 @@ impl Slot {
             Value::Empty { at, spaced } => Ok(slot(Style::Plain, *at..*at, Some(*spaced), false)),
             Value::Alias => Err("an alias (*name); mark the anchored value instead"),
             Value::BlockScalar => Err("a block scalar (| or >)"),
-            Value::Flow => Err("a flow collection ({...} or [...])"),
+            Value::Flow { .. } => Err("a flow collection ({...} or [...])"),
             Value::MultiLine(_) => Err("a quoted value that spans lines"),
             Value::Invalid => Err("a value this editor cannot read"),
         }
@@ -98,7 +104,8 @@ impl Slot {
             range,
             text,
             line: self.line,
-            lines_delta: 0,
+            adds: 0,
+            removes: None,
         };
         let Some(value) = new else {
             return Ok(Some(splice(self.span.clone(), String::new())));
