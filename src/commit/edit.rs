@@ -257,10 +257,18 @@ fn marked(text: &str, lines: &[Line], service: &str) -> Result<Vec<(Field, Slot)
     for (i, line) in lines.iter().enumerate() {
         let Some(hash) = line.comment else { continue };
         let comment = text.get(hash + 1..line.end).unwrap_or("");
-        let marker = marker::parse(comment).map_err(|reason| EditError::BadMarker {
-            line: line.number,
-            reason,
-        })?;
+        let marker = match marker::parse(comment) {
+            Ok(marker) => marker,
+            Err(broken) if broken.concerns(service) => {
+                let reason = broken.reason;
+                return Err(EditError::BadMarker {
+                    line: line.number,
+                    reason,
+                });
+            }
+            // Another service's typo is that service's error.
+            Err(_) => None,
+        };
         let Some(marker) = marker.filter(|m| m.service == service) else {
             continue;
         };

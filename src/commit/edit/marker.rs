@@ -6,7 +6,10 @@
 //! A comment that is clearly meant as a sluice marker but is broken (not
 //! JSON, a non-string value, an unknown field, an invalid service name) is
 //! an error, never silently skipped: a skipped marker means a deploy that
-//! quietly does not happen.
+//! quietly does not happen (or half happens, a name set without its tag).
+//! When the broken marker still names a service (`"web:tga"`), it is an
+//! error for that service only, so one typo does not block every service
+//! sharing the file; when it names none, it is an error for all.
 
 use crate::record::oci;
 
@@ -30,9 +33,31 @@ pub(crate) struct Marker {
     pub field: Field,
 }
 
+/// A comment meant as a marker but broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Broken {
+    /// The service it still names, if any.
+    pub service: Option<String>,
+    pub reason: String,
+}
+
+impl Broken {
+    /// Whether this breaks the markers of `service`.
+    pub(crate) fn concerns(&self, service: &str) -> bool {
+        self.service.as_deref().is_none_or(|s| s == service)
+    }
+}
+
+fn broken(reason: String) -> Broken {
+    Broken {
+        service: None,
+        reason,
+    }
+}
+
 /// Reads a comment's text (after the `#`). `Ok(None)`: not a sluice marker;
-/// `Err`: meant as one but broken, with the reason.
-pub(crate) fn parse(comment: &str) -> Result<Option<Marker>, String> {
+/// `Err`: meant as one but broken.
+pub(crate) fn parse(comment: &str) -> Result<Option<Marker>, Broken> {
     let text = comment.trim();
     if !text.starts_with('{') {
         return Ok(None);
@@ -41,39 +66,41 @@ pub(crate) fn parse(comment: &str) -> Result<Option<Marker>, String> {
         Ok(object) => object,
         // Only a comment that names the key is a broken marker; other
         // brace-led comments are none of our business.
-        Err(e) if text.contains("\"sluice\"") => return Err(format!("not a JSON object ({e})")),
+        Err(e) if text.contains("\"sluice\"") => {
+            return Err(broken(format!("not a JSON object ({e})")))
+        }
         Err(_) => return Ok(None),
     };
     match object.get("sluice") {
         None => Ok(None),
         Some(serde_json::Value::String(value)) => named(value).map(Some),
-        Some(other) => Err(format!(
+        Some(other) => Err(broken(format!(
             "the value of \"sluice\" must be a string like \"SERVICE\" or \"SERVICE:tag\", not {}",
             oci::printable(&other.to_string())
-        )),
+        ))),
     }
 }
 
 /// Splits `SERVICE[:FIELD]`.
-fn named(value: &str) -> Result<Marker, String> {
+fn named(value: &str) -> Result<Marker, Broken> {
     let (service, field) = match value.rsplit_once(':') {
         None => (value, Field::Whole),
         Some((service, "name")) => (service, Field::Name),
         Some((service, "tag")) => (service, Field::Tag),
         Some((service, "digest")) => (service, Field::Digest),
-        Some((_, other)) => {
-            return Err(format!(
+        Some((service, other)) => {
+            let reason = format!(
                 "unknown field `{}` in \"{}\" (expected name, tag or digest)",
                 oci::printable(other),
                 oci::printable(value)
-            ))
+            );
+            let service = oci::is_name(service).then(|| service.to_owned());
+            return Err(Broken { service, reason });
         }
     };
     if !oci::is_name(service) {
-        return Err(format!(
-            "`{}` is not a valid service name",
-            oci::printable(service)
-        ));
+        let reason = format!("`{}` is not a valid service name", oci::printable(service));
+        return Err(broken(reason));
     }
     Ok(Marker {
         service: service.to_owned(),

@@ -143,12 +143,15 @@ fn uneditable_marker_positions_are_refused() {
 
 #[test]
 fn broken_markers_are_errors_with_their_line() {
-    let e = error(
-        "a: 1\nb: x # {\"sluice\": \"app:version\"}\n",
-        "other",
-        "app:v2",
-    );
+    let text = "a: 1\nb: x # {\"sluice\": \"app:version\"}\nc: web:v1 # {\"sluice\": \"web\"}\n";
+    let e = error(text, "app", "app:v2");
     assert!(e.starts_with("line 2: malformed sluice marker"), "{e}");
+    // Another service's typo does not block this one...
+    assert!(set_image(text, "web", &image("web:v2")).is_ok());
+    // ...but a marker that names no service blocks all.
+    let text = "b: x # {\"sluice\": 3}\nc: web:v1 # {\"sluice\": \"web\"}\n";
+    let e = error(text, "web", "web:v2");
+    assert!(e.starts_with("line 1: malformed sluice marker"), "{e}");
 }
 
 #[test]
