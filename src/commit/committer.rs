@@ -28,7 +28,7 @@ pub enum CommitError {
     WorkDir { path: String, cause: std::io::Error },
     #[error("work directory {0} is in use by another committer")]
     Locked(String),
-    #[error("branch {branch}: gave up pushing after {attempts} attempts in {seconds:.1}s; nothing was acknowledged; last error: {last}")]
+    #[error("branch {branch}: gave up after {attempts} attempts in {seconds:.1}s; nothing was acknowledged; last error: {last}")]
     GaveUp {
         branch: String,
         attempts: u32,
@@ -113,7 +113,7 @@ impl<'r> Committer<'r> {
             })?;
         let mut clones = Vec::new();
         for branch in config.branches() {
-            let clone = BranchClone::open(remote, work_dir, branch)?;
+            let clone = open_clone(config, remote, work_dir, branch)?;
             tracing::info!(branch, tip = %clone.head()?, url = %remote.shown_url(), "clone ready");
             clones.push(clone);
         }
@@ -143,6 +143,9 @@ impl<'r> Committer<'r> {
                 Next::Intent(d) => d,
                 Next::End => return Ok(()),
                 Next::Timeout => {
+                    if !source.ready() {
+                        idle_since = Instant::now();
+                    }
                     if opts
                         .idle_exit
                         .is_some_and(|idle| idle_since.elapsed() >= idle)
@@ -239,7 +242,12 @@ impl<'r> Committer<'r> {
         dead: &mut dyn DeadLetters,
     ) -> Result<(), CommitError> {
         self.counters.count(outcome);
-        let label = if tracing::enabled!(tracing::Level::INFO) {
+        let logged = match outcome {
+            Outcome::Applied => tracing::enabled!(tracing::Level::DEBUG),
+            Outcome::DeadLetter(_) => true,
+            _ => tracing::enabled!(tracing::Level::INFO),
+        };
+        let label = if logged {
             serde_json::from_str(&d.value).unwrap_or_default()
         } else {
             Label::default()
@@ -279,17 +287,17 @@ impl<'r> Committer<'r> {
                 return Ok(plan);
             }
             attempts += 1;
-            let last = match self.commit_and_push(b, &mut plan) {
+            let (last, failed) = match self.commit_and_push(b, &mut plan) {
                 Ok(PushOutcome::Pushed) => return Ok(plan),
                 Ok(PushOutcome::Rejected(why)) => {
                     self.counters.rejected_pushes += 1;
                     tracing::debug!(branch = self.clones[b].branch(), why = %why, "push rejected, rebuilding on the new tip");
-                    why
+                    (why, false)
                 }
                 Err(e) => {
                     self.counters.failed_pushes += 1;
                     tracing::warn!(branch = self.clones[b].branch(), error = %e, attempts, "push failed, retrying");
-                    e.to_string()
+                    (e.to_string(), true)
                 }
             };
             if started.elapsed() >= self.config.push.give_up_after {
@@ -301,7 +309,11 @@ impl<'r> Committer<'r> {
                     last,
                 });
             }
-            std::thread::sleep(backoff.next_wait());
+            // The first rejection only means the branch moved: the fetch
+            // brings the news, so rebuild at once. Repeated ones back off.
+            if failed || attempts > 1 {
+                std::thread::sleep(backoff.next_wait());
+            }
             self.refresh(b);
         }
     }
@@ -358,6 +370,38 @@ impl<'r> Committer<'r> {
             self.crash.reached("after-push");
         }
         Ok(outcome)
+    }
+}
+
+/// Opens a branch's clone, retrying an unreachable remote or refused
+/// credentials with backoff until `give_up_after`.
+fn open_clone<'r>(
+    config: &CommitConfig,
+    remote: &'r Remote,
+    work_dir: &Path,
+    branch: &str,
+) -> Result<BranchClone<'r>, CommitError> {
+    let started = Instant::now();
+    let mut backoff = Backoff::new(&config.push);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match BranchClone::open(remote, work_dir, branch) {
+            Ok(clone) => return Ok(clone),
+            Err(e @ (GitError::MissingToken(_) | GitError::Spawn { .. })) => return Err(e.into()),
+            Err(e) if started.elapsed() >= config.push.give_up_after => {
+                return Err(CommitError::GaveUp {
+                    branch: branch.into(),
+                    attempts,
+                    seconds: started.elapsed().as_secs_f64(),
+                    last: e.to_string(),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(branch, error = %e, attempts, "cannot open the branch, retrying")
+            }
+        }
+        std::thread::sleep(backoff.next_wait());
     }
 }
 

@@ -347,13 +347,25 @@ fn read_repository(t: &mut TableReader<'_, '_, '_>) -> Option<RepositoryConfig> 
     let fits = match &credentials {
         Credentials::None => true,
         Credentials::SshKeyFile(_) | Credentials::SshAgent => scheme == "ssh",
-        Credentials::Token { .. } => scheme == "https",
+        // Plain http only to this machine, where the token never crosses a network.
+        Credentials::Token { .. } => {
+            scheme == "https"
+                || (scheme == "http"
+                    && [
+                        "http://127.0.0.1:",
+                        "http://127.0.0.1/",
+                        "http://localhost:",
+                        "http://localhost/",
+                    ]
+                    .iter()
+                    .any(|p| url.value.starts_with(p)))
+        }
     };
     if !fits {
         t.diags().error(
             url.pos,
             t.key_path("url"),
-            format!("{scheme}:// cannot use these credentials: SSH keys need ssh://, a token needs https://"),
+            format!("{scheme}:// cannot use these credentials: SSH keys need ssh://, a token needs https:// (http:// only to localhost)"),
         );
         return None;
     }

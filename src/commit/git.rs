@@ -261,6 +261,12 @@ impl<'r> BranchClone<'r> {
         } else {
             clone.clone_fresh(work_dir)?;
         }
+        let refspec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", clone.branch);
+        clone.run(
+            "fetch",
+            &["fetch", "--quiet", "--no-tags", "origin", &refspec],
+        )?;
+        clone.checkout_clean()?;
         clone.fetch()?;
         Ok(clone)
     }
@@ -333,8 +339,17 @@ impl<'r> BranchClone<'r> {
         self.index_trailers(&tip)
     }
 
-    /// Drops local commits and changes: back to the last fetched remote tip.
+    /// Drops local commits and edits: back to the last fetched remote tip.
+    /// The committer only ever rewrites tracked files, so no clean is needed.
     pub fn reset_to_remote(&self) -> Result<(), GitError> {
+        let remote_ref = format!("refs/remotes/origin/{}", self.branch);
+        self.run("reset", &["reset", "--quiet", "--hard", &remote_ref])
+            .map(drop)
+    }
+
+    /// Puts the clone on its branch with a clean work tree, whatever state a
+    /// killed run left it in.
+    fn checkout_clean(&self) -> Result<(), GitError> {
         let remote_ref = format!("refs/remotes/origin/{}", self.branch);
         self.run(
             "checkout",
@@ -393,19 +408,9 @@ impl<'r> BranchClone<'r> {
         Ok(out.status.success())
     }
 
-    /// Stages `paths` (relative to the clone) and commits them with `message`.
+    /// Commits the edited `paths` (relative to the clone, all tracked) with
+    /// `message`, in one git process (`commit --only`).
     pub fn commit(&self, paths: &[PathBuf], message: &str) -> Result<(), GitError> {
-        let mut list = Vec::new();
-        for p in paths {
-            list.extend_from_slice(p.as_os_str().as_encoded_bytes());
-            list.push(0);
-        }
-        self.remote.run(
-            &self.dir,
-            "add",
-            &["add", "--pathspec-from-file=-", "--pathspec-file-nul"],
-            Some(&list),
-        )?;
         let mut args: Vec<String> = Vec::new();
         if let Some(s) = &self.remote.signing {
             let format = match s.format {
@@ -419,6 +424,9 @@ impl<'r> BranchClone<'r> {
         if self.remote.signing.is_some() {
             args.push("--gpg-sign".into());
         }
+        args.extend(["--only".into(), "--".into()]);
+        // Literal paths: a file name must never be read as a glob.
+        args.extend(paths.iter().map(|p| format!(":(literal){}", p.display())));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.remote
             .run(&self.dir, "commit", &args, Some(message.as_bytes()))

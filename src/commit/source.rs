@@ -42,6 +42,11 @@ pub trait IntentSource {
     fn next(&mut self, deadline: Option<Instant>) -> Result<Next, SourceError>;
     /// Acknowledges every intent returned so far.
     fn commit(&mut self) -> Result<(), SourceError>;
+    /// Whether intents can arrive at all yet (Kafka: partitions are
+    /// assigned); idling counts only from then on.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// One line of replay output.
@@ -213,6 +218,10 @@ impl IntentSource for KafkaSource {
             received: Instant::now(),
             origin: format!("{}/{}@{}", self.topic, msg.partition(), msg.offset()),
         }))
+    }
+
+    fn ready(&self) -> bool {
+        self.consumer.assignment().is_ok_and(|a| a.count() > 0)
     }
 
     fn commit(&mut self) -> Result<(), SourceError> {
