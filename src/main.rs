@@ -373,6 +373,7 @@ fn run_commit(args: CommitArgs) -> Result<ExitCode> {
             kafka_client()?,
             &config.kafka.group,
             &config.kafka.topic,
+            config.kafka.format,
         )?),
     };
     let opts = committer::RunOptions {

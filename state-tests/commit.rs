@@ -574,7 +574,9 @@ fn third_writer(repo: &Path, stop: Arc<AtomicBool>) -> usize {
             }
             git(&clone, &["pull", "--quiet", "--rebase", "origin", "main"]);
         }
-        std::thread::sleep(Duration::from_millis(15));
+        // Ten pushes a second: a very busy repository, but not one that
+        // moves faster than any fetch-rebuild-push cycle could follow.
+        std::thread::sleep(Duration::from_millis(100));
     }
     pushed
 }

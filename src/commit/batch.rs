@@ -211,13 +211,10 @@ fn apply(
     let mut edited: Vec<(usize, String)> = Vec::new();
     let mut old_image = None;
     let mut found = false;
-    for (i, file) in files.files.iter().enumerate() {
-        let text = match &file.text {
-            Ok(t) if t.contains(service) || t.contains(c.image.repository.as_str()) => t,
-            Ok(_) => continue,
-            // Listed in the reason if the service's marker is found nowhere.
-            Err(_) => continue,
-        };
+    for i in files.candidates(service) {
+        let file = &files.files[i];
+        // Unreadable files are listed in the reason if no marker is found.
+        let Ok(text) = &file.text else { continue };
         match set_image(text, service, &c.image) {
             Ok(Edit::Changed(new)) => {
                 found = true;

@@ -353,10 +353,14 @@ impl<'r> Committer<'r> {
         };
         let ids: Vec<&str> = plan.trailer_ids.iter().map(String::as_str).collect();
         let message = commit_message(&templates, clone.branch(), &plan.changes, &ids);
+        let started = Instant::now();
         clone.commit(&paths, &message)?;
+        let commit_ms = started.elapsed().as_millis() as u64;
         self.crash.reached("after-commit");
         let waited = self.limiter.wait();
+        let started = Instant::now();
         let outcome = self.clones[b].push()?;
+        let push_ms = started.elapsed().as_millis() as u64;
         if outcome == PushOutcome::Pushed {
             self.clones[b].pushed(&ids)?;
             self.counters.commits += 1;
@@ -365,6 +369,8 @@ impl<'r> Committer<'r> {
                 changes = plan.changes.len(),
                 intents = ids.len(),
                 rate_limited_ms = waited.as_millis() as u64,
+                commit_ms,
+                push_ms,
                 "pushed"
             );
             self.crash.reached("after-push");

@@ -49,6 +49,7 @@ use super::message::Template;
 use crate::topology::diag::{ConfigError, Diagnostic, Diags, Located, Pos};
 use crate::topology::kafka::{read_properties, read_secrets, KafkaConfig};
 use crate::topology::reader::TableReader;
+use crate::topology::Format;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -160,6 +161,8 @@ pub struct SourceConfig {
     pub group: String,
     /// `dead_letter_topic`: default `<group>.dead-letter`.
     pub dead_letter_topic: String,
+    /// `format`: `json` (default) or `protobuf` (`sluice.v1.DeploymentIntent`).
+    pub format: Format,
     /// `[kafka.properties]` and `[kafka.secrets]`, as in topologies.
     pub client: KafkaConfig,
 }
@@ -585,6 +588,7 @@ impl SourceConfig {
             brokers,
             topic: topic.unwrap_or_else(|| "deploy-intents".into()),
             dead_letter_topic: format!("{group}.dead-letter"),
+            format: Format::Json,
             group,
             client,
         }
@@ -596,6 +600,15 @@ fn read_kafka(t: &mut TableReader<'_, '_, '_>) -> Option<SourceConfig> {
     let topic = non_empty(t, "topic");
     let group = non_empty(t, "group");
     let dead_letter_topic = non_empty(t, "dead_letter_topic");
+    let format = match non_empty(t, "format")?.as_deref() {
+        None | Some("json") => Some(Format::Json),
+        Some("protobuf") => Some(Format::Protobuf),
+        Some(other) => {
+            let msg = format!("unknown format `{other}`; expected json or protobuf");
+            t.diags().error(t.pos(), t.key_path("format"), msg);
+            None
+        }
+    };
     let properties = read_properties(t);
     let secrets = read_secrets(t);
     let client = KafkaConfig {
@@ -607,6 +620,7 @@ fn read_kafka(t: &mut TableReader<'_, '_, '_>) -> Option<SourceConfig> {
     if let Some(dl) = dead_letter_topic? {
         config.dead_letter_topic = dl;
     }
+    config.format = format?;
     Some(config)
 }
 

@@ -5,6 +5,7 @@
 //! inside the environment's directory after every symlink is resolved: a
 //! symlink that leads elsewhere is listed as skipped, never followed.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The manifest files of one environment directory.
@@ -16,6 +17,12 @@ pub struct EnvFiles {
     pub escapes: Vec<PathBuf>,
     /// Why the directory itself cannot be used, if it cannot.
     pub unusable: Option<String>,
+    /// Files whose markers name a service, by service: which files an
+    /// intent needs to look at, without searching every file per intent.
+    by_service: HashMap<String, Vec<usize>>,
+    /// Files that may concern any service: kustomizations (matched by
+    /// repository) and files whose markers could not be told apart.
+    wildcard: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -57,6 +64,33 @@ impl EnvFiles {
         }
         out.walk(&real_root, &real_dir, &real_dir);
         out.files.sort_by(|a, b| a.path.cmp(&b.path));
+        out.index();
+        out
+    }
+
+    fn index(&mut self) {
+        for (i, f) in self.files.iter().enumerate() {
+            let Ok(text) = &f.text else { continue };
+            match marker_services(text) {
+                Some(services) if !text.contains("images:") => {
+                    for s in services {
+                        let files = self.by_service.entry(s).or_default();
+                        if files.last() != Some(&i) {
+                            files.push(i);
+                        }
+                    }
+                }
+                _ => self.wildcard.push(i),
+            }
+        }
+    }
+
+    /// The files that may hold markers for `service`, in path order.
+    pub fn candidates(&self, service: &str) -> Vec<usize> {
+        let mut out: Vec<usize> = self.by_service.get(service).cloned().unwrap_or_default();
+        out.extend_from_slice(&self.wildcard);
+        out.sort_unstable();
+        out.dedup();
         out
     }
 
@@ -110,6 +144,22 @@ impl EnvFiles {
     }
 }
 
+/// The services a text's markers name (`"sluice": "SERVICE[:FIELD]"`), or
+/// `None` when some mention of `sluice` is not a marker this reading
+/// understands; such a file is then searched for every service, and the
+/// editor decides.
+fn marker_services(text: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("sluice") {
+        let rest = text[i..].strip_prefix("sluice\"")?;
+        let rest = rest.trim_start_matches([' ', '\t']).strip_prefix(':')?;
+        let rest = rest.trim_start_matches([' ', '\t']).strip_prefix('"')?;
+        let value = &rest[..rest.find('"')?];
+        out.push(value.split(':').next()?.to_owned());
+    }
+    Some(out)
+}
+
 fn is_manifest(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
@@ -142,6 +192,17 @@ mod tests {
         assert_eq!(paths, [PathBuf::from("envs/prod/sub/a.yaml")]);
         assert_eq!(files.escapes, [PathBuf::from("envs/prod/evil.yaml")]);
         assert!(files.unusable.is_none());
+    }
+
+    #[test]
+    fn files_are_indexed_by_the_services_their_markers_name() {
+        assert_eq!(
+            marker_services("a: x # {\"sluice\": \"api\"}\nb: y # {\"sluice\":\"web:tag\"}\n"),
+            Some(vec!["api".to_owned(), "web".to_owned()])
+        );
+        assert_eq!(marker_services("plain: yaml\n"), Some(vec![]));
+        assert_eq!(marker_services("# managed by sluice\n"), None);
+        assert_eq!(marker_services("a: x # {'sluice': 'api'}\n"), None);
     }
 
     #[test]

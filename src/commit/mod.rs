@@ -11,6 +11,7 @@
 //! - [`dead_letter`]: refused intents, with their reason.
 
 pub mod batch;
+pub mod bench;
 pub mod committer;
 pub mod config;
 pub mod dead_letter;

@@ -17,6 +17,8 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 
 use super::batch::Delivery;
+use crate::record::{Action, Intent};
+use crate::topology::Format;
 
 /// A source that failed; nothing was acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +165,7 @@ const POLL_SLICE: Duration = Duration::from_millis(100);
 pub struct KafkaSource {
     consumer: BaseConsumer,
     topic: String,
+    format: Format,
     /// Next offset to commit per partition (last delivered + 1).
     pending: HashMap<i32, i64>,
 }
@@ -173,6 +176,7 @@ impl KafkaSource {
         mut config: ClientConfig,
         group: &str,
         topic: &str,
+        format: Format,
     ) -> Result<KafkaSource, SourceError> {
         let consumer: BaseConsumer = config
             .set("group.id", group)
@@ -185,6 +189,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer,
             topic: topic.to_owned(),
+            format,
             pending: HashMap::new(),
         })
     }
@@ -207,10 +212,13 @@ impl IntentSource for KafkaSource {
             }
         };
         self.pending.insert(msg.partition(), msg.offset() + 1);
-        let value = msg
-            .payload()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_default();
+        let payload = msg.payload().unwrap_or_default();
+        let value = match self.format {
+            Format::Json => String::from_utf8_lossy(payload).into_owned(),
+            // Not decodable: kept as text, it becomes a dead letter.
+            Format::Protobuf => protobuf_to_json(payload)
+                .unwrap_or_else(|| String::from_utf8_lossy(payload).into_owned()),
+        };
         Ok(Next::Intent(Delivery {
             value,
             key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
@@ -235,5 +243,52 @@ impl IntentSource for KafkaSource {
         self.consumer.commit(&list, CommitMode::Sync)?;
         self.pending.clear();
         Ok(())
+    }
+}
+
+/// A `sluice.v1.DeploymentIntent` as the intent JSON the committer checks.
+fn protobuf_to_json(bytes: &[u8]) -> Option<String> {
+    use crate::proto::{deployment_intent, DeploymentIntent};
+    use prost::Message as _;
+    let m = DeploymentIntent::decode(bytes).ok()?;
+    let action = match deployment_intent::Action::try_from(m.action).ok()? {
+        deployment_intent::Action::Deploy => Action::Deploy,
+        deployment_intent::Action::Hold => Action::Hold,
+        deployment_intent::Action::Rollback => Action::Rollback,
+        deployment_intent::Action::Unspecified => return None,
+    };
+    let intent = Intent {
+        action,
+        service: m.service,
+        environment: m.environment,
+        image: m.image,
+        previous_image: m.previous_image,
+        reason: m.reason,
+        intent_id: m.intent_id,
+        caused_by: m.caused_by,
+    };
+    serde_json::to_string(&intent).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protobuf_intents_read_as_json_intents() {
+        let intent = Intent {
+            action: Action::Rollback,
+            service: "api".into(),
+            environment: "prod".into(),
+            image: "api:v1".into(),
+            previous_image: Some("api:v2".into()),
+            reason: "alert".into(),
+            intent_id: "id-1".into(),
+            caused_by: "alert x".into(),
+        };
+        let bytes = crate::proto::encode_intent(&intent, 42);
+        let json = protobuf_to_json(&bytes).unwrap();
+        assert_eq!(serde_json::from_str::<Intent>(&json).unwrap(), intent);
+        assert!(protobuf_to_json(b"\xff\xff").is_none());
     }
 }
