@@ -1047,3 +1047,51 @@ mod kafka {
         );
     }
 }
+
+#[test]
+fn commits_are_signed_with_an_ssh_key_when_asked() {
+    let repo = Repo::new(&["prod"], &services(1));
+    let key = repo.path().join("signing-key");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "sluice", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen runs");
+    assert_ok(&keygen);
+    let extra = format!("[signing]\nformat = \"ssh\"\nkey = \"{}\"", key.display());
+    let config = repo.config("commit.toml", &repo.url(), &["prod"], "");
+    let with_signing = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[author]", &format!("{extra}\n[author]"));
+    std::fs::write(&config, with_signing).unwrap();
+    let input = repo.path().join("intents.jsonl");
+    write_lines(
+        &input,
+        &[intent(
+            "s1",
+            "deploy",
+            "svc-00",
+            "prod",
+            "registry.example.com/svc-00:v1",
+        )],
+    );
+    assert_ok(&commit_run(&config, &input, &repo.path().join("work"), &[]));
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let allowed = repo.path().join("allowed_signers");
+    std::fs::write(&allowed, format!("sluice@example.com {public}")).unwrap();
+    let verify = git_output(
+        &repo.bare(),
+        &[
+            "-c",
+            &format!("gpg.ssh.allowedSignersFile={}", allowed.display()),
+            "verify-commit",
+            "main",
+        ],
+    );
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+    assert!(
+        text(&verify.stderr).contains("Good \"git\" signature"),
+        "{}",
+        text(&verify.stderr)
+    );
+}
