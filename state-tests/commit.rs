@@ -1095,3 +1095,71 @@ fn commits_are_signed_with_an_ssh_key_when_asked() {
         text(&verify.stderr)
     );
 }
+
+#[test]
+fn kustomize_entries_follow_and_each_branch_gets_its_own_commit() {
+    let repo = Repo::new(&["prod", "staging"], &services(2));
+    let seed = repo.path().join("seed");
+    git(&seed, &["checkout", "--quiet", "-b", "staging"]);
+    let kustomization = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - svc-00.yaml  # the app\nimages:\n  - name: registry.example.com/svc-00\n    newTag: v0\n";
+    std::fs::write(seed.join("envs/staging/kustomization.yaml"), kustomization).unwrap();
+    git(&seed, &["add", "-A"]);
+    git(&seed, &["commit", "--quiet", "-m", "staging kustomization"]);
+    git(&seed, &["push", "--quiet", "origin", "staging"]);
+    let config = repo.path().join("commit.toml");
+    let url = repo.url();
+    std::fs::write(
+        &config,
+        format!("[repository]\nurl = \"{url}\"\n[author]\nname = \"Sluice\"\nemail = \"sluice@example.com\"\n[[environments]]\nname = \"prod\"\nbranch = \"main\"\ndirectory = \"envs/prod\"\n[[environments]]\nname = \"staging\"\nbranch = \"staging\"\ndirectory = \"envs/staging\"\n"),
+    )
+    .unwrap();
+    let input = repo.path().join("intents.jsonl");
+    write_lines(
+        &input,
+        &[
+            intent(
+                "p1",
+                "deploy",
+                "svc-00",
+                "prod",
+                "registry.example.com/svc-00:v5",
+            ),
+            intent(
+                "s1",
+                "deploy",
+                "svc-00",
+                "staging",
+                "registry.example.com/svc-00:v6",
+            ),
+        ],
+    );
+    assert_ok(&commit_run(&config, &input, &repo.path().join("work"), &[]));
+    let trailers = |branch: &str| {
+        git(
+            &repo.bare(),
+            &[
+                "log",
+                "-1",
+                "--format=%(trailers:key=Sluice-Intent,valueonly)",
+                branch,
+            ],
+        )
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(trailers("main"), "p1");
+    assert_eq!(trailers("staging"), "s1");
+    assert_eq!(
+        repo.file("envs/prod/svc-00.yaml"),
+        manifest("svc-00", "registry.example.com/svc-00:v5")
+    );
+    let show = |path: &str| git(&repo.bare(), &["show", &format!("staging:{path}")]);
+    assert_eq!(
+        show("envs/staging/svc-00.yaml"),
+        manifest("svc-00", "registry.example.com/svc-00:v6")
+    );
+    assert_eq!(
+        show("envs/staging/kustomization.yaml"),
+        kustomization.replace("newTag: v0", "newTag: v6")
+    );
+}
