@@ -8,7 +8,7 @@
 //! redelivery into no-ops.
 
 use std::collections::HashMap;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use super::batch::Delivery;
 use crate::record::{Action, Intent};
+use crate::replay::MAX_LINE_BYTES;
 use crate::topology::Format;
 
 /// A source that failed; nothing was acknowledged.
@@ -90,17 +91,33 @@ impl IntentSource for FileSource {
         let mut buf = String::new();
         loop {
             buf.clear();
-            let n = self
-                .lines
+            // Bounded, so that a file without line breaks cannot exhaust memory.
+            let n = (&mut self.lines)
+                .take(MAX_LINE_BYTES as u64 + 1)
                 .read_line(&mut buf)
                 .map_err(|cause| SourceError::Io {
                     path: self.path.clone(),
                     cause,
                 })?;
             if n == 0 {
+                if self.skipped_lines > 0 {
+                    tracing::info!(lines = self.skipped_lines, topic = %self.topic, "lines of other topics skipped");
+                }
                 return Ok(Next::End);
             }
             self.line_no += 1;
+            if buf.len() > MAX_LINE_BYTES {
+                return Err(SourceError::Io {
+                    path: self.path.clone(),
+                    cause: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "line {} is longer than {MAX_LINE_BYTES} bytes",
+                            self.line_no
+                        ),
+                    ),
+                });
+            }
             let text = buf.trim_end();
             if text.is_empty() {
                 continue;
