@@ -1163,3 +1163,30 @@ fn kustomize_entries_follow_and_each_branch_gets_its_own_commit() {
         kustomization.replace("newTag: v0", "newTag: v6")
     );
 }
+
+#[test]
+fn a_missing_branch_or_a_busy_work_directory_fails_at_once() {
+    let repo = Repo::new(&["prod"], &services(1));
+    let config = repo.config("commit.toml", &repo.url(), &["prod"], "");
+    let on_release = std::fs::read_to_string(&config).unwrap().replace("branch = \"main\"", "branch = \"release\"");
+    std::fs::write(&config, on_release).unwrap();
+    let input = repo.path().join("intents.jsonl");
+    write_lines(&input, &[intent("m1", "deploy", "svc-00", "prod", "registry.example.com/svc-00:v1")]);
+    let started = Instant::now();
+    let out = commit_run(&config, &input, &repo.path().join("work"), &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("branch release does not exist in file://"), "{}", text(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(10), "no retrying what cannot change");
+
+    let config = repo.config("main.toml", &repo.url(), &["prod"], "");
+    let work = repo.path().join("busy");
+    std::fs::create_dir_all(&work).unwrap();
+    let lock = std::fs::File::create(work.join("lock")).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
+    let out = commit_run(&config, &input, &work, &[]);
+    assert!(text(&out.stderr).contains("is in use by another committer"), "{}", text(&out.stderr));
+    drop(lock);
+    assert_ok(&commit_run(&config, &input, &work, &[]));
+    assert_eq!(repo.trailers(), ["m1"]);
+}

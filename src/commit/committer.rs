@@ -26,6 +26,8 @@ pub enum CommitError {
     DeadLetter(#[from] DeadLetterError),
     #[error("work directory {path}: {cause}")]
     WorkDir { path: String, cause: std::io::Error },
+    #[error("branch {branch} does not exist in {url}: create it first (the committer never creates branches)")]
+    NoBranch { branch: String, url: String },
     #[error("work directory {0} is in use by another committer")]
     Locked(String),
     #[error("branch {branch}: gave up after {attempts} attempts in {seconds:.1}s; nothing was acknowledged; last error: {last}")]
@@ -394,7 +396,14 @@ fn open_clone<'r>(
         attempts += 1;
         match BranchClone::open(remote, work_dir, branch) {
             Ok(clone) => return Ok(clone),
+            // Retrying cannot fix these.
             Err(e @ (GitError::MissingToken(_) | GitError::Spawn { .. })) => return Err(e.into()),
+            Err(e) if is_missing_branch(&e) => {
+                return Err(CommitError::NoBranch {
+                    branch: branch.into(),
+                    url: remote.shown_url(),
+                })
+            }
             Err(e) if started.elapsed() >= config.push.give_up_after => {
                 return Err(CommitError::GaveUp {
                     branch: branch.into(),
@@ -409,6 +418,12 @@ fn open_clone<'r>(
         }
         std::thread::sleep(backoff.next_wait());
     }
+}
+
+/// Whether git said the branch does not exist on the remote.
+fn is_missing_branch(e: &GitError) -> bool {
+    matches!(e, GitError::Failed { message, .. }
+        if message.contains("not found in upstream") || message.contains("couldn't find remote ref"))
 }
 
 /// The fields of an intent that logs name it by.

@@ -654,29 +654,47 @@ fn read_environments(root: &mut TableReader<'_, '_, '_>) -> Option<Vec<Environme
             ok = false;
             continue;
         };
+        let (name_key, dir_key) = (t.key_path("name"), t.key_path("directory"));
         let env = read_environment(&mut t);
         t.finish();
-        match env {
-            Some((env, pos)) if out.iter().any(|e| e.name == env.name) => {
-                diags.error(
-                    pos,
-                    t_path(&env),
-                    format!("environment `{}` is defined twice", env.name),
-                );
-                ok = false;
-            }
-            Some((env, _)) => out.push(env),
-            None => ok = false,
+        let Some((env, name_pos, dir_pos)) = env else {
+            ok = false;
+            continue;
+        };
+        if out.iter().any(|e| e.name == env.name) {
+            let msg = format!("environment `{}` is defined twice", env.name);
+            diags.error(name_pos, name_key, msg);
+            ok = false;
+        } else if let Some(other) = out.iter().find(|e| e.branch == env.branch && overlap(e, &env)) {
+            let msg = format!(
+                "overlaps the directory of environment `{}` on branch {}; each environment owns its directory",
+                other.name, env.branch
+            );
+            diags.error(dir_pos, dir_key, msg);
+            ok = false;
+        } else {
+            out.push(env);
         }
     }
     ok.then_some(out)
 }
 
-fn t_path(env: &Environment) -> String {
-    format!("environments.{}", env.name)
+/// Whether one directory contains the other.
+fn overlap(a: &Environment, b: &Environment) -> bool {
+    let parts = |e: &Environment| -> Vec<std::ffi::OsString> {
+        e.directory
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(p) => Some(p.to_owned()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (a, b) = (parts(a), parts(b));
+    a.iter().zip(&b).all(|(x, y)| x == y)
 }
 
-fn read_environment(t: &mut TableReader<'_, '_, '_>) -> Option<(Environment, Pos)> {
+fn read_environment(t: &mut TableReader<'_, '_, '_>) -> Option<(Environment, Pos, Pos)> {
     let name = t.required_string("name");
     let branch = t.required_string("branch");
     let directory = t.required_string("directory");
@@ -707,6 +725,7 @@ fn read_environment(t: &mut TableReader<'_, '_, '_>) -> Option<(Environment, Pos
                 directory: PathBuf::from(directory.value),
             },
             name.pos,
+            directory.pos,
         )
     })
 }
@@ -825,6 +844,17 @@ mod tests {
             let text = errors(&MINIMAL.replace(from, to));
             assert!(text.contains(message), "{from} -> {to}: {text}");
         }
+    }
+
+    #[test]
+    fn environments_own_distinct_directories() {
+        let second = "[[environments]]\nname = \"all\"\nbranch = \"main\"\ndirectory = \"./envs\"\n";
+        let text = errors(&format!("{MINIMAL}{second}"));
+        assert!(text.contains("c.toml:13:14: `environments[1].directory`: overlaps the directory of environment `prod`"), "{text}");
+        let other_branch = second.replace("\"main\"", "\"release\"");
+        assert!(CommitConfig::parse("c.toml", &format!("{MINIMAL}{other_branch}")).is_ok());
+        let twice = errors(&format!("{MINIMAL}{}", second.replace("all", "prod")));
+        assert!(twice.contains("`environments[1].name`: environment `prod` is defined twice"), "{twice}");
     }
 
     #[test]
