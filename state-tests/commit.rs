@@ -685,32 +685,7 @@ impl Drop for Daemon {
 fn a_repository_served_by_git_daemon_over_tcp() {
     let repo = Repo::new(&["prod"], &services(3));
     let port = free_port();
-    let daemon = Daemon(
-        // git-daemon itself, not the `git` wrapper, which would leave it
-        // running (and holding our output) when killed.
-        Command::new(Path::new(git(Path::new("."), &["--exec-path"]).trim()).join("git-daemon"))
-            .args([
-                "--export-all",
-                "--enable=receive-pack",
-                "--reuseaddr",
-                "--listen=127.0.0.1",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", repo.path().display()))
-            .arg(repo.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("git daemon starts"),
-    );
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "git daemon does not listen"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = start_daemon(repo.path(), port);
     let url = format!("git://127.0.0.1:{port}/remote.git");
     let config = repo.config("commit.toml", &url, &["prod"], "");
     let input = repo.path().join("intents.jsonl");
@@ -1168,25 +1143,123 @@ fn kustomize_entries_follow_and_each_branch_gets_its_own_commit() {
 fn a_missing_branch_or_a_busy_work_directory_fails_at_once() {
     let repo = Repo::new(&["prod"], &services(1));
     let config = repo.config("commit.toml", &repo.url(), &["prod"], "");
-    let on_release = std::fs::read_to_string(&config).unwrap().replace("branch = \"main\"", "branch = \"release\"");
+    let on_release = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("branch = \"main\"", "branch = \"release\"");
     std::fs::write(&config, on_release).unwrap();
     let input = repo.path().join("intents.jsonl");
-    write_lines(&input, &[intent("m1", "deploy", "svc-00", "prod", "registry.example.com/svc-00:v1")]);
+    write_lines(
+        &input,
+        &[intent(
+            "m1",
+            "deploy",
+            "svc-00",
+            "prod",
+            "registry.example.com/svc-00:v1",
+        )],
+    );
     let started = Instant::now();
     let out = commit_run(&config, &input, &repo.path().join("work"), &[]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("branch release does not exist in file://"), "{}", text(&out.stderr));
-    assert!(started.elapsed() < Duration::from_secs(10), "no retrying what cannot change");
+    assert!(
+        text(&out.stderr).contains("branch release does not exist in file://"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no retrying what cannot change"
+    );
 
     let config = repo.config("main.toml", &repo.url(), &["prod"], "");
     let work = repo.path().join("busy");
     std::fs::create_dir_all(&work).unwrap();
     let lock = std::fs::File::create(work.join("lock")).unwrap();
     // SAFETY: flock on a descriptor this test owns.
-    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
     let out = commit_run(&config, &input, &work, &[]);
-    assert!(text(&out.stderr).contains("is in use by another committer"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is in use by another committer"),
+        "{}",
+        text(&out.stderr)
+    );
     drop(lock);
     assert_ok(&commit_run(&config, &input, &work, &[]));
     assert_eq!(repo.trailers(), ["m1"]);
+}
+
+fn start_daemon(base: &Path, port: u16) -> Daemon {
+    let daemon = Daemon(
+        Command::new(Path::new(git(Path::new("."), &["--exec-path"]).trim()).join("git-daemon"))
+            .args([
+                "--export-all",
+                "--enable=receive-pack",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon starts"),
+    );
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "git daemon does not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon
+}
+
+#[test]
+fn a_remote_that_goes_away_mid_run_is_retried_until_it_is_back() {
+    let svcs = services(10);
+    let repo = Repo::new(&["prod"], &svcs);
+    let port = free_port();
+    let mut daemon = start_daemon(repo.path(), port);
+    let url = format!("git://127.0.0.1:{port}/remote.git");
+    let extra = "[batch]\nmax_intents = 5\n[push]\nper_second = 2\nmin_backoff = \"20ms\"\nmax_backoff = \"200ms\"\n";
+    let config = repo.config("commit.toml", &url, &["prod"], extra);
+    let (lines, newest) = deploys("u", 60, &svcs, "prod");
+    let input = repo.path().join("intents.jsonl");
+    write_lines(&input, &lines);
+    let child = sluice()
+        .args(["-v", "commit"])
+        .arg(&config)
+        .arg("--input")
+        .arg(&input)
+        .arg("--work-dir")
+        .arg(repo.path().join("work"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while repo.commit_count() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(daemon);
+    let down_at = repo.commit_count();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        repo.commit_count(),
+        down_at,
+        "nothing pushed while the remote is away"
+    );
+    daemon = start_daemon(repo.path(), port);
+    let out = child.wait_with_output().unwrap();
+    drop(daemon);
+    assert_ok(&out);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("push failed, retrying"), "{stderr}");
+    assert_converged(&repo, 60, "u", &newest, "prod");
 }
