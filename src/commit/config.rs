@@ -665,7 +665,10 @@ fn read_environments(root: &mut TableReader<'_, '_, '_>) -> Option<Vec<Environme
             let msg = format!("environment `{}` is defined twice", env.name);
             diags.error(name_pos, name_key, msg);
             ok = false;
-        } else if let Some(other) = out.iter().find(|e| e.branch == env.branch && overlap(e, &env)) {
+        } else if let Some(other) = out
+            .iter()
+            .find(|e| e.branch == env.branch && overlap(e, &env))
+        {
             let msg = format!(
                 "overlaps the directory of environment `{}` on branch {}; each environment owns its directory",
                 other.name, env.branch
@@ -848,13 +851,42 @@ mod tests {
 
     #[test]
     fn environments_own_distinct_directories() {
-        let second = "[[environments]]\nname = \"all\"\nbranch = \"main\"\ndirectory = \"./envs\"\n";
+        let second =
+            "[[environments]]\nname = \"all\"\nbranch = \"main\"\ndirectory = \"./envs\"\n";
         let text = errors(&format!("{MINIMAL}{second}"));
         assert!(text.contains("c.toml:13:14: `environments[1].directory`: overlaps the directory of environment `prod`"), "{text}");
         let other_branch = second.replace("\"main\"", "\"release\"");
         assert!(CommitConfig::parse("c.toml", &format!("{MINIMAL}{other_branch}")).is_ok());
         let twice = errors(&format!("{MINIMAL}{}", second.replace("all", "prod")));
-        assert!(twice.contains("`environments[1].name`: environment `prod` is defined twice"), "{twice}");
+        assert!(
+            twice.contains("`environments[1].name`: environment `prod` is defined twice"),
+            "{twice}"
+        );
+    }
+
+    const FULL: &str = "work_dir = \"/w\"\ndead_letter_file = \"d.jsonl\"\n[repository]\nurl = \"ssh://git@git.example.com/d.git\"\nssh_key_file = \"/k\"\n[author]\nname = \"S\"\nemail = \"s@example.com\"\n[signing]\nformat = \"ssh\"\nkey = \"/s\"\n[batch]\nwindow = \"2s\"\nmax_intents = 5\nsubject = \"{service}\"\nmulti_subject = \"{count}\"\nline = \"{reason}\"\n[push]\nper_second = 3\nmin_backoff = \"10ms\"\nmax_backoff = \"1s\"\ngive_up_after = \"1m\"\n[kafka]\nbrokers = \"b:9092\"\ntopic = \"t\"\ngroup = \"g\"\ndead_letter_topic = \"dl\"\nformat = \"protobuf\"\n[kafka.properties]\n\"client.id\" = \"c\"\n[kafka.secrets]\n\"sasl.password\" = { env = \"P\" }\n[[environments]]\nname = \"prod\"\nbranch = \"main\"\ndirectory = \"envs/prod\"\n";
+
+    #[test]
+    fn every_key_is_read_and_no_mutation_panics() {
+        let c = CommitConfig::parse("c.toml", FULL).unwrap();
+        assert_eq!(c.kafka.format, Format::Protobuf);
+        assert_eq!(c.push.give_up_after, Duration::from_secs(60));
+        assert!(c.signing.is_some() && c.work_dir.is_some() && c.dead_letter_file.is_some());
+        let lines: Vec<&str> = FULL.lines().collect();
+        for i in 0..lines.len() {
+            let mut without = lines.clone();
+            without.remove(i);
+            let _ = CommitConfig::parse("c.toml", &without.join("\n"));
+            for replacement in ["1", "0", "-1", "[]", "{}", "true", "\"\"", "\"x\""] {
+                let mut changed = lines.clone();
+                let swapped;
+                if let Some((key, _)) = lines[i].split_once(" = ") {
+                    swapped = format!("{key} = {replacement}");
+                    changed[i] = &swapped;
+                    let _ = CommitConfig::parse("c.toml", &changed.join("\n"));
+                }
+            }
+        }
     }
 
     #[test]
