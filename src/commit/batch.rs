@@ -372,6 +372,71 @@ mod tests {
         assert!(plan.changes.is_empty());
     }
 
+    proptest::proptest! {
+        /// Against an oracle written from the rules in the module comment:
+        /// per service the newest intent decides, committed ones are done,
+        /// and the trailers list exactly the applied and superseded intents.
+        #[test]
+        fn plans_follow_the_rules(
+            intents in proptest::collection::vec((0usize..3, 0u32..4, proptest::bool::ANY), 0..12)
+        ) {
+            let config = CommitConfig::parse("c.toml", CONFIG).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("envs/prod")).unwrap();
+            let services = ["api", "web", "db"];
+            for s in services {
+                let text = format!("image: {s}:v0 # {{\"sluice\": \"{s}\"}}\n");
+                std::fs::write(dir.path().join(format!("envs/prod/{s}.yaml")), text).unwrap();
+            }
+            let ds: Vec<Delivery> = intents
+                .iter()
+                .enumerate()
+                .map(|(i, (s, v, _))| delivery(&format!("i{i}"), "deploy", services[*s], &format!("{}:v{v}", services[*s])))
+                .collect();
+            let checked: Vec<Checked> = ds.iter().map(|d| check(d, &config).unwrap()).collect();
+            let items: Vec<(usize, &Checked)> = checked.iter().enumerate().collect();
+            let committed = |id: &str| {
+                id[1..].parse::<usize>().is_ok_and(|i| intents[i].2)
+            };
+            let plan = plan_branch(dir.path(), &config.environments, &items, committed);
+
+            let mut expected = vec![""; intents.len()];
+            let mut images: Vec<String> = services.iter().map(|s| format!("{s}:v0")).collect();
+            for (s, service) in services.iter().enumerate() {
+                let group: Vec<usize> = (0..intents.len()).filter(|&i| intents[i].0 == s).collect();
+                let Some(&newest) = group.last() else { continue };
+                let image = format!("{service}:v{}", intents[newest].1);
+                let outcome = if intents[newest].2 {
+                    "already_committed"
+                } else if image == images[s] {
+                    "already_applied"
+                } else {
+                    images[s] = image;
+                    "applied"
+                };
+                expected[newest] = outcome;
+                for &i in &group[..group.len() - 1] {
+                    expected[i] = if intents[i].2 { "already_committed" } else { "superseded" };
+                }
+            }
+            let got: Vec<&str> = plan.outcomes.iter().map(|(_, o)| o.label()).collect();
+            proptest::prop_assert_eq!(&got, &expected);
+            let any_change = expected.contains(&"applied");
+            let trailers: Vec<String> = (0..intents.len())
+                .filter(|&i| any_change && matches!(expected[i], "applied" | "superseded"))
+                .map(|i| format!("i{i}"))
+                .collect();
+            proptest::prop_assert_eq!(&plan.trailer_ids, &trailers);
+            for (s, service) in services.iter().enumerate() {
+                let file = plan.files.iter().flat_map(|f| &f.files).find(|f| f.path.ends_with(format!("{service}.yaml")));
+                if let Some(f) = file {
+                    let want = format!("image: {} # {{\"sluice\": \"{service}\"}}\n", images[s]);
+                    proptest::prop_assert_eq!(f.text.as_deref().unwrap(), want.as_str());
+                }
+            }
+        }
+    }
+
     #[test]
     fn an_image_already_in_the_files_makes_no_change() {
         let config = CommitConfig::parse("c.toml", CONFIG).unwrap();
