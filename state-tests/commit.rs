@@ -456,6 +456,28 @@ fn bad_intents_are_refused_with_a_reason_and_never_reach_a_file() {
     {
         assert!(reasons[i].contains(expected), "letter {i}: {}", reasons[i]);
     }
+    let kinds: Vec<&str> = letters
+        .iter()
+        .map(|l| l["value"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "invalid_image",
+            "invalid_image",
+            "no_marker",
+            "unknown_environment",
+            "invalid_service",
+            "no_marker",
+            "invalid_image",
+            "not_an_intent"
+        ]
+    );
+    let summary = text(&out.stderr);
+    assert!(
+        summary.contains("(dead letters: invalid_image 3, invalid_service 1, no_marker 2, not_an_intent 1, unknown_environment 1)"),
+        "{summary}"
+    );
     assert_eq!(
         letters[0]["value"]["value"]["intent_id"], "i1",
         "the intent is kept as JSON"

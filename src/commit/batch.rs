@@ -53,7 +53,53 @@ pub enum Outcome {
     /// A hold: logged and counted, nothing changes.
     Held,
     /// Refused, with the reason; goes to the dead letters.
-    DeadLetter(String),
+    DeadLetter(Refusal),
+}
+
+/// Why an intent was refused: a kind to count by, and the full reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub reason: String,
+}
+
+/// The kinds of refusal, each counted on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RefusalKind {
+    /// Not JSON, or not the shape of an intent.
+    NotAnIntent,
+    /// An `intent_id` that could not stand in a trailer.
+    InvalidIntentId,
+    /// An environment the config does not name.
+    UnknownEnvironment,
+    InvalidService,
+    /// Not an OCI reference, or one that could not be written safely.
+    InvalidImage,
+    /// No marker for the service in the environment's directory.
+    NoMarker,
+    /// The environment's directory is missing or leads out of the repository.
+    DirectoryUnusable,
+    /// A file holding the service's marker cannot be edited.
+    FileNotEditable,
+}
+
+impl RefusalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::NotAnIntent => "not_an_intent",
+            RefusalKind::InvalidIntentId => "invalid_intent_id",
+            RefusalKind::UnknownEnvironment => "unknown_environment",
+            RefusalKind::InvalidService => "invalid_service",
+            RefusalKind::InvalidImage => "invalid_image",
+            RefusalKind::NoMarker => "no_marker",
+            RefusalKind::DirectoryUnusable => "directory_unusable",
+            RefusalKind::FileNotEditable => "file_not_editable",
+        }
+    }
+}
+
+fn refused(kind: RefusalKind, reason: String) -> Outcome {
+    Outcome::DeadLetter(Refusal { kind, reason })
 }
 
 impl Outcome {
@@ -81,16 +127,17 @@ pub struct Checked {
 
 /// Parses and checks a delivery; `Err` is its final outcome (held or refused).
 pub fn check(d: &Delivery, config: &CommitConfig) -> Result<Checked, Outcome> {
-    let refuse = |reason: String| Err(Outcome::DeadLetter(reason));
+    use RefusalKind::*;
+    let refuse = |kind, reason: String| Err(refused(kind, reason));
     let intent: Intent = match serde_json::from_str(&d.value) {
         Ok(i) => i,
-        Err(e) => return refuse(format!("not a deployment intent: {e}")),
+        Err(e) => return refuse(NotAnIntent, format!("not a deployment intent: {e}")),
     };
     if !is_intent_id(&intent.intent_id) {
-        return refuse(format!(
-            "invalid intent_id `{}`",
-            printable(&intent.intent_id)
-        ));
+        return refuse(
+            InvalidIntentId,
+            format!("invalid intent_id `{}`", printable(&intent.intent_id)),
+        );
     }
     if intent.action == Action::Hold {
         return Err(Outcome::Held);
@@ -100,21 +147,27 @@ pub fn check(d: &Delivery, config: &CommitConfig) -> Result<Checked, Outcome> {
         .iter()
         .position(|e| e.name == intent.environment)
     else {
-        return refuse(format!(
-            "no environment `{}` in {}",
-            printable(&intent.environment),
-            config.file
-        ));
+        return refuse(
+            UnknownEnvironment,
+            format!(
+                "no environment `{}` in {}",
+                printable(&intent.environment),
+                config.file
+            ),
+        );
     };
     if !crate::record::oci::is_name(&intent.service) {
-        return refuse(format!(
-            "invalid service name `{}`",
-            printable(&intent.service)
-        ));
+        return refuse(
+            InvalidService,
+            format!("invalid service name `{}`", printable(&intent.service)),
+        );
     }
     match ImageRef::parse(&intent.image) {
         Ok(image) => Ok(Checked { intent, image, env }),
-        Err(e) => refuse(format!("invalid image `{}`: {e}", printable(&intent.image))),
+        Err(e) => refuse(
+            InvalidImage,
+            format!("invalid image `{}`: {e}", printable(&intent.image)),
+        ),
     }
 }
 
@@ -159,7 +212,7 @@ pub fn plan_branch(
         for &(at, c) in older {
             let outcome = match (&newest_outcome, is_committed(&c.intent.intent_id)) {
                 (_, true) => Outcome::AlreadyCommitted,
-                (Outcome::DeadLetter(reason), false) => Outcome::DeadLetter(reason.clone()),
+                (Outcome::DeadLetter(r), false) => Outcome::DeadLetter(r.clone()),
                 (_, false) => Outcome::Superseded,
             };
             plan.outcomes.push((at, outcome));
@@ -205,7 +258,7 @@ fn apply(
     changes: &mut Vec<Change>,
 ) -> Outcome {
     if let Some(reason) = &files.unusable {
-        return Outcome::DeadLetter(reason.clone());
+        return refused(RefusalKind::DirectoryUnusable, reason.clone());
     }
     let service = c.intent.service.as_str();
     let mut edited: Vec<(usize, String)> = Vec::new();
@@ -226,12 +279,15 @@ fn apply(
             Ok(Edit::Unchanged) => found = true,
             Ok(Edit::NoMarker) => {}
             Err(e) => {
-                return Outcome::DeadLetter(format!("{}: {e}", file.path.display()));
+                return refused(
+                    RefusalKind::FileNotEditable,
+                    format!("{}: {e}", file.path.display()),
+                );
             }
         }
     }
     if !found {
-        return Outcome::DeadLetter(no_marker(files, env, service));
+        return refused(RefusalKind::NoMarker, no_marker(files, env, service));
     }
     if edited.is_empty() {
         return Outcome::AlreadyApplied;
@@ -351,7 +407,7 @@ mod tests {
     fn bad_intents_are_refused_with_a_reason() {
         let config = CommitConfig::parse("c.toml", CONFIG).unwrap();
         let reason = |d: Delivery| match check(&d, &config) {
-            Err(Outcome::DeadLetter(r)) => r,
+            Err(Outcome::DeadLetter(r)) => r.reason,
             other => panic!("{other:?}"),
         };
         assert!(reason(delivery("a", "deploy", "api", "api:v1\nkind: x")).contains("invalid image"));
@@ -367,7 +423,7 @@ mod tests {
             false
         });
         assert!(
-            matches!(&plan.outcomes[0].1, Outcome::DeadLetter(r) if r.contains("no marker for service `web`"))
+            matches!(&plan.outcomes[0].1, Outcome::DeadLetter(r) if r.kind == RefusalKind::NoMarker && r.reason.contains("no marker for service `web`"))
         );
         assert!(plan.changes.is_empty());
     }

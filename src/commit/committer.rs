@@ -7,6 +7,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use super::batch::{check, plan_branch, BranchPlan, Checked, Delivery, Outcome};
 use super::config::CommitConfig;
 use super::dead_letter::{DeadLetterError, DeadLetters};
@@ -49,6 +51,8 @@ pub struct Counters {
     pub already_applied: u64,
     pub held: u64,
     pub dead_letters: u64,
+    /// Dead letters by the kind of refusal (`no_marker`, `invalid_image`, ...).
+    pub refusals: BTreeMap<&'static str, u64>,
     pub batches: u64,
     pub commits: u64,
     pub rejected_pushes: u64,
@@ -63,7 +67,10 @@ impl Counters {
             Outcome::AlreadyCommitted => self.already_committed += 1,
             Outcome::AlreadyApplied => self.already_applied += 1,
             Outcome::Held => self.held += 1,
-            Outcome::DeadLetter(_) => self.dead_letters += 1,
+            Outcome::DeadLetter(r) => {
+                self.dead_letters += 1;
+                *self.refusals.entry(r.kind.as_str()).or_default() += 1;
+            }
         }
     }
 
@@ -73,7 +80,19 @@ impl Counters {
             "{} intents: {} applied, {} superseded, {} already committed, {} already applied, {} held, {} dead letters; {} batches, {} commits pushed, {} pushes rejected (remote moved), {} pushes failed",
             self.received, self.applied, self.superseded, self.already_committed, self.already_applied,
             self.held, self.dead_letters, self.batches, self.commits, self.rejected_pushes, self.failed_pushes
-        )
+        ) + &self.render_refusals()
+    }
+
+    fn render_refusals(&self) -> String {
+        if self.refusals.is_empty() {
+            return String::new();
+        }
+        let kinds: Vec<String> = self
+            .refusals
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        format!(" (dead letters: {})", kinds.join(", "))
     }
 }
 
@@ -226,7 +245,12 @@ impl<'r> Committer<'r> {
             }
         }
         for (d, outcome) in batch.iter().zip(outcomes) {
-            let outcome = outcome.unwrap_or(Outcome::DeadLetter("not planned".into()));
+            // Every checked intent's environment has a branch with a clone,
+            // and planning gives every item an outcome.
+            let Some(outcome) = outcome else {
+                tracing::error!(origin = %d.origin, "intent left unplanned");
+                continue;
+            };
             self.report(d, &outcome, dead)?;
         }
         tracing::info!(
@@ -256,9 +280,9 @@ impl<'r> Committer<'r> {
         };
         let (id, service, env) = (&label.intent_id, &label.service, &label.environment);
         match outcome {
-            Outcome::DeadLetter(reason) => {
-                tracing::warn!(origin = %d.origin, intent_id = %id, service = %service, environment = %env, outcome = outcome.label(), reason = %reason, "intent refused");
-                dead.send(d, reason)?;
+            Outcome::DeadLetter(r) => {
+                tracing::warn!(origin = %d.origin, intent_id = %id, service = %service, environment = %env, kind = r.kind.as_str(), reason = %r.reason, "intent refused");
+                dead.send(d, r.kind.as_str(), &r.reason)?;
             }
             Outcome::Applied => {
                 tracing::debug!(origin = %d.origin, intent_id = %id, service = %service, environment = %env, "intent applied")

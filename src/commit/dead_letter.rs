@@ -31,7 +31,12 @@ pub enum DeadLetterError {
 
 pub trait DeadLetters {
     /// Queues one refused intent.
-    fn send(&mut self, delivery: &Delivery, reason: &str) -> Result<(), DeadLetterError>;
+    fn send(
+        &mut self,
+        delivery: &Delivery,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), DeadLetterError>;
     /// Makes everything queued durable; called before offsets are committed.
     fn flush(&mut self) -> Result<(), DeadLetterError>;
 }
@@ -39,6 +44,8 @@ pub trait DeadLetters {
 #[derive(Serialize)]
 struct Value<'a> {
     error: &'a str,
+    /// The kind of refusal, e.g. `no_marker` or `invalid_image`.
+    kind: &'a str,
     origin: &'a str,
     /// The intent as received: JSON when it was JSON, else a string.
     value: Kept<'a>,
@@ -51,10 +58,11 @@ enum Kept<'a> {
     Text(&'a str),
 }
 
-fn value_json(delivery: &Delivery, reason: &str) -> String {
+fn value_json(delivery: &Delivery, kind: &str, reason: &str) -> String {
     let raw: Option<&RawValue> = serde_json::from_str(&delivery.value).ok();
     let value = Value {
         error: reason,
+        kind,
         origin: &delivery.origin,
         value: raw.map_or(Kept::Text(&delivery.value), Kept::Json),
     };
@@ -103,8 +111,13 @@ struct Line<'a> {
 }
 
 impl DeadLetters for FileDeadLetters {
-    fn send(&mut self, delivery: &Delivery, reason: &str) -> Result<(), DeadLetterError> {
-        let value = value_json(delivery, reason);
+    fn send(
+        &mut self,
+        delivery: &Delivery,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), DeadLetterError> {
+        let value = value_json(delivery, kind, reason);
         let raw: &RawValue = serde_json::from_str(&value).map_err(|e| self.io(e.into()))?;
         let line = Line {
             topic: &self.topic,
@@ -171,8 +184,13 @@ impl KafkaDeadLetters {
 }
 
 impl DeadLetters for KafkaDeadLetters {
-    fn send(&mut self, delivery: &Delivery, reason: &str) -> Result<(), DeadLetterError> {
-        let value = value_json(delivery, reason);
+    fn send(
+        &mut self,
+        delivery: &Delivery,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), DeadLetterError> {
+        let value = value_json(delivery, kind, reason);
         let mut record = BaseRecord::to(&self.topic).payload(&value);
         if let Some(key) = &delivery.key {
             record = record.key(key);
