@@ -301,7 +301,7 @@ extern "C" fn request_stop(_: libc::c_int) {
 }
 
 fn run_commit(args: CommitArgs) -> Result<ExitCode> {
-    use sluice::commit::{committer, config::CommitConfig, dead_letter, git::Remote, source};
+    use sluice::commit::{committer, config::CommitConfig, git::Remote};
     let config = CommitConfig::load(&args.config)?;
     if args.check {
         return print_stdout(&format!("{}: ok\n", args.config.display()));
@@ -318,8 +318,28 @@ fn run_commit(args: CommitArgs) -> Result<ExitCode> {
         .clone()
         .or_else(|| config.work_dir.clone())
         .unwrap_or_else(|| PathBuf::from(".sluice-commit"));
+    // Inputs first: a missing file or broker setting fails before any clone.
+    let mut source = open_intent_source(&args, &config)?;
+    let (mut dead, dead_file) = open_dead_letters(&args, &config, &work_dir)?;
     let remote = Remote::new(&config.repository, &config.author, config.signing.as_ref())?;
     let mut committer = committer::Committer::open(&config, &remote, &work_dir)?;
+    stop_on_signals();
+    let opts = committer::RunOptions {
+        stop: &STOP,
+        idle_exit,
+        on_batch: &mut |_, _| {},
+    };
+    let result = committer.run(source.as_mut(), dead.as_mut(), opts);
+    eprintln!("sluice commit: {}", committer.counters.render());
+    if let Some(path) = dead_file.filter(|_| committer.counters.dead_letters > 0) {
+        eprintln!("sluice commit: dead letters in {}", path.display());
+    }
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM let the committer finish its batch, then stop.
+fn stop_on_signals() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(
@@ -331,18 +351,65 @@ fn run_commit(args: CommitArgs) -> Result<ExitCode> {
             request_stop as *const () as libc::sighandler_t,
         );
     }
-    let kafka_client = || -> Result<rdkafka::ClientConfig> {
-        let brokers = args
-            .brokers
-            .clone()
-            .or_else(|| config.kafka.brokers.clone())
-            .context("no brokers: pass --brokers or --input, or set brokers in [kafka]")?;
-        Ok(sluice::kafka::client_config(
-            &config.kafka.client,
-            &brokers,
-        )?)
-    };
-    let dead_file = args.dead_letters.clone().or_else(|| {
+}
+
+fn commit_kafka_client(
+    args: &CommitArgs,
+    config: &sluice::commit::config::CommitConfig,
+) -> Result<rdkafka::ClientConfig> {
+    let brokers = args
+        .brokers
+        .clone()
+        .or_else(|| config.kafka.brokers.clone())
+        .context("no brokers: pass --brokers or --input, or set brokers in [kafka]")?;
+    Ok(sluice::kafka::client_config(
+        &config.kafka.client,
+        &brokers,
+    )?)
+}
+
+/// `--input` (a replay output file, `-` for stdin), else the Kafka topic.
+fn open_intent_source(
+    args: &CommitArgs,
+    config: &sluice::commit::config::CommitConfig,
+) -> Result<Box<dyn sluice::commit::source::IntentSource>> {
+    use sluice::commit::source::{FileSource, KafkaSource};
+    let topic = config.kafka.topic.clone();
+    Ok(match args.input.as_deref() {
+        Some("-") => Box::new(FileSource::new(
+            Box::new(BufReader::new(io::stdin().lock())),
+            "<stdin>".into(),
+            topic,
+        )),
+        Some(path) => {
+            let file = File::open(path).with_context(|| format!("cannot open input {path}"))?;
+            Box::new(FileSource::new(
+                Box::new(BufReader::new(file)),
+                path.into(),
+                topic,
+            ))
+        }
+        None => Box::new(KafkaSource::new(
+            commit_kafka_client(args, config)?,
+            &config.kafka.group,
+            &topic,
+            config.kafka.format,
+        )?),
+    })
+}
+
+/// A dead-letter file (`--dead-letters`, or with `--input` the config's
+/// file or one in the work directory), else the dead-letter topic.
+fn open_dead_letters(
+    args: &CommitArgs,
+    config: &sluice::commit::config::CommitConfig,
+    work_dir: &Path,
+) -> Result<(
+    Box<dyn sluice::commit::dead_letter::DeadLetters>,
+    Option<PathBuf>,
+)> {
+    use sluice::commit::dead_letter::{FileDeadLetters, KafkaDeadLetters};
+    let file = args.dead_letters.clone().or_else(|| {
         args.input.as_ref().map(|_| {
             config
                 .dead_letter_file
@@ -351,43 +418,22 @@ fn run_commit(args: CommitArgs) -> Result<ExitCode> {
         })
     });
     let topic = &config.kafka.dead_letter_topic;
-    let mut dead: Box<dyn dead_letter::DeadLetters> = match &dead_file {
-        Some(path) => Box::new(dead_letter::FileDeadLetters::open(path, topic)?),
-        None => Box::new(dead_letter::KafkaDeadLetters::new(kafka_client()?, topic)?),
-    };
-    let mut src: Box<dyn source::IntentSource> = match args.input.as_deref() {
-        Some("-") => Box::new(source::FileSource::new(
-            Box::new(BufReader::new(io::stdin().lock())),
-            "<stdin>".into(),
-            config.kafka.topic.clone(),
-        )),
+    Ok(match &file {
         Some(path) => {
-            let file = File::open(path).with_context(|| format!("cannot open input {path}"))?;
-            Box::new(source::FileSource::new(
-                Box::new(BufReader::new(file)),
-                path.into(),
-                config.kafka.topic.clone(),
-            ))
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            (Box::new(FileDeadLetters::open(path, topic)?), file)
         }
-        None => Box::new(source::KafkaSource::new(
-            kafka_client()?,
-            &config.kafka.group,
-            &config.kafka.topic,
-            config.kafka.format,
-        )?),
-    };
-    let opts = committer::RunOptions {
-        stop: &STOP,
-        idle_exit,
-        on_batch: &mut |_, _| {},
-    };
-    let result = committer.run(src.as_mut(), dead.as_mut(), opts);
-    eprintln!("sluice commit: {}", committer.counters.render());
-    if let Some(path) = dead_file.filter(|_| committer.counters.dead_letters > 0) {
-        eprintln!("sluice commit: dead letters in {}", path.display());
-    }
-    result?;
-    Ok(ExitCode::SUCCESS)
+        None => (
+            Box::new(KafkaDeadLetters::new(
+                commit_kafka_client(args, config)?,
+                topic,
+            )?),
+            None,
+        ),
+    })
 }
 
 fn run_flood(args: FloodArgs) -> Result<ExitCode> {
