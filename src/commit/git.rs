@@ -150,10 +150,22 @@ impl Remote {
             cmd.stdin(Stdio::piped());
         }
         let mut child = cmd.spawn().map_err(spawn_err)?;
-        if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
-            stdin.write_all(bytes).map_err(spawn_err)?;
-        }
-        child.wait_with_output().map_err(spawn_err)
+        let stdin = child.stdin.take();
+        // Written from another thread, so that git can never block on a
+        // full stdout while we block on a full stdin.
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(move || match (input, stdin) {
+                (Some(bytes), Some(mut pipe)) => pipe.write_all(bytes),
+                _ => Ok(()),
+            });
+            let output = child.wait_with_output().map_err(spawn_err)?;
+            match writer.join() {
+                // git stopped reading: its status and stderr say why.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(output),
+                Ok(Err(e)) => Err(spawn_err(e)),
+                Ok(Ok(())) | Err(_) => Ok(output),
+            }
+        })
     }
 
     fn failure(&self, op: &str, out: &Output) -> GitError {
