@@ -69,6 +69,10 @@ impl Remote {
             ("commit.gpgSign".into(), "false".into()),
             ("core.autocrlf".into(), "false".into()),
             ("credential.helper".into(), String::new()),
+            // No garbage collection inside a commit or fetch, where it would
+            // add seconds to a push now and then: see BranchClone::pushed.
+            ("gc.auto".into(), "0".into()),
+            ("maintenance.auto".into(), "false".into()),
         ];
         let mut secrets = Vec::new();
         match &repo.credentials {
@@ -254,7 +258,12 @@ pub struct BranchClone<'r> {
     /// Intent ids found in trailers of the branch up to `indexed_tip`.
     committed: HashSet<String>,
     indexed_tip: String,
+    /// Pushes since the clone's objects were last packed.
+    pushes_since_gc: u32,
 }
+
+/// How many pushes go by between two `git gc --auto` runs on a clone.
+const GC_EVERY: u32 = 50;
 
 impl<'r> BranchClone<'r> {
     /// Opens the clone under `work_dir` (cloning it the first time) and
@@ -267,6 +276,7 @@ impl<'r> BranchClone<'r> {
             branch: branch.into(),
             committed: HashSet::new(),
             indexed_tip: String::new(),
+            pushes_since_gc: 0,
         };
         if clone.dir.join(".git").is_dir() {
             clone.recover()?;
@@ -469,6 +479,24 @@ impl<'r> BranchClone<'r> {
     pub fn pushed(&mut self, ids: &[&str]) -> Result<(), GitError> {
         self.committed.extend(ids.iter().map(|s| (*s).to_owned()));
         self.indexed_tip = self.head()?;
+        self.pushes_since_gc += 1;
+        if self.pushes_since_gc >= GC_EVERY {
+            self.pushes_since_gc = 0;
+            // After a push, not inside one; in the foreground, so that no
+            // background gc ever holds a lock the next batch needs.
+            let args = [
+                "-c",
+                "gc.auto=6700",
+                "-c",
+                "gc.autoDetach=false",
+                "gc",
+                "--auto",
+                "--quiet",
+            ];
+            if let Err(e) = self.run("gc", &args) {
+                tracing::warn!(branch = %self.branch, error = %e, "git gc failed");
+            }
+        }
         Ok(())
     }
 }
