@@ -1071,8 +1071,26 @@ mod kafka {
         assert_converged(&repo, 30, "q", &newest, "prod");
 
         // The offsets were committed after that batch: nothing comes a third time.
-        let third = run(&config, &work, None);
+        // This time without --idle-exit: SIGTERM stops it cleanly.
+        let child = sluice()
+            .args(["-v", "commit"])
+            .arg(&config)
+            .args(["--brokers", &brokers(), "--work-dir"])
+            .arg(&work)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(6));
+        // SAFETY: kill(2) on the child this test started.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let third = child.wait_with_output().unwrap();
         assert_ok(&third);
+        assert!(
+            text(&third.stderr).contains("source readiness changed"),
+            "it was assigned the partitions: {}",
+            text(&third.stderr)
+        );
         assert_eq!(received(&third), 0, "{}", text(&third.stderr));
 
         // The refused intent is on the dead-letter topic with its reason.

@@ -156,6 +156,7 @@ impl<'r> Committer<'r> {
         opts: RunOptions<'_>,
     ) -> Result<(), CommitError> {
         let mut idle_since = Instant::now();
+        let mut was_ready = false;
         loop {
             if opts.stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -164,7 +165,15 @@ impl<'r> Committer<'r> {
                 Next::Intent(d) => d,
                 Next::End => return Ok(()),
                 Next::Timeout => {
-                    if !source.ready() {
+                    let ready = source.ready();
+                    if ready != was_ready {
+                        tracing::info!(
+                            ready,
+                            "source readiness changed (Kafka: partitions assigned or revoked)"
+                        );
+                        was_ready = ready;
+                    }
+                    if !ready {
                         idle_since = Instant::now();
                     }
                     if opts
