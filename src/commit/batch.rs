@@ -222,11 +222,14 @@ pub fn plan_branch(
     plan.outcomes.sort_by_key(|(at, _)| *at);
     if !plan.changes.is_empty() {
         let by_index: HashMap<usize, &Checked> = items.iter().copied().collect();
+        // A record delivered twice in one batch is listed once.
+        let mut seen = std::collections::HashSet::new();
         plan.trailer_ids = plan
             .outcomes
             .iter()
             .filter(|(_, o)| matches!(o, Outcome::Applied | Outcome::Superseded))
             .filter_map(|(at, _)| by_index.get(at).map(|c| c.intent.intent_id.clone()))
+            .filter(|id| seen.insert(id.clone()))
             .collect();
     }
     plan
@@ -491,6 +494,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_record_delivered_twice_in_a_batch_is_one_trailer() {
+        let config = CommitConfig::parse("c.toml", CONFIG).unwrap();
+        let dir = repo();
+        let d = delivery("same", "deploy", "api", "api:v2");
+        let c = check(&d, &config).unwrap();
+        let plan = plan_branch(
+            dir.path(),
+            &config.environments,
+            &[(0, &c), (1, &c)],
+            |_| false,
+        );
+        assert_eq!(plan.trailer_ids, ["same"]);
+        assert_eq!(plan.changes.len(), 1);
     }
 
     #[test]
