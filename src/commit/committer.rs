@@ -2,12 +2,11 @@
 //! branch, commit, push fast-forward only (fetch and rebuild on rejection),
 //! send dead letters, then acknowledge the source.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-use std::collections::BTreeMap;
 
 use super::batch::{check, plan_branch, BranchPlan, Checked, Delivery, Outcome};
 use super::config::CommitConfig;
