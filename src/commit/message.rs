@@ -212,6 +212,19 @@ mod tests {
         )
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_template_text_parses_or_is_refused_without_panicking(text in "\\PC{0,40}") {
+            if let Ok(t) = Template::parse(&text, Template::CHANGE) {
+                let rendered = t.render(|v| format!("<{v}>"));
+                proptest::prop_assert!(!rendered.contains('\n'));
+                if !text.contains(['{', '}']) {
+                    proptest::prop_assert_eq!(rendered, text);
+                }
+            }
+        }
+    }
+
     #[test]
     fn templates_reject_unknown_placeholders_and_stray_braces() {
         assert!(Template::parse("{nope}", Template::CHANGE)
