@@ -808,6 +808,8 @@ fn refused_credentials_retry_then_fail_clearly_and_never_print_the_token() {
         .arg(&config)
         .arg("--input")
         .arg(&input)
+        .arg("--work-dir")
+        .arg(repo.path().join("work"))
         .env_remove("SLUICE_TEST_GIT_TOKEN")
         .output()
         .unwrap();
