@@ -289,7 +289,8 @@ impl<'r> BranchClone<'r> {
             &["fetch", "--quiet", "--no-tags", "origin", &refspec],
         )?;
         clone.checkout_clean()?;
-        clone.fetch()?;
+        let tip = clone.head()?;
+        clone.index_trailers(&tip)?;
         Ok(clone)
     }
 
