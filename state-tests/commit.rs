@@ -1360,3 +1360,71 @@ fn a_remote_that_goes_away_mid_run_is_retried_until_it_is_back() {
     assert!(stderr.contains("push failed, retrying"), "{stderr}");
     assert_converged(&repo, 60, "u", &newest, "prod");
 }
+
+#[test]
+fn commits_are_signed_with_an_openpgp_key_when_asked() {
+    let repo = Repo::new(&["prod"], &services(1));
+    let home = repo.path().join("gnupg");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let gpg = |args: &[&str]| {
+        Command::new("gpg")
+            .args(["--batch", "--passphrase", ""])
+            .args(args)
+            .env("GNUPGHOME", &home)
+            .output()
+            .expect("gpg runs")
+    };
+    assert_ok(&gpg(&[
+        "--quick-gen-key",
+        "Sluice <sluice@example.com>",
+        "ed25519",
+        "sign",
+        "never",
+    ]));
+    let config = repo.config("commit.toml", &repo.url(), &["prod"], "");
+    let signing = "[signing]\nformat = \"openpgp\"\nkey = \"sluice@example.com\"\n[author]";
+    let with_signing = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[author]", signing);
+    std::fs::write(&config, with_signing).unwrap();
+    let input = repo.path().join("intents.jsonl");
+    write_lines(
+        &input,
+        &[intent(
+            "g1",
+            "deploy",
+            "svc-00",
+            "prod",
+            "registry.example.com/svc-00:v1",
+        )],
+    );
+    let out = sluice()
+        .arg("commit")
+        .arg(&config)
+        .arg("--input")
+        .arg(&input)
+        .arg("--work-dir")
+        .arg(repo.path().join("work"))
+        .env("GNUPGHOME", &home)
+        .output()
+        .unwrap();
+    let verify = Command::new("git")
+        .current_dir(repo.bare())
+        .args(["verify-commit", "main"])
+        .env("GNUPGHOME", &home)
+        .output()
+        .unwrap();
+    // The agent gpg started for this home only.
+    let _ = Command::new("gpgconf")
+        .args(["--kill", "gpg-agent"])
+        .env("GNUPGHOME", &home)
+        .output();
+    assert_ok(&out);
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+    assert!(
+        text(&verify.stderr).contains("Good signature from \"Sluice <sluice@example.com>\""),
+        "{}",
+        text(&verify.stderr)
+    );
+}
