@@ -7,6 +7,7 @@
 //! - [`engine`]: runs a topology on a clock given by its driver.
 //! - [`replay`]: the replay driver (`sluice replay`).
 
+pub mod commit;
 pub mod diff;
 pub mod duration;
 pub mod engine;

@@ -74,6 +74,9 @@ enum Command {
     /// Write a slice of real topics in the replay format (timestamps, keys,
     /// JSON values; protobuf values of the topology's sources decoded).
     Record(RecordArgs),
+    /// Turn deployment intents into GitOps commits: from the Kafka topic of
+    /// the config's [kafka] table, or from a replay output file (--input).
+    Commit(CommitArgs),
     /// Benchmarks (not tests): print medians of several runs.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -137,6 +140,32 @@ struct RecordArgs {
     /// Seconds to wait for the cluster on each call.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+}
+
+#[derive(clap::Args)]
+struct CommitArgs {
+    /// The committer's config (repository, author, environments, ...).
+    config: PathBuf,
+    /// Read intents from this replay output file (`-` for stdin) instead of Kafka.
+    #[arg(long)]
+    input: Option<String>,
+    /// Bootstrap brokers; default: the config's [kafka] brokers.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Where clones are kept; default: the config's work_dir, else ./.sluice-commit.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Write dead letters to this JSON Lines file (default with --input:
+    /// the config's dead_letter_file, else WORK_DIR/dead-letters.jsonl;
+    /// with Kafka: the dead-letter topic).
+    #[arg(long)]
+    dead_letters: Option<PathBuf>,
+    /// With Kafka: stop after this long without an intent (e.g. `30s`).
+    #[arg(long)]
+    idle_exit: Option<String>,
+    /// Only check the config, print `ok` and exit.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(clap::Args)]
@@ -221,6 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Flood(args) => run_flood(args),
         Command::Record(args) => run_record(args),
         Command::Run(args) => run_cmd::run_live(args),
+        Command::Commit(args) => run_commit(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
@@ -268,6 +298,149 @@ fn run_record(args: RecordArgs) -> Result<ExitCode> {
         args.output
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Set by SIGINT or SIGTERM: the committer finishes its batch and stops.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn request_stop(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn run_commit(args: CommitArgs) -> Result<ExitCode> {
+    use sluice::commit::{committer, config::CommitConfig, git::Remote};
+    let config = CommitConfig::load(&args.config)?;
+    if args.check {
+        return print_stdout(&format!("{}: ok\n", args.config.display()));
+    }
+    let idle_exit = args
+        .idle_exit
+        .as_deref()
+        .map(|d| sluice::duration::parse_duration(d).map_err(anyhow::Error::msg))
+        .transpose()
+        .context("--idle-exit")?
+        .map(|d| std::time::Duration::from_millis(d.as_ms()));
+    let work_dir = args
+        .work_dir
+        .clone()
+        .or_else(|| config.work_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(".sluice-commit"));
+    // Inputs first: a missing file or broker setting fails before any clone.
+    let mut source = open_intent_source(&args, &config)?;
+    let (mut dead, dead_file) = open_dead_letters(&args, &config, &work_dir)?;
+    let remote = Remote::new(&config.repository, &config.author, config.signing.as_ref())?;
+    let mut committer = committer::Committer::open(&config, &remote, &work_dir)?;
+    stop_on_signals();
+    let opts = committer::RunOptions {
+        stop: &STOP,
+        idle_exit,
+        on_batch: &mut |_, _| {},
+    };
+    let result = committer.run(source.as_mut(), dead.as_mut(), opts);
+    eprintln!("sluice commit: {}", committer.counters.render());
+    if let Some(path) = dead_file.filter(|_| committer.counters.dead_letters > 0) {
+        eprintln!("sluice commit: dead letters in {}", path.display());
+    }
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM let the committer finish its batch, then stop.
+fn stop_on_signals() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            request_stop as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            request_stop as *const () as libc::sighandler_t,
+        );
+    }
+}
+
+fn commit_kafka_client(
+    args: &CommitArgs,
+    config: &sluice::commit::config::CommitConfig,
+) -> Result<rdkafka::ClientConfig> {
+    let brokers = args
+        .brokers
+        .clone()
+        .or_else(|| config.kafka.brokers.clone())
+        .context("no brokers: pass --brokers or --input, or set brokers in [kafka]")?;
+    Ok(sluice::kafka::client_config(
+        &config.kafka.client,
+        &brokers,
+    )?)
+}
+
+/// `--input` (a replay output file, `-` for stdin), else the Kafka topic.
+fn open_intent_source(
+    args: &CommitArgs,
+    config: &sluice::commit::config::CommitConfig,
+) -> Result<Box<dyn sluice::commit::source::IntentSource>> {
+    use sluice::commit::source::{FileSource, KafkaSource};
+    let topic = config.kafka.topic.clone();
+    Ok(match args.input.as_deref() {
+        Some("-") => Box::new(FileSource::new(
+            Box::new(BufReader::new(io::stdin().lock())),
+            "<stdin>".into(),
+            topic,
+        )),
+        Some(path) => {
+            let file = File::open(path).with_context(|| format!("cannot open input {path}"))?;
+            Box::new(FileSource::new(
+                Box::new(BufReader::new(file)),
+                path.into(),
+                topic,
+            ))
+        }
+        None => Box::new(KafkaSource::new(
+            commit_kafka_client(args, config)?,
+            &config.kafka.group,
+            &topic,
+            config.kafka.format,
+        )?),
+    })
+}
+
+/// A dead-letter file (`--dead-letters`, or with `--input` the config's
+/// file or one in the work directory), else the dead-letter topic.
+fn open_dead_letters(
+    args: &CommitArgs,
+    config: &sluice::commit::config::CommitConfig,
+    work_dir: &Path,
+) -> Result<(
+    Box<dyn sluice::commit::dead_letter::DeadLetters>,
+    Option<PathBuf>,
+)> {
+    use sluice::commit::dead_letter::{FileDeadLetters, KafkaDeadLetters};
+    let file = args.dead_letters.clone().or_else(|| {
+        args.input.as_ref().map(|_| {
+            config
+                .dead_letter_file
+                .clone()
+                .unwrap_or_else(|| work_dir.join("dead-letters.jsonl"))
+        })
+    });
+    let topic = &config.kafka.dead_letter_topic;
+    Ok(match &file {
+        Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            (Box::new(FileDeadLetters::open(path, topic)?), file)
+        }
+        None => (
+            Box::new(KafkaDeadLetters::new(
+                commit_kafka_client(args, config)?,
+                topic,
+            )?),
+            None,
+        ),
+    })
 }
 
 fn run_flood(args: FloodArgs) -> Result<ExitCode> {

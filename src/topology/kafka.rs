@@ -154,7 +154,8 @@ impl KafkaConfig {
     }
 }
 
-fn read_properties(t: &mut TableReader<'_, '_, '_>) -> Option<Vec<(String, String)>> {
+/// Reads a `properties` table of librdkafka settings (shared with `sluice commit`).
+pub(crate) fn read_properties(t: &mut TableReader<'_, '_, '_>) -> Option<Vec<(String, String)>> {
     let diags = t.diags();
     let Some(value) = t.take("properties") else {
         return Some(Vec::new());
@@ -206,7 +207,8 @@ fn read_properties(t: &mut TableReader<'_, '_, '_>) -> Option<Vec<(String, Strin
     ok.then_some(out)
 }
 
-fn read_secrets(t: &mut TableReader<'_, '_, '_>) -> Option<Vec<(String, SecretRef)>> {
+/// Reads a `secrets` table of references to credentials (shared with `sluice commit`).
+pub(crate) fn read_secrets(t: &mut TableReader<'_, '_, '_>) -> Option<Vec<(String, SecretRef)>> {
     let diags = t.diags();
     let Some(value) = t.take("secrets") else {
         return Some(Vec::new());
@@ -256,6 +258,11 @@ fn read_secrets(t: &mut TableReader<'_, '_, '_>) -> Option<Vec<(String, SecretRe
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a value read from where secrets are kept.
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     /// The value, for handing to the client library and nothing else.
     pub fn expose(&self) -> &str {
         &self.0

@@ -1,0 +1,24 @@
+//! The committer: deployment intents become GitOps commits.
+//!
+//! - [`edit`]: changes the image bytes of one manifest, and nothing else.
+//! - [`config`]: the committer's TOML configuration.
+//! - [`source`]: intents from Kafka, a replay output file or a channel.
+//! - [`batch`]: what a batch does to a branch (newest per service, idempotency).
+//! - [`message`]: commit message templates and `Sluice-Intent` trailers.
+//! - [`git`]: the clone, fetch, commit and fast-forward push, via the git CLI.
+//! - [`push`]: the per-repository push rate limit and the retry backoff.
+//! - [`committer`]: the loop that ties them together.
+//! - [`dead_letter`]: refused intents, with their reason.
+
+pub mod batch;
+pub mod bench;
+pub mod committer;
+pub mod config;
+pub mod dead_letter;
+pub mod edit;
+pub mod fault;
+pub mod files;
+pub mod git;
+pub mod message;
+pub mod push;
+pub mod source;
