@@ -406,19 +406,11 @@ impl Bench {
                 i % 40
             );
             let value = (i as u128 * 1_000_003).to_le_bytes();
-            let mut record = BaseRecord::<[u8], [u8]>::to(&changelog)
+            let record = BaseRecord::<[u8], [u8]>::to(&changelog)
                 .partition(0)
                 .key(key.as_bytes())
                 .payload(&value);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(5));
-                    }
-                }
-            }
+            send_blocking(&producer, record)?;
         }
         producer.flush(Duration::from_secs(120))?;
         let topology = self.topology(
@@ -523,24 +515,30 @@ fn send_image(producer: &BaseProducer, topic: &str, seq: u64) -> Result<()> {
     let value = format!(
         r#"{{"service":"{service}","repository":"registry.example.com/{service}","tag":"t{seq}"}}"#
     );
-    let mut record = BaseRecord::<str, str>::to(topic)
-        .key(&service)
-        .payload(&value);
+    send_blocking(
+        producer,
+        BaseRecord::<str, str>::to(topic)
+            .key(&service)
+            .payload(&value),
+    )
+}
+
+/// Sends, serving delivery reports while the local queue is full.
+fn send_blocking<K, P>(producer: &BaseProducer, mut record: BaseRecord<'_, K, P>) -> Result<()>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
-            Err((e, r)) => {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 record = r;
-                producer.poll(Duration::from_millis(1));
-                if !matches!(
-                    e,
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull
-                    )
-                ) {
-                    bail!("cannot produce: {e}");
-                }
+                producer.poll(Duration::from_millis(5));
             }
+            Err((e, _)) => bail!("cannot produce: {e}"),
         }
     }
 }
@@ -569,15 +567,7 @@ fn produce_flood(
         if let Some(k) = &key {
             record = record.key(k);
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        send_blocking(producer, record)?;
     }
     producer.flush(Duration::from_secs(120))?;
     Ok(())

@@ -1118,6 +1118,107 @@ mod kafka {
             "{letters:?}"
         );
     }
+
+    /// The whole pipeline on the broker: image events, `sluice run`
+    /// (exactly-once, wall clock), the intents topic, `sluice commit`, and
+    /// commits on the remote.
+    #[test]
+    fn image_events_become_pushed_commits_through_run_and_commit() {
+        let app = unique("e2e");
+        let (images, alerts, intents) = (
+            format!("{app}-images"),
+            format!("{app}-alerts"),
+            format!("{app}-intents"),
+        );
+        create_topics(&[&images, &alerts]);
+        let svcs = services(3);
+        let repo = Repo::new(&["prod"], &svcs);
+        let topology = repo.path().join("t.toml");
+        std::fs::write(
+            &topology,
+            format!(
+                "[app]\nid = \"{app}\"\n\
+                 [[sources]]\nname = \"images\"\ntopic = \"{images}\"\nkind = \"image\"\nenvironment = \"prod\"\n\
+                 [[sources]]\nname = \"alerts\"\ntopic = \"{alerts}\"\nkind = \"alert\"\nenvironment = \"prod\"\n\
+                 [[operators]]\nname = \"dedup\"\ntype = \"dedup\"\ninput = \"images\"\nkey = [\"service\", \"image\"]\nttl = \"10m\"\n\
+                 [[operators]]\nname = \"gate\"\ntype = \"alert_gate\"\nimages = \"dedup\"\nalerts = \"alerts\"\nblock_on = [\"critical\"]\n\
+                 [[sinks]]\nname = \"intents\"\ninput = \"gate\"\ntopic = \"{intents}\"\n"
+            ),
+        )
+        .unwrap();
+        let group = unique("committer");
+        let extra = format!("[batch]\nwindow = \"1s\"\n[kafka]\ntopic = \"{intents}\"\ngroup = \"{group}\"\ndead_letter_topic = \"{intents}.dead\"\n");
+        let config = repo.config("commit.toml", &repo.url(), &["prod"], &extra);
+        let state = repo.path().join("run-state");
+        let mut run = sluice()
+            .arg("run")
+            .arg(&topology)
+            .args(["--brokers", &brokers(), "--state-dir"])
+            .arg(&state)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+        for version in 1..=3 {
+            for s in &svcs {
+                let value = format!(
+                    r#"{{"service":"{s}","repository":"registry.example.com/{s}","tag":"v{version}"}}"#
+                );
+                producer
+                    .send(BaseRecord::to(&images).key(s).payload(&value))
+                    .unwrap();
+            }
+            // Again: the dedup operator drops the second push.
+            let s = &svcs[0];
+            let value = format!(
+                r#"{{"service":"{s}","repository":"registry.example.com/{s}","tag":"v{version}"}}"#
+            );
+            producer
+                .send(BaseRecord::to(&images).key(s).payload(&value))
+                .unwrap();
+        }
+        producer.flush(std::time::Duration::from_secs(30)).unwrap();
+        // Until the intents topic holds all nine intents (read_committed).
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", unique("watch"))
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut seen = 0;
+        while seen < 9 && std::time::Instant::now() < deadline {
+            if consumer.subscription().map(|s| s.count()).unwrap_or(0) == 0 {
+                let _ = consumer.subscribe(&[&intents]);
+            }
+            if let Some(Ok(m)) = consumer.poll(std::time::Duration::from_millis(200)) {
+                assert!(m.payload().is_some());
+                seen += 1;
+            }
+        }
+        let _ = run.kill();
+        let _ = run.wait();
+        assert_eq!(
+            seen, 9,
+            "three versions of three services, the duplicate dropped"
+        );
+        let out = super::kafka::run(&config, &repo.path().join("work"), None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        for s in &svcs {
+            let file = repo.file(&format!("envs/prod/{s}.yaml"));
+            assert!(
+                file.contains(&format!(
+                    "image: registry.example.com/{s}:v3 # {{\"sluice\": \"{s}\"}}"
+                )),
+                "{file}"
+            );
+        }
+        assert_eq!(repo.trailers().len(), 9, "every intent is in a trailer");
+    }
 }
 
 #[test]
