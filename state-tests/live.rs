@@ -993,7 +993,6 @@ fn unkeyed_sources_are_repartitioned_by_service() {
         Duration::from_secs(120),
         |r| real(r) >= expected.len(),
     );
-    terminate(&mut run);
     let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
     let mut got: Vec<(String, String, i64)> = reads
         .iter()
@@ -1048,4 +1047,32 @@ fn unkeyed_sources_are_repartitioned_by_service() {
         Some(2),
         "3 partitions, like the alerts"
     );
+
+    // A clean stop purges the repartition topic up to the committed positions.
+    assert!(terminate(&mut run).success());
+    let repartition = format!("{app}-images-repartition");
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", &app)
+        .create()
+        .unwrap();
+    use rdkafka::consumer::Consumer;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition(&repartition, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(30))
+        .unwrap();
+    for e in committed.elements() {
+        let (low, _) = consumer
+            .fetch_watermarks(&repartition, e.partition(), Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(
+            rdkafka::Offset::Offset(low),
+            e.offset(),
+            "partition {} purged up to its committed offset",
+            e.partition()
+        );
+    }
 }

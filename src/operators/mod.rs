@@ -250,6 +250,17 @@ impl BuildCx<'_> {
 }
 
 impl OperatorConfig {
+    /// The key fields of a keyed operator, as written.
+    pub fn key_fields(&self) -> Option<Vec<&str>> {
+        let key = match self {
+            OperatorConfig::Dedup(c) => &c.key,
+            OperatorConfig::Debounce(c) => &c.key,
+            OperatorConfig::Throttle(c) => &c.key,
+            OperatorConfig::Route(_) | OperatorConfig::AlertGate(_) => return None,
+        };
+        Some(key.0.value.iter().map(|f| f.value.as_str()).collect())
+    }
+
     /// Whether the operator keeps state (and so needs a changelog when live).
     pub fn is_stateful(&self) -> bool {
         !matches!(self, OperatorConfig::Route(_))

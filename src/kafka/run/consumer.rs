@@ -124,6 +124,56 @@ struct Inner {
     restorer: BaseConsumer<RestoreContext>,
     first_record: Option<Instant>,
     last_commit_done: Option<Instant>,
+    /// Deletes consumed records of repartition topics (none without them).
+    purger: Option<Purger>,
+}
+
+/// Repartition topics are never deleted by time (their records carry event
+/// timestamps), so, as Kafka Streams does, the run deletes what it has
+/// committed past, every little while.
+struct Purger {
+    admin: rdkafka::admin::AdminClient<super::topics::LogContext>,
+    next: Instant,
+}
+
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+impl Purger {
+    fn new(shared: &Shared) -> Result<Option<Purger>, RunError> {
+        if shared.plan.repartitions.is_empty() {
+            return Ok(None);
+        }
+        let mut config = shared.base.clone();
+        config.set_log_level(super::librdkafka_log_level());
+        let admin = config
+            .create_with_context(super::topics::LogContext)
+            .map_err(|e| RunError::kafka("create the admin client", e))?;
+        Ok(Some(Purger {
+            admin,
+            next: Instant::now() + PURGE_EVERY,
+        }))
+    }
+
+    /// After a commit: deletes the records before the committed positions.
+    fn after_commit(&mut self, committed: &TopicPartitionList) {
+        if Instant::now() < self.next || committed.count() == 0 {
+            return;
+        }
+        self.next = Instant::now() + PURGE_EVERY;
+        let opts = rdkafka::admin::AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(5)))
+            .request_timeout(Some(Duration::from_secs(5)));
+        match futures_executor::block_on(self.admin.delete_records(committed, &opts)) {
+            Ok(result) => {
+                for e in result.elements() {
+                    if let Err(err) = e.error() {
+                        tracing::warn!(topic = e.topic(), partition = e.partition(), error = %err, "cannot purge a repartition partition");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot purge the repartition topics"),
+        }
+    }
 }
 
 pub struct RunContext {
@@ -237,6 +287,7 @@ impl Runtime {
             summary: RunSummary::default(),
             first_record: None,
             last_commit_done: None,
+            purger: Purger::new(&shared)?,
         };
         *consumer.context().lock() = Some(inner);
         let topics = shared.plan.subscriptions();
@@ -332,8 +383,9 @@ impl Runtime {
             let mut guard = self.consumer.context().lock();
             if let Some(inner) = guard.as_mut() {
                 if clean {
-                    if let Err(e) = inner.commit(&self.consumer) {
-                        tracing::warn!(error = %e, "final commit failed");
+                    match inner.commit(&self.consumer) {
+                        Ok(()) => inner.final_purge(),
+                        Err(e) => tracing::warn!(error = %e, "final commit failed"),
                     }
                 }
                 inner.close_tasks(None);
@@ -845,6 +897,12 @@ impl Inner {
         }
         self.apply(&deliveries.changelog_ends)?;
         self.raw_dirty = false;
+        if self.purger.is_some() {
+            let positions = self.repartition_positions();
+            if let Some(purger) = &mut self.purger {
+                purger.after_commit(&positions);
+            }
+        }
         let ms = started.elapsed().as_millis() as u64;
         self.summary.commits += 1;
         self.summary.commit_ms_max = self.summary.commit_ms_max.max(ms);
@@ -872,6 +930,29 @@ impl Inner {
             task.prepared = Some(changes);
         }
         Ok(())
+    }
+
+    /// On a clean stop, purges the repartition topics up to what is committed.
+    fn final_purge(&mut self) {
+        let positions = self.repartition_positions();
+        if let Some(purger) = &mut self.purger {
+            purger.next = Instant::now();
+            purger.after_commit(&positions);
+        }
+    }
+
+    /// The consumed positions of the tasks' repartition partitions.
+    fn repartition_positions(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for task in self.tasks.values() {
+            // A queue whose engine topic differs reads a repartition topic.
+            for q in task.queues.iter().filter(|q| q.topic != q.engine_topic) {
+                if let Some(next) = q.consumed {
+                    let _ = tpl.add_partition_offset(&q.topic, task.id, Offset::Offset(next));
+                }
+            }
+        }
+        tpl
     }
 
     fn offsets(&self) -> TopicPartitionList {

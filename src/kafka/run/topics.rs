@@ -107,6 +107,7 @@ impl Plan {
             changelogs,
         };
         plan.check_distinct()?;
+        warn_about_keys(topo);
         Ok(plan)
     }
 
@@ -171,6 +172,23 @@ impl Plan {
 
     pub fn changelog_topics(&self) -> impl Iterator<Item = &str> {
         self.changelogs.iter().map(|c| c.topic.as_str())
+    }
+}
+
+/// Tasks hold all of a service's records (inputs are keyed, or
+/// repartitioned, by service). An operator keyed without the service may
+/// see one key's records in several tasks; that is allowed but said.
+fn warn_about_keys(topo: &Topology) {
+    for op in &topo.operators {
+        if let Some(fields) = op.config.key_fields() {
+            if !fields.contains(&"service") {
+                tracing::warn!(
+                    operator = %op.name,
+                    key = ?fields,
+                    "the key does not include `service`: sluice run splits state by service, so records with one key but different services may be handled by different tasks"
+                );
+            }
+        }
     }
 }
 
