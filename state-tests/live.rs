@@ -1076,3 +1076,83 @@ fn unkeyed_sources_are_repartitioned_by_service() {
         );
     }
 }
+
+/// A protobuf sink carries the prost `DeploymentIntent` of proto/sluice.proto,
+/// keyed `service/environment` and stamped with the intent's time.
+#[test]
+fn protobuf_sinks_carry_deployment_intents() {
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let app = unique("proto");
+    let (images, alerts, sink) = (
+        format!("{app}-images"),
+        format!("{app}-alerts"),
+        format!("{app}-out"),
+    );
+    create_topics(&[(&images, 1), (&alerts, 1)]);
+    let topology = dir.path().join("t.toml");
+    std::fs::write(
+        &topology,
+        format!(
+            "[app]\nid = \"{app}\"\n\
+             [[sources]]\nname = \"images\"\ntopic = \"{images}\"\nkind = \"image\"\nenvironment = \"prod\"\n\
+             [[sources]]\nname = \"alerts\"\ntopic = \"{alerts}\"\nkind = \"alert\"\n\
+             [[operators]]\nname = \"gate\"\ntype = \"alert_gate\"\nimages = \"images\"\nalerts = \"alerts\"\nblock_on = [\"critical\"]\n\
+             [[sinks]]\nname = \"out\"\ninput = \"gate\"\ntopic = \"{sink}\"\nformat = \"protobuf\"\n"
+        ),
+    )
+    .unwrap();
+    let ts = now_ms() - 60_000;
+    let p = producer();
+    for (i, tag) in ["v1.0.0", "v1.1.0"].iter().enumerate() {
+        let value =
+            format!(r#"{{"service":"web","repository":"registry.example.com/web","tag":"{tag}"}}"#);
+        p.send(
+            BaseRecord::<str, str>::to(&images)
+                .key("web")
+                .payload(&value)
+                .timestamp(ts + i as i64),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let mut run = spawn_run(
+        &topology,
+        &dir.path().join("state"),
+        &dir.path().join("run.log"),
+        &["--clock", "event", "--exit-after-idle", "2s"],
+    );
+    assert!(run.wait().unwrap().success());
+    let reads = read_topic(
+        &brokers(),
+        &sink,
+        "read_committed",
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        |r| r.len() >= 2,
+    );
+    assert_eq!(reads.len(), 2);
+    let intents: Vec<sluice::proto::DeploymentIntent> = reads
+        .iter()
+        .map(|r| {
+            sluice::proto::DeploymentIntent::decode(r.value.as_slice()).expect("a DeploymentIntent")
+        })
+        .collect();
+    assert_eq!(intents[0].image, "registry.example.com/web:v1.0.0");
+    assert_eq!(intents[1].image, "registry.example.com/web:v1.1.0");
+    assert_eq!(
+        intents[1].previous_image.as_deref(),
+        Some("registry.example.com/web:v1.0.0")
+    );
+    assert_eq!(
+        intents[1].action,
+        sluice::proto::deployment_intent::Action::Deploy as i32
+    );
+    assert_eq!(
+        (intents[0].service.as_str(), intents[0].environment.as_str()),
+        ("web", "prod")
+    );
+    assert_eq!(intents[0].intent_id.len(), 32);
+    assert_eq!(reads[0].key.as_deref(), Some("web/prod"));
+    assert_eq!((reads[0].ts, reads[1].ts), (ts, ts + 1));
+}
