@@ -267,6 +267,7 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
         })
         .collect();
     check_co_partitioning(topo, &task_counts)?;
+    check_same_counts(topo, &task_counts)?;
     let repartition_topics = plan
         .repartitions
         .iter()
@@ -341,6 +342,30 @@ fn check_co_partitioning(
                     topo.operators[op].name
                 )));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Task `p` owns partition `p` of every changelog, whatever input it came
+/// from: with inputs of different partition counts, two instances could both
+/// own a task `p` and write the same changelog partition. So all the inputs
+/// the tasks read must have one partition count.
+fn check_same_counts(topo: &Topology, counts: &HashMap<String, i32>) -> Result<(), RunError> {
+    let mut first: Option<(&str, &str, i32)> = None;
+    for s in &topo.sources {
+        let n = counts.get(&s.topic).copied().unwrap_or(0);
+        match first {
+            None => first = Some((&s.name, &s.topic, n)),
+            Some((name, topic, m)) if m != n => {
+                return Err(RunError::Setup(format!(
+                    "sources `{name}` (topic `{topic}`, {m} partitions) and `{}` (topic `{}`, {n} partitions) \
+                     have different partition counts: sluice run gives each partition number one task across \
+                     all inputs; give the topics one count, set `repartition = true` on a source, or split the topology",
+                    s.name, s.topic
+                )))
+            }
+            Some(_) => {}
         }
     }
     Ok(())
@@ -507,6 +532,47 @@ topic = "intents"
             "{err}"
         );
         assert!(err.contains("operator `gate`"), "{err}");
+    }
+
+    #[test]
+    fn inputs_that_never_meet_still_need_one_partition_count() {
+        let apart = r#"
+[app]
+id = "app"
+[[sources]]
+name = "images"
+topic = "img"
+kind = "image"
+[[sources]]
+name = "alerts"
+topic = "alr"
+kind = "alert"
+[[operators]]
+name = "dedup"
+type = "dedup"
+input = "images"
+key = ["service"]
+ttl = "1m"
+[[sinks]]
+name = "a"
+input = "dedup"
+topic = "out-a"
+[[sinks]]
+name = "b"
+input = "alerts"
+topic = "out-b"
+"#;
+        let t = topo(apart);
+        let counts = |a, b| HashMap::from([("img".to_owned(), a), ("alr".to_owned(), b)]);
+        assert!(check_same_counts(&t, &counts(3, 3)).is_ok());
+        let err = check_same_counts(&t, &counts(3, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`images` (topic `img`, 3 partitions)"),
+            "{err}"
+        );
+        assert!(err.contains("repartition = true"), "{err}");
     }
 
     #[test]
