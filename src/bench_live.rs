@@ -524,23 +524,12 @@ fn send_image(producer: &BaseProducer, topic: &str, seq: u64) -> Result<()> {
 }
 
 /// Sends, serving delivery reports while the local queue is full.
-fn send_blocking<K, P>(producer: &BaseProducer, mut record: BaseRecord<'_, K, P>) -> Result<()>
+fn send_blocking<K, P>(producer: &BaseProducer, record: BaseRecord<'_, K, P>) -> Result<()>
 where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
 {
-    use rdkafka::error::KafkaError;
-    use rdkafka::types::RDKafkaErrorCode;
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                producer.poll(Duration::from_millis(5));
-            }
-            Err((e, _)) => bail!("cannot produce: {e}"),
-        }
-    }
+    sluice::kafka::run::producer::send(producer, record).context("cannot produce")
 }
 
 /// The sequence number in the tag of the next intent read, if any.

@@ -23,6 +23,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::replay::OutputLine;
+
 /// Settings of a generated flood.
 #[derive(Debug, Clone)]
 pub struct FloodConfig {
@@ -371,14 +373,6 @@ const ALERT_FLAWS: [Flaw; 4] = [
     Flaw::PendingStatus,
     Flaw::PendingStatus,
 ];
-
-#[derive(Serialize)]
-struct Line<'a> {
-    topic: &'static str,
-    ts: u64,
-    key: &'a str,
-    value: Value<'a>,
-}
 
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -1042,10 +1036,10 @@ fn write_line<W: Write>(
     key: &str,
     value: Value<'_>,
 ) -> io::Result<()> {
-    let line = Line {
+    let line = OutputLine {
         topic,
         ts,
-        key,
+        key: Some(key),
         value,
     };
     serde_json::to_writer(&mut *out, &line).map_err(io::Error::from)?;

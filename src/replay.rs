@@ -34,21 +34,26 @@ struct InputLine<'a> {
     value: Option<&'a RawValue>,
 }
 
-/// One line of replay output.
+/// One line of the replay format, as replay, `sluice record`, the flood
+/// generator and the committer's dead-letter file write it.
 #[derive(Debug, Serialize)]
-struct OutputLine<'a, V: Serialize> {
-    topic: &'a str,
-    ts: u64,
-    key: Option<&'a str>,
-    value: V,
+pub struct OutputLine<'a, V: Serialize> {
+    pub topic: &'a str,
+    pub ts: u64,
+    pub key: Option<&'a str>,
+    pub value: V,
 }
 
+/// The value of a dead letter, in replay output and on the live dead-letter topic.
 #[derive(Debug, Serialize)]
-struct DeadLetterValue<'a> {
-    error: &'a str,
-    node: &'a str,
-    topic: Option<&'a str>,
-    value: &'a RawValue,
+pub struct DeadLetterValue<'a> {
+    pub error: &'a str,
+    pub node: &'a str,
+    pub topic: Option<&'a str>,
+    pub value: &'a RawValue,
+    /// Set when `value` keeps only a prefix of an oversized original.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated_from_bytes: Option<usize>,
 }
 
 /// Writes sink records and dead letters as JSON Lines.
@@ -105,6 +110,7 @@ impl<W: Write> Output for JsonLinesOutput<W> {
             node: letter.node,
             topic: letter.source_topic,
             value: letter.value,
+            truncated_from_bytes: None,
         };
         let result = self.write_line(&OutputLine {
             topic: &topic,

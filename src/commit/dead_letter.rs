@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::batch::Delivery;
+use crate::replay::OutputLine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
@@ -102,14 +103,6 @@ impl FileDeadLetters {
     }
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    topic: &'a str,
-    ts: u64,
-    key: Option<&'a str>,
-    value: &'a RawValue,
-}
-
 impl DeadLetters for FileDeadLetters {
     fn send(
         &mut self,
@@ -119,7 +112,7 @@ impl DeadLetters for FileDeadLetters {
     ) -> Result<(), DeadLetterError> {
         let value = value_json(delivery, kind, reason);
         let raw: &RawValue = serde_json::from_str(&value).map_err(|e| self.io(e.into()))?;
-        let line = Line {
+        let line = OutputLine {
             topic: &self.topic,
             ts: delivery.ts,
             key: delivery.key.as_deref(),
@@ -195,9 +188,9 @@ impl DeadLetters for KafkaDeadLetters {
         if let Some(key) = &delivery.key {
             record = record.key(key);
         }
-        self.producer
-            .send(record)
-            .map_err(|(cause, _)| self.err(cause))?;
+        // Waits while librdkafka's queue is full instead of failing the batch.
+        crate::kafka::run::producer::send(&self.producer, record)
+            .map_err(|cause| self.err(cause))?;
         self.producer.poll(Duration::ZERO);
         Ok(())
     }

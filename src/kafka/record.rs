@@ -16,10 +16,10 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::record::Kind;
+use crate::replay::OutputLine;
 use crate::topology::{Format, Topology};
 
 /// What to record.
@@ -43,14 +43,6 @@ pub enum RecordError {
     NoSuchTopic(String),
     #[error("cannot write the recording: {0}")]
     Write(#[from] std::io::Error),
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    topic: &'a str,
-    ts: u64,
-    key: Option<&'a str>,
-    value: &'a RawValue,
 }
 
 struct Recorded {
@@ -188,7 +180,7 @@ pub fn record(
     for r in &records {
         serde_json::to_writer(
             &mut *out,
-            &Line {
+            &OutputLine {
                 topic: &r.topic,
                 ts: r.ts,
                 key: r.key.as_deref(),

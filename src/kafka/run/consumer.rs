@@ -5,6 +5,7 @@
 //! `consumer.poll`, and share the tasks with the loop through a mutex the
 //! loop never holds while polling.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1245,7 +1246,12 @@ impl Rejected {
 
 /// The value as JSON text for the engine: protobuf sources are decoded;
 /// oversized values and undecodable protobuf are refused here.
-fn input_value(topo: &Topology, m: &OwnedMessage, max_bytes: usize) -> Result<String, Rejected> {
+/// Borrows the record's bytes when they are text already: this runs for every record.
+fn input_value<'m>(
+    topo: &Topology,
+    m: &'m OwnedMessage,
+    max_bytes: usize,
+) -> Result<Cow<'m, str>, Rejected> {
     let bytes = m.payload().unwrap_or_default();
     let as_string = |text: &str| {
         serde_json::value::to_raw_value(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
@@ -1261,7 +1267,7 @@ fn input_value(topo: &Topology, m: &OwnedMessage, max_bytes: usize) -> Result<St
         });
     }
     if m.payload().is_none() {
-        return Ok("null".to_owned());
+        return Ok(Cow::Borrowed("null"));
     }
     let protobuf = topo
         .sources_for(m.topic())
@@ -1275,11 +1281,11 @@ fn input_value(topo: &Topology, m: &OwnedMessage, max_bytes: usize) -> Result<St
         _ => None,
     };
     match decoded {
-        Some(Ok(json)) => Ok(json),
+        Some(Ok(json)) => Ok(Cow::Owned(json)),
         Some(Err(e)) => Err(Rejected {
             error: e.0,
             value: as_string(&String::from_utf8_lossy(bytes)),
         }),
-        None => Ok(String::from_utf8_lossy(bytes).into_owned()),
+        None => Ok(String::from_utf8_lossy(bytes)),
     }
 }

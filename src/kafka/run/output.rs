@@ -3,12 +3,11 @@
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
-use serde::Serialize;
-use serde_json::value::RawValue;
 
 use super::producer::{self, TxnProducer};
 use crate::engine::{DeadLetter, Output, OutputError};
 use crate::record::{Payload, Record};
+use crate::replay::DeadLetterValue;
 use crate::topology::{Format, Sink};
 
 /// Dead-letter values above this size keep only a prefix of the original
@@ -37,16 +36,6 @@ pub struct KafkaOutput<'a> {
     pub dead_letter_topic: &'a str,
     pub origin: Option<Origin<'a>>,
     pub counts: &'a mut OutputCounts,
-}
-
-#[derive(Serialize)]
-struct DeadLetterValue<'a> {
-    error: &'a str,
-    node: &'a str,
-    topic: Option<&'a str>,
-    value: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    truncated_from_bytes: Option<usize>,
 }
 
 impl KafkaOutput<'_> {
@@ -155,6 +144,7 @@ impl Output for KafkaOutput<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::value::RawValue;
 
     #[test]
     fn oversized_dead_letter_values_keep_a_prefix_and_say_so() {

@@ -120,10 +120,15 @@ pub fn create(
 }
 
 /// Sends, serving delivery reports while the local queue is full.
-pub fn send(
-    producer: &TxnProducer,
-    mut record: BaseRecord<'_, [u8], [u8]>,
-) -> Result<(), KafkaError> {
+pub fn send<C, K, P>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> Result<(), KafkaError>
+where
+    C: ProducerContext,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
