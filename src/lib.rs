@@ -11,6 +11,7 @@ pub mod commit;
 pub mod diff;
 pub mod duration;
 pub mod engine;
+pub mod fault;
 pub mod flood;
 pub mod kafka;
 pub mod operators;

@@ -9,6 +9,8 @@ use clap::Subcommand;
 
 use sluice::flood::{write_flood, FloodConfig};
 
+mod live;
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Replay a generated flood through a topology with the RocksDB and the
@@ -27,7 +29,7 @@ pub enum BenchCommand {
     /// The live runtime against a real broker: sustained events/s under
     /// both guarantees, end-to-end latency at a fixed rate, restore rate,
     /// peak RSS.
-    Run(crate::bench_live::LiveArgs),
+    Run(live::LiveArgs),
     /// Intents to pushed commits on a local bare repository: throughput with
     /// batching and latency from hand-in to commit visible on the remote.
     Commit {
@@ -57,7 +59,7 @@ pub fn run(cmd: BenchCommand) -> Result<std::process::ExitCode> {
             services,
             runs,
         } => bench_replay(&topology, events, services, runs)?,
-        BenchCommand::Run(args) => crate::bench_live::bench_live(&args)?,
+        BenchCommand::Run(args) => live::bench_live(&args)?,
         BenchCommand::Commit {
             intents,
             services,

@@ -1,8 +1,26 @@
 //! `sluice describe`: the topology graph as text or Graphviz.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
 
 use sluice::topology::{NodeRef, Topology};
+
+#[derive(clap::Args)]
+pub struct DescribeArgs {
+    topology: PathBuf,
+    /// Graphviz instead of text.
+    #[arg(long)]
+    dot: bool,
+}
+
+pub fn run(args: DescribeArgs) -> Result<ExitCode> {
+    let topo = Topology::load(&args.topology)?;
+    let text = if args.dot { dot(&topo) } else { text(&topo) };
+    super::print_stdout(&text)
+}
 
 /// One line per node, in file order, with what it reads and what it emits.
 pub fn text(t: &Topology) -> String {

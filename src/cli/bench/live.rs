@@ -457,7 +457,7 @@ struct Stats {
     peak_rss_bytes: u64,
 }
 
-const CICD: &str = include_str!("../topologies/cicd.toml");
+const CICD: &str = include_str!("../../../topologies/cicd.toml");
 
 /// Every new image is an intent at once: what end-to-end latency measures.
 const LATENCY_TOPOLOGY: &str = r#"

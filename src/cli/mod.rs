@@ -1,0 +1,127 @@
+//! The subcommands, one file each, and what they share: logging, stdout,
+//! output files.
+
+mod bench;
+mod commit;
+mod demo;
+mod describe;
+mod flood;
+mod record;
+mod replay;
+mod run;
+mod validate;
+
+use std::fs::File;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use sluice::replay::ReplayError;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Stateful stream processing for event-driven CI/CD"
+)]
+struct Cli {
+    /// More logging on stderr (-v info, -vv debug, -vvv trace); SLUICE_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a topology over a recorded event file under a virtual clock.
+    Replay(replay::ReplayArgs),
+    /// The main job on its embedded default: a generated flood replayed
+    /// through topologies/cicd.toml, printing deployment intents. No broker needed.
+    Demo(demo::DemoArgs),
+    /// Check a topology and report every error with file:line:column.
+    Validate(validate::ValidateArgs),
+    /// Print a topology's graph (text, or Graphviz with --dot).
+    Describe(describe::DescribeArgs),
+    /// Write a realistic, seeded flood of CI/CD events in the replay format.
+    Flood(flood::FloodArgs),
+    /// Run a topology live on Kafka: consumer group `app.id`, exactly-once
+    /// transactions, state in RocksDB with changelog topics.
+    Run(run::RunArgs),
+    /// Write a slice of real topics in the replay format (timestamps, keys,
+    /// JSON values; protobuf values of the topology's sources decoded).
+    Record(record::RecordArgs),
+    /// Turn deployment intents into GitOps commits: from the Kafka topic of
+    /// the config's [kafka] table, or from a replay output file (--input).
+    Commit(commit::CommitArgs),
+    /// Benchmarks (not tests): print medians of several runs.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            if let Some(ReplayError::Input { .. }) = err.downcast_ref::<ReplayError>() {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Replay(args) => replay::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Validate(args) => validate::run(args),
+        Command::Describe(args) => describe::run(args),
+        Command::Flood(args) => flood::run(args),
+        Command::Record(args) => record::run(args),
+        Command::Run(args) => run::run_live(args),
+        Command::Commit(args) => commit::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .init();
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn print_stdout(text: &str) -> Result<ExitCode> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// A buffered output file, `-` for stdout.
+fn open_output(path: &str) -> Result<Box<dyn Write>> {
+    Ok(if path == "-" {
+        Box::new(BufWriter::with_capacity(1 << 16, io::stdout().lock()))
+    } else {
+        let file = File::create(path).with_context(|| format!("cannot create {path}"))?;
+        Box::new(BufWriter::with_capacity(1 << 16, file))
+    })
+}
