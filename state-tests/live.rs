@@ -1,6 +1,7 @@
 //! `sluice run` against a real Kafka broker (started by `.ci/test`).
 //! Nothing here mocks Kafka; without a broker these tests fail and say so.
 
+mod live_eos;
 mod support;
 
 use std::collections::HashMap;

@@ -26,7 +26,7 @@ use super::purge::Purger;
 use super::rebalance::{RunContext, SplitQueue};
 use super::task::{Task, TaskSetup};
 use super::topics::{Layout, Plan};
-use super::transaction;
+use super::transaction::{self, OpenTxn};
 use super::{ClockMode, RunError, RunOptions, RunSummary};
 use crate::engine::SourceInput;
 use crate::state::SharedMemory;
@@ -79,7 +79,7 @@ impl Shared {
 pub(super) struct Inner {
     pub(super) shared: Arc<Shared>,
     pub(super) producer: TxnProducer,
-    pub(super) txn_open: bool,
+    pub(super) txn_open: OpenTxn,
     pub(super) tasks: BTreeMap<i32, Task>,
     pub(super) queues: Vec<SplitQueue>,
     /// Partitions assigned by the last rebalance, not yet opened.
@@ -88,6 +88,11 @@ pub(super) struct Inner {
     pub(super) raw_offsets: BTreeMap<(String, i32), i64>,
     /// Records were forwarded to a repartition topic since the last commit.
     pub(super) raw_dirty: bool,
+    /// The committed offset of each assigned input partition, as found at
+    /// assignment and then as committed: what a transaction carries for a
+    /// partition with nothing consumed since, so that KIP-447's generation
+    /// check fences this instance once the partition has moved.
+    pub(super) committed: BTreeMap<(String, i32), i64>,
     /// Repartitioned input partitions not yet read to their end.
     pub(super) raw_waiting: HashSet<(String, i32)>,
     /// An error raised inside a callback, surfaced by the loop.
@@ -106,6 +111,14 @@ pub struct Runtime {
     consumer: Arc<BaseConsumer<RunContext>>,
 }
 
+/// What became of a batch of fetched records.
+#[derive(Debug, PartialEq, Eq)]
+enum Enqueued {
+    All,
+    /// A forward failed: the run rewound and the rest was dropped.
+    Rewound,
+}
+
 /// How often the loop logs its counters.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -120,14 +133,15 @@ impl Runtime {
         let consumer = Arc::new(clients::create_consumer(&shared)?);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let inner = Inner {
-            producer: clients::new_producer(&shared)?,
+            producer: clients::new_producer_patiently(&shared)?,
             restorer: clients::create_restorer(&shared)?,
             shared: Arc::clone(&shared),
-            txn_open: false,
+            txn_open: OpenTxn::default(),
             tasks: BTreeMap::new(),
             queues: Vec::new(),
             assigned: None,
             raw_offsets: BTreeMap::new(),
+            committed: BTreeMap::new(),
             raw_dirty: false,
             raw_waiting: HashSet::new(),
             failure: None,
@@ -172,12 +186,7 @@ impl Runtime {
                 .ok_or_else(|| RunError::Setup("run state gone".into()))?;
             inner.handle_failure(&self.consumer)?;
             inner.open_assigned(&self.consumer)?;
-            for m in stray {
-                if let Err(e) = inner.enqueue(m) {
-                    tracing::warn!(error = %e, "forwarding failed; aborting the transaction");
-                    inner.abort_and_rewind(&self.consumer)?;
-                }
-            }
+            inner.enqueue_all(&self.consumer, stray)?;
             let moved = inner.fill_queues(&self.consumer)?;
             let processed = inner.process(&self.consumer)? + moved;
             inner.punctuate(&self.consumer)?;
@@ -285,6 +294,27 @@ impl Inner {
         }
     }
 
+    /// Hands fetched records to their tasks (or forwards them), in order.
+    /// A failed forward aborts and rewinds, and the records after it are
+    /// dropped: the consumer fetches them again from the rewind point, and
+    /// forwarding them now would put them twice in the repartition topic.
+    fn enqueue_all(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+        fetched: Vec<OwnedMessage>,
+    ) -> Result<Enqueued, RunError> {
+        for m in fetched {
+            self.raw_waiting
+                .remove(&(m.topic().to_owned(), m.partition()));
+            if let Err(e) = self.enqueue(m) {
+                tracing::warn!(error = %e, "forwarding to a repartition topic failed; aborting the transaction");
+                self.abort_and_rewind(consumer)?;
+                return Ok(Enqueued::Rewound);
+            }
+        }
+        Ok(Enqueued::All)
+    }
+
     fn enqueue(&mut self, m: OwnedMessage) -> Result<(), TxnFailure> {
         if self.shared.plan.repartition_of(m.topic()).is_some() {
             return self.forward(&m);
@@ -313,6 +343,11 @@ impl Inner {
         };
         transaction::begin_if_none_open(&self.producer, &mut self.txn_open, shared.exactly_once())
             .map_err(TxnFailure::abortable)?;
+        if crate::fault::reached("run.forward") == Some(crate::fault::Fault::Fail) {
+            return Err(TxnFailure::abortable(
+                "injected failure forwarding a record",
+            ));
+        }
         let key = service_key(&shared.topo, r.source, m.payload());
         let mut record = BaseRecord::<[u8], [u8]>::to(&r.to);
         if let Some(ts) = m.timestamp().to_millis() {
@@ -354,14 +389,8 @@ impl Inner {
             }
         }
         let moved = fetched.len();
-        for m in fetched {
-            self.raw_waiting
-                .remove(&(m.topic().to_owned(), m.partition()));
-            if let Err(e) = self.enqueue(m) {
-                tracing::warn!(error = %e, "forwarding to a repartition topic failed; aborting the transaction");
-                self.abort_and_rewind(consumer)?;
-                return Ok(moved);
-            }
+        if self.enqueue_all(consumer, fetched)? == Enqueued::Rewound {
+            return Ok(moved);
         }
         for (topic, partition) in ended {
             self.mark_caught_up(&topic, partition);
@@ -549,7 +578,7 @@ impl Inner {
         };
         idle >= limit
             && !self.tasks.is_empty()
-            && !self.txn_open
+            && !self.txn_open.is_open()
             && !self.raw_dirty
             && self.raw_waiting.is_empty()
             && self

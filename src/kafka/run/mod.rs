@@ -184,6 +184,10 @@ fn is_permanent(e: &KafkaError) -> bool {
             C::Fenced
                 | C::FencedInstanceId
                 | C::ProducerFenced
+                // The group moved on: a retry cannot succeed.
+                | C::IllegalGeneration
+                | C::UnknownMemberId
+                | C::RebalanceInProgress
                 | C::GroupAuthorizationFailed
                 | C::TopicAuthorizationFailed
                 | C::SaslAuthenticationFailed

@@ -31,7 +31,7 @@ pub struct OutputCounts {
 pub struct KafkaOutput<'a> {
     pub producer: &'a TxnProducer,
     /// Whether a transaction is open; one is begun before the first send.
-    pub txn_open: &'a mut bool,
+    pub txn_open: &'a mut super::transaction::OpenTxn,
     pub transactional: bool,
     pub dead_letter_topic: &'a str,
     pub origin: Option<Origin<'a>>,

@@ -6,10 +6,10 @@ use std::sync::{Mutex, MutexGuard, OnceLock, Weak};
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::consumer::{is_end_of_partition, Inner};
-use super::producer::{self, CALL_TIMEOUT};
+use super::producer::CALL_TIMEOUT;
 use super::task::Task;
 use super::RunError;
 
@@ -77,6 +77,9 @@ impl ConsumerContext for RunContext {
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
         tracing::info!(partitions = partitions.len(), "partitions assigned");
+        // Tests widen the moment in which fetched records reach the main
+        // queue before their partition's queue is split off.
+        crate::fault::reached("rebalance.before-split");
         // Split before returning to the poll loop: the fetcher starts now.
         if let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) {
             for (topic, partition) in &partitions {
@@ -122,9 +125,15 @@ impl Inner {
         for (topic, p) in &assigned {
             tpl.add_partition(topic, *p);
         }
-        super::retry_kafka("fetch the committed offsets", || {
+        let committed = super::retry_kafka("fetch the committed offsets", || {
             consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT)
         })?;
+        for e in committed.elements() {
+            if let Offset::Offset(next) = e.offset() {
+                self.committed
+                    .insert((e.topic().to_owned(), e.partition()), next);
+            }
+        }
         let plan = &self.shared.plan;
         let mut ids: Vec<i32> = assigned
             .iter()
@@ -134,14 +143,19 @@ impl Inner {
         ids.sort_unstable();
         ids.dedup();
         for id in ids {
-            if self.tasks.contains_key(&id) {
-                continue;
+            if !self.tasks.contains_key(&id) {
+                self.open_task(id)?;
             }
-            let (task, stats) = Task::open(id, &self.shared.task_setup(), &self.restorer)?;
-            self.summary.restored_records += stats.records;
-            self.summary.restore_ms += stats.elapsed.as_millis() as u64;
-            self.tasks.insert(id, task);
         }
+        Ok(())
+    }
+
+    /// Opens task `id`, its store brought to the end of its changelogs.
+    pub(super) fn open_task(&mut self, id: i32) -> Result<(), RunError> {
+        let (task, stats) = Task::open(id, &self.shared.task_setup(), &self.restorer)?;
+        self.summary.restored_records += stats.records;
+        self.summary.restore_ms += stats.elapsed.as_millis() as u64;
+        self.tasks.insert(id, task);
         Ok(())
     }
 
@@ -153,12 +167,23 @@ impl Inner {
         revoked: &TopicPartitionList,
         lost: bool,
     ) -> Result<(), RunError> {
+        // An assignment not opened yet, served in the same poll as this
+        // revoke: its partitions are no longer ours, and a task opened for
+        // one would fire its wall-clock timers.
+        if let Some(pending) = &mut self.assigned {
+            pending.retain(|(topic, p)| {
+                !revoked
+                    .elements()
+                    .iter()
+                    .any(|e| e.topic() == topic && e.partition() == *p)
+            });
+            if pending.is_empty() {
+                self.assigned = None;
+            }
+        }
         if lost {
             // Another member may own them already: our offsets would be refused.
-            if self.txn_open {
-                producer::abort(&self.producer)?;
-                self.txn_open = false;
-            }
+            self.abandon_transaction()?;
             self.reset_tasks()?;
         } else {
             self.commit(consumer)?;
@@ -174,6 +199,7 @@ impl Inner {
         self.queues.clear();
         self.raw_offsets.clear();
         self.raw_waiting.clear();
+        self.committed.clear();
         Ok(())
     }
 

@@ -14,21 +14,48 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::clients;
 use super::consumer::Inner;
-use super::producer::{self, TxnFailure, TxnProducer, CALL_TIMEOUT};
+use super::producer::{self, TxnFailure, TxnProducer, CALL_TIMEOUT, TRANSACTION_TIMEOUT};
 use super::rebalance::RunContext;
 use super::task;
 use super::RunError;
+
+/// Whether a transaction is open, and since when.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpenTxn {
+    began: Option<Instant>,
+}
+
+impl OpenTxn {
+    pub fn is_open(&self) -> bool {
+        self.began.is_some()
+    }
+
+    pub fn close(&mut self) {
+        self.began = None;
+    }
+
+    /// Whether the coordinator may have aborted it on its own: a broker
+    /// outage longer than the transaction timeout does that, and the
+    /// producer then reports a fence (its epoch was bumped) although no
+    /// other instance took over. The coordinator only times out a
+    /// transaction older than the timeout, counted from its first partition,
+    /// which is after `began`.
+    fn may_have_timed_out(&self) -> bool {
+        self.began
+            .is_some_and(|t| t.elapsed() >= TRANSACTION_TIMEOUT)
+    }
+}
 
 /// Begins a transaction unless one is open (or the run is not transactional):
 /// the one place a transaction starts, called before anything is produced.
 pub fn begin_if_none_open(
     producer: &TxnProducer,
-    txn_open: &mut bool,
+    txn: &mut OpenTxn,
     transactional: bool,
 ) -> Result<(), KafkaError> {
-    if transactional && !*txn_open {
+    if transactional && !txn.is_open() {
         producer.begin_transaction()?;
-        *txn_open = true;
+        txn.began = Some(Instant::now());
     }
     Ok(())
 }
@@ -39,7 +66,7 @@ impl Inner {
     /// local stores.
     pub(super) fn commit(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<(), RunError> {
         let dirty = self.raw_dirty || self.tasks.values().any(|t| t.dirty);
-        if !dirty && !self.txn_open {
+        if !dirty && !self.txn_open.is_open() {
             return Ok(());
         }
         let started = Instant::now();
@@ -75,7 +102,13 @@ impl Inner {
                 return self.abort_and_rewind(consumer);
             }
             Err(TxnFailure::Fatal(reason)) => return self.rebuild_producer(consumer, &reason),
-            Err(TxnFailure::Fenced(reason)) => return Err(RunError::Fenced(reason)),
+            Err(TxnFailure::Fenced(reason)) => return self.on_fenced(consumer, reason),
+        }
+        for e in offsets.elements() {
+            if let Offset::Offset(next) = e.offset() {
+                self.committed
+                    .insert((e.topic().to_owned(), e.partition()), next);
+            }
         }
         self.apply(&deliveries.changelog_ends)?;
         self.raw_dirty = false;
@@ -114,6 +147,12 @@ impl Inner {
         Ok(())
     }
 
+    /// The offsets the commit carries: every task partition's, consumed or,
+    /// when nothing was consumed since the task opened, committed before.
+    /// Always sending them makes each transaction pass KIP-447's group
+    /// generation check, which alone fences an instance whose partitions
+    /// moved while it was paused: a task firing only wall-clock timers would
+    /// otherwise commit output its partition's new owner also produces.
     pub(super) fn offsets(&self) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in &self.raw_offsets {
@@ -121,7 +160,8 @@ impl Inner {
         }
         for task in self.tasks.values() {
             for q in &task.queues {
-                if let Some(next) = q.consumed {
+                let committed = self.committed.get(&(q.topic.clone(), task.id)).copied();
+                if let Some(next) = q.consumed.or(committed) {
                     // Only fails for a negative partition, which no task has.
                     let _ = tpl.add_partition_offset(&q.topic, task.id, Offset::Offset(next));
                 }
@@ -147,7 +187,14 @@ impl Inner {
         }
         producer::retry_retriable(|| self.producer.commit_transaction(CALL_TIMEOUT))
             .map_err(TxnFailure::from)?;
-        self.txn_open = false;
+        if crate::fault::reached("txn.after-end-txn") == Some(crate::fault::Fault::Fail) {
+            // As if the call timed out after EndTxn reached the coordinator:
+            // committed, but this run cannot know it.
+            return Err(TxnFailure::Fatal(
+                "commit_transaction timed out (injected after EndTxn)".into(),
+            ));
+        }
+        self.txn_open.close();
         Ok(())
     }
 
@@ -159,9 +206,13 @@ impl Inner {
         if offsets.count() == 0 {
             return Ok(());
         }
-        consumer
-            .commit(offsets, CommitMode::Sync)
-            .map_err(TxnFailure::abortable)
+        // The output is out already: rewinding now would repeat it. Retry
+        // through a broker outage; a rebalance (the generation moved on)
+        // refuses the commit for good, and then the batch is processed again.
+        super::retry_kafka("commit the offsets", || {
+            consumer.commit(offsets, CommitMode::Sync)
+        })
+        .map_err(TxnFailure::abortable)
     }
 
     /// Writes the committed changes to the local stores, with the changelog
@@ -193,15 +244,49 @@ impl Inner {
         consumer: &BaseConsumer<RunContext>,
     ) -> Result<(), RunError> {
         self.summary.aborts += 1;
-        if self.txn_open {
+        if self.txn_open.is_open() {
             match producer::abort(&self.producer) {
-                Ok(()) => self.txn_open = false,
-                Err(RunError::Fenced(r)) => return Err(RunError::Fenced(r)),
+                Ok(()) => self.txn_open.close(),
+                Err(RunError::Fenced(r)) => return self.on_fenced(consumer, r),
                 Err(e) => return self.rebuild_producer(consumer, &e.to_string()),
             }
         }
         self.reset_tasks()?;
         self.rewind(consumer)
+    }
+
+    /// Aborts the open transaction without rewinding (the partitions are
+    /// being revoked); a producer that cannot abort is replaced.
+    pub(super) fn abandon_transaction(&mut self) -> Result<(), RunError> {
+        if !self.txn_open.is_open() {
+            return Ok(());
+        }
+        match producer::abort(&self.producer) {
+            Ok(()) => {
+                self.txn_open.close();
+                Ok(())
+            }
+            Err(RunError::Fenced(r)) if !self.txn_open.may_have_timed_out() => {
+                Err(RunError::Fenced(r))
+            }
+            Err(e) => self.replace_producer(&e.to_string()),
+        }
+    }
+
+    /// A fence: from another instance with our transactional id, so stop;
+    /// unless the open transaction outlived the transaction timeout, when
+    /// the coordinator's own abort of it looks the same (a broker outage).
+    /// Then only the producer is lost: rebuild it.
+    fn on_fenced(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+        reason: String,
+    ) -> Result<(), RunError> {
+        if !self.txn_open.may_have_timed_out() {
+            return Err(RunError::Fenced(reason));
+        }
+        tracing::warn!(%reason, timeout = ?TRANSACTION_TIMEOUT, "fenced with a transaction older than the transaction timeout: the coordinator aborted it; rebuilding the producer");
+        self.rebuild_producer(consumer, &reason)
     }
 
     pub(super) fn reset_tasks(&mut self) -> Result<(), RunError> {
@@ -253,12 +338,38 @@ impl Inner {
         reason: &str,
     ) -> Result<(), RunError> {
         tracing::warn!(%reason, "producer failed fatally; rebuilding it and rewinding to the last commit");
+        self.replace_producer(reason)?;
+        self.reopen_tasks()?;
+        self.rewind(consumer)
+    }
+
+    /// Drops the producer for a new one, whose `init_transactions` decides
+    /// what the old one left open: commits it if the coordinator had logged
+    /// the commit, else aborts it.
+    fn replace_producer(&mut self, reason: &str) -> Result<(), RunError> {
         self.summary.producer_rebuilds += 1;
         self.producer
             .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         self.producer = clients::new_producer_patiently(&self.shared)?;
-        self.txn_open = false;
-        self.reset_tasks()?;
-        self.rewind(consumer)
+        tracing::info!(%reason, "producer rebuilt");
+        self.txn_open.close();
+        Ok(())
+    }
+
+    /// After a producer rebuild the last transaction's outcome is whatever
+    /// the new producer's init decided, maybe a commit whose changes never
+    /// reached the local stores: each task reopens from the changelog,
+    /// which holds the outcome (a restore from the positions the store
+    /// recorded, usually short).
+    fn reopen_tasks(&mut self) -> Result<(), RunError> {
+        self.producer.context().take();
+        self.raw_offsets.clear();
+        self.raw_dirty = false;
+        let ids: Vec<i32> = self.tasks.keys().copied().collect();
+        self.close_tasks(None);
+        for id in ids {
+            self.open_task(id)?;
+        }
+        Ok(())
     }
 }
