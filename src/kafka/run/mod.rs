@@ -14,11 +14,16 @@
 //! an engine, a RocksDB store under `--state-dir`, and partition `p` of every
 //! changelog. The engine is the one replay uses: only the clock differs.
 
+mod clients;
 mod consumer;
+mod input;
 pub mod output;
 pub mod producer;
+mod purge;
+mod rebalance;
 pub mod task;
 pub mod topics;
+mod transaction;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -129,7 +134,7 @@ pub fn run(
     opts.engine.cache_capacity = per_task.max(20_000);
     let instance = match &opts.instance_id {
         Some(id) => id.clone(),
-        None => consumer::stored_instance_id(&state_root)?,
+        None => clients::stored_instance_id(&state_root)?,
     };
     tracing::info!(app = %topo.app_id, instance = %instance, tasks = layout.tasks, guarantee = ?opts.guarantee, clock = ?opts.clock, "starting");
     let shared = consumer::Shared {
@@ -179,6 +184,10 @@ fn is_permanent(e: &KafkaError) -> bool {
             C::Fenced
                 | C::FencedInstanceId
                 | C::ProducerFenced
+                // The group moved on: a retry cannot succeed.
+                | C::IllegalGeneration
+                | C::UnknownMemberId
+                | C::RebalanceInProgress
                 | C::GroupAuthorizationFailed
                 | C::TopicAuthorizationFailed
                 | C::SaslAuthenticationFailed

@@ -2,7 +2,7 @@
 //! letters, produced inside the open transaction.
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::BaseRecord;
 
 use super::producer::{self, TxnProducer};
 use crate::engine::{DeadLetter, Output, OutputError};
@@ -31,7 +31,7 @@ pub struct OutputCounts {
 pub struct KafkaOutput<'a> {
     pub producer: &'a TxnProducer,
     /// Whether a transaction is open; one is begun before the first send.
-    pub txn_open: &'a mut bool,
+    pub txn_open: &'a mut super::transaction::OpenTxn,
     pub transactional: bool,
     pub dead_letter_topic: &'a str,
     pub origin: Option<Origin<'a>>,
@@ -40,10 +40,7 @@ pub struct KafkaOutput<'a> {
 
 impl KafkaOutput<'_> {
     fn ensure_txn(&mut self) -> Result<(), OutputError> {
-        if self.transactional && !*self.txn_open {
-            self.producer.begin_transaction()?;
-            *self.txn_open = true;
-        }
+        super::transaction::begin_if_none_open(self.producer, self.txn_open, self.transactional)?;
         Ok(())
     }
 

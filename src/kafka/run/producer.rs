@@ -16,6 +16,11 @@ pub type TxnProducer = BaseProducer<Deliveries>;
 /// How long a transactional call may take before the run gives up on it.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `transaction.timeout.ms`: short enough that a crashed instance's open
+/// transaction does not block read_committed readers for long when no
+/// successor with the same id comes up to abort it.
+pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Counts delivery reports, keeps the first failure and the last offset
 /// written to each changelog partition (the position a store reflects once
 /// the transaction commits).
@@ -102,12 +107,10 @@ pub fn create(
         // Keys land on the partitions the Java clients (and Kafka Streams) would pick.
         .set("partitioner", "murmur2_random");
     if let Some(id) = transactional_id {
-        // Short enough that a crashed instance's open transaction does not
-        // block read_committed readers for long when no successor with the
-        // same id comes up to abort it.
+        let timeout_ms = TRANSACTION_TIMEOUT.as_millis().to_string();
         config
             .set("transactional.id", id)
-            .set("transaction.timeout.ms", "10000");
+            .set("transaction.timeout.ms", &timeout_ms);
     }
     let producer: TxnProducer = config
         .create_with_context(Deliveries::new(changelogs))
@@ -143,14 +146,18 @@ where
 
 /// Waits until every message has its delivery report served. rdkafka's own
 /// `flush` polls in 100 ms slices, which would put 100 ms on every commit.
+/// No deadline of its own: librdkafka reports every message by
+/// `message.timeout.ms` (delivered or failed), and a broker outage must not
+/// end the run; a failed delivery then aborts or rewinds.
 pub fn drain(producer: &TxnProducer) -> Result<(), RunError> {
-    let deadline = Instant::now() + CALL_TIMEOUT;
+    let mut next_note = Instant::now() + CALL_TIMEOUT;
     while producer.in_flight_count() > 0 {
-        if Instant::now() > deadline {
-            return Err(RunError::Setup(format!(
-                "{} messages still undelivered after {CALL_TIMEOUT:?}",
-                producer.in_flight_count()
-            )));
+        if Instant::now() > next_note {
+            tracing::warn!(
+                in_flight = producer.in_flight_count(),
+                "deliveries are slow (is the broker away?); still waiting"
+            );
+            next_note = Instant::now() + CALL_TIMEOUT;
         }
         producer.poll(Duration::from_millis(1));
     }
@@ -182,15 +189,33 @@ pub fn retry_retriable(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<
     }
 }
 
-/// What a failed transactional call means for the run.
-#[derive(Debug)]
+/// What a failed call means for the run: the one error class of the loop's
+/// commits, aborts and output.
+#[derive(Debug, thiserror::Error)]
 pub enum TxnFailure {
     /// Abort, rewind to the committed offsets, restore state, go on.
+    #[error("{0}")]
     Abortable(String),
     /// Another instance took over our transactional id: stop writing.
+    #[error("fenced: {0}")]
     Fenced(String),
     /// The producer is unusable: drop it and build a new one.
+    #[error("fatal: {0}")]
     Fatal(String),
+}
+
+impl TxnFailure {
+    /// A failure producing output or committing offsets: the open
+    /// transaction (or batch) is abandoned and the run rewinds.
+    pub fn abortable(error: impl std::fmt::Display) -> Self {
+        TxnFailure::Abortable(error.to_string())
+    }
+}
+
+impl From<KafkaError> for TxnFailure {
+    fn from(error: KafkaError) -> Self {
+        failure_class(&error)
+    }
 }
 
 /// Sorts an error into librdkafka's documented classes.

@@ -1,0 +1,375 @@
+//! The transaction state machine of a run: begin when the first record of a
+//! transaction is produced, commit (changelog, offsets, then the local
+//! stores), abort and rewind to the last commit, and rebuild a producer that
+//! failed fatally. Under `at_least_once` the same steps flush and commit
+//! offsets instead.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::clients;
+use super::consumer::Inner;
+use super::producer::{self, TxnFailure, TxnProducer, CALL_TIMEOUT, TRANSACTION_TIMEOUT};
+use super::rebalance::RunContext;
+use super::task;
+use super::RunError;
+
+/// Whether a transaction is open, and since when.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpenTxn {
+    began: Option<Instant>,
+}
+
+impl OpenTxn {
+    pub fn is_open(&self) -> bool {
+        self.began.is_some()
+    }
+
+    pub fn close(&mut self) {
+        self.began = None;
+    }
+
+    /// Whether the coordinator may have aborted it on its own: a broker
+    /// outage longer than the transaction timeout does that, and the
+    /// producer then reports a fence (its epoch was bumped) although no
+    /// other instance took over. The coordinator only times out a
+    /// transaction older than the timeout, counted from its first partition,
+    /// which is after `began`.
+    fn may_have_timed_out(&self) -> bool {
+        self.began
+            .is_some_and(|t| t.elapsed() >= TRANSACTION_TIMEOUT)
+    }
+}
+
+/// Begins a transaction unless one is open (or the run is not transactional):
+/// the one place a transaction starts, called before anything is produced.
+pub fn begin_if_none_open(
+    producer: &TxnProducer,
+    txn: &mut OpenTxn,
+    transactional: bool,
+) -> Result<(), KafkaError> {
+    if transactional && !txn.is_open() {
+        producer.begin_transaction()?;
+        txn.began = Some(Instant::now());
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// Commits: changelog records for every changed store, then offsets and
+    /// output atomically (a transaction, or flush-then-commit), then the
+    /// local stores.
+    pub(super) fn commit(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<(), RunError> {
+        let dirty = self.raw_dirty || self.tasks.values().any(|t| t.dirty);
+        if !dirty && !self.txn_open.is_open() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        begin_if_none_open(
+            &self.producer,
+            &mut self.txn_open,
+            self.shared.exactly_once(),
+        )
+        .map_err(|e| producer::classify(e, "begin a transaction"))?;
+        if let Err(e) = self.produce_changelogs() {
+            tracing::warn!(error = %e, "producing the changelog failed; aborting");
+            return self.abort_and_rewind(consumer);
+        }
+        producer::drain(&self.producer)?;
+        let deliveries = self.producer.context().take();
+        if deliveries.failed > 0 {
+            tracing::warn!(failed = deliveries.failed, first = ?deliveries.first_error, "deliveries failed; aborting");
+            return self.abort_and_rewind(consumer);
+        }
+        let offsets = self.offsets();
+        // Tests widen the moment between the changelog being written and
+        // the transaction committing, so that crash tests' kills land there.
+        crate::fault::reached("txn.before-commit");
+        let committed = if self.shared.exactly_once() {
+            self.commit_transaction(consumer, &offsets)
+        } else {
+            self.commit_offsets(consumer, &offsets)
+        };
+        match committed {
+            Ok(()) => {}
+            Err(TxnFailure::Abortable(reason)) => {
+                tracing::warn!(%reason, "commit failed; aborting and rewinding");
+                return self.abort_and_rewind(consumer);
+            }
+            Err(TxnFailure::Fatal(reason)) => return self.rebuild_producer(consumer, &reason),
+            Err(TxnFailure::Fenced(reason)) => return self.on_fenced(consumer, reason),
+        }
+        for e in offsets.elements() {
+            if let Offset::Offset(next) = e.offset() {
+                self.committed
+                    .insert((e.topic().to_owned(), e.partition()), next);
+            }
+        }
+        self.apply(&deliveries.changelog_ends)?;
+        self.raw_dirty = false;
+        if self.purger.is_some() {
+            let positions = self.repartition_positions();
+            if let Some(purger) = &mut self.purger {
+                purger.after_commit(&positions);
+            }
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        self.summary.commits += 1;
+        self.summary.commit_ms_max = self.summary.commit_ms_max.max(ms);
+        self.last_commit_done = Some(Instant::now());
+        Ok(())
+    }
+
+    pub(super) fn produce_changelogs(&mut self) -> Result<(), RunError> {
+        let shared = Arc::clone(&self.shared);
+        for task in self.tasks.values_mut().filter(|t| t.dirty) {
+            let changes = task.engine.prepare_commit()?;
+            for (store, key, value) in task.engine.changelog(&changes) {
+                let Some(topic) = shared.changelog_of(store) else {
+                    continue;
+                };
+                let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+                    .partition(task.id)
+                    .key(key);
+                if let Some(v) = value {
+                    record = record.payload(v);
+                }
+                producer::send(&self.producer, record)
+                    .map_err(|e| RunError::kafka("produce a changelog record", e))?;
+            }
+            task.prepared = Some(changes);
+        }
+        Ok(())
+    }
+
+    /// The offsets the commit carries: every task partition's, consumed or,
+    /// when nothing was consumed since the task opened, committed before.
+    /// Always sending them makes each transaction pass KIP-447's group
+    /// generation check, which alone fences an instance whose partitions
+    /// moved while it was paused: a task firing only wall-clock timers would
+    /// otherwise commit output its partition's new owner also produces.
+    pub(super) fn offsets(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.raw_offsets {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        for task in self.tasks.values() {
+            for q in &task.queues {
+                let committed = self.committed.get(&(q.topic.clone(), task.id)).copied();
+                if let Some(next) = q.consumed.or(committed) {
+                    // Only fails for a negative partition, which no task has.
+                    let _ = tpl.add_partition_offset(&q.topic, task.id, Offset::Offset(next));
+                }
+            }
+        }
+        tpl
+    }
+
+    pub(super) fn commit_transaction(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+        offsets: &TopicPartitionList,
+    ) -> Result<(), TxnFailure> {
+        if offsets.count() > 0 {
+            let metadata = consumer
+                .group_metadata()
+                .ok_or_else(|| TxnFailure::Abortable("no consumer group metadata yet".into()))?;
+            producer::retry_retriable(|| {
+                self.producer
+                    .send_offsets_to_transaction(offsets, &metadata, CALL_TIMEOUT)
+            })
+            .map_err(TxnFailure::from)?;
+        }
+        producer::retry_retriable(|| self.producer.commit_transaction(CALL_TIMEOUT))
+            .map_err(TxnFailure::from)?;
+        if crate::fault::reached("txn.after-end-txn") == Some(crate::fault::Fault::Fail) {
+            // As if the call timed out after EndTxn reached the coordinator:
+            // committed, but this run cannot know it.
+            return Err(TxnFailure::Fatal(
+                "commit_transaction timed out (injected after EndTxn)".into(),
+            ));
+        }
+        self.txn_open.close();
+        Ok(())
+    }
+
+    pub(super) fn commit_offsets(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+        offsets: &TopicPartitionList,
+    ) -> Result<(), TxnFailure> {
+        if offsets.count() == 0 {
+            return Ok(());
+        }
+        // The output is out already: rewinding now would repeat it. Retry
+        // through a broker outage; a rebalance (the generation moved on)
+        // refuses the commit for good, and then the batch is processed again.
+        super::retry_kafka("commit the offsets", || {
+            consumer.commit(offsets, CommitMode::Sync)
+        })
+        .map_err(TxnFailure::abortable)
+    }
+
+    /// Writes the committed changes to the local stores, with the changelog
+    /// position each store now reflects.
+    pub(super) fn apply(
+        &mut self,
+        ends: &std::collections::HashMap<(String, i32), i64>,
+    ) -> Result<(), RunError> {
+        for task in self.tasks.values_mut().filter(|t| t.dirty) {
+            let Some(mut changes) = task.prepared.take() else {
+                continue;
+            };
+            for ((topic, partition), next) in ends {
+                if *partition == task.id {
+                    let (key, value) = task::position_entry(topic, *next);
+                    task.engine.note_in_commit(&mut changes, &key, value);
+                }
+            }
+            task.engine.apply_commit(changes)?;
+            task.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Abandons everything since the last commit: the transaction, the
+    /// tasks' uncommitted state, and the consumer positions.
+    pub(super) fn abort_and_rewind(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+    ) -> Result<(), RunError> {
+        self.summary.aborts += 1;
+        if self.txn_open.is_open() {
+            match producer::abort(&self.producer) {
+                Ok(()) => self.txn_open.close(),
+                Err(RunError::Fenced(r)) => return self.on_fenced(consumer, r),
+                Err(e) => return self.rebuild_producer(consumer, &e.to_string()),
+            }
+        }
+        self.reset_tasks()?;
+        self.rewind(consumer)
+    }
+
+    /// Aborts the open transaction without rewinding (the partitions are
+    /// being revoked); a producer that cannot abort is replaced.
+    pub(super) fn abandon_transaction(&mut self) -> Result<(), RunError> {
+        if !self.txn_open.is_open() {
+            return Ok(());
+        }
+        match producer::abort(&self.producer) {
+            Ok(()) => {
+                self.txn_open.close();
+                Ok(())
+            }
+            Err(RunError::Fenced(r)) if !self.txn_open.may_have_timed_out() => {
+                Err(RunError::Fenced(r))
+            }
+            Err(e) => self.replace_producer(&e.to_string()),
+        }
+    }
+
+    /// A fence: from another instance with our transactional id, so stop;
+    /// unless the open transaction outlived the transaction timeout, when
+    /// the coordinator's own abort of it looks the same (a broker outage).
+    /// Then only the producer is lost: rebuild it.
+    fn on_fenced(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+        reason: String,
+    ) -> Result<(), RunError> {
+        if !self.txn_open.may_have_timed_out() {
+            return Err(RunError::Fenced(reason));
+        }
+        tracing::warn!(%reason, timeout = ?TRANSACTION_TIMEOUT, "fenced with a transaction older than the transaction timeout: the coordinator aborted it; rebuilding the producer");
+        self.rebuild_producer(consumer, &reason)
+    }
+
+    pub(super) fn reset_tasks(&mut self) -> Result<(), RunError> {
+        let shared = Arc::clone(&self.shared);
+        self.producer.context().take();
+        self.raw_offsets.clear();
+        self.raw_dirty = false;
+        for task in self.tasks.values_mut() {
+            task.reset(&shared.topo, &shared.opts.engine)?;
+        }
+        Ok(())
+    }
+
+    /// Puts every assigned partition back at its committed offset.
+    pub(super) fn rewind(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<(), RunError> {
+        let assigned = consumer
+            .assignment()
+            .map_err(|e| RunError::kafka("read the assignment", e))?;
+        if assigned.count() == 0 {
+            return Ok(());
+        }
+        let committed = super::retry_kafka("fetch the committed offsets", || {
+            consumer.committed_offsets(assigned.clone(), CALL_TIMEOUT)
+        })?;
+        let mut seek = TopicPartitionList::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
+        }
+        let result = super::retry_kafka("rewind to the committed offsets", || {
+            consumer.seek_partitions(seek.clone(), CALL_TIMEOUT)
+        })?;
+        for e in result.elements() {
+            if let Err(err) = e.error() {
+                return Err(RunError::kafka("rewind a partition", err));
+            }
+        }
+        Ok(())
+    }
+
+    /// A fatal producer error: build a new producer (its init aborts what
+    /// the old one left open) and go back to the last commit.
+    pub(super) fn rebuild_producer(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+        reason: &str,
+    ) -> Result<(), RunError> {
+        tracing::warn!(%reason, "producer failed fatally; rebuilding it and rewinding to the last commit");
+        self.replace_producer(reason)?;
+        self.reopen_tasks()?;
+        self.rewind(consumer)
+    }
+
+    /// Drops the producer for a new one, whose `init_transactions` decides
+    /// what the old one left open: commits it if the coordinator had logged
+    /// the commit, else aborts it.
+    fn replace_producer(&mut self, reason: &str) -> Result<(), RunError> {
+        self.summary.producer_rebuilds += 1;
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        self.producer = clients::new_producer_patiently(&self.shared)?;
+        tracing::info!(%reason, "producer rebuilt");
+        self.txn_open.close();
+        Ok(())
+    }
+
+    /// After a producer rebuild the last transaction's outcome is whatever
+    /// the new producer's init decided, maybe a commit whose changes never
+    /// reached the local stores: each task reopens from the changelog,
+    /// which holds the outcome (a restore from the positions the store
+    /// recorded, usually short).
+    fn reopen_tasks(&mut self) -> Result<(), RunError> {
+        self.producer.context().take();
+        self.raw_offsets.clear();
+        self.raw_dirty = false;
+        let ids: Vec<i32> = self.tasks.keys().copied().collect();
+        self.close_tasks(None);
+        for id in ids {
+            self.open_task(id)?;
+        }
+        Ok(())
+    }
+}
