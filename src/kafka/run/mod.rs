@@ -17,6 +17,7 @@
 mod consumer;
 pub mod output;
 pub mod producer;
+mod restore;
 pub mod task;
 pub mod topics;
 
