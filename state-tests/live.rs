@@ -172,7 +172,7 @@ fn exactly_once_survives_kill_9_with_two_instances() {
                 "--commit-interval-ms",
                 "20",
             ],
-            &[("SLUICE_TEST_COMMIT_DELAY_MS", "60")],
+            &[("SLUICE_FAULTS", "txn.before-commit=delay:60")],
         )
     };
     let mut kills = 0;
@@ -298,7 +298,7 @@ fn committed_intents(s: &Setup, expected: usize, timeout_secs: u64) -> Vec<Inten
 }
 
 /// Slows commits so that the instances below meet mid-run.
-const SLOW_COMMITS: [(&str, &str); 1] = [("SLUICE_TEST_COMMIT_DELAY_MS", "40")];
+const SLOW_COMMITS: [(&str, &str); 1] = [("SLUICE_FAULTS", "txn.before-commit=delay:40")];
 
 #[test]
 fn state_moves_with_partitions_when_instances_come_and_go() {
@@ -595,7 +595,7 @@ fn the_run_carries_on_by_itself_across_a_broker_restart() {
 
     let log = dir.path().join("run.log");
     let mut run = sluice_cmd()
-        .env("SLUICE_TEST_COMMIT_DELAY_MS", "40")
+        .env("SLUICE_FAULTS", "txn.before-commit=delay:40")
         .args(["-v", "run"])
         .arg(&topology)
         .args([

@@ -14,12 +14,17 @@
 //! an engine, a RocksDB store under `--state-dir`, and partition `p` of every
 //! changelog. The engine is the one replay uses: only the clock differs.
 
+mod clients;
 mod consumer;
+mod input;
 pub mod output;
 pub mod producer;
+mod purge;
+mod rebalance;
 mod restore;
 pub mod task;
 pub mod topics;
+mod transaction;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -60,6 +65,8 @@ pub struct RunOptions {
     pub exit_after_idle: Option<Duration>,
     /// Input values above this size go to the dead-letter topic unparsed.
     pub max_value_bytes: usize,
+    /// One budget, in bytes, for the input records buffered by all tasks.
+    pub max_buffer_bytes: usize,
     pub engine: EngineOptions,
 }
 
@@ -102,6 +109,13 @@ pub struct RunSummary {
     pub rebalances: u64,
     pub restored_records: u64,
     pub restore_ms: u64,
+    /// Changelog records a restore skipped because the store cannot hold them.
+    pub restore_malformed: u64,
+    /// Changelog records a restore skipped because they follow from input
+    /// that was never committed (at-least-once).
+    pub restore_uncommitted: u64,
+    /// The most input buffered by the tasks at once, in bytes.
+    pub max_buffered_bytes: u64,
     /// Milliseconds from the first record processed to the last commit.
     pub active_ms: u64,
     pub commit_ms_max: u64,
@@ -130,7 +144,7 @@ pub fn run(
     opts.engine.cache_capacity = per_task.max(20_000);
     let instance = match &opts.instance_id {
         Some(id) => id.clone(),
-        None => consumer::stored_instance_id(&state_root)?,
+        None => clients::stored_instance_id(&state_root)?,
     };
     tracing::info!(app = %topo.app_id, instance = %instance, tasks = layout.tasks, guarantee = ?opts.guarantee, clock = ?opts.clock, "starting");
     let shared = consumer::Shared {

@@ -2,7 +2,7 @@
 //! letters, produced inside the open transaction.
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::BaseRecord;
 
 use super::producer::{self, TxnProducer};
 use crate::engine::{DeadLetter, Output, OutputError};
@@ -40,10 +40,7 @@ pub struct KafkaOutput<'a> {
 
 impl KafkaOutput<'_> {
     fn ensure_txn(&mut self) -> Result<(), OutputError> {
-        if self.transactional && !*self.txn_open {
-            self.producer.begin_transaction()?;
-            *self.txn_open = true;
-        }
+        super::transaction::begin_if_none_open(self.producer, self.txn_open, self.transactional)?;
         Ok(())
     }
 

@@ -182,15 +182,33 @@ pub fn retry_retriable(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<
     }
 }
 
-/// What a failed transactional call means for the run.
-#[derive(Debug)]
+/// What a failed call means for the run: the one error class of the loop's
+/// commits, aborts and output.
+#[derive(Debug, thiserror::Error)]
 pub enum TxnFailure {
     /// Abort, rewind to the committed offsets, restore state, go on.
+    #[error("{0}")]
     Abortable(String),
     /// Another instance took over our transactional id: stop writing.
+    #[error("fenced: {0}")]
     Fenced(String),
     /// The producer is unusable: drop it and build a new one.
+    #[error("fatal: {0}")]
     Fatal(String),
+}
+
+impl TxnFailure {
+    /// A failure producing output or committing offsets: the open
+    /// transaction (or batch) is abandoned and the run rewinds.
+    pub fn abortable(error: impl std::fmt::Display) -> Self {
+        TxnFailure::Abortable(error.to_string())
+    }
+}
+
+impl From<KafkaError> for TxnFailure {
+    fn from(error: KafkaError) -> Self {
+        failure_class(&error)
+    }
 }
 
 /// Sorts an error into librdkafka's documented classes.

@@ -2,11 +2,11 @@
 //! store keeps for it: the changelog positions it reflects and when it last
 //! did (its checkpoint).
 //!
-//! - A store restored before resumes from its recorded positions; one never
-//!   completed, or whose checkpoint is older than the changelogs'
-//!   `delete.retention.ms` (compaction may have removed tombstones it never
-//!   saw, which would bring deleted state back), starts over, empty, from
-//!   the beginning.
+//! - A store restored before resumes from its recorded positions. One never
+//!   completed starts over, empty, from the beginning; so does one that
+//!   turns out to be behind its changelogs while its checkpoint is older
+//!   than their `delete.retention.ms` (compaction may have removed
+//!   tombstones it never saw, which would bring deleted state back).
 //! - A record the store cannot hold (malformed) is skipped with an error log
 //!   and counted, as a dead letter is for input: one bad record must not
 //!   keep a task from opening.
@@ -27,7 +27,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::consumer::RestoreContext;
+use super::clients::RestoreContext;
 use super::task::TaskSetup;
 use super::topics::Changelog;
 use super::RunError;
@@ -144,6 +144,11 @@ pub struct RestoreStats {
 }
 
 impl RestoreStats {
+    /// Whether the changelogs held any record past the store's positions.
+    fn found_records(&self) -> bool {
+        self.records + self.malformed + self.uncommitted > 0
+    }
+
     fn add(&mut self, read: ChangelogRead) {
         self.records += read.applied;
         self.malformed += read.malformed;
@@ -184,15 +189,15 @@ pub fn restore_store(
     let open = || RocksBackend::open_shared(dir, setup.memory);
     let mut backend: Box<dyn StateBackend> = Box::new(open()?);
     let ends = changelog_ends(setup, id, env.restorer)?;
-    let from_beginning = match start_over_reason(backend.as_mut(), setup, &ends)? {
-        Some(reason) => {
-            tracing::info!(task = id, reason, "restoring the store from the beginning");
-            drop(backend);
-            wipe(dir)?;
-            backend = Box::new(open()?);
-            true
-        }
-        None => false,
+    let from_beginning = Engine::read_note(backend.as_mut(), READY_NOTE)?.is_none();
+    if from_beginning {
+        drop(backend);
+        wipe(dir)?;
+        backend = Box::new(open()?);
+    }
+    let stale = match from_beginning {
+        true => None,
+        false => stale_checkpoint(backend.as_mut(), setup)?,
     };
     let checker = Checker::new(setup)?;
     let mut stats = RestoreStats {
@@ -226,6 +231,14 @@ pub fn restore_store(
             }
             Err(RestoreError::Run(e)) => return Err(e),
         }
+    }
+    if let Some(reason) = stale.filter(|_| stats.found_records()) {
+        // Behind its changelogs for longer than tombstones are kept: what it
+        // missed may include deletions that compaction has removed since.
+        tracing::info!(task = id, reason, "restoring the store from the beginning");
+        drop(backend);
+        wipe(dir)?;
+        return restore_store(dir, id, setup, env);
     }
     Engine::write_note(backend.as_mut(), READY_NOTE, vec![1])?;
     let (key, value) = checkpoint_entry();
@@ -274,26 +287,13 @@ fn recorded_position(
     Ok(Engine::read_note(backend, &position_note(topic))?.and_then(|b| Position::decode(&b)))
 }
 
-/// Why the store cannot be resumed from its recorded positions, if so.
-fn start_over_reason(
+/// Why the store's recorded positions cannot be trusted if it turns out to
+/// be behind its changelogs: its checkpoint is older than the changelogs'
+/// `delete.retention.ms`, or it has none.
+fn stale_checkpoint(
     backend: &mut dyn StateBackend,
     setup: &TaskSetup<'_>,
-    ends: &[(i64, i64)],
 ) -> Result<Option<&'static str>, RunError> {
-    if Engine::read_note(backend, READY_NOTE)?.is_none() {
-        return Ok(Some("the store was never completely restored"));
-    }
-    let mut up_to_date = true;
-    for (changelog, &(low, high)) in setup.plan.changelogs.iter().zip(ends) {
-        up_to_date &= match recorded_position(backend, &changelog.topic)? {
-            Some(p) => p.is_end(high),
-            None => low == high,
-        };
-    }
-    // Nothing was written since: nothing can have been compacted away unseen.
-    if up_to_date {
-        return Ok(None);
-    }
     let Some(retention) = setup.layout.changelog_retention else {
         return Ok(None);
     };

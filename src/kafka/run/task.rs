@@ -6,13 +6,11 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Message, OwnedMessage};
 
-use super::consumer::RestoreContext;
 pub use super::restore::RestoreStats;
 use super::restore::{self, RestoreEnv};
-use super::topics::{Layout, Plan};
+use super::topics::{Changelog, Layout, Plan};
 use super::RunError;
 use crate::engine::{self, Engine, EngineOptions};
 use crate::state::SharedMemory;
@@ -133,21 +131,6 @@ pub struct ChangelogRecord<'a> {
 }
 
 impl Task {
-    /// Opens task `id` with a restore that needs nothing from the run.
-    pub fn open(
-        id: i32,
-        setup: &TaskSetup<'_>,
-        restorer: &BaseConsumer<RestoreContext>,
-    ) -> Result<(Task, RestoreStats), RunError> {
-        let mut keep_alive = || Ok(());
-        let mut env = RestoreEnv {
-            restorer,
-            committed: None,
-            keep_alive: &mut keep_alive,
-        };
-        Self::open_with(id, setup, &mut env)
-    }
-
     /// Opens task `id`: its store, brought up to date from the changelog.
     pub fn open_with(
         id: i32,
@@ -245,13 +228,13 @@ impl Task {
     /// for [`Task::applied`].
     pub fn produce_changelog(
         &mut self,
-        changelog_of: &dyn Fn(&str) -> Option<&str>,
+        changelogs: &[Changelog],
         send: &mut dyn FnMut(ChangelogRecord<'_>) -> Result<(), RunError>,
     ) -> Result<(), RunError> {
         let changes = self.engine.prepare_commit()?;
         let mut written: std::collections::HashSet<(&str, &[u8])> = Default::default();
         for (store, key, value) in self.engine.changelog(&changes) {
-            let Some(topic) = changelog_of(store) else {
+            let Some(topic) = changelog_topic(changelogs, store) else {
                 continue;
             };
             if !self.superseded.is_empty() {
@@ -260,7 +243,7 @@ impl Task {
             send(ChangelogRecord { topic, key, value })?;
         }
         for (store, key) in &self.superseded {
-            let Some(topic) = changelog_of(store) else {
+            let Some(topic) = changelog_topic(changelogs, store) else {
                 continue;
             };
             if written.contains(&(store.as_str(), key.as_slice())) {
@@ -313,8 +296,10 @@ impl Task {
     }
 }
 
-/// The meta entry to write with a commit: the changelog position the store
-/// will reflect once the commit is applied.
-pub fn position_entry(topic: &str, next_offset: i64) -> (Vec<u8>, Vec<u8>) {
-    restore::position_entry(topic, next_offset, false)
+/// The changelog topic of the store named `store` (stateless ones have none).
+fn changelog_topic<'a>(changelogs: &'a [Changelog], store: &str) -> Option<&'a str> {
+    changelogs
+        .iter()
+        .find(|c| c.store == store)
+        .map(|c| c.topic.as_str())
 }

@@ -1,0 +1,133 @@
+//! Building the run's clients: the group consumer, the restore consumer,
+//! the (transactional) producer, and the instance id they are named by.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::ClientContext;
+
+use super::consumer::{is_end_of_partition, Shared};
+use super::producer::{self, TxnProducer};
+use super::rebalance::RunContext;
+use super::RunError;
+
+/// The instance id kept in the state directory, created on first use, so
+/// that a restarted instance reuses its transactional id and aborts what
+/// its predecessor left open.
+pub fn stored_instance_id(state_root: &Path) -> Result<String, RunError> {
+    let path = state_root.join("instance-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(RunError::Setup(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    std::fs::write(&path, &id)
+        .map_err(|e| RunError::Setup(format!("cannot write {}: {e}", path.display())))?;
+    Ok(id)
+}
+
+pub(super) fn create_consumer(shared: &Shared) -> Result<BaseConsumer<RunContext>, RunError> {
+    let mut config = shared.base.clone();
+    config
+        .set("group.id", &shared.topo.app_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        // Range gives partition p of every input to the same member: co-partitioning.
+        .set("partition.assignment.strategy", "range")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        // With the default (1 s) fetching pauses a whole second whenever the
+        // local queue is full, which stalls a busy run.
+        .set("fetch.queue.backoff.ms", "10")
+        // Prefetch less than librdkafka's default (64 MiB and 100k records
+        // per partition, since each has its own queue here): the task
+        // buffers hold records too, and all must fit the RSS budget.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("queued.min.messages", "5000")
+        .set_log_level(super::librdkafka_log_level());
+    if let Some(id) = &shared.opts.instance_id {
+        // Static membership: a restarted instance gets its partitions back
+        // without a rebalance or a session timeout.
+        config.set("group.instance.id", id);
+    }
+    config
+        .create_with_context(RunContext::new())
+        .map_err(|e| RunError::kafka("create the consumer", e))
+}
+
+/// The restore consumer's context: logs through tracing; reaching the end
+/// of a changelog is the expected outcome, not an error.
+pub struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::log_librdkafka("restore", level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_end_of_partition(&error) {
+            tracing::warn!(client = "restore", error = %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
+pub(super) fn create_restorer(shared: &Shared) -> Result<BaseConsumer<RestoreContext>, RunError> {
+    let mut config = shared.base.clone();
+    config
+        .set("group.id", format!("{}-restore", shared.topo.app_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        // A recorded position past the end means the changelog is not the
+        // one the store was built from: fail, and restore from scratch.
+        .set("auto.offset.reset", "error")
+        .set("fetch.queue.backoff.ms", "10")
+        // The end of a changelog is only known when an empty fetch returns:
+        // do not let the broker hold it for the default 500 ms.
+        .set("fetch.wait.max.ms", "10")
+        .set("queued.max.messages.kbytes", "16384")
+        .set_log_level(super::librdkafka_log_level());
+    config
+        .create_with_context(RestoreContext)
+        .map_err(|e| RunError::kafka("create the restore consumer", e))
+}
+
+pub(super) fn new_producer(shared: &Shared) -> Result<TxnProducer, RunError> {
+    let mut config = shared.base.clone();
+    config.set_log_level(super::librdkafka_log_level());
+    let changelogs = shared.plan.changelog_topics().map(str::to_owned);
+    producer::create(&config, shared.transactional_id().as_deref(), changelogs)
+}
+
+/// A new producer, retried while the cluster is away (a broker restart):
+/// the run carries on by itself once it is back.
+pub(super) fn new_producer_patiently(shared: &Shared) -> Result<TxnProducer, RunError> {
+    let mut backoff = Duration::from_millis(200);
+    let give_up = Instant::now() + Duration::from_secs(300);
+    loop {
+        match new_producer(shared) {
+            Ok(p) => return Ok(p),
+            Err(e @ RunError::Fenced(_)) => return Err(e),
+            Err(e) if Instant::now() < give_up => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot build the producer yet");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

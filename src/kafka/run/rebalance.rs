@@ -1,0 +1,226 @@
+//! Rebalances: the consumer's callbacks, the pending assignment they leave
+//! for the loop, and opening and closing the tasks of moved partitions.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, OnceLock, Weak};
+
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::consumer::{is_end_of_partition, Inner};
+use super::producer::{self, CALL_TIMEOUT};
+use super::restore::RestoreEnv;
+use super::task::Task;
+use super::RunError;
+
+/// A partition's own fetch queue, split off the consumer's main queue so
+/// that its end-of-partition events say which topic they are about.
+pub(super) struct SplitQueue {
+    pub(super) topic: String,
+    pub(super) partition: i32,
+    pub(super) queue: PartitionQueue<RunContext>,
+}
+
+pub struct RunContext {
+    inner: Mutex<Option<Inner>>,
+    pub(super) consumer: OnceLock<Weak<BaseConsumer<RunContext>>>,
+}
+
+impl RunContext {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Option<Inner>> {
+        // A panic with the lock held already ends the run; the data is not reused.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClientContext for RunContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::log_librdkafka("consumer", level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_end_of_partition(&error) {
+            return; // reported on the partition queues
+        }
+        tracing::warn!(client = "consumer", error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for RunContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let mut guard = self.lock();
+        let Some(inner) = guard.as_mut() else {
+            return;
+        };
+        inner.summary.rebalances += 1;
+        let lost = consumer.assignment_lost();
+        tracing::info!(partitions = tpl.count(), lost, "partitions revoked");
+        if let Err(e) = inner.on_revoke(consumer, tpl, lost) {
+            inner.failure.get_or_insert(e);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(tpl) = rebalance else {
+            return;
+        };
+        let mut guard = self.lock();
+        let Some(inner) = guard.as_mut() else {
+            return;
+        };
+        let partitions: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        tracing::info!(partitions = partitions.len(), "partitions assigned");
+        // Split before returning to the poll loop: the fetcher starts now.
+        if let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) {
+            for (topic, partition) in &partitions {
+                if let Some(queue) = consumer.split_partition_queue(topic, *partition) {
+                    inner.queues.push(SplitQueue {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        queue,
+                    });
+                }
+            }
+        }
+        for (topic, partition) in &partitions {
+            if inner.shared.plan.repartition_of(topic).is_some() {
+                inner.raw_waiting.insert((topic.clone(), *partition));
+            }
+        }
+        inner.assigned = Some(partitions);
+    }
+}
+
+impl RunContext {
+    pub(super) fn new() -> Self {
+        RunContext {
+            inner: Mutex::new(None),
+            consumer: OnceLock::new(),
+        }
+    }
+}
+
+impl Inner {
+    /// Opens the tasks of newly assigned partitions, after the group's
+    /// committed offsets for them are stable: a predecessor's pending
+    /// transaction is then decided, and the changelog read below holds it.
+    pub(super) fn open_assigned(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+    ) -> Result<(), RunError> {
+        let Some(assigned) = self.assigned.take() else {
+            return Ok(());
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p) in &assigned {
+            tpl.add_partition(topic, *p);
+        }
+        let committed = super::retry_kafka("fetch the committed offsets", || {
+            consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT)
+        })?;
+        let plan = &self.shared.plan;
+        let mut ids: Vec<i32> = assigned
+            .iter()
+            .filter(|(t, _)| plan.inputs.contains(t))
+            .map(|(_, p)| *p)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            if self.tasks.contains_key(&id) {
+                continue;
+            }
+            let mut keep_alive = || Ok(());
+            let mut env = RestoreEnv {
+                restorer: &self.restorer,
+                committed: (!self.shared.exactly_once())
+                    .then(|| Self::committed_inputs(&self.shared.plan, &committed, id)),
+                keep_alive: &mut keep_alive,
+            };
+            let (task, stats) = Task::open_with(id, &self.shared.task_setup(), &mut env)?;
+            self.summary.restored_records += stats.records;
+            self.summary.restore_ms += stats.elapsed.as_millis() as u64;
+            self.summary.restore_malformed += stats.malformed;
+            self.summary.restore_uncommitted += stats.uncommitted;
+            self.tasks.insert(id, task);
+        }
+        Ok(())
+    }
+
+    /// The group's committed offsets of task `id`'s inputs, by topic.
+    fn committed_inputs(
+        plan: &super::topics::Plan,
+        committed: &TopicPartitionList,
+        id: i32,
+    ) -> HashMap<String, Option<i64>> {
+        plan.inputs
+            .iter()
+            .map(|topic| {
+                let next = committed
+                    .find_partition(topic, id)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                (topic.clone(), next)
+            })
+            .collect()
+    }
+
+    /// Revocation: commit what the tasks hold (or abort it), then close the
+    /// tasks of the revoked partitions; their stores keep the committed state.
+    pub(super) fn on_revoke(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+        revoked: &TopicPartitionList,
+        lost: bool,
+    ) -> Result<(), RunError> {
+        if lost {
+            // Another member may own them already: our offsets would be refused.
+            if self.txn_open {
+                producer::abort(&self.producer)?;
+                self.txn_open = false;
+            }
+            self.reset_tasks()?;
+        } else {
+            self.commit(consumer)?;
+        }
+        let plan = &self.shared.plan;
+        let ids: Vec<i32> = revoked
+            .elements()
+            .iter()
+            .filter(|e| plan.inputs.iter().any(|t| t == e.topic()))
+            .map(|e| e.partition())
+            .collect();
+        self.close_tasks(Some(&ids));
+        self.queues.clear();
+        self.raw_offsets.clear();
+        self.raw_waiting.clear();
+        Ok(())
+    }
+
+    /// Closes the tasks `ids` (all when `None`), discarding uncommitted changes.
+    pub(super) fn close_tasks(&mut self, ids: Option<&[i32]>) {
+        let closing: Vec<i32> = match ids {
+            Some(ids) => ids.to_vec(),
+            None => self.tasks.keys().copied().collect(),
+        };
+        for id in closing {
+            if let Some(task) = self.tasks.remove(&id) {
+                let mut backend = task.engine.discard();
+                if let Err(e) = backend.sync() {
+                    tracing::warn!(task = id, error = %e, "cannot sync the store on close");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The transaction state machine of a run: begin when the first record of a
+//! transaction is produced, commit (changelog, offsets, then the local
+//! stores), abort and rewind to the last commit, and rebuild a producer that
+//! failed fatally. Under `at_least_once` the same steps flush and commit
+//! offsets instead.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::clients;
+use super::consumer::Inner;
+use super::producer::{self, TxnFailure, TxnProducer, CALL_TIMEOUT};
+use super::rebalance::RunContext;
+use super::RunError;
+
+/// Begins a transaction unless one is open (or the run is not transactional):
+/// the one place a transaction starts, called before anything is produced.
+pub fn begin_if_none_open(
+    producer: &TxnProducer,
+    txn_open: &mut bool,
+    transactional: bool,
+) -> Result<(), KafkaError> {
+    if transactional && !*txn_open {
+        producer.begin_transaction()?;
+        *txn_open = true;
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// Commits: changelog records for every changed store, then offsets and
+    /// output atomically (a transaction, or flush-then-commit), then the
+    /// local stores.
+    pub(super) fn commit(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<(), RunError> {
+        let dirty = self.raw_dirty || self.tasks.values().any(|t| t.dirty);
+        if !dirty && !self.txn_open {
+            return Ok(());
+        }
+        let started = Instant::now();
+        begin_if_none_open(
+            &self.producer,
+            &mut self.txn_open,
+            self.shared.exactly_once(),
+        )
+        .map_err(|e| producer::classify(e, "begin a transaction"))?;
+        if let Err(e) = self.produce_changelogs() {
+            tracing::warn!(error = %e, "producing the changelog failed; aborting");
+            return self.abort_and_rewind(consumer);
+        }
+        producer::drain(&self.producer)?;
+        let deliveries = self.producer.context().take();
+        if deliveries.failed > 0 {
+            tracing::warn!(failed = deliveries.failed, first = ?deliveries.first_error, "deliveries failed; aborting");
+            return self.abort_and_rewind(consumer);
+        }
+        let offsets = self.offsets();
+        // Tests widen the moment between the changelog being written and
+        // the transaction committing, so that crash tests' kills land there.
+        crate::fault::reached("txn.before-commit");
+        let committed = if self.shared.exactly_once() {
+            self.commit_transaction(consumer, &offsets)
+        } else {
+            self.commit_offsets(consumer, &offsets)
+        };
+        match committed {
+            Ok(()) => {}
+            Err(TxnFailure::Abortable(reason)) => {
+                tracing::warn!(%reason, "commit failed; aborting and rewinding");
+                return self.abort_and_rewind(consumer);
+            }
+            Err(TxnFailure::Fatal(reason)) => return self.rebuild_producer(consumer, &reason),
+            Err(TxnFailure::Fenced(reason)) => return Err(RunError::Fenced(reason)),
+        }
+        self.apply(&deliveries.changelog_ends)?;
+        self.raw_dirty = false;
+        if self.purger.is_some() {
+            let positions = self.repartition_positions();
+            if let Some(purger) = &mut self.purger {
+                purger.after_commit(&positions);
+            }
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        self.summary.commits += 1;
+        self.summary.commit_ms_max = self.summary.commit_ms_max.max(ms);
+        self.last_commit_done = Some(Instant::now());
+        Ok(())
+    }
+
+    pub(super) fn produce_changelogs(&mut self) -> Result<(), RunError> {
+        let shared = Arc::clone(&self.shared);
+        let producer = &self.producer;
+        for task in self.tasks.values_mut().filter(|t| t.dirty) {
+            // At-least-once: the input positions this state follows from,
+            // so that a restore can leave out what was never committed.
+            let inputs = (!shared.exactly_once()).then(|| task.input_positions());
+            let id = task.id;
+            task.produce_changelog(&shared.plan.changelogs, &mut |r| {
+                let mut record = BaseRecord::<[u8], [u8]>::to(r.topic)
+                    .partition(id)
+                    .key(r.key);
+                if let Some(v) = r.value {
+                    record = record.payload(v);
+                }
+                if let Some(inputs) = &inputs {
+                    record = record.headers(OwnedHeaders::new().insert(Header {
+                        key: super::restore::INPUTS_HEADER,
+                        value: Some(inputs.as_str()),
+                    }));
+                }
+                producer::send(producer, record)
+                    .map_err(|e| RunError::kafka("produce a changelog record", e))
+            })?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn offsets(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.raw_offsets {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        for task in self.tasks.values() {
+            for q in &task.queues {
+                if let Some(next) = q.consumed {
+                    // Only fails for a negative partition, which no task has.
+                    let _ = tpl.add_partition_offset(&q.topic, task.id, Offset::Offset(next));
+                }
+            }
+        }
+        tpl
+    }
+
+    pub(super) fn commit_transaction(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+        offsets: &TopicPartitionList,
+    ) -> Result<(), TxnFailure> {
+        if offsets.count() > 0 {
+            let metadata = consumer
+                .group_metadata()
+                .ok_or_else(|| TxnFailure::Abortable("no consumer group metadata yet".into()))?;
+            producer::retry_retriable(|| {
+                self.producer
+                    .send_offsets_to_transaction(offsets, &metadata, CALL_TIMEOUT)
+            })
+            .map_err(TxnFailure::from)?;
+        }
+        producer::retry_retriable(|| self.producer.commit_transaction(CALL_TIMEOUT))
+            .map_err(TxnFailure::from)?;
+        self.txn_open = false;
+        Ok(())
+    }
+
+    pub(super) fn commit_offsets(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+        offsets: &TopicPartitionList,
+    ) -> Result<(), TxnFailure> {
+        if offsets.count() == 0 {
+            return Ok(());
+        }
+        consumer
+            .commit(offsets, CommitMode::Sync)
+            .map_err(TxnFailure::abortable)
+    }
+
+    /// Writes the committed changes to the local stores, with the changelog
+    /// position each store now reflects.
+    pub(super) fn apply(
+        &mut self,
+        ends: &std::collections::HashMap<(String, i32), i64>,
+    ) -> Result<(), RunError> {
+        let transactional = self.shared.exactly_once();
+        for task in self.tasks.values_mut().filter(|t| t.dirty) {
+            task.applied(ends, transactional)?;
+        }
+        Ok(())
+    }
+
+    /// Abandons everything since the last commit: the transaction, the
+    /// tasks' uncommitted state, and the consumer positions.
+    pub(super) fn abort_and_rewind(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+    ) -> Result<(), RunError> {
+        self.summary.aborts += 1;
+        if self.txn_open {
+            match producer::abort(&self.producer) {
+                Ok(()) => self.txn_open = false,
+                Err(RunError::Fenced(r)) => return Err(RunError::Fenced(r)),
+                Err(e) => return self.rebuild_producer(consumer, &e.to_string()),
+            }
+        }
+        self.reset_tasks()?;
+        self.rewind(consumer)
+    }
+
+    pub(super) fn reset_tasks(&mut self) -> Result<(), RunError> {
+        let shared = Arc::clone(&self.shared);
+        self.producer.context().take();
+        self.raw_offsets.clear();
+        self.raw_dirty = false;
+        for task in self.tasks.values_mut() {
+            task.reset(&shared.topo, &shared.opts.engine)?;
+        }
+        Ok(())
+    }
+
+    /// Puts every assigned partition back at its committed offset.
+    pub(super) fn rewind(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<(), RunError> {
+        let assigned = consumer
+            .assignment()
+            .map_err(|e| RunError::kafka("read the assignment", e))?;
+        if assigned.count() == 0 {
+            return Ok(());
+        }
+        let committed = super::retry_kafka("fetch the committed offsets", || {
+            consumer.committed_offsets(assigned.clone(), CALL_TIMEOUT)
+        })?;
+        let mut seek = TopicPartitionList::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
+        }
+        let result = super::retry_kafka("rewind to the committed offsets", || {
+            consumer.seek_partitions(seek.clone(), CALL_TIMEOUT)
+        })?;
+        for e in result.elements() {
+            if let Err(err) = e.error() {
+                return Err(RunError::kafka("rewind a partition", err));
+            }
+        }
+        Ok(())
+    }
+
+    /// A fatal producer error: build a new producer (its init aborts what
+    /// the old one left open) and go back to the last commit.
+    pub(super) fn rebuild_producer(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+        reason: &str,
+    ) -> Result<(), RunError> {
+        tracing::warn!(%reason, "producer failed fatally; rebuilding it and rewinding to the last commit");
+        self.summary.producer_rebuilds += 1;
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        self.producer = clients::new_producer_patiently(&self.shared)?;
+        self.txn_open = false;
+        self.reset_tasks()?;
+        self.rewind(consumer)
+    }
+}
