@@ -518,5 +518,6 @@ fn input_buffers_stay_under_the_byte_budget_while_a_co_partition_lags() {
         "the lagging alerts should make the images wait in the buffers: peak {peak}"
     );
     assert!(peak <= budget, "buffered {peak} bytes, budget {budget}");
+    eprintln!("peak buffered: {peak} bytes of a {budget}-byte budget");
     assert_eq!(summary["processed"], 0, "nothing can go while alerts lag");
 }
