@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
@@ -268,6 +269,60 @@ fn a_checkpoint_older_than_delete_retention_restores_from_scratch() {
         third.contains("delete.retention.ms"),
         "the reason is logged"
     );
+}
+
+/// Item 6: a restore longer than `max.poll.interval.ms` must not get the
+/// member evicted from the group (the restore keeps serving the consumer).
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_restore_longer_than_max_poll_interval_keeps_the_member() {
+    let a = App::with_properties("longrestore", 1, "\"max.poll.interval.ms\" = \"10000\"");
+    let expected = a.flood(2_000, 1, 5);
+    a.run_to_idle("state-1", "first.log", &[], &[]);
+    let records: i64 = a.changelogs().iter().map(|t| high_watermark(t, 0)).sum();
+    assert!(records > 50, "the first run wrote changelogs");
+    // A fresh state directory restores everything, slowed to about 16 s.
+    let delay = format!("restore.record=delay:{}", (16_000 / records).max(1));
+    a.run_to_idle(
+        "state-2",
+        "second.log",
+        &[],
+        &[(sluice::fault::ENV, delay.as_str())],
+    );
+    let log = a.log("second.log");
+    let restore_ms: u64 = restored_lines(&log)
+        .iter()
+        .filter_map(|l| {
+            l.split(" ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(restore_ms > 11_000, "the restore took {restore_ms} ms");
+    assert!(
+        !log.contains("maximum poll interval"),
+        "the member was evicted during the restore: {}",
+        tail(&log, 4000)
+    );
+    assert_eq!(
+        a.intents(expected.len(), 60),
+        expected,
+        "no duplicate output"
+    );
+}
+
+fn high_watermark(topic: &str, partition: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(30))
+        .map(|(_, high)| high)
+        .unwrap_or(0)
 }
 
 /// Item 7: a record the store cannot hold, in any changelog, is skipped with

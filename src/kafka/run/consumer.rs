@@ -24,6 +24,7 @@ use super::output::{KafkaOutput, Origin, OutputCounts};
 use super::producer::{self, TxnFailure, TxnProducer};
 use super::purge::Purger;
 use super::rebalance::{RunContext, SplitQueue};
+use super::restore::RestoreEnv;
 use super::task::{self, Task, TaskSetup};
 use super::topics::{Layout, Plan};
 use super::transaction;
@@ -86,7 +87,10 @@ pub(super) struct Inner {
     pub(super) failure: Option<RunError>,
     pub(super) counts: OutputCounts,
     pub(super) summary: RunSummary,
-    pub(super) restorer: BaseConsumer<RestoreContext>,
+    pub(super) restorer: Arc<BaseConsumer<RestoreContext>>,
+    /// Revocations so far, so that a restore done outside the lock can tell
+    /// whether its partitions stayed.
+    pub(super) revocations: u64,
     pub(super) first_record: Option<Instant>,
     pub(super) last_commit_done: Option<Instant>,
     /// Deletes consumed records of repartition topics (none without them).
@@ -116,7 +120,8 @@ impl Runtime {
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let inner = Inner {
             producer: clients::new_producer(&shared)?,
-            restorer: clients::create_restorer(&shared)?,
+            restorer: Arc::new(clients::create_restorer(&shared)?),
+            revocations: 0,
             shared: Arc::clone(&shared),
             txn_open: false,
             tasks: BTreeMap::new(),
@@ -160,13 +165,13 @@ impl Runtime {
             } else {
                 Duration::from_millis(5)
             };
-            let stray = self.poll_main(wait)?;
+            let mut stray = self.poll_main(wait)?;
+            self.open_assigned(&mut stray)?;
             let mut guard = self.consumer.context().lock();
             let inner = guard
                 .as_mut()
                 .ok_or_else(|| RunError::Setup("run state gone".into()))?;
             inner.handle_failure(&self.consumer)?;
-            inner.open_assigned(&self.consumer)?;
             for m in stray {
                 if let Err(e) = inner.enqueue(m) {
                     tracing::warn!(error = %e, "forwarding failed; aborting the transaction");
@@ -198,6 +203,43 @@ impl Runtime {
                 tracing::info!("idle: everything committed; exiting");
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Opens the tasks of newly assigned partitions. Restores run without
+    /// the run state's lock and keep polling the consumer, so that a restore
+    /// longer than `max.poll.interval.ms` keeps the member in the group; a
+    /// rebalance meanwhile is served as usual, and a task whose partitions
+    /// were revoked during its restore is closed again.
+    fn open_assigned(&self, stray: &mut Vec<OwnedMessage>) -> Result<(), RunError> {
+        let opening = {
+            let mut guard = self.consumer.context().lock();
+            let inner = guard
+                .as_mut()
+                .ok_or_else(|| RunError::Setup("run state gone".into()))?;
+            inner.take_assignment(&self.consumer)?
+        };
+        let Some(opening) = opening else {
+            return Ok(());
+        };
+        let setup = self.shared.task_setup();
+        for (id, committed) in opening.tasks {
+            let mut keep_alive = || {
+                stray.extend(self.poll_main(Duration::ZERO)?);
+                Ok(())
+            };
+            let mut env = RestoreEnv {
+                restorer: &opening.restorer,
+                committed,
+                keep_alive: &mut keep_alive,
+            };
+            let (task, stats) = Task::open_with(id, &setup, &mut env)?;
+            let mut guard = self.consumer.context().lock();
+            let inner = guard
+                .as_mut()
+                .ok_or_else(|| RunError::Setup("run state gone".into()))?;
+            inner.adopt(task, stats, opening.revocations);
         }
         Ok(())
     }

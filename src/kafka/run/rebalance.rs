@@ -2,16 +2,17 @@
 //! for the loop, and opening and closing the tasks of moved partitions.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::clients::RestoreContext;
 use super::consumer::{is_end_of_partition, Inner};
 use super::producer::{self, CALL_TIMEOUT};
-use super::restore::RestoreEnv;
+use super::restore::RestoreStats;
 use super::task::Task;
 use super::RunError;
 
@@ -58,6 +59,7 @@ impl ConsumerContext for RunContext {
             return;
         };
         inner.summary.rebalances += 1;
+        inner.revocations += 1;
         let lost = consumer.assignment_lost();
         tracing::info!(partitions = tpl.count(), lost, "partitions revoked");
         if let Err(e) = inner.on_revoke(consumer, tpl, lost) {
@@ -109,16 +111,27 @@ impl RunContext {
     }
 }
 
+/// Tasks to open after a rebalance.
+pub(super) struct Opening {
+    /// Each task, with its inputs' committed offsets under at-least-once.
+    pub tasks: Vec<(i32, Option<HashMap<String, Option<i64>>>)>,
+    pub restorer: Arc<BaseConsumer<RestoreContext>>,
+    /// Revocations seen so far: one more by the time a task is restored
+    /// means its partitions may have gone.
+    pub revocations: u64,
+}
+
 impl Inner {
-    /// Opens the tasks of newly assigned partitions, after the group's
+    /// Takes the partitions assigned by the last rebalance, once the group's
     /// committed offsets for them are stable: a predecessor's pending
-    /// transaction is then decided, and the changelog read below holds it.
-    pub(super) fn open_assigned(
+    /// transaction is then decided, and the changelogs hold it. Returns the
+    /// tasks to open; the run restores them without holding this state.
+    pub(super) fn take_assignment(
         &mut self,
         consumer: &BaseConsumer<RunContext>,
-    ) -> Result<(), RunError> {
+    ) -> Result<Option<Opening>, RunError> {
         let Some(assigned) = self.assigned.take() else {
-            return Ok(());
+            return Ok(None);
         };
         let mut tpl = TopicPartitionList::new();
         for (topic, p) in &assigned {
@@ -132,28 +145,44 @@ impl Inner {
             .iter()
             .filter(|(t, _)| plan.inputs.contains(t))
             .map(|(_, p)| *p)
+            .filter(|p| !self.tasks.contains_key(p))
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        for id in ids {
-            if self.tasks.contains_key(&id) {
-                continue;
+        let committed = ids
+            .iter()
+            .map(|&id| {
+                let inputs = (!self.shared.exactly_once())
+                    .then(|| Self::committed_inputs(plan, &committed, id));
+                (id, inputs)
+            })
+            .collect();
+        Ok(Some(Opening {
+            tasks: committed,
+            restorer: Arc::clone(&self.restorer),
+            revocations: self.revocations,
+        }))
+    }
+
+    /// Takes in a task restored outside the lock, unless its partitions
+    /// were revoked meanwhile (a newer assignment then opens it again).
+    pub(super) fn adopt(&mut self, task: Task, stats: RestoreStats, revocations: u64) {
+        self.summary.restored_records += stats.records;
+        self.summary.restore_ms += stats.elapsed.as_millis() as u64;
+        self.summary.restore_malformed += stats.malformed;
+        self.summary.restore_uncommitted += stats.uncommitted;
+        if self.revocations != revocations {
+            tracing::info!(
+                task = task.id,
+                "partitions revoked during the restore; closing the task"
+            );
+            let mut backend = task.engine.discard();
+            if let Err(e) = backend.sync() {
+                tracing::warn!(error = %e, "cannot sync the store on close");
             }
-            let mut keep_alive = || Ok(());
-            let mut env = RestoreEnv {
-                restorer: &self.restorer,
-                committed: (!self.shared.exactly_once())
-                    .then(|| Self::committed_inputs(&self.shared.plan, &committed, id)),
-                keep_alive: &mut keep_alive,
-            };
-            let (task, stats) = Task::open_with(id, &self.shared.task_setup(), &mut env)?;
-            self.summary.restored_records += stats.records;
-            self.summary.restore_ms += stats.elapsed.as_millis() as u64;
-            self.summary.restore_malformed += stats.malformed;
-            self.summary.restore_uncommitted += stats.uncommitted;
-            self.tasks.insert(id, task);
+            return;
         }
-        Ok(())
+        self.tasks.insert(task.id, task);
     }
 
     /// The group's committed offsets of task `id`'s inputs, by topic.
