@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Input values larger than this go to the dead-letter topic unparsed.
     #[arg(long, default_value_t = 256 * 1024)]
     max_value_bytes: usize,
+    /// One budget for the input records buffered by all tasks, in bytes:
+    /// each input partition may buffer its share, then its fetching pauses.
+    #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    max_buffer_bytes: u64,
     /// Write the run's summary as JSON to this file when it ends.
     #[arg(long)]
     stats_json: Option<PathBuf>,
@@ -92,6 +96,7 @@ pub fn run_live(args: RunArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| Duration::from_millis(topo.kafka.commit_interval.as_ms())),
         exit_after_idle: args.exit_after_idle,
         max_value_bytes: args.max_value_bytes,
+        max_buffer_bytes: usize::try_from(args.max_buffer_bytes).unwrap_or(usize::MAX),
         engine: EngineOptions::default(),
     };
     install_signal_handlers();

@@ -285,6 +285,44 @@ impl Engine {
         backend.write(batch)
     }
 
+    /// Whether a changelog record of `store` is one the store can hold: a
+    /// restore skips those it cannot (one bad record must not keep a task
+    /// from opening). Deletions always can.
+    pub fn check_entry(&self, store: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        let Some(value) = value else {
+            return Ok(());
+        };
+        match store {
+            META_STORE => check_meta_entry(&self.topo.app_id, key, value),
+            TIMER_STORE => timers::check_entry(key, value),
+            _ => match self.op_index(store) {
+                Some(op) if !self.ops[op].accepts_entry(value) => Err(format!(
+                    "not a state entry of operator `{}`",
+                    self.op_names[op]
+                )),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The committed value of `key` in the store named `store`.
+    pub fn committed_entry(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        let id = match store {
+            META_STORE => self.meta,
+            TIMER_STORE => self.timer_store,
+            _ => match self.op_index(store) {
+                Some(op) => self.op_stores[op],
+                None => return Ok(None),
+            },
+        };
+        self.backend.get(id, key)
+    }
+
+    fn op_index(&self, store: &str) -> Option<usize> {
+        let name = store.strip_prefix("op/")?;
+        self.op_names.iter().position(|n| n == name)
+    }
+
     /// Drops everything since the last commit and hands the backend back,
     /// which still holds the last committed state: what a driver does when
     /// the transaction that carried those changes was aborted.
@@ -575,6 +613,23 @@ fn read_u64(
             message: format!("meta entry `{}` is not a u64", String::from_utf8_lossy(key)),
         })?;
     Ok(Some(u64::from_be_bytes(arr)))
+}
+
+/// Checks a meta entry's value the way [`Engine::open`] reads it.
+fn check_meta_entry(app_id: &str, key: &[u8], value: &[u8]) -> Result<(), String> {
+    match key {
+        b"clock" | b"timer_seq" if value.len() != 8 => Err(format!(
+            "meta entry `{}` is not a u64",
+            String::from_utf8_lossy(key)
+        )),
+        b"app_id" if value != app_id.as_bytes() => {
+            Err("meta entry `app_id` names another app".into())
+        }
+        b"format" if value != STATE_FORMAT.to_be_bytes() => {
+            Err("meta entry `format` is another state format".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a state directory made by another app or by an incompatible version.

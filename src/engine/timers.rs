@@ -202,6 +202,16 @@ fn encode_key(op: &str, key: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether a timer store entry is one [`TimerQueue::load`] can read.
+pub fn check_entry(raw_key: &[u8], raw_value: &[u8]) -> Result<(), String> {
+    if decode_key(raw_key).is_none() {
+        return Err(format!("malformed timer key {}", show_key(raw_key)));
+    }
+    postcard::from_bytes::<(u64, u64)>(raw_value)
+        .map(|_| ())
+        .map_err(|_| format!("malformed timer entry {}", show_key(raw_key)))
+}
+
 fn decode_key(raw: &[u8]) -> Option<(&[u8], &[u8])> {
     let len = u32::from_be_bytes(raw.get(..4)?.try_into().ok()?) as usize;
     let name = raw.get(4..4 + len)?;

@@ -400,6 +400,10 @@ impl Operator for AlertGate {
         Ok(())
     }
 
+    fn accepts_entry(&self, value: &[u8]) -> bool {
+        self.state.accepts(value)
+    }
+
     fn commit(
         &mut self,
         _now: u64,

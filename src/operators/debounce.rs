@@ -148,6 +148,10 @@ impl Operator for Debounce {
         Ok(())
     }
 
+    fn accepts_entry(&self, value: &[u8]) -> bool {
+        self.pending.accepts(value)
+    }
+
     fn commit(
         &mut self,
         _now: u64,

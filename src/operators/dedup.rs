@@ -118,6 +118,10 @@ impl Operator for Dedup {
         Ok(())
     }
 
+    fn accepts_entry(&self, value: &[u8]) -> bool {
+        self.last_passed.accepts(value)
+    }
+
     fn commit(
         &mut self,
         now: u64,

@@ -43,6 +43,12 @@ pub trait Operator: Send {
         backend: &dyn StateBackend,
         batch: &mut WriteBatch,
     ) -> Result<(), StateError>;
+
+    /// Whether `value` is an entry this operator's store can hold; a restore
+    /// skips changelog records that are not. Stateless operators hold none.
+    fn accepts_entry(&self, _value: &[u8]) -> bool {
+        true
+    }
 }
 
 /// What an operator produced while handling one record or timer.

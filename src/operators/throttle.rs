@@ -226,6 +226,10 @@ impl Operator for Throttle {
         Ok(())
     }
 
+    fn accepts_entry(&self, value: &[u8]) -> bool {
+        self.state.accepts(value)
+    }
+
     fn commit(
         &mut self,
         now: u64,

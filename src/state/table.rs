@@ -182,6 +182,12 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     }
 
     /// Entries currently cached (for tests and metrics).
+    /// Whether `value` decodes as an entry of this table (a restore checks
+    /// changelog records with it).
+    pub fn accepts(&self, value: &[u8]) -> bool {
+        postcard::from_bytes::<V>(value).is_ok()
+    }
+
     pub fn cached(&self) -> usize {
         self.cache.len()
     }

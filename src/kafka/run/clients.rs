@@ -89,6 +89,9 @@ pub(super) fn create_restorer(shared: &Shared) -> Result<BaseConsumer<RestoreCon
     let mut config = shared.base.clone();
     config
         .set("group.id", format!("{}-restore", shared.topo.app_id))
+        // Never joins its group; matches the main consumer so that a
+        // topology's max.poll.interval.ms (at least this) suits both.
+        .set("session.timeout.ms", "10000")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")

@@ -24,7 +24,8 @@ use super::output::{KafkaOutput, Origin, OutputCounts};
 use super::producer::{self, TxnFailure, TxnProducer};
 use super::purge::Purger;
 use super::rebalance::{RunContext, SplitQueue};
-use super::task::{Task, TaskSetup};
+use super::restore::RestoreEnv;
+use super::task::{self, Task, TaskSetup};
 use super::topics::{Layout, Plan};
 use super::transaction::{self, OpenTxn};
 use super::{ClockMode, RunError, RunOptions, RunSummary};
@@ -65,14 +66,6 @@ impl Shared {
             memory: &self.memory,
         }
     }
-
-    pub(super) fn changelog_of(&self, store: &str) -> Option<&str> {
-        self.plan
-            .changelogs
-            .iter()
-            .find(|c| c.store == store)
-            .map(|c| c.topic.as_str())
-    }
 }
 
 /// Mutable state of the run, shared with the rebalance callbacks.
@@ -99,7 +92,10 @@ pub(super) struct Inner {
     pub(super) failure: Option<RunError>,
     pub(super) counts: OutputCounts,
     pub(super) summary: RunSummary,
-    pub(super) restorer: BaseConsumer<RestoreContext>,
+    pub(super) restorer: Arc<BaseConsumer<RestoreContext>>,
+    /// Revocations so far, so that a restore done outside the lock can tell
+    /// whether its partitions stayed.
+    pub(super) revocations: u64,
     pub(super) first_record: Option<Instant>,
     pub(super) last_commit_done: Option<Instant>,
     /// Deletes consumed records of repartition topics (none without them).
@@ -124,9 +120,12 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Records processed per task before the loop serves the consumer again.
 const PROCESS_BUDGET: usize = 2_000;
-/// Buffered records per partition above which its fetching pauses.
-const PAUSE_ABOVE: usize = 5_000;
-const RESUME_BELOW: usize = 1_000;
+/// Test seam: `fetch.hold.<topic>=fail` leaves a topic's fetched records
+/// (and its end) in librdkafka's queue, as if that input lagged.
+fn fetch_held(topic: &str) -> bool {
+    cfg!(feature = "fault-injection")
+        && crate::fault::reached(&format!("fetch.hold.{topic}")).is_some()
+}
 
 impl Runtime {
     pub fn new(shared: Arc<Shared>) -> Result<Self, RunError> {
@@ -134,7 +133,8 @@ impl Runtime {
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let inner = Inner {
             producer: clients::new_producer_patiently(&shared)?,
-            restorer: clients::create_restorer(&shared)?,
+            restorer: Arc::new(clients::create_restorer(&shared)?),
+            revocations: 0,
             shared: Arc::clone(&shared),
             txn_open: OpenTxn::default(),
             tasks: BTreeMap::new(),
@@ -179,13 +179,13 @@ impl Runtime {
             } else {
                 Duration::from_millis(5)
             };
-            let stray = self.poll_main(wait)?;
+            let mut stray = self.poll_main(wait)?;
+            self.open_assigned(&mut stray)?;
             let mut guard = self.consumer.context().lock();
             let inner = guard
                 .as_mut()
                 .ok_or_else(|| RunError::Setup("run state gone".into()))?;
             inner.handle_failure(&self.consumer)?;
-            inner.open_assigned(&self.consumer)?;
             inner.enqueue_all(&self.consumer, stray)?;
             let moved = inner.fill_queues(&self.consumer)?;
             let processed = inner.process(&self.consumer)? + moved;
@@ -212,6 +212,43 @@ impl Runtime {
                 tracing::info!("idle: everything committed; exiting");
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Opens the tasks of newly assigned partitions. Restores run without
+    /// the run state's lock and keep polling the consumer, so that a restore
+    /// longer than `max.poll.interval.ms` keeps the member in the group; a
+    /// rebalance meanwhile is served as usual, and a task whose partitions
+    /// were revoked during its restore is closed again.
+    fn open_assigned(&self, stray: &mut Vec<OwnedMessage>) -> Result<(), RunError> {
+        let opening = {
+            let mut guard = self.consumer.context().lock();
+            let inner = guard
+                .as_mut()
+                .ok_or_else(|| RunError::Setup("run state gone".into()))?;
+            inner.take_assignment(&self.consumer)?
+        };
+        let Some(opening) = opening else {
+            return Ok(());
+        };
+        let setup = self.shared.task_setup();
+        for (id, committed) in opening.tasks {
+            let mut keep_alive = || {
+                stray.extend(self.poll_main(Duration::ZERO)?);
+                Ok(())
+            };
+            let mut env = RestoreEnv {
+                restorer: &opening.restorer,
+                committed,
+                keep_alive: &mut keep_alive,
+            };
+            let (task, stats) = Task::open_with(id, &setup, &mut env)?;
+            let mut guard = self.consumer.context().lock();
+            let inner = guard
+                .as_mut()
+                .ok_or_else(|| RunError::Setup("run state gone".into()))?;
+            inner.adopt(task, stats, opening.revocations);
         }
         Ok(())
     }
@@ -372,10 +409,21 @@ impl Inner {
     fn fill_queues(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<usize, RunError> {
         let mut fetched: Vec<OwnedMessage> = Vec::new();
         let mut ended: Vec<(String, i32)> = Vec::new();
+        let share = self.buffer_share();
         for split in &self.queues {
+            // Beyond its share, a partition's records wait in librdkafka's
+            // queue (bounded too), and fetching pauses (`flow_control`).
+            let mut room = self.buffer_room(&split.topic, split.partition, share);
             for _ in 0..PROCESS_BUDGET {
+                if room == 0 || fetch_held(&split.topic) {
+                    break;
+                }
                 match split.queue.poll(Duration::ZERO) {
-                    Some(Ok(m)) => fetched.push(m.detach()),
+                    Some(Ok(m)) => {
+                        let m = m.detach();
+                        room = room.saturating_sub(task::buffered_size(&m));
+                        fetched.push(m);
+                    }
                     Some(Err(KafkaError::PartitionEOF(_))) => {
                         ended.push((split.topic.clone(), split.partition));
                         break;
@@ -395,7 +443,28 @@ impl Inner {
         for (topic, partition) in ended {
             self.mark_caught_up(&topic, partition);
         }
+        let buffered: usize = self.tasks.values().map(Task::buffered_bytes).sum();
+        self.summary.max_buffered_bytes = self.summary.max_buffered_bytes.max(buffered as u64);
         Ok(moved)
+    }
+
+    /// Each task input partition's share of the process's buffer budget.
+    fn buffer_share(&self) -> usize {
+        let partitions: usize = self.tasks.values().map(|t| t.queues.len()).sum();
+        self.shared.opts.max_buffer_bytes / partitions.max(1)
+    }
+
+    /// How many more bytes partition `partition` of `topic` may buffer. A
+    /// repartitioned input's records are forwarded, never buffered; a task
+    /// not open yet takes nothing (its records stay in librdkafka's queue).
+    fn buffer_room(&self, topic: &str, partition: i32, share: usize) -> usize {
+        if self.shared.plan.repartition_of(topic).is_some() {
+            return usize::MAX;
+        }
+        self.tasks
+            .get(&partition)
+            .and_then(|t| t.queues.iter().find(|q| q.topic == topic))
+            .map_or(0, |q| share.saturating_sub(q.buffered_bytes))
     }
 
     fn mark_caught_up(&mut self, topic: &str, partition: i32) {
@@ -422,7 +491,7 @@ impl Inner {
                 let Some(qi) = task.next_queue(event_time) else {
                     break;
                 };
-                let Some(m) = task.queues[qi].buffer.pop_front() else {
+                let Some(m) = task.queues[qi].pop() else {
                     break;
                 };
                 match self.process_record(id, qi, &m) {
@@ -464,7 +533,8 @@ impl Inner {
             counts: &mut self.counts,
         };
         let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
-        match input_value(&shared.topo, m, shared.opts.max_value_bytes) {
+        let engine_topic = task.queues[qi].engine_topic.as_str();
+        match input_value(&shared.topo, engine_topic, m, shared.opts.max_value_bytes) {
             Ok(value) => {
                 let input = SourceInput {
                     topic: &task.queues[qi].engine_topic,
@@ -480,7 +550,14 @@ impl Inner {
                     .advance_to(at, &mut out)
                     .map_err(TxnFailure::abortable)?;
                 rejected
-                    .send(&shared.topo, m, key, task.engine.clock(), &mut out)
+                    .send(
+                        &shared.topo,
+                        engine_topic,
+                        m,
+                        key,
+                        task.engine.clock(),
+                        &mut out,
+                    )
                     .map_err(TxnFailure::abortable)?;
             }
         }
@@ -519,12 +596,14 @@ impl Inner {
         Ok(())
     }
 
-    /// Pauses partitions whose buffer is far ahead, resumes them once drained.
+    /// Pauses partitions that buffer their share of the byte budget, resumes
+    /// them once half of it is processed.
     fn flow_control(&mut self, consumer: &BaseConsumer<RunContext>) {
+        let share = self.buffer_share();
         for task in self.tasks.values_mut() {
             for q in &mut task.queues {
-                let pause = !q.paused && q.buffer.len() > PAUSE_ABOVE;
-                let resume = q.paused && q.buffer.len() < RESUME_BELOW;
+                let pause = !q.paused && q.buffered_bytes >= share;
+                let resume = q.paused && q.buffered_bytes < share / 2;
                 if !(pause || resume) {
                     continue;
                 }

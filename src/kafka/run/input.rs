@@ -39,13 +39,14 @@ impl Rejected {
     pub(super) fn send(
         &self,
         topo: &Topology,
+        topic: &str,
         m: &OwnedMessage,
         key: Option<&str>,
         ts: u64,
         out: &mut dyn Output,
     ) -> Result<(), crate::engine::OutputError> {
         let node = topo
-            .sources_for(m.topic())
+            .sources_for(topic)
             .and_then(|s| s.first())
             .map(|&s| topo.sources[s].name.as_str())
             .unwrap_or("run");
@@ -54,7 +55,7 @@ impl Rejected {
             ts,
             key,
             node,
-            source_topic: Some(m.topic()),
+            source_topic: Some(topic),
             error: &self.error,
             value: &self.value,
         })
@@ -64,8 +65,11 @@ impl Rejected {
 /// The value as JSON text for the engine: protobuf sources are decoded;
 /// oversized values and undecodable protobuf are refused here.
 /// Borrows the record's bytes when they are text already: this runs for every record.
+/// `topic` is the topic the engine's sources read: for a repartitioned
+/// source, its own topic, not the repartition topic the record came from.
 pub(super) fn input_value<'m>(
     topo: &Topology,
+    topic: &str,
     m: &'m OwnedMessage,
     max_bytes: usize,
 ) -> Result<Cow<'m, str>, Rejected> {
@@ -87,7 +91,7 @@ pub(super) fn input_value<'m>(
         return Ok(Cow::Borrowed("null"));
     }
     let protobuf = topo
-        .sources_for(m.topic())
+        .sources_for(topic)
         .and_then(|s| s.first())
         .map(|&s| &topo.sources[s])
         .filter(|s| s.format == Format::Protobuf)

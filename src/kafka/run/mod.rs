@@ -21,6 +21,7 @@ pub mod output;
 pub mod producer;
 mod purge;
 mod rebalance;
+mod restore;
 pub mod task;
 pub mod topics;
 mod transaction;
@@ -64,6 +65,8 @@ pub struct RunOptions {
     pub exit_after_idle: Option<Duration>,
     /// Input values above this size go to the dead-letter topic unparsed.
     pub max_value_bytes: usize,
+    /// One budget, in bytes, for the input records buffered by all tasks.
+    pub max_buffer_bytes: usize,
     pub engine: EngineOptions,
 }
 
@@ -106,6 +109,13 @@ pub struct RunSummary {
     pub rebalances: u64,
     pub restored_records: u64,
     pub restore_ms: u64,
+    /// Changelog records a restore skipped because the store cannot hold them.
+    pub restore_malformed: u64,
+    /// Changelog records a restore skipped because they follow from input
+    /// that was never committed (at-least-once).
+    pub restore_uncommitted: u64,
+    /// The most input buffered by the tasks at once, in bytes.
+    pub max_buffered_bytes: u64,
     /// Milliseconds from the first record processed to the last commit.
     pub active_ms: u64,
     pub commit_ms_max: u64,

@@ -1,15 +1,18 @@
 //! Rebalances: the consumer's callbacks, the pending assignment they leave
 //! for the loop, and opening and closing the tasks of moved partitions.
 
-use std::sync::{Mutex, MutexGuard, OnceLock, Weak};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::clients::RestoreContext;
 use super::consumer::{is_end_of_partition, Inner};
 use super::producer::CALL_TIMEOUT;
+use super::restore::{RestoreEnv, RestoreStats};
 use super::task::Task;
 use super::RunError;
 
@@ -56,6 +59,7 @@ impl ConsumerContext for RunContext {
             return;
         };
         inner.summary.rebalances += 1;
+        inner.revocations += 1;
         let lost = consumer.assignment_lost();
         tracing::info!(partitions = tpl.count(), lost, "partitions revoked");
         if let Err(e) = inner.on_revoke(consumer, tpl, lost) {
@@ -110,16 +114,27 @@ impl RunContext {
     }
 }
 
+/// Tasks to open after a rebalance.
+pub(super) struct Opening {
+    /// Each task, with its inputs' committed offsets under at-least-once.
+    pub tasks: Vec<(i32, Option<HashMap<String, Option<i64>>>)>,
+    pub restorer: Arc<BaseConsumer<RestoreContext>>,
+    /// Revocations seen so far: one more by the time a task is restored
+    /// means its partitions may have gone.
+    pub revocations: u64,
+}
+
 impl Inner {
-    /// Opens the tasks of newly assigned partitions, after the group's
+    /// Takes the partitions assigned by the last rebalance, once the group's
     /// committed offsets for them are stable: a predecessor's pending
-    /// transaction is then decided, and the changelog read below holds it.
-    pub(super) fn open_assigned(
+    /// transaction is then decided, and the changelogs hold it. Returns the
+    /// tasks to open; the run restores them without holding this state.
+    pub(super) fn take_assignment(
         &mut self,
         consumer: &BaseConsumer<RunContext>,
-    ) -> Result<(), RunError> {
+    ) -> Result<Option<Opening>, RunError> {
         let Some(assigned) = self.assigned.take() else {
-            return Ok(());
+            return Ok(None);
         };
         let mut tpl = TopicPartitionList::new();
         for (topic, p) in &assigned {
@@ -139,24 +154,90 @@ impl Inner {
             .iter()
             .filter(|(t, _)| plan.inputs.contains(t))
             .map(|(_, p)| *p)
+            .filter(|p| !self.tasks.contains_key(p))
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        for id in ids {
-            if !self.tasks.contains_key(&id) {
-                self.open_task(id)?;
+        let committed = ids
+            .iter()
+            .map(|&id| {
+                let inputs = (!self.shared.exactly_once())
+                    .then(|| Self::committed_inputs(plan, &committed, id));
+                (id, inputs)
+            })
+            .collect();
+        Ok(Some(Opening {
+            tasks: committed,
+            restorer: Arc::clone(&self.restorer),
+            revocations: self.revocations,
+        }))
+    }
+
+    /// Takes in a task restored outside the lock, unless its partitions
+    /// were revoked meanwhile (a newer assignment then opens it again).
+    pub(super) fn adopt(&mut self, task: Task, stats: RestoreStats, revocations: u64) {
+        self.summary.restored_records += stats.records;
+        self.summary.restore_ms += stats.elapsed.as_millis() as u64;
+        self.summary.restore_malformed += stats.malformed;
+        self.summary.restore_uncommitted += stats.uncommitted;
+        if self.revocations != revocations {
+            tracing::info!(
+                task = task.id,
+                "partitions revoked during the restore; closing the task"
+            );
+            let mut backend = task.engine.discard();
+            if let Err(e) = backend.sync() {
+                tracing::warn!(error = %e, "cannot sync the store on close");
             }
+            return;
         }
+        self.tasks.insert(task.id, task);
+    }
+
+    /// Opens task `id` while holding the run state (after a producer
+    /// rebuild: the store may be one commit behind its changelogs, and the
+    /// restore reads from its recorded positions, usually little).
+    pub(super) fn open_task(&mut self, id: i32) -> Result<(), RunError> {
+        let committed = (!self.shared.exactly_once()).then(|| {
+            self.shared
+                .plan
+                .inputs
+                .iter()
+                .map(|t| (t.clone(), self.committed.get(&(t.clone(), id)).copied()))
+                .collect()
+        });
+        let restorer = Arc::clone(&self.restorer);
+        // The group cannot be polled from here: its callbacks take this state.
+        let mut keep_alive = || Ok(());
+        let mut env = RestoreEnv {
+            restorer: &restorer,
+            committed,
+            keep_alive: &mut keep_alive,
+        };
+        let (task, stats) = Task::open_with(id, &self.shared.task_setup(), &mut env)?;
+        let revocations = self.revocations;
+        self.adopt(task, stats, revocations);
         Ok(())
     }
 
-    /// Opens task `id`, its store brought to the end of its changelogs.
-    pub(super) fn open_task(&mut self, id: i32) -> Result<(), RunError> {
-        let (task, stats) = Task::open(id, &self.shared.task_setup(), &self.restorer)?;
-        self.summary.restored_records += stats.records;
-        self.summary.restore_ms += stats.elapsed.as_millis() as u64;
-        self.tasks.insert(id, task);
-        Ok(())
+    /// The group's committed offsets of task `id`'s inputs, by topic.
+    fn committed_inputs(
+        plan: &super::topics::Plan,
+        committed: &TopicPartitionList,
+        id: i32,
+    ) -> HashMap<String, Option<i64>> {
+        plan.inputs
+            .iter()
+            .map(|topic| {
+                let next = committed
+                    .find_partition(topic, id)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                (topic.clone(), next)
+            })
+            .collect()
     }
 
     /// Revocation: commit what the tasks hold (or abort it), then close the

@@ -1,28 +1,28 @@
 //! A task: one input partition number, its engine and RocksDB store, its
-//! buffered input, and the restore of its store from the changelog.
+//! buffered input, and what it writes to its changelogs at a commit.
+//! Restoring the store from the changelogs is in `restore.rs`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
 
-use super::clients::RestoreContext;
+pub use super::restore::RestoreStats;
+use super::restore::{self, RestoreEnv};
 use super::topics::{Changelog, Layout, Plan};
 use super::RunError;
 use crate::engine::{self, Engine, EngineOptions};
-use crate::state::{RocksBackend, SharedMemory, StateBackend};
+use crate::state::SharedMemory;
 use crate::topology::Topology;
 
-/// The meta entry saying a store was restored and its positions are kept.
-const READY_NOTE: &[u8] = b"changelog:ready";
+/// Bytes a buffered record is counted for besides its key and value: the
+/// message's own fields and the queue slot.
+const RECORD_OVERHEAD: usize = 128;
 
-fn position_note(topic: &str) -> Vec<u8> {
-    format!("changelog:{topic}").into_bytes()
+/// What a buffered record costs the process's buffer budget.
+pub fn buffered_size(m: &OwnedMessage) -> usize {
+    m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len) + RECORD_OVERHEAD
 }
 
 /// One input partition's records waiting to be processed.
@@ -31,6 +31,8 @@ pub struct InputQueue {
     /// The topic the engine's sources read: the source topic of a repartition topic.
     pub engine_topic: String,
     pub buffer: VecDeque<OwnedMessage>,
+    /// What `buffer` holds, counted by [`buffered_size`].
+    pub buffered_bytes: usize,
     /// The fetcher reached the end of the partition and nothing came since.
     pub caught_up: bool,
     pub paused: bool,
@@ -44,6 +46,7 @@ impl InputQueue {
             topic: topic.to_owned(),
             engine_topic: engine_topic.to_owned(),
             buffer: VecDeque::new(),
+            buffered_bytes: 0,
             caught_up: false,
             paused: false,
             consumed: None,
@@ -57,15 +60,35 @@ impl InputQueue {
         if self.consumed.is_some_and(|next| m.offset() < next) {
             return; // already processed: a re-fetch after a seek
         }
+        let size = buffered_size(&m);
         match self.buffer.back() {
             Some(last) if last.offset() >= m.offset() => {
                 let at = self.buffer.partition_point(|b| b.offset() < m.offset());
                 if self.buffer.get(at).is_none_or(|b| b.offset() != m.offset()) {
                     self.buffer.insert(at, m);
+                    self.buffered_bytes += size;
                 }
             }
-            _ => self.buffer.push_back(m),
+            _ => {
+                self.buffer.push_back(m);
+                self.buffered_bytes += size;
+            }
         }
+    }
+
+    /// Takes the oldest buffered record.
+    pub fn pop(&mut self) -> Option<OwnedMessage> {
+        let m = self.buffer.pop_front()?;
+        self.buffered_bytes = self.buffered_bytes.saturating_sub(buffered_size(&m));
+        Some(m)
+    }
+
+    /// Forgets the buffered records (the consumer fetches them again).
+    fn clear(&mut self) {
+        self.buffer.clear();
+        self.buffered_bytes = 0;
+        self.caught_up = false;
+        self.consumed = None;
     }
 }
 
@@ -77,14 +100,11 @@ pub struct Task {
     pub dirty: bool,
     fired_seen: u64,
     pub prepared: Option<engine::Changes>,
-}
-
-/// Statistics of one restore.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RestoreStats {
-    pub records: u64,
-    pub elapsed: Duration,
-    pub from_beginning: bool,
+    /// Changelog keys whose last records were skipped at restore because
+    /// they follow from input that was never committed (at-least-once): the
+    /// next commit writes their restored values again, so that no later
+    /// restore from the beginning can take the skipped records for current.
+    pub superseded: Vec<(String, Vec<u8>)>,
 }
 
 /// What a task needs to open.
@@ -103,16 +123,26 @@ impl TaskSetup<'_> {
     }
 }
 
+/// One changelog record to produce for a commit.
+pub struct ChangelogRecord<'a> {
+    pub topic: &'a str,
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
+}
+
 impl Task {
     /// Opens task `id`: its store, brought up to date from the changelog.
-    pub fn open(
+    pub fn open_with(
         id: i32,
         setup: &TaskSetup<'_>,
-        restorer: &BaseConsumer<RestoreContext>,
+        env: &mut RestoreEnv<'_>,
     ) -> Result<(Task, RestoreStats), RunError> {
-        let dir = setup.dir(id);
-        let (backend, stats) = restore_store(&dir, id, setup, restorer)?;
-        let engine = Engine::open(Arc::clone(setup.topo), backend, setup.engine_options)?;
+        let restored = restore::restore_store(&setup.dir(id), id, setup, env)?;
+        let engine = Engine::open(
+            Arc::clone(setup.topo),
+            restored.backend,
+            setup.engine_options,
+        )?;
         let queues = setup
             .plan
             .inputs
@@ -125,11 +155,12 @@ impl Task {
             id,
             engine,
             queues,
-            dirty: false,
+            dirty: !restored.superseded.is_empty(),
             fired_seen,
             prepared: None,
+            superseded: restored.superseded,
         };
-        Ok((task, stats))
+        Ok((task, restored.stats))
     }
 
     /// Drops everything since the last commit: the engine reopens on its
@@ -143,18 +174,21 @@ impl Task {
         let engine = std::mem::replace(&mut self.engine, placeholder);
         self.engine = Engine::open(Arc::clone(topo), engine.discard(), opts)?;
         self.fired_seen = self.engine.timers_fired();
-        self.dirty = false;
+        self.dirty = !self.superseded.is_empty();
         self.prepared = None;
         for q in &mut self.queues {
-            q.buffer.clear();
-            q.caught_up = false;
-            q.consumed = None;
+            q.clear();
         }
         Ok(())
     }
 
     pub fn queue_mut(&mut self, topic: &str) -> Option<&mut InputQueue> {
         self.queues.iter_mut().find(|q| q.topic == topic)
+    }
+
+    /// Bytes buffered in this task's input queues.
+    pub fn buffered_bytes(&self) -> usize {
+        self.queues.iter().map(|q| q.buffered_bytes).sum()
     }
 
     /// Notes timers fired by a clock advance as a change to commit.
@@ -187,204 +221,85 @@ impl Task {
         }
         best.map(|(_, i)| i)
     }
-}
 
-/// Opens the store in `dir` and brings it to the end of its changelogs:
-/// from the positions it recorded at its last commit when it has them (it
-/// then holds exactly what those transactions committed), else from an
-/// empty store and the beginning of each changelog.
-fn restore_store(
-    dir: &Path,
-    id: i32,
-    setup: &TaskSetup<'_>,
-    restorer: &BaseConsumer<RestoreContext>,
-) -> Result<(Box<dyn StateBackend>, RestoreStats), RunError> {
-    let started = Instant::now();
-    let open = || RocksBackend::open_shared(dir, setup.memory);
-    let mut backend: Box<dyn StateBackend> = Box::new(open()?);
-    let ready = Engine::read_note(backend.as_mut(), READY_NOTE)?.is_some();
-    if !ready {
-        drop(backend);
-        wipe(dir)?;
-        backend = Box::new(open()?);
+    /// Collects this commit's state changes and calls `send` with each
+    /// changelog record: the changes, then the values of keys a restore
+    /// skipped records for (see [`Task::superseded`]). The changes are kept
+    /// for [`Task::applied`].
+    pub fn produce_changelog(
+        &mut self,
+        changelogs: &[Changelog],
+        send: &mut dyn FnMut(ChangelogRecord<'_>) -> Result<(), RunError>,
+    ) -> Result<(), RunError> {
+        let changes = self.engine.prepare_commit()?;
+        let mut written: std::collections::HashSet<(&str, &[u8])> = Default::default();
+        for (store, key, value) in self.engine.changelog(&changes) {
+            let Some(topic) = changelog_topic(changelogs, store) else {
+                continue;
+            };
+            if !self.superseded.is_empty() {
+                written.insert((store, key));
+            }
+            send(ChangelogRecord { topic, key, value })?;
+        }
+        for (store, key) in &self.superseded {
+            let Some(topic) = changelog_topic(changelogs, store) else {
+                continue;
+            };
+            if written.contains(&(store.as_str(), key.as_slice())) {
+                continue; // the commit writes a newer value
+            }
+            let value = self.engine.committed_entry(store, key)?;
+            send(ChangelogRecord {
+                topic,
+                key,
+                value: value.as_deref(),
+            })?;
+        }
+        drop(written);
+        self.prepared = Some(changes);
+        Ok(())
     }
-    let mut stats = RestoreStats {
-        from_beginning: !ready,
-        ..RestoreStats::default()
-    };
-    for changelog in &setup.plan.changelogs {
-        let note = position_note(&changelog.topic);
-        let from = match Engine::read_note(backend.as_mut(), &note)? {
-            Some(bytes) => decode_offset(&bytes),
-            None => None,
+
+    /// The commit is done: writes its changes to the local store, with the
+    /// changelog position (next offset) each changelog partition now holds.
+    pub fn applied(
+        &mut self,
+        ends: &HashMap<(String, i32), i64>,
+        transactional: bool,
+    ) -> Result<(), RunError> {
+        let Some(mut changes) = self.prepared.take() else {
+            return Ok(());
         };
-        match restore_changelog(backend.as_mut(), changelog, id, from, restorer) {
-            Ok(n) => stats.records += n,
-            Err(RestoreError::OutOfRange) => {
-                // The changelog was recreated or truncated behind the store's
-                // back: only a restore from scratch is trustworthy.
-                tracing::warn!(task = id, topic = %changelog.topic, "recorded changelog position is gone; restoring from the beginning");
-                drop(backend);
-                wipe(dir)?;
-                return restore_store(dir, id, setup, restorer);
+        for ((topic, partition), next) in ends {
+            if *partition == self.id {
+                let (key, value) = restore::position_entry(topic, *next, transactional);
+                self.engine.note_in_commit(&mut changes, &key, value);
             }
-            Err(RestoreError::Run(e)) => return Err(e),
         }
+        let (key, value) = restore::checkpoint_entry();
+        self.engine.note_in_commit(&mut changes, &key, value);
+        self.engine.apply_commit(changes)?;
+        self.superseded.clear();
+        self.dirty = false;
+        Ok(())
     }
-    Engine::write_note(backend.as_mut(), READY_NOTE, vec![1])?;
-    backend.sync()?;
-    stats.elapsed = started.elapsed();
-    tracing::info!(
-        task = id,
-        records = stats.records,
-        ms = stats.elapsed.as_millis() as u64,
-        from_beginning = stats.from_beginning,
-        "task restored"
-    );
-    Ok((backend, stats))
-}
 
-fn wipe(dir: &Path) -> Result<(), RunError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(RunError::Setup(format!(
-            "cannot clear state directory {}: {e}",
-            dir.display()
-        ))),
+    /// The input positions this task's state follows from, as the value of
+    /// the changelog records' `sluice.inputs` header (at-least-once).
+    pub fn input_positions(&self) -> String {
+        restore::encode_inputs(
+            self.queues
+                .iter()
+                .filter_map(|q| q.consumed.map(|next| (q.topic.as_str(), next))),
+        )
     }
 }
 
-fn decode_offset(bytes: &[u8]) -> Option<i64> {
-    bytes.try_into().ok().map(i64::from_be_bytes)
-}
-
-enum RestoreError {
-    OutOfRange,
-    Run(RunError),
-}
-
-impl From<RunError> for RestoreError {
-    fn from(e: RunError) -> Self {
-        RestoreError::Run(e)
-    }
-}
-
-impl From<crate::state::StateError> for RestoreError {
-    fn from(e: crate::state::StateError) -> Self {
-        RestoreError::Run(e.into())
-    }
-}
-
-/// Entries written per RocksDB batch during a restore.
-const RESTORE_BATCH: usize = 20_000;
-
-/// Applies changelog partition `id` of `changelog` from offset `from` (or
-/// the beginning) to its end, read_committed; records the new position.
-fn restore_changelog(
-    backend: &mut dyn StateBackend,
-    changelog: &Changelog,
-    id: i32,
-    from: Option<i64>,
-    restorer: &BaseConsumer<RestoreContext>,
-) -> Result<u64, RestoreError> {
-    let (low, high) = super::retry_kafka("read a changelog's offsets", || {
-        restorer.fetch_watermarks(&changelog.topic, id, Duration::from_secs(10))
-    })?;
-    match from {
-        // Compaction keeps offsets; a start past our position means records
-        // we never saw were deleted.
-        Some(f) if f < low || f > high => return Err(RestoreError::OutOfRange),
-        Some(f) if f == high => return Ok(0),
-        None if high == low => return Ok(0),
-        _ => {}
-    }
-    let mut tpl = TopicPartitionList::new();
-    let offset = from.map_or(Offset::Beginning, Offset::Offset);
-    tpl.add_partition_offset(&changelog.topic, id, offset)
-        .map_err(|e| RunError::kafka("assign a changelog partition", e))?;
-    restorer
-        .assign(&tpl)
-        .map_err(|e| RunError::kafka("assign a changelog partition", e))?;
-    let result = read_to_end(backend, changelog, restorer);
-    let _ = restorer.unassign();
-    let (records, next) = result?;
-    if let Some(next) = next.or(from) {
-        Engine::write_note(
-            backend,
-            &position_note(&changelog.topic),
-            next.to_be_bytes().to_vec(),
-        )?;
-    }
-    Ok(records)
-}
-
-fn read_to_end(
-    backend: &mut dyn StateBackend,
-    changelog: &Changelog,
-    restorer: &BaseConsumer<RestoreContext>,
-) -> Result<(u64, Option<i64>), RestoreError> {
-    let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(RESTORE_BATCH);
-    let mut records = 0u64;
-    let mut next = None;
-    let deadline_idle = Duration::from_secs(60);
-    let mut last_progress = Instant::now();
-    loop {
-        match restorer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
-                next = Some(m.offset() + 1);
-                let key = m.key().unwrap_or_default().to_vec();
-                pending.push((key, m.payload().map(<[u8]>::to_vec)));
-                records += 1;
-                if pending.len() >= RESTORE_BATCH {
-                    flush(backend, &changelog.store, &mut pending)?;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) if is_out_of_range(&e) => return Err(RestoreError::OutOfRange),
-            // Connection trouble (a broker restarting): librdkafka reconnects by itself.
-            Some(Err(e)) if last_progress.elapsed() < deadline_idle => {
-                tracing::warn!(topic = %changelog.topic, error = %e, "changelog read error; retrying");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Some(Err(e)) => {
-                return Err(RunError::kafka("read a changelog", e).into());
-            }
-            None if last_progress.elapsed() > deadline_idle => {
-                return Err(RunError::Setup(format!(
-                    "changelog `{}` gave no record and no end for {deadline_idle:?}",
-                    changelog.topic
-                ))
-                .into());
-            }
-            None => {}
-        }
-    }
-    flush(backend, &changelog.store, &mut pending)?;
-    Ok((records, next))
-}
-
-fn is_out_of_range(e: &KafkaError) -> bool {
-    e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange)
-        || e.to_string().contains("out of range")
-}
-
-fn flush(
-    backend: &mut dyn StateBackend,
-    store: &str,
-    pending: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
-) -> Result<(), RestoreError> {
-    let entries = pending
+/// The changelog topic of the store named `store` (stateless ones have none).
+fn changelog_topic<'a>(changelogs: &'a [Changelog], store: &str) -> Option<&'a str> {
+    changelogs
         .iter()
-        .map(|(k, v)| (store, k.as_slice(), v.as_deref()));
-    engine::restore(backend, entries)?;
-    pending.clear();
-    Ok(())
-}
-
-/// The meta entry to write with a commit: the changelog position the store
-/// will reflect once the commit is applied.
-pub fn position_entry(topic: &str, next_offset: i64) -> (Vec<u8>, Vec<u8>) {
-    (position_note(topic), next_offset.to_be_bytes().to_vec())
+        .find(|c| c.store == store)
+        .map(|c| c.topic.as_str())
 }

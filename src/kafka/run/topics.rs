@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use futures_executor::block_on;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
@@ -198,6 +198,9 @@ pub struct Layout {
     /// Tasks: the largest partition count among the inputs.
     pub tasks: i32,
     pub partitions: HashMap<String, i32>,
+    /// The smallest `delete.retention.ms` of the changelogs (how long
+    /// compaction keeps a tombstone), when the broker told it.
+    pub changelog_retention: Option<Duration>,
 }
 
 impl Layout {
@@ -288,7 +291,49 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
         partitions.insert((*t).to_owned(), tasks);
     }
     check_internal_counts(plan, &partitions, tasks)?;
-    Ok(Layout { tasks, partitions })
+    let changelog_retention = changelog_retention(&admin, plan);
+    Ok(Layout {
+        tasks,
+        partitions,
+        changelog_retention,
+    })
+}
+
+/// The smallest `delete.retention.ms` among the changelogs. Not knowing it
+/// (no DescribeConfigs permission) only turns off the checkpoint age check.
+fn changelog_retention(admin: &AdminClient<LogContext>, plan: &Plan) -> Option<Duration> {
+    let specs: Vec<ResourceSpecifier<'_>> = plan
+        .changelog_topics()
+        .map(ResourceSpecifier::Topic)
+        .collect();
+    if specs.is_empty() {
+        return None;
+    }
+    let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    let results = match block_on(admin.describe_configs(&specs, &opts)) {
+        Ok(results) => results,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the changelogs' delete.retention.ms");
+            return None;
+        }
+    };
+    let mut smallest: Option<u64> = None;
+    for result in results {
+        let ms = match &result {
+            Ok(resource) => resource
+                .get("delete.retention.ms")
+                .and_then(|e| e.value.as_deref())
+                .and_then(|v| v.parse::<u64>().ok()),
+            Err(code) => {
+                tracing::warn!(error = %code, "cannot read a changelog's delete.retention.ms");
+                None
+            }
+        };
+        if let Some(ms) = ms {
+            smallest = Some(smallest.map_or(ms, |s| s.min(ms)));
+        }
+    }
+    smallest.map(Duration::from_millis)
 }
 
 fn quote_list(items: &[&str]) -> String {

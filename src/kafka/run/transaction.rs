@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -16,7 +17,6 @@ use super::clients;
 use super::consumer::Inner;
 use super::producer::{self, TxnFailure, TxnProducer, CALL_TIMEOUT, TRANSACTION_TIMEOUT};
 use super::rebalance::RunContext;
-use super::task;
 use super::RunError;
 
 /// Whether a transaction is open, and since when.
@@ -127,22 +127,28 @@ impl Inner {
 
     pub(super) fn produce_changelogs(&mut self) -> Result<(), RunError> {
         let shared = Arc::clone(&self.shared);
+        let producer = &self.producer;
         for task in self.tasks.values_mut().filter(|t| t.dirty) {
-            let changes = task.engine.prepare_commit()?;
-            for (store, key, value) in task.engine.changelog(&changes) {
-                let Some(topic) = shared.changelog_of(store) else {
-                    continue;
-                };
-                let mut record = BaseRecord::<[u8], [u8]>::to(topic)
-                    .partition(task.id)
-                    .key(key);
-                if let Some(v) = value {
+            // At-least-once: the input positions this state follows from,
+            // so that a restore can leave out what was never committed.
+            let inputs = (!shared.exactly_once()).then(|| task.input_positions());
+            let id = task.id;
+            task.produce_changelog(&shared.plan.changelogs, &mut |r| {
+                let mut record = BaseRecord::<[u8], [u8]>::to(r.topic)
+                    .partition(id)
+                    .key(r.key);
+                if let Some(v) = r.value {
                     record = record.payload(v);
                 }
-                producer::send(&self.producer, record)
-                    .map_err(|e| RunError::kafka("produce a changelog record", e))?;
-            }
-            task.prepared = Some(changes);
+                if let Some(inputs) = &inputs {
+                    record = record.headers(OwnedHeaders::new().insert(Header {
+                        key: super::restore::INPUTS_HEADER,
+                        value: Some(inputs.as_str()),
+                    }));
+                }
+                producer::send(producer, record)
+                    .map_err(|e| RunError::kafka("produce a changelog record", e))
+            })?;
         }
         Ok(())
     }
@@ -221,18 +227,9 @@ impl Inner {
         &mut self,
         ends: &std::collections::HashMap<(String, i32), i64>,
     ) -> Result<(), RunError> {
+        let transactional = self.shared.exactly_once();
         for task in self.tasks.values_mut().filter(|t| t.dirty) {
-            let Some(mut changes) = task.prepared.take() else {
-                continue;
-            };
-            for ((topic, partition), next) in ends {
-                if *partition == task.id {
-                    let (key, value) = task::position_entry(topic, *next);
-                    task.engine.note_in_commit(&mut changes, &key, value);
-                }
-            }
-            task.engine.apply_commit(changes)?;
-            task.dirty = false;
+            task.applied(ends, transactional)?;
         }
         Ok(())
     }

@@ -1,0 +1,595 @@
+//! Restoring a task's store from its changelogs, and the bookkeeping the
+//! store keeps for it: the changelog positions it reflects and when it last
+//! did (its checkpoint).
+//!
+//! - A store restored before resumes from its recorded positions. One never
+//!   completed starts over, empty, from the beginning; so does one that
+//!   turns out to be behind its changelogs while its checkpoint is older
+//!   than their `delete.retention.ms` (compaction may have removed
+//!   tombstones it never saw, which would bring deleted state back).
+//! - A record the store cannot hold (malformed) is skipped with an error log
+//!   and counted, as a dead letter is for input: one bad record must not
+//!   keep a task from opening.
+//! - Under at-least-once the changelog can be ahead of the committed input
+//!   offsets (a crash after the flush, before the offset commit). Each record
+//!   carries the input positions it follows from; records past the committed
+//!   offsets are skipped, so that the input processed again meets the state
+//!   it met the first time and gives the same output again, instead of being
+//!   deduplicated or debounced away.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::clients::RestoreContext;
+use super::task::TaskSetup;
+use super::topics::Changelog;
+use super::RunError;
+use crate::engine::{self, Engine};
+use crate::state::{MemoryBackend, RocksBackend, StateBackend};
+
+/// The meta entry saying a store was restored and its positions are kept.
+const READY_NOTE: &[u8] = b"changelog:ready";
+/// The meta entry holding when the store last reflected a commit or a
+/// restore, in ms since the epoch.
+const CHECKPOINT_NOTE: &[u8] = b"changelog:checkpoint-ms";
+/// The header of at-least-once changelog records: `topic=next,...`, the
+/// task's consumed input positions at the commit that wrote the record.
+pub const INPUTS_HEADER: &str = "sluice.inputs";
+
+fn position_note(topic: &str) -> Vec<u8> {
+    format!("changelog:{topic}").into_bytes()
+}
+
+/// Where a store is in one changelog partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    next: i64,
+    /// Recorded at a transactional commit: its commit marker takes the
+    /// offset `next`, so a high watermark of `next + 1` means nothing new.
+    marker_follows: bool,
+}
+
+impl Position {
+    fn encode(self) -> Vec<u8> {
+        let mut bytes = self.next.to_be_bytes().to_vec();
+        if self.marker_follows {
+            bytes.push(1);
+        }
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Position> {
+        let next = i64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let marker_follows = match bytes.get(8..) {
+            Some([]) => false,
+            Some([1]) => true,
+            _ => return None,
+        };
+        Some(Position {
+            next,
+            marker_follows,
+        })
+    }
+
+    /// Whether a partition ending at `high` holds nothing past this position.
+    /// The record at `next` exists only as the commit marker when one
+    /// follows: a committed transaction's marker comes after its records.
+    fn is_end(self, high: i64) -> bool {
+        self.next == high || (self.marker_follows && self.next + 1 == high)
+    }
+}
+
+/// The meta entry to write with a commit: the changelog position the store
+/// will reflect once the commit is applied.
+pub fn position_entry(topic: &str, next_offset: i64, transactional: bool) -> (Vec<u8>, Vec<u8>) {
+    let position = Position {
+        next: next_offset,
+        marker_follows: transactional,
+    };
+    (position_note(topic), position.encode())
+}
+
+/// The meta entry stamping a store with the time it reflects its changelogs.
+pub fn checkpoint_entry() -> (Vec<u8>, Vec<u8>) {
+    (CHECKPOINT_NOTE.to_vec(), now_ms().to_be_bytes().to_vec())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The `sluice.inputs` header value for some (topic, next offset) pairs.
+pub fn encode_inputs<'a>(positions: impl Iterator<Item = (&'a str, i64)>) -> String {
+    positions
+        .map(|(topic, next)| format!("{topic}={next}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Reads a `sluice.inputs` header value (topic names never hold `=` or `,`).
+fn decode_inputs(text: &str) -> Option<Vec<(&str, i64)>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(',')
+        .map(|pair| {
+            let (topic, next) = pair.split_once('=')?;
+            Some((topic, next.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Statistics of one restore.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RestoreStats {
+    pub records: u64,
+    pub elapsed: Duration,
+    pub from_beginning: bool,
+    /// Changelog partitions that had to be read (the others were up to date).
+    pub changelogs_read: u32,
+    /// Records skipped because the store cannot hold them.
+    pub malformed: u64,
+    /// Records skipped because they follow from uncommitted input.
+    pub uncommitted: u64,
+}
+
+impl RestoreStats {
+    /// Whether the changelogs held any record past the store's positions.
+    fn found_records(&self) -> bool {
+        self.records + self.malformed + self.uncommitted > 0
+    }
+
+    fn add(&mut self, read: ChangelogRead) {
+        self.records += read.applied;
+        self.malformed += read.malformed;
+        self.uncommitted += read.uncommitted.len() as u64;
+        self.changelogs_read += u32::from(read.was_read);
+    }
+}
+
+/// What a restore needs from the run besides the task's setup.
+pub struct RestoreEnv<'a> {
+    pub restorer: &'a BaseConsumer<RestoreContext>,
+    /// At-least-once: the group's committed offsets of the task's input
+    /// partitions by topic (`None` when nothing was committed yet).
+    pub committed: Option<HashMap<String, Option<i64>>>,
+    /// Called every little while during a long restore, so that the group
+    /// member stays alive (the main consumer is polled).
+    pub keep_alive: &'a mut dyn FnMut() -> Result<(), RunError>,
+}
+
+/// A restored store.
+pub struct Restored {
+    pub backend: Box<dyn StateBackend>,
+    pub stats: RestoreStats,
+    /// (store, key) of the records skipped as uncommitted.
+    pub superseded: Vec<(String, Vec<u8>)>,
+}
+
+/// Opens the store in `dir` and brings it to the end of its changelogs:
+/// from the positions it recorded at its last commit when it has them and
+/// they are safe to use, else from an empty store and the beginning.
+pub fn restore_store(
+    dir: &Path,
+    id: i32,
+    setup: &TaskSetup<'_>,
+    env: &mut RestoreEnv<'_>,
+) -> Result<Restored, RunError> {
+    let started = Instant::now();
+    let open = || RocksBackend::open_shared(dir, setup.memory);
+    let mut backend: Box<dyn StateBackend> = Box::new(open()?);
+    let ends = changelog_ends(setup, id, env.restorer)?;
+    let from_beginning = Engine::read_note(backend.as_mut(), READY_NOTE)?.is_none();
+    if from_beginning {
+        drop(backend);
+        wipe(dir)?;
+        backend = Box::new(open()?);
+    }
+    let stale = match from_beginning {
+        true => None,
+        false => stale_checkpoint(backend.as_mut(), setup)?,
+    };
+    let checker = Checker::new(setup)?;
+    let mut stats = RestoreStats {
+        from_beginning,
+        ..RestoreStats::default()
+    };
+    let mut superseded = Vec::new();
+    for (changelog, &(low, high)) in setup.plan.changelogs.iter().zip(&ends) {
+        let from = recorded_position(backend.as_mut(), &changelog.topic)?;
+        let reading = Reading {
+            changelog,
+            id,
+            checker: &checker,
+        };
+        match reading.restore(backend.as_mut(), from, (low, high), env) {
+            Ok(read) => {
+                superseded.extend(
+                    read.uncommitted
+                        .iter()
+                        .map(|key| (changelog.store.clone(), key.clone())),
+                );
+                stats.add(read);
+            }
+            Err(RestoreError::OutOfRange) => {
+                // The changelog was recreated or truncated behind the store's
+                // back: only a restore from scratch is trustworthy.
+                tracing::warn!(task = id, topic = %changelog.topic, "recorded changelog position is gone; restoring from the beginning");
+                drop(backend);
+                wipe(dir)?;
+                return restore_store(dir, id, setup, env);
+            }
+            Err(RestoreError::Run(e)) => return Err(e),
+        }
+    }
+    if let Some(reason) = stale.filter(|_| stats.found_records()) {
+        // Behind its changelogs for longer than tombstones are kept: what it
+        // missed may include deletions that compaction has removed since.
+        tracing::info!(task = id, reason, "restoring the store from the beginning");
+        drop(backend);
+        wipe(dir)?;
+        return restore_store(dir, id, setup, env);
+    }
+    Engine::write_note(backend.as_mut(), READY_NOTE, vec![1])?;
+    let (key, value) = checkpoint_entry();
+    Engine::write_note(backend.as_mut(), &key, value)?;
+    backend.sync()?;
+    stats.elapsed = started.elapsed();
+    tracing::info!(
+        task = id,
+        records = stats.records,
+        ms = stats.elapsed.as_millis() as u64,
+        from_beginning = stats.from_beginning,
+        changelogs_read = stats.changelogs_read,
+        malformed = stats.malformed,
+        uncommitted = stats.uncommitted,
+        "task restored"
+    );
+    Ok(Restored {
+        backend,
+        stats,
+        superseded,
+    })
+}
+
+/// The (low, high) watermarks of partition `id` of each changelog.
+fn changelog_ends(
+    setup: &TaskSetup<'_>,
+    id: i32,
+    restorer: &BaseConsumer<RestoreContext>,
+) -> Result<Vec<(i64, i64)>, RunError> {
+    setup
+        .plan
+        .changelogs
+        .iter()
+        .map(|c| {
+            super::retry_kafka("read a changelog's offsets", || {
+                restorer.fetch_watermarks(&c.topic, id, Duration::from_secs(10))
+            })
+        })
+        .collect()
+}
+
+fn recorded_position(
+    backend: &mut dyn StateBackend,
+    topic: &str,
+) -> Result<Option<Position>, RunError> {
+    Ok(Engine::read_note(backend, &position_note(topic))?.and_then(|b| Position::decode(&b)))
+}
+
+/// Why the store's recorded positions cannot be trusted if it turns out to
+/// be behind its changelogs: its checkpoint is older than the changelogs'
+/// `delete.retention.ms`, or it has none.
+fn stale_checkpoint(
+    backend: &mut dyn StateBackend,
+    setup: &TaskSetup<'_>,
+) -> Result<Option<&'static str>, RunError> {
+    let Some(retention) = setup.layout.changelog_retention else {
+        return Ok(None);
+    };
+    let checkpoint = Engine::read_note(backend, CHECKPOINT_NOTE)?
+        .and_then(|b| Some(u64::from_be_bytes(b.as_slice().try_into().ok()?)));
+    Ok(match checkpoint {
+        None => Some("the store has no checkpoint time"),
+        Some(at) if now_ms().saturating_sub(at) > retention.as_millis() as u64 => {
+            Some("the store's checkpoint is older than the changelogs' delete.retention.ms: deletions since may have been compacted away")
+        }
+        Some(_) => None,
+    })
+}
+
+fn wipe(dir: &Path) -> Result<(), RunError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RunError::Setup(format!(
+            "cannot clear state directory {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
+enum RestoreError {
+    OutOfRange,
+    Run(RunError),
+}
+
+impl From<RunError> for RestoreError {
+    fn from(e: RunError) -> Self {
+        RestoreError::Run(e)
+    }
+}
+
+impl From<crate::state::StateError> for RestoreError {
+    fn from(e: crate::state::StateError) -> Self {
+        RestoreError::Run(e.into())
+    }
+}
+
+/// Checks changelog records against the stores' formats, with an engine of
+/// the topology on an empty in-memory store.
+struct Checker(Engine);
+
+impl Checker {
+    fn new(setup: &TaskSetup<'_>) -> Result<Checker, RunError> {
+        let probe = Engine::open(
+            Arc::clone(setup.topo),
+            Box::new(MemoryBackend::default()),
+            setup.engine_options,
+        )?;
+        Ok(Checker(probe))
+    }
+}
+
+/// What reading one changelog partition did.
+#[derive(Default)]
+struct ChangelogRead {
+    applied: u64,
+    malformed: u64,
+    /// Keys of the records skipped as uncommitted.
+    uncommitted: Vec<Vec<u8>>,
+    was_read: bool,
+}
+
+/// Entries written per RocksDB batch during a restore.
+const RESTORE_BATCH: usize = 20_000;
+/// How often a long restore lets the run serve the group.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(500);
+
+/// The reading of partition `id` of one changelog.
+struct Reading<'a> {
+    changelog: &'a Changelog,
+    id: i32,
+    checker: &'a Checker,
+}
+
+/// What to do with one changelog record.
+enum Verdict {
+    Apply,
+    Malformed(String),
+    Uncommitted,
+}
+
+impl Reading<'_> {
+    /// Applies the partition from `from` (or the beginning) to its end,
+    /// read_committed, and records the new position.
+    fn restore(
+        &self,
+        backend: &mut dyn StateBackend,
+        from: Option<Position>,
+        (low, high): (i64, i64),
+        env: &mut RestoreEnv<'_>,
+    ) -> Result<ChangelogRead, RestoreError> {
+        match from {
+            // Compaction keeps offsets; a start past our position means records
+            // we never saw were deleted.
+            Some(f) if f.next < low || f.next > high => return Err(RestoreError::OutOfRange),
+            Some(f) if f.is_end(high) => return Ok(ChangelogRead::default()),
+            None if high == low => return Ok(ChangelogRead::default()),
+            _ => {}
+        }
+        let topic = &self.changelog.topic;
+        let mut tpl = TopicPartitionList::new();
+        let offset = from.map_or(Offset::Beginning, |f| Offset::Offset(f.next));
+        tpl.add_partition_offset(topic, self.id, offset)
+            .map_err(|e| RunError::kafka("assign a changelog partition", e))?;
+        env.restorer
+            .assign(&tpl)
+            .map_err(|e| RunError::kafka("assign a changelog partition", e))?;
+        let result = self.read_to_end(backend, env);
+        let _ = env.restorer.unassign();
+        let (read, next) = result?;
+        // Nothing read: the recorded position stands as it is.
+        if let Some(next) = next {
+            let position = Position {
+                next,
+                marker_follows: false,
+            };
+            Engine::write_note(backend, &position_note(topic), position.encode())?;
+        }
+        Ok(read)
+    }
+
+    /// Returns what was read and the position to record: after the last
+    /// record, or at the first one skipped as uncommitted, so that the next
+    /// restore judges those again until a commit has written over them.
+    fn read_to_end(
+        &self,
+        backend: &mut dyn StateBackend,
+        env: &mut RestoreEnv<'_>,
+    ) -> Result<(ChangelogRead, Option<i64>), RestoreError> {
+        let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(RESTORE_BATCH);
+        let mut read = ChangelogRead {
+            was_read: true,
+            ..ChangelogRead::default()
+        };
+        let mut next = None;
+        let mut first_skipped = None;
+        let mut skipped_keys = HashSet::new();
+        let deadline_idle = Duration::from_secs(60);
+        let mut last_progress = Instant::now();
+        let mut last_keep_alive = Instant::now();
+        loop {
+            if last_keep_alive.elapsed() >= KEEP_ALIVE_EVERY {
+                (env.keep_alive)()?;
+                last_keep_alive = Instant::now();
+            }
+            match env.restorer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    last_progress = Instant::now();
+                    next = Some(m.offset() + 1);
+                    let _ = crate::fault::reached("restore.record");
+                    match self.judge(&m, env.committed.as_ref()) {
+                        Verdict::Apply => {
+                            let key = m.key().unwrap_or_default().to_vec();
+                            pending.push((key, m.payload().map(<[u8]>::to_vec)));
+                            read.applied += 1;
+                        }
+                        Verdict::Malformed(reason) => {
+                            read.malformed += 1;
+                            tracing::error!(
+                                topic = %self.changelog.topic,
+                                partition = self.id,
+                                offset = m.offset(),
+                                reason = %reason,
+                                "malformed changelog record skipped"
+                            );
+                        }
+                        Verdict::Uncommitted => {
+                            first_skipped.get_or_insert(m.offset());
+                            let key = m.key().unwrap_or_default().to_vec();
+                            if skipped_keys.insert(key.clone()) {
+                                read.uncommitted.push(key);
+                            }
+                        }
+                    }
+                    if pending.len() >= RESTORE_BATCH {
+                        flush(backend, &self.changelog.store, &mut pending)?;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) if is_out_of_range(&e) => return Err(RestoreError::OutOfRange),
+                // Connection trouble (a broker restarting): librdkafka reconnects by itself.
+                Some(Err(e)) if last_progress.elapsed() < deadline_idle => {
+                    tracing::warn!(topic = %self.changelog.topic, error = %e, "changelog read error; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Some(Err(e)) => {
+                    return Err(RunError::kafka("read a changelog", e).into());
+                }
+                None if last_progress.elapsed() > deadline_idle => {
+                    return Err(RunError::Setup(format!(
+                        "changelog `{}` gave no record and no end for {deadline_idle:?}",
+                        self.changelog.topic
+                    ))
+                    .into());
+                }
+                None => {}
+            }
+        }
+        flush(backend, &self.changelog.store, &mut pending)?;
+        Ok((read, first_skipped.or(next)))
+    }
+
+    fn judge(
+        &self,
+        m: &BorrowedMessage<'_>,
+        committed: Option<&HashMap<String, Option<i64>>>,
+    ) -> Verdict {
+        let Some(key) = m.key().filter(|k| !k.is_empty()) else {
+            return Verdict::Malformed("the record has no key".into());
+        };
+        if let Err(reason) = self
+            .checker
+            .0
+            .check_entry(&self.changelog.store, key, m.payload())
+        {
+            return Verdict::Malformed(reason);
+        }
+        let Some(committed) = committed else {
+            return Verdict::Apply;
+        };
+        let header = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == INPUTS_HEADER))
+            .map(|h| h.value.unwrap_or_default());
+        let Some(header) = header else {
+            return Verdict::Apply; // written by exactly-once, or by an older version
+        };
+        let Some(inputs) = std::str::from_utf8(header).ok().and_then(decode_inputs) else {
+            return Verdict::Malformed(format!("unreadable {INPUTS_HEADER} header"));
+        };
+        let is_committed = |(topic, next): &(&str, i64)| match committed.get(*topic) {
+            Some(Some(done)) => next <= done,
+            Some(None) => false,
+            None => true, // no longer an input of this task
+        };
+        if inputs.iter().all(is_committed) {
+            Verdict::Apply
+        } else {
+            Verdict::Uncommitted
+        }
+    }
+}
+
+fn is_out_of_range(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange)
+        || e.to_string().contains("out of range")
+}
+
+fn flush(
+    backend: &mut dyn StateBackend,
+    store: &str,
+    pending: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<(), RestoreError> {
+    let entries = pending
+        .iter()
+        .map(|(k, v)| (store, k.as_slice(), v.as_deref()));
+    engine::restore(backend, entries)?;
+    pending.clear();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transactional_position_is_at_the_end_one_before_the_high_watermark() {
+        let eos = Position {
+            next: 10,
+            marker_follows: true,
+        };
+        assert!(eos.is_end(11) && eos.is_end(10) && !eos.is_end(12));
+        let alo = Position {
+            next: 10,
+            marker_follows: false,
+        };
+        assert!(alo.is_end(10) && !alo.is_end(11));
+        assert_eq!(Position::decode(&eos.encode()), Some(eos));
+        assert_eq!(Position::decode(&alo.encode()), Some(alo));
+        assert_eq!(Position::decode(&[0; 3]), None);
+    }
+
+    #[test]
+    fn input_headers_round_trip_and_refuse_garbage() {
+        let text = encode_inputs([("a-images", 5), ("a-alerts", 0)].into_iter());
+        assert_eq!(
+            decode_inputs(&text),
+            Some(vec![("a-images", 5), ("a-alerts", 0)])
+        );
+        assert_eq!(decode_inputs(""), Some(vec![]));
+        assert_eq!(decode_inputs("a-images"), None);
+        assert_eq!(decode_inputs("a=x"), None);
+    }
+}
