@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 fn sluice() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("SLUICE_COMMIT_CRASH_AT")
+        .env_remove("SLUICE_FAULTS")
         .env_remove("SLUICE_LOG");
     cmd
 }
@@ -524,6 +524,7 @@ fn a_file_that_cannot_be_parsed_refuses_only_its_service() {
     assert!(letters.contains("envs/prod/svc-01.yaml"), "{letters}");
 }
 
+#[cfg(feature = "fault-injection")]
 fn crash_and_restart(point: &str) {
     let svcs = services(12);
     let repo = Repo::new(&["prod"], &svcs);
@@ -541,7 +542,7 @@ fn crash_and_restart(point: &str) {
         &config,
         &input,
         &work,
-        &[("SLUICE_COMMIT_CRASH_AT", &format!("{point}:3"))],
+        &[("SLUICE_FAULTS", &format!("commit.{point}=kill@3"))],
     );
     assert_eq!(
         crashed.status.signal(),
@@ -565,11 +566,13 @@ fn crash_and_restart(point: &str) {
     );
 }
 
+#[cfg(feature = "fault-injection")]
 #[test]
 fn a_kill_between_commit_and_push_loses_and_duplicates_nothing() {
     crash_and_restart("after-commit");
 }
 
+#[cfg(feature = "fault-injection")]
 #[test]
 fn a_kill_between_push_and_acknowledgement_loses_and_duplicates_nothing() {
     crash_and_restart("after-push");
@@ -951,7 +954,7 @@ mod kafka {
             .args(["--brokers", &brokers(), "--idle-exit", "3s", "--work-dir"])
             .arg(work);
         if let Some(point) = crash {
-            cmd.env("SLUICE_COMMIT_CRASH_AT", point);
+            cmd.env("SLUICE_FAULTS", format!("commit.{point}=kill"));
         }
         cmd.output().unwrap()
     }
@@ -1014,6 +1017,7 @@ mod kafka {
         }
     }
 
+    #[cfg(feature = "fault-injection")]
     #[test]
     fn a_kill_between_commit_and_push_redelivers_and_commits_once() {
         let Fixture {
@@ -1042,6 +1046,7 @@ mod kafka {
         assert_converged(&repo, 30, "q", &newest, "prod");
     }
 
+    #[cfg(feature = "fault-injection")]
     #[test]
     fn intents_on_a_topic_become_pushed_commits_and_offsets_follow_the_push() {
         let Fixture {
@@ -1529,3 +1534,7 @@ fn commits_are_signed_with_an_openpgp_key_when_asked() {
         text(&verify.stderr)
     );
 }
+
+// The trust fixes of issue 8 (items 14 to 18), in their own file.
+#[path = "commit/trust.rs"]
+mod trust;

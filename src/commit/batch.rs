@@ -7,6 +7,9 @@
 //! - per service and environment only the newest intent of the batch is
 //!   applied; the older ones are listed in the commit as superseded;
 //! - an intent whose id is in a trailer on the branch is already committed;
+//! - an intent older (by its record timestamp) than the newest one recorded
+//!   on the branch for its service and environment is outdated: never
+//!   applied, whatever the batch boundaries were when the newer one came;
 //! - an intent whose image is already in the files is already applied;
 //! - an intent with no marker in its environment's directory, or whose
 //!   files cannot be edited, is a dead letter with the reason.
@@ -19,11 +22,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::config::{CommitConfig, Environment};
-use super::edit::{current_image, set_image, Edit, ImageRef};
+use super::edit::{current_image_in, set_image, Edit, ImageRef};
 use super::files::EnvFiles;
+use super::index::Newest;
+use super::intent::CommitIntent;
 use super::message::{is_intent_id, Change};
 use crate::record::oci::printable;
-use crate::record::{Action, Intent};
+use crate::record::Action;
 
 /// One intent as the source delivered it.
 #[derive(Debug, Clone)]
@@ -48,6 +53,9 @@ pub enum Outcome {
     Superseded,
     /// Its id is already in a `Sluice-Intent` trailer on the branch.
     AlreadyCommitted,
+    /// Older than the newest intent recorded on the branch for its service
+    /// and environment (a `Sluice-Newest` trailer).
+    Outdated,
     /// The files already hold its image.
     AlreadyApplied,
     /// A hold: logged and counted, nothing changes.
@@ -109,6 +117,7 @@ impl Outcome {
             Outcome::Applied => "applied",
             Outcome::Superseded => "superseded",
             Outcome::AlreadyCommitted => "already_committed",
+            Outcome::Outdated => "outdated",
             Outcome::AlreadyApplied => "already_applied",
             Outcome::Held => "held",
             Outcome::DeadLetter(_) => "dead_letter",
@@ -119,7 +128,9 @@ impl Outcome {
 /// An intent that passed the checks that do not need the repository.
 #[derive(Debug, Clone)]
 pub struct Checked {
-    pub intent: Intent,
+    pub intent: CommitIntent,
+    /// The record's timestamp (ms); 0 when unknown, which is never outdated.
+    pub ts: u64,
     pub image: ImageRef,
     /// Index into the config's environments.
     pub env: usize,
@@ -129,7 +140,7 @@ pub struct Checked {
 pub fn check(d: &Delivery, config: &CommitConfig) -> Result<Checked, Outcome> {
     use RefusalKind::*;
     let refuse = |kind, reason: String| Err(refused(kind, reason));
-    let intent: Intent = match serde_json::from_str(&d.value) {
+    let intent = match CommitIntent::from_json(&d.value) {
         Ok(i) => i,
         Err(e) => return refuse(NotAnIntent, format!("not a deployment intent: {e}")),
     };
@@ -163,7 +174,12 @@ pub fn check(d: &Delivery, config: &CommitConfig) -> Result<Checked, Outcome> {
         );
     }
     match ImageRef::parse(&intent.image) {
-        Ok(image) => Ok(Checked { intent, image, env }),
+        Ok(image) => Ok(Checked {
+            intent,
+            ts: d.ts,
+            image,
+            env,
+        }),
         Err(e) => refuse(
             InvalidImage,
             format!("invalid image `{}`: {e}", printable(&intent.image)),
@@ -178,10 +194,30 @@ pub struct BranchPlan {
     pub changes: Vec<Change>,
     /// Every intent the commit accounts for (applied and superseded), in batch order.
     pub trailer_ids: Vec<String>,
+    /// The newest intent time per service and environment that the branch
+    /// does not record yet; a batch with records but no change still makes
+    /// a (record-only) commit, so that a redelivery with other batch
+    /// boundaries cannot apply an older intent.
+    pub records: Vec<Newest>,
     /// (index in the batch, outcome) for every intent given.
     pub outcomes: Vec<(usize, Outcome)>,
     /// The environments' files with the edits applied.
     pub files: Vec<EnvFiles>,
+}
+
+impl BranchPlan {
+    /// Whether the plan needs a commit at all.
+    pub fn commits(&self) -> bool {
+        !self.changes.is_empty() || !self.records.is_empty()
+    }
+}
+
+/// What the branch already records: its trailer index, or a test's stand-in.
+pub trait Recorded {
+    /// Whether the id is in a `Sluice-Intent` trailer.
+    fn is_committed(&self, intent_id: &str) -> bool;
+    /// The newest intent time recorded for the service in the environment.
+    fn newest(&self, environment: &str, service: &str) -> Option<u64>;
 }
 
 /// Plans `items` (index in the batch, checked intent; all on one branch,
@@ -190,49 +226,98 @@ pub fn plan_branch(
     root: &Path,
     environments: &[Environment],
     items: &[(usize, &Checked)],
-    is_committed: impl Fn(&str) -> bool,
+    recorded: &dyn Recorded,
 ) -> BranchPlan {
     let mut plan = BranchPlan::default();
     let mut loaded: HashMap<usize, usize> = HashMap::new();
     for group in groups(items) {
-        let Some((&(newest_at, newest), older)) = group.split_last() else {
+        let env = &environments[group[0].1.env];
+        let recorded_ts = recorded.newest(&env.name, &group[0].1.intent.service);
+        let live = set_aside_outdated(group, recorded, recorded_ts, &mut plan.outcomes);
+        // The newest intent decides; the older ones are done or superseded.
+        let Some((&(newest_at, newest), older)) = live.split_last() else {
             continue;
         };
-        let newest_outcome = if is_committed(&newest.intent.intent_id) {
+        let newest_outcome = if recorded.is_committed(&newest.intent.intent_id) {
             Outcome::AlreadyCommitted
         } else {
             let slot = *loaded.entry(newest.env).or_insert_with(|| {
-                plan.files
-                    .push(EnvFiles::load(root, &environments[newest.env].directory));
+                plan.files.push(EnvFiles::load(root, &env.directory));
                 plan.files.len() - 1
             });
-            let env = &environments[newest.env];
             apply(&mut plan.files[slot], env, newest, &mut plan.changes)
         };
+        let mut accounted: Vec<&Checked> = Vec::new();
         for &(at, c) in older {
-            let outcome = match (&newest_outcome, is_committed(&c.intent.intent_id)) {
+            let outcome = match (&newest_outcome, recorded.is_committed(&c.intent.intent_id)) {
                 (_, true) => Outcome::AlreadyCommitted,
                 (Outcome::DeadLetter(r), false) => Outcome::DeadLetter(r.clone()),
                 (_, false) => Outcome::Superseded,
             };
+            if outcome == Outcome::Superseded {
+                accounted.push(c);
+            }
             plan.outcomes.push((at, outcome));
         }
+        if matches!(newest_outcome, Outcome::Applied | Outcome::AlreadyApplied) {
+            accounted.push(newest);
+        }
+        plan.records.extend(record(env, &accounted, recorded_ts));
         plan.outcomes.push((newest_at, newest_outcome));
     }
     plan.outcomes.sort_by_key(|(at, _)| *at);
-    if !plan.changes.is_empty() {
-        let by_index: HashMap<usize, &Checked> = items.iter().copied().collect();
-        // A record delivered twice in one batch is listed once.
-        let mut seen = std::collections::HashSet::new();
-        plan.trailer_ids = plan
-            .outcomes
-            .iter()
-            .filter(|(_, o)| matches!(o, Outcome::Applied | Outcome::Superseded))
-            .filter_map(|(at, _)| by_index.get(at).map(|c| c.intent.intent_id.clone()))
-            .filter(|id| seen.insert(id.clone()))
-            .collect();
+    if plan.commits() {
+        plan.trailer_ids = trailer_ids(items, &plan.outcomes);
     }
     plan
+}
+
+/// Marks the group's outdated intents; returns the others, still in
+/// arrival order. An intent whose id is committed is never outdated: it is
+/// already committed, whatever its time.
+fn set_aside_outdated<'a>(
+    group: Vec<(usize, &'a Checked)>,
+    recorded: &dyn Recorded,
+    recorded_ts: Option<u64>,
+    outcomes: &mut Vec<(usize, Outcome)>,
+) -> Vec<(usize, &'a Checked)> {
+    let Some(newest) = recorded_ts else {
+        return group;
+    };
+    let mut live = Vec::with_capacity(group.len());
+    for (at, c) in group {
+        if c.ts > 0 && c.ts < newest && !recorded.is_committed(&c.intent.intent_id) {
+            outcomes.push((at, Outcome::Outdated));
+        } else {
+            live.push((at, c));
+        }
+    }
+    live
+}
+
+/// The newest time among the intents a commit accounts for (applied,
+/// superseded, already applied), if the branch does not record it yet.
+fn record(env: &Environment, accounted: &[&Checked], recorded_ts: Option<u64>) -> Option<Newest> {
+    let first = accounted.first()?;
+    let ts = accounted.iter().map(|c| c.ts).max()?;
+    (ts > 0 && recorded_ts.is_none_or(|r| ts > r)).then(|| Newest {
+        environment: env.name.clone(),
+        service: first.intent.service.clone(),
+        ts,
+    })
+}
+
+/// The applied and superseded intents' ids, in batch order; a record
+/// delivered twice in one batch is listed once.
+fn trailer_ids(items: &[(usize, &Checked)], outcomes: &[(usize, Outcome)]) -> Vec<String> {
+    let by_index: HashMap<usize, &Checked> = items.iter().copied().collect();
+    let mut seen = std::collections::HashSet::new();
+    outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Applied | Outcome::Superseded))
+        .filter_map(|(at, _)| by_index.get(at).map(|c| c.intent.intent_id.clone()))
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
 }
 
 /// The items grouped by (environment, service), groups ordered by their
@@ -275,7 +360,10 @@ fn apply(
             Ok(Edit::Changed(new)) => {
                 found = true;
                 if old_image.is_none() {
-                    old_image = current_image(text, service).ok().flatten();
+                    // Markers first, then a kustomize entry of the image's repository.
+                    old_image = current_image_in(text, service, &c.image.repository)
+                        .ok()
+                        .flatten();
                 }
                 edited.push((i, new));
             }
@@ -350,6 +438,22 @@ mod tests {
 
     const CONFIG: &str = "[repository]\nurl = \"file:///x\"\n[author]\nname = \"S\"\nemail = \"s@x\"\n[[environments]]\nname = \"prod\"\nbranch = \"main\"\ndirectory = \"envs/prod\"\n";
 
+    /// A branch whose trailers list the ids `committed` accepts, and no times.
+    struct Committed<F>(F);
+
+    impl<F: Fn(&str) -> bool> Recorded for Committed<F> {
+        fn is_committed(&self, intent_id: &str) -> bool {
+            (self.0)(intent_id)
+        }
+        fn newest(&self, _: &str, _: &str) -> Option<u64> {
+            None
+        }
+    }
+
+    fn nothing_committed() -> Committed<fn(&str) -> bool> {
+        Committed(|_| false)
+    }
+
     fn delivery(id: &str, action: &str, service: &str, image: &str) -> Delivery {
         Delivery {
             value: serde_json::json!({
@@ -392,7 +496,12 @@ mod tests {
             .enumerate()
             .filter_map(|(i, c)| c.as_ref().ok().map(|c| (i, c)))
             .collect();
-        let plan = plan_branch(dir.path(), &config.environments, &items, |id| id == "c");
+        let plan = plan_branch(
+            dir.path(),
+            &config.environments,
+            &items,
+            &Committed(|id: &str| id == "c"),
+        );
         let outcomes: Vec<_> = plan.outcomes.iter().map(|(i, o)| (*i, o.label())).collect();
         assert_eq!(
             outcomes,
@@ -422,9 +531,12 @@ mod tests {
         assert!(reason(d).contains("no environment"));
         let dir = repo();
         let unknown = check(&delivery("u", "deploy", "web", "web:v1"), &config).unwrap();
-        let plan = plan_branch(dir.path(), &config.environments, &[(0, &unknown)], |_| {
-            false
-        });
+        let plan = plan_branch(
+            dir.path(),
+            &config.environments,
+            &[(0, &unknown)],
+            &nothing_committed(),
+        );
         assert!(
             matches!(&plan.outcomes[0].1, Outcome::DeadLetter(r) if r.kind == RefusalKind::NoMarker && r.reason.contains("no marker for service `web`"))
         );
@@ -457,7 +569,7 @@ mod tests {
             let committed = |id: &str| {
                 id[1..].parse::<usize>().is_ok_and(|i| intents[i].2)
             };
-            let plan = plan_branch(dir.path(), &config.environments, &items, committed);
+            let plan = plan_branch(dir.path(), &config.environments, &items, &Committed(committed));
 
             let mut expected = vec![""; intents.len()];
             let mut images: Vec<String> = services.iter().map(|s| format!("{s}:v0")).collect();
@@ -506,7 +618,7 @@ mod tests {
             dir.path(),
             &config.environments,
             &[(0, &c), (1, &c)],
-            |_| false,
+            &nothing_committed(),
         );
         assert_eq!(plan.trailer_ids, ["same"]);
         assert_eq!(plan.changes.len(), 1);
@@ -517,8 +629,90 @@ mod tests {
         let config = CommitConfig::parse("c.toml", CONFIG).unwrap();
         let dir = repo();
         let same = check(&delivery("s", "deploy", "api", "api:v1"), &config).unwrap();
-        let plan = plan_branch(dir.path(), &config.environments, &[(0, &same)], |_| false);
+        let plan = plan_branch(
+            dir.path(),
+            &config.environments,
+            &[(0, &same)],
+            &nothing_committed(),
+        );
         assert_eq!(plan.outcomes[0].1, Outcome::AlreadyApplied);
         assert!(plan.changes.is_empty() && plan.trailer_ids.is_empty());
+    }
+
+    /// A branch that records `api` in `prod` up to `newest`, and no ids.
+    struct RecordedUpTo(u64);
+
+    impl Recorded for RecordedUpTo {
+        fn is_committed(&self, _: &str) -> bool {
+            false
+        }
+        fn newest(&self, environment: &str, service: &str) -> Option<u64> {
+            (environment == "prod" && service == "api").then_some(self.0)
+        }
+    }
+
+    fn at(mut d: Delivery, ts: u64) -> Delivery {
+        d.ts = ts;
+        d
+    }
+
+    #[test]
+    fn an_intent_older_than_the_recorded_newest_is_outdated() {
+        let config = CommitConfig::parse("c.toml", CONFIG).unwrap();
+        let dir = repo();
+        let old = check(&at(delivery("old", "deploy", "api", "api:v0"), 10), &config).unwrap();
+        let same = check(
+            &at(delivery("same", "deploy", "api", "api:v2"), 20),
+            &config,
+        )
+        .unwrap();
+        let plan = plan_branch(
+            dir.path(),
+            &config.environments,
+            &[(0, &old)],
+            &RecordedUpTo(20),
+        );
+        assert_eq!(plan.outcomes, [(0, Outcome::Outdated)]);
+        assert!(!plan.commits(), "{plan:?}");
+        let plan = plan_branch(
+            dir.path(),
+            &config.environments,
+            &[(0, &old), (1, &same)],
+            &RecordedUpTo(20),
+        );
+        let labels: Vec<_> = plan.outcomes.iter().map(|(_, o)| o.label()).collect();
+        assert_eq!(
+            labels,
+            ["outdated", "applied"],
+            "an equal time is not older"
+        );
+        assert!(plan.records.is_empty(), "20 is recorded already");
+    }
+
+    #[test]
+    fn a_batch_without_a_change_still_records_the_newest_time() {
+        let config = CommitConfig::parse("c.toml", CONFIG).unwrap();
+        let dir = repo();
+        // A deploy then a rollback to what the files hold: nothing changes.
+        let deploy = check(&at(delivery("a", "deploy", "api", "api:v2"), 10), &config).unwrap();
+        let back = check(&at(delivery("b", "rollback", "api", "api:v1"), 20), &config).unwrap();
+        let plan = plan_branch(
+            dir.path(),
+            &config.environments,
+            &[(0, &deploy), (1, &back)],
+            &nothing_committed(),
+        );
+        let labels: Vec<_> = plan.outcomes.iter().map(|(_, o)| o.label()).collect();
+        assert_eq!(labels, ["superseded", "already_applied"]);
+        assert!(plan.changes.is_empty() && plan.commits());
+        assert_eq!(plan.trailer_ids, ["a"]);
+        assert_eq!(
+            plan.records,
+            [Newest {
+                environment: "prod".into(),
+                service: "api".into(),
+                ts: 20
+            }]
+        );
     }
 }

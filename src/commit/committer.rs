@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use super::batch::{check, plan_branch, BranchPlan, Checked, Delivery, Outcome};
 use super::config::CommitConfig;
 use super::dead_letter::{DeadLetterError, DeadLetters};
-use super::fault::CrashHook;
 use super::git::{BranchClone, GitError, PushOutcome, Remote};
 use super::message::{commit_message, Templates};
 use super::push::{Backoff, PushLimiter};
@@ -48,6 +47,7 @@ pub struct Counters {
     pub superseded: u64,
     pub already_committed: u64,
     pub already_applied: u64,
+    pub outdated: u64,
     pub held: u64,
     pub dead_letters: u64,
     /// Dead letters by the kind of refusal (`no_marker`, `invalid_image`, ...).
@@ -65,6 +65,7 @@ impl Counters {
             Outcome::Superseded => self.superseded += 1,
             Outcome::AlreadyCommitted => self.already_committed += 1,
             Outcome::AlreadyApplied => self.already_applied += 1,
+            Outcome::Outdated => self.outdated += 1,
             Outcome::Held => self.held += 1,
             Outcome::DeadLetter(r) => {
                 self.dead_letters += 1;
@@ -76,9 +77,9 @@ impl Counters {
     /// One line for humans.
     pub fn render(&self) -> String {
         format!(
-            "{} intents: {} applied, {} superseded, {} already committed, {} already applied, {} held, {} dead letters; {} batches, {} commits pushed, {} pushes rejected (remote moved), {} pushes failed",
+            "{} intents: {} applied, {} superseded, {} already committed, {} already applied, {} held, {} dead letters, {} outdated; {} batches, {} commits pushed, {} pushes rejected (remote moved), {} pushes failed",
             self.received, self.applied, self.superseded, self.already_committed, self.already_applied,
-            self.held, self.dead_letters, self.batches, self.commits, self.rejected_pushes, self.failed_pushes
+            self.held, self.dead_letters, self.outdated, self.batches, self.commits, self.rejected_pushes, self.failed_pushes
         ) + &self.render_refusals()
     }
 
@@ -110,7 +111,6 @@ pub struct Committer<'r> {
     config: &'r CommitConfig,
     clones: Vec<BranchClone<'r>>,
     limiter: PushLimiter,
-    crash: CrashHook,
     pub counters: Counters,
     /// Held for the committer's lifetime: one committer per work directory.
     _lock: File,
@@ -134,14 +134,13 @@ impl<'r> Committer<'r> {
         let mut clones = Vec::new();
         for branch in config.branches() {
             let clone = open_clone(config, remote, work_dir, branch)?;
-            tracing::info!(branch, tip = %clone.head()?, url = %remote.shown_url(), "clone ready");
+            tracing::info!(branch, tip = %clone.head()?, url = %remote.shown_url(), indexed_ids = clone.indexed_ids(), "clone ready");
             clones.push(clone);
         }
         Ok(Committer {
             config,
             clones,
             limiter: PushLimiter::new(&config.push),
-            crash: CrashHook::from_env(),
             counters: Counters::default(),
             _lock: lock,
         })
@@ -314,10 +313,13 @@ impl<'r> Committer<'r> {
         let mut attempts = 0u32;
         loop {
             let clone = &self.clones[b];
-            let mut plan = plan_branch(clone.dir(), &self.config.environments, items, |id| {
-                clone.is_committed(id)
-            });
-            if plan.changes.is_empty() {
+            let mut plan = plan_branch(
+                clone.dir(),
+                &self.config.environments,
+                items,
+                clone.recorded(),
+            );
+            if !plan.commits() {
                 return Ok(plan);
             }
             attempts += 1;
@@ -386,17 +388,24 @@ impl<'r> Committer<'r> {
             line: &self.config.batch.line,
         };
         let ids: Vec<&str> = plan.trailer_ids.iter().map(String::as_str).collect();
-        let message = commit_message(&templates, clone.branch(), &plan.changes, &ids);
+        let message = commit_message(
+            &templates,
+            clone.branch(),
+            &plan.changes,
+            &ids,
+            &plan.records,
+        );
         let started = Instant::now();
         clone.commit(&paths, &message)?;
         let commit_ms = started.elapsed().as_millis() as u64;
-        self.crash.reached("after-commit");
+        // Test builds only: a kill here leaves a commit in the clone, unpushed.
+        crate::fault::reached("commit.after-commit");
         let waited = self.limiter.wait();
         let started = Instant::now();
         let outcome = self.clones[b].push()?;
         let push_ms = started.elapsed().as_millis() as u64;
         if outcome == PushOutcome::Pushed {
-            self.clones[b].pushed(&ids)?;
+            self.clones[b].pushed(&ids, &plan.records)?;
             self.counters.commits += 1;
             tracing::info!(
                 branch = self.clones[b].branch(),
@@ -407,7 +416,8 @@ impl<'r> Committer<'r> {
                 push_ms,
                 "pushed"
             );
-            self.crash.reached("after-push");
+            // Test builds only: a kill here leaves the push unacknowledged.
+            crate::fault::reached("commit.after-push");
         }
         Ok(outcome)
     }
@@ -426,7 +436,7 @@ fn open_clone<'r>(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match BranchClone::open(remote, work_dir, branch) {
+        match BranchClone::open(remote, work_dir, branch, config.index) {
             Ok(clone) => return Ok(clone),
             // Retrying cannot fix these.
             Err(e @ (GitError::MissingToken(_) | GitError::Spawn { .. })) => return Err(e.into()),

@@ -26,6 +26,10 @@
 //! [push]
 //! per_second = 5
 //!
+//! [index]                                      # how much history the trailers are read from
+//! max_commits = 10000
+//! max_age = "30d"
+//!
 //! [kafka]
 //! brokers = "kafka-1:9092"
 //! topic = "deploy-intents"
@@ -45,7 +49,9 @@ use std::time::Duration;
 
 use toml_span::value::Value;
 
+use super::index::IndexLimits;
 use super::message::Template;
+use super::url::{check_url, Scheme};
 use crate::topology::diag::{ConfigError, Diagnostic, Diags, Located, Pos};
 use crate::topology::kafka::{read_properties, read_secrets, KafkaConfig};
 use crate::topology::reader::TableReader;
@@ -65,6 +71,8 @@ pub struct CommitConfig {
     pub signing: Option<Signing>,
     pub batch: BatchConfig,
     pub push: PushConfig,
+    /// `[index]`: the commits whose trailers are read (`max_commits`, `max_age`).
+    pub index: IndexLimits,
     pub kafka: SourceConfig,
     /// Environments in file order; at least one.
     pub environments: Vec<Environment>,
@@ -73,8 +81,9 @@ pub struct CommitConfig {
 /// `[repository]`: the GitOps repository and how to authenticate to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepositoryConfig {
-    /// `file://`, `ssh://`, `https://` (and, for local tests, `git://` or
-    /// `http://`). No password in it: credentials are given by reference.
+    /// `file://`, `ssh://` (or `user@host:path`), `https://` (and, for local
+    /// tests, `git://` or `http://`). No credential in it (see [`super::url`]):
+    /// credentials are given by reference.
     pub url: String,
     pub credentials: Credentials,
 }
@@ -258,6 +267,8 @@ fn read_root(diags: &Diags<'_>, file: &str, value: Value<'_>) -> Option<CommitCo
     let signing = optional_table(&mut root, "signing", read_signing);
     let batch = optional_table(&mut root, "batch", read_batch).unwrap_or_else(default_batch);
     let push = optional_table(&mut root, "push", read_push).unwrap_or(Some(DEFAULT_PUSH));
+    let index =
+        optional_table(&mut root, "index", read_index).unwrap_or(Some(IndexLimits::default()));
     let kafka = optional_table(&mut root, "kafka", read_kafka).unwrap_or_else(|| {
         Some(SourceConfig::with_defaults(
             None,
@@ -280,6 +291,7 @@ fn read_root(diags: &Diags<'_>, file: &str, value: Value<'_>) -> Option<CommitCo
         },
         batch: batch?,
         push: push?,
+        index: index?,
         kafka: kafka?,
         environments: environments?,
     })
@@ -320,7 +332,13 @@ fn read_repository(t: &mut TableReader<'_, '_, '_>) -> Option<RepositoryConfig> 
     let token_env = t.string("token_env");
     let username = t.string("token_username");
     let url = url?;
-    let scheme = check_url(t, &url)?;
+    let scheme = match check_url(&url.value) {
+        Ok(scheme) => scheme,
+        Err(message) => {
+            t.diags().error(url.pos, t.key_path("url"), message);
+            return None;
+        }
+    };
     let given = [key_file.is_some(), agent, token_env.is_some()];
     if given.iter().filter(|g| **g).count() > 1 {
         t.diags().error(
@@ -349,11 +367,11 @@ fn read_repository(t: &mut TableReader<'_, '_, '_>) -> Option<RepositoryConfig> 
     };
     let fits = match &credentials {
         Credentials::None => true,
-        Credentials::SshKeyFile(_) | Credentials::SshAgent => scheme == "ssh",
+        Credentials::SshKeyFile(_) | Credentials::SshAgent => scheme == Scheme::Ssh,
         // Plain http only to this machine, where the token never crosses a network.
         Credentials::Token { .. } => {
-            scheme == "https"
-                || (scheme == "http"
+            scheme == Scheme::Https
+                || (scheme == Scheme::Http
                     && [
                         "http://127.0.0.1:",
                         "http://127.0.0.1/",
@@ -368,7 +386,7 @@ fn read_repository(t: &mut TableReader<'_, '_, '_>) -> Option<RepositoryConfig> 
         t.diags().error(
             url.pos,
             t.key_path("url"),
-            format!("{scheme}:// cannot use these credentials: SSH keys need ssh://, a token needs https:// (http:// only to localhost)"),
+            format!("{}:// cannot use these credentials: SSH keys need ssh://, a token needs https:// (http:// only to localhost)", scheme.as_str()),
         );
         return None;
     }
@@ -376,49 +394,6 @@ fn read_repository(t: &mut TableReader<'_, '_, '_>) -> Option<RepositoryConfig> 
         url: url.value,
         credentials,
     })
-}
-
-/// Checks the URL and returns its scheme. Messages never repeat the URL: it
-/// might hold a password, which is exactly what is refused here.
-fn check_url(t: &TableReader<'_, '_, '_>, url: &Located<String>) -> Option<&'static str> {
-    let key = t.key_path("url");
-    let Some((scheme, rest)) = url.value.split_once("://") else {
-        t.diags().error(
-            url.pos,
-            key,
-            "expected a URL: file://, ssh://, https:// (git:// and http:// for local tests)",
-        );
-        return None;
-    };
-    let scheme = match scheme {
-        "file" => "file",
-        "ssh" => "ssh",
-        "https" => "https",
-        "http" => "http",
-        "git" => "git",
-        _ => {
-            t.diags().error(
-                url.pos,
-                key,
-                "unsupported scheme: use file://, ssh:// or https://",
-            );
-            return None;
-        }
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    if authority
-        .rsplit_once('@')
-        .is_some_and(|(user, _)| user.contains(':'))
-    {
-        t.diags().error(url.pos, key, "the URL holds a password: give credentials by reference (token_env, ssh_key_file or ssh_agent)");
-        return None;
-    }
-    if url.value.chars().any(char::is_control) {
-        t.diags()
-            .error(url.pos, key, "control characters in the URL");
-        return None;
-    }
-    Some(scheme)
 }
 
 fn read_author(t: &mut TableReader<'_, '_, '_>) -> Option<Author> {
@@ -573,6 +548,22 @@ fn read_push(t: &mut TableReader<'_, '_, '_>) -> Option<PushConfig> {
         min_backoff,
         max_backoff,
         give_up_after,
+    })
+}
+
+fn read_index(t: &mut TableReader<'_, '_, '_>) -> Option<IndexLimits> {
+    let defaults = IndexLimits::default();
+    let max_commits = t
+        .integer("max_commits", 1)
+        .map_or(defaults.max_commits, |n| {
+            usize::try_from(n.value).unwrap_or(usize::MAX)
+        });
+    let max_age = t
+        .duration("max_age")
+        .map_or(defaults.max_age, |d| Duration::from_millis(d.value.as_ms()));
+    Some(IndexLimits {
+        max_commits,
+        max_age,
     })
 }
 
@@ -815,6 +806,41 @@ mod tests {
     }
 
     #[test]
+    fn a_token_as_the_user_name_is_refused_with_its_position_and_key() {
+        let token = "ghp_sentinel0123456789";
+        let text = errors(&MINIMAL.replace("file:///srv", &format!("https://{token}@github.com")));
+        assert!(
+            text.contains("c.toml:2:8: `repository.url`: the URL holds a user name"),
+            "{text}"
+        );
+        assert!(!text.contains(token), "{text}");
+        let ssh = MINIMAL.replace("file:///srv/deploy.git", "ssh://git@git.example.com/d.git");
+        assert!(
+            CommitConfig::parse("c.toml", &ssh).is_ok(),
+            "the ssh user name is no secret"
+        );
+        let scp = MINIMAL.replace("file:///srv/deploy.git", "git@github.com:o/d.git");
+        let c = CommitConfig::parse("c.toml", &scp).unwrap();
+        assert_eq!(c.repository.url, "git@github.com:o/d.git");
+    }
+
+    #[test]
+    fn the_index_bounds_are_read_and_default() {
+        let c = CommitConfig::parse("c.toml", MINIMAL).unwrap();
+        assert_eq!(c.index, IndexLimits::default());
+        let src = format!("{MINIMAL}[index]\nmax_commits = 50\nmax_age = \"2d\"\n");
+        let c = CommitConfig::parse("c.toml", &src).unwrap();
+        assert_eq!(c.index.max_commits, 50);
+        assert_eq!(c.index.max_age, Duration::from_secs(2 * 86_400));
+        let src = format!("{MINIMAL}[index]\nmax_commits = 0\n");
+        assert!(
+            errors(&src).contains("`index.max_commits`"),
+            "{}",
+            errors(&src)
+        );
+    }
+
+    #[test]
     fn credentials_must_fit_the_scheme() {
         let src = MINIMAL.replace(
             "file:///srv/deploy.git\"",
@@ -864,7 +890,7 @@ mod tests {
         );
     }
 
-    const FULL: &str = "work_dir = \"/w\"\ndead_letter_file = \"d.jsonl\"\n[repository]\nurl = \"ssh://git@git.example.com/d.git\"\nssh_key_file = \"/k\"\n[author]\nname = \"S\"\nemail = \"s@example.com\"\n[signing]\nformat = \"ssh\"\nkey = \"/s\"\n[batch]\nwindow = \"2s\"\nmax_intents = 5\nsubject = \"{service}\"\nmulti_subject = \"{count}\"\nline = \"{reason}\"\n[push]\nper_second = 3\nmin_backoff = \"10ms\"\nmax_backoff = \"1s\"\ngive_up_after = \"1m\"\n[kafka]\nbrokers = \"b:9092\"\ntopic = \"t\"\ngroup = \"g\"\ndead_letter_topic = \"dl\"\nformat = \"protobuf\"\n[kafka.properties]\n\"client.id\" = \"c\"\n[kafka.secrets]\n\"sasl.password\" = { env = \"P\" }\n[[environments]]\nname = \"prod\"\nbranch = \"main\"\ndirectory = \"envs/prod\"\n";
+    const FULL: &str = "work_dir = \"/w\"\ndead_letter_file = \"d.jsonl\"\n[repository]\nurl = \"ssh://git@git.example.com/d.git\"\nssh_key_file = \"/k\"\n[author]\nname = \"S\"\nemail = \"s@example.com\"\n[signing]\nformat = \"ssh\"\nkey = \"/s\"\n[batch]\nwindow = \"2s\"\nmax_intents = 5\nsubject = \"{service}\"\nmulti_subject = \"{count}\"\nline = \"{reason}\"\n[push]\nper_second = 3\nmin_backoff = \"10ms\"\nmax_backoff = \"1s\"\ngive_up_after = \"1m\"\n[index]\nmax_commits = 9\nmax_age = \"1d\"\n[kafka]\nbrokers = \"b:9092\"\ntopic = \"t\"\ngroup = \"g\"\ndead_letter_topic = \"dl\"\nformat = \"protobuf\"\n[kafka.properties]\n\"client.id\" = \"c\"\n[kafka.secrets]\n\"sasl.password\" = { env = \"P\" }\n[[environments]]\nname = \"prod\"\nbranch = \"main\"\ndirectory = \"envs/prod\"\n";
 
     #[test]
     fn every_key_is_read_and_no_mutation_panics() {

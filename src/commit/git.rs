@@ -9,7 +9,6 @@
 //! goes in an `http.extraHeader` passed through `GIT_CONFIG_*` variables, an
 //! SSH key path in `GIT_SSH_COMMAND`; everything git prints is scrubbed.
 
-use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,8 +17,9 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use super::batch::Recorded;
 use super::config::{Author, Credentials, RepositoryConfig, Signing, SigningFormat};
-use super::message::TRAILER;
+use super::index::{log_format, now_secs, IndexLimits, Newest, TrailerIndex};
 use crate::topology::kafka::Secret;
 
 /// A git operation that failed. Messages are scrubbed of credentials.
@@ -255,8 +255,8 @@ pub struct BranchClone<'r> {
     remote: &'r Remote,
     dir: PathBuf,
     branch: String,
-    /// Intent ids found in trailers of the branch up to `indexed_tip`.
-    committed: HashSet<String>,
+    /// The trailers of the branch's recent commits up to `indexed_tip`.
+    index: TrailerIndex,
     indexed_tip: String,
     /// Pushes since the clone's objects were last packed.
     pushes_since_gc: u32,
@@ -268,13 +268,18 @@ const GC_EVERY: u32 = 50;
 impl<'r> BranchClone<'r> {
     /// Opens the clone under `work_dir` (cloning it the first time) and
     /// brings it to the remote's tip, dropping any commit a crash left unpushed.
-    pub fn open(remote: &'r Remote, work_dir: &Path, branch: &str) -> Result<Self, GitError> {
+    pub fn open(
+        remote: &'r Remote,
+        work_dir: &Path,
+        branch: &str,
+        limits: IndexLimits,
+    ) -> Result<Self, GitError> {
         let dir = work_dir.join("branches").join(dir_name(branch));
         let mut clone = BranchClone {
             remote,
             dir,
             branch: branch.into(),
-            committed: HashSet::new(),
+            index: TrailerIndex::new(limits),
             indexed_tip: String::new(),
             pushes_since_gc: 0,
         };
@@ -344,9 +349,14 @@ impl<'r> BranchClone<'r> {
         &self.branch
     }
 
-    /// Whether an intent already has a trailer on the branch.
-    pub fn is_committed(&self, intent_id: &str) -> bool {
-        self.committed.contains(intent_id)
+    /// What the branch's trailers record, for planning.
+    pub fn recorded(&self) -> &dyn Recorded {
+        &self.index
+    }
+
+    /// How many intent ids the index holds.
+    pub fn indexed_ids(&self) -> usize {
+        self.index.len()
     }
 
     /// Fetches the branch, resets the work tree to it and reads the trailers
@@ -396,27 +406,31 @@ impl<'r> BranchClone<'r> {
             .to_owned())
     }
 
+    /// Reads the trailers of the commits up to `tip` not indexed yet, at
+    /// most the index's limits' worth (see [`super::index`]).
     fn index_trailers(&mut self, tip: &str) -> Result<(), GitError> {
         if tip == self.indexed_tip {
             return Ok(());
         }
-        let format = format!("--format=%(trailers:key={TRAILER},valueonly,separator=%x0A)");
+        let limits = self.index.limits();
+        let now = now_secs();
+        let format = log_format();
+        let max_count = format!("--max-count={}", limits.max_commits);
+        let since = format!(
+            "--since=@{}",
+            now.saturating_sub(limits.max_age.as_secs() as i64)
+        );
         let range;
-        let mut args = vec!["log", &format, tip];
+        let mut args = vec!["log", &format, &max_count, &since, tip];
         // Only new commits, unless the branch was rewritten under us.
         if !self.indexed_tip.is_empty() && self.is_ancestor(&self.indexed_tip, tip)? {
             range = format!("^{}", self.indexed_tip);
             args.push(&range);
         } else {
-            self.committed.clear();
+            self.index.clear();
         }
         let log = self.run("log", &args)?;
-        self.committed.extend(
-            log.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned),
-        );
+        self.index.add_log(&log, now);
         self.indexed_tip = tip.to_owned();
         Ok(())
     }
@@ -432,7 +446,8 @@ impl<'r> BranchClone<'r> {
     }
 
     /// Commits the edited `paths` (relative to the clone, all tracked) with
-    /// `message`, in one git process (`commit --only`).
+    /// `message`, in one git process (`commit --only`); with no paths, an
+    /// empty commit that only carries the message's trailers.
     pub fn commit(&self, paths: &[PathBuf], message: &str) -> Result<(), GitError> {
         let mut args: Vec<String> = Vec::new();
         if let Some(s) = &self.remote.signing {
@@ -447,7 +462,13 @@ impl<'r> BranchClone<'r> {
         if self.remote.signing.is_some() {
             args.push("--gpg-sign".into());
         }
-        args.extend(["--only".into(), "--".into()]);
+        if paths.is_empty() {
+            // A record-only commit: trailers, no file change.
+            args.push("--allow-empty".into());
+        } else {
+            args.push("--only".into());
+        }
+        args.push("--".into());
         // Literal paths: a file name must never be read as a glob.
         args.extend(paths.iter().map(|p| format!(":(literal){}", p.display())));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -477,8 +498,10 @@ impl<'r> BranchClone<'r> {
     }
 
     /// After a successful push: the pushed commit's trailers are committed.
-    pub fn pushed(&mut self, ids: &[&str]) -> Result<(), GitError> {
-        self.committed.extend(ids.iter().map(|s| (*s).to_owned()));
+    pub fn pushed(&mut self, ids: &[&str], records: &[Newest]) -> Result<(), GitError> {
+        let now = now_secs();
+        let ids = ids.iter().map(|s| (*s).to_owned()).collect();
+        self.index.add_commit(now, ids, records, now);
         self.indexed_tip = self.head()?;
         self.pushes_since_gc += 1;
         if self.pushes_since_gc >= GC_EVERY {

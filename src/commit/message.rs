@@ -1,10 +1,15 @@
-//! Commit messages: a subject from a template, one line per change, and a
-//! `Sluice-Intent:` trailer for every intent the commit accounts for.
+//! Commit messages: a subject from a template, one line per change, a
+//! `Sluice-Intent:` trailer for every intent the commit accounts for, and a
+//! `Sluice-Newest:` trailer per service and environment (see [`super::index`]).
 
 use std::fmt::Write as _;
 
+use super::index::Newest;
+
 /// The trailer that records an intent in a commit; idempotency rests on it.
 pub const TRAILER: &str = "Sluice-Intent";
+/// The trailer that records the newest intent time of a service in an environment.
+pub const NEWEST_TRAILER: &str = "Sluice-Newest";
 
 /// A message template with `{placeholder}`s (`{{` and `}}` for braces).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,12 +127,15 @@ pub struct Templates<'a> {
 
 /// Builds a commit message: subject, a line per change, then the trailers.
 /// `intent_ids` holds every intent the commit accounts for, including the
-/// ones superseded by a newer intent for the same service and environment.
+/// ones superseded by a newer intent for the same service and environment;
+/// `records` the newest intent times the branch does not record yet. With
+/// no change, the commit only records (a fixed subject says so).
 pub fn commit_message(
     templates: &Templates<'_>,
     branch: &str,
     changes: &[Change],
     intent_ids: &[&str],
+    records: &[Newest],
 ) -> String {
     let count = changes.len().to_string();
     let mut environments: Vec<&str> = changes.iter().map(|c| c.environment.as_str()).collect();
@@ -148,6 +156,10 @@ pub fn commit_message(
         }
     };
     let mut msg = match changes {
+        [] => format!(
+            "Record {} intents on {branch}: the files already hold their images",
+            intent_ids.len().max(records.len())
+        ),
         [one] => templates.subject.render(|v| change_value(one, v)),
         _ => templates.multi_subject.render(|v| match v {
             "branch" => branch.into(),
@@ -156,6 +168,9 @@ pub fn commit_message(
         }),
     };
     msg.push_str("\n\n");
+    if changes.is_empty() {
+        msg.push_str("No image changes: these trailers only record what was already in place,\nso that an older intent can never be applied after a newer one.\n");
+    }
     for c in changes {
         msg.push_str(&templates.line.render(|v| change_value(c, v)));
         msg.push('\n');
@@ -163,6 +178,9 @@ pub fn commit_message(
     msg.push('\n');
     for id in intent_ids {
         let _ = writeln!(msg, "{TRAILER}: {id}");
+    }
+    for r in records {
+        let _ = writeln!(msg, "{NEWEST_TRAILER}: {}", r.trailer_value());
     }
     msg
 }
@@ -244,7 +262,13 @@ mod tests {
             multi_subject: &m,
             line: &l,
         };
-        let msg = commit_message(&t, "main", &[change("api", "new image")], &["i0", "i1"]);
+        let msg = commit_message(
+            &t,
+            "main",
+            &[change("api", "new image")],
+            &["i0", "i1"],
+            &[],
+        );
         assert_eq!(
             msg,
             "deploy api to api:v2 (prod)\n\n- api: api:v1 -> api:v2, new image\n\nSluice-Intent: i0\nSluice-Intent: i1\n"
@@ -267,6 +291,7 @@ mod tests {
                 change("web", "y"),
             ],
             &["i1"],
+            &[],
         );
         assert!(msg.starts_with("2 images on main: prod\n"), "{msg}");
         assert_eq!(
@@ -279,5 +304,26 @@ mod tests {
         assert!(is_intent_id("606f4651581f232afb49da0840719970"));
         assert!(!is_intent_id("a b"));
         assert!(!is_intent_id("a\nSluice-Intent: b"));
+    }
+
+    #[test]
+    fn newest_times_follow_the_intent_trailers_and_a_record_only_commit_says_so() {
+        let (s, m, l) = templates();
+        let t = Templates {
+            subject: &s,
+            multi_subject: &m,
+            line: &l,
+        };
+        let newest = Newest {
+            environment: "prod".into(),
+            service: "api".into(),
+            ts: 20,
+        };
+        let msg = commit_message(&t, "main", &[], &["a"], std::slice::from_ref(&newest));
+        assert!(msg.starts_with("Record 1 intents on main: "), "{msg}");
+        assert!(
+            msg.ends_with("\n\nSluice-Intent: a\nSluice-Newest: prod api 20\n"),
+            "{msg}"
+        );
     }
 }

@@ -3,8 +3,11 @@
 //! - [`edit`]: changes the image bytes of one manifest, and nothing else.
 //! - [`config`]: the committer's TOML configuration.
 //! - [`source`]: intents from Kafka, a replay output file or a channel.
+//! - [`intent`]: the fields of an intent the committer reads, and no more.
 //! - [`batch`]: what a batch does to a branch (newest per service, idempotency).
 //! - [`message`]: commit message templates and `Sluice-Intent` trailers.
+//! - [`index`]: the bounded index of a branch's trailers.
+//! - [`url`]: the repository URL's rules (no credential in it).
 //! - [`git`]: the clone, fetch, commit and fast-forward push, via the git CLI.
 //! - [`push`]: the per-repository push rate limit and the retry backoff.
 //! - [`committer`]: the loop that ties them together.
@@ -16,9 +19,11 @@ pub mod committer;
 pub mod config;
 pub mod dead_letter;
 pub mod edit;
-pub mod fault;
 pub mod files;
 pub mod git;
+pub mod index;
+pub mod intent;
 pub mod message;
 pub mod push;
 pub mod source;
+pub mod url;
