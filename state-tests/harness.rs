@@ -8,7 +8,9 @@
 //!   state, then the rest (in-memory), and split in the middle across two
 //!   processes' worth of RocksDB opens.
 //!
-//! Every run must print exactly the expected output.
+//! Every run must print exactly the expected output. A scenario's optional
+//! `[stored]` table gives, per operator, how many entries its store must hold
+//! after the straight-through runs (state that must not pile up).
 //!
 //! Comparison: lines are compared as JSON values, except that an intent's
 //! `intent_id` is checked apart (32 hex digits, equal across all runs), and
@@ -30,6 +32,8 @@ struct Scenario {
     input: String,
     expected: Vec<Value>,
     drain: bool,
+    /// (operator, entries its store holds at the end).
+    stored: Vec<(String, usize)>,
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -53,6 +57,21 @@ fn load(dir: &Path) -> Scenario {
         .pointer("/drain")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
+    let stored = meta
+        .pointer("/stored")
+        .and_then(|v| v.as_table())
+        .map(|t| {
+            t.iter()
+                .map(|(op, n)| {
+                    let n = n.as_integer().and_then(|n| usize::try_from(n).ok());
+                    (
+                        op.name.to_string(),
+                        n.unwrap_or_else(|| panic!("{name}: stored.{}", op.name)),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let topo_path = dir.join(
         meta.pointer("/topology")
             .and_then(|v| v.as_str())
@@ -71,6 +90,26 @@ fn load(dir: &Path) -> Scenario {
         input,
         expected,
         drain,
+        stored,
+    }
+}
+
+/// Checks the scenario's `[stored]` counts against what `backend` holds.
+fn check_stored(s: &Scenario, how: &str, mut backend: Box<dyn StateBackend>) {
+    for (op, expected) in &s.stored {
+        let store = backend.open_store(&format!("op/{op}")).unwrap();
+        let mut count = 0;
+        backend
+            .scan(store, &mut |_, _| {
+                count += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            count, *expected,
+            "{} ({how}): entries in {op}'s store",
+            s.name
+        );
     }
 }
 
@@ -181,21 +220,23 @@ fn there_are_enough_scenarios() {
 #[test]
 fn scenarios_match_straight_through_on_both_backends() {
     for s in scenarios() {
-        let (mem, _) = run(
+        let (mem, backend) = run(
             &s.topology,
             Box::new(MemoryBackend::new()),
             &s.input,
             s.drain,
         );
         let mem_ids = compare(&s, "memory", mem);
+        check_stored(&s, "memory", backend);
         let dir = tempfile::tempdir().unwrap();
-        let (rocks, _) = run(
+        let (rocks, backend) = run(
             &s.topology,
             Box::new(RocksBackend::open(dir.path()).unwrap()),
             &s.input,
             s.drain,
         );
         let rocks_ids = compare(&s, "rocksdb", rocks);
+        check_stored(&s, "rocksdb", backend);
         assert_eq!(
             mem_ids, rocks_ids,
             "{}: intent ids differ between backends",

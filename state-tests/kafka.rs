@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use prost::Message as _;
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 mod support;
 use support::*;
@@ -168,5 +168,96 @@ fn record_names_a_missing_topic() {
         String::from_utf8_lossy(&out.stderr).contains("does not exist"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sends `tags` (each to partition i % 2, stamped `base + i s`) in one
+/// transaction, committed or aborted.
+fn transaction(p: &BaseProducer, topic: &str, base: i64, records: &[(i64, &str)], commit: bool) {
+    p.begin_transaction().expect("begin");
+    for &(i, tag) in records {
+        let value = format!(r#"{{"service":"s{i}","repository":"r","tag":"{tag}"}}"#);
+        p.send(
+            BaseRecord::<str, str>::to(topic)
+                .payload(&value)
+                .partition((i % 2) as i32)
+                .timestamp(base + i * 1000),
+        )
+        .expect("queued");
+    }
+    if commit {
+        p.commit_transaction(Duration::from_secs(30))
+            .expect("commit");
+    } else {
+        p.flush(Duration::from_secs(30)).expect("flushed");
+        p.abort_transaction(Duration::from_secs(30)).expect("abort");
+    }
+}
+
+#[test]
+fn record_ends_on_a_transactional_topic_and_leaves_aborted_records_out() {
+    let topic = unique("rec-txn");
+    create_topics(&[(&topic, 2)]);
+    let base = now_ms() - 60_000;
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("transactional.id", unique("rec-txn-producer"))
+        .create()
+        .expect("transactional producer");
+    p.init_transactions(Duration::from_secs(30)).expect("init");
+    transaction(
+        &p,
+        &topic,
+        base,
+        &[(0, "v0"), (1, "v1"), (2, "v2"), (3, "v3")],
+        true,
+    );
+    transaction(&p, &topic, base, &[(4, "aborted"), (5, "aborted")], false);
+    transaction(&p, &topic, base, &[(6, "v6"), (7, "v7")], true);
+    // Each partition now ends with a commit marker, which read_committed never delivers.
+    let dir = tempfile::tempdir().unwrap();
+    let slice = dir.path().join("slice.jsonl");
+    let mut child = sluice_cmd()
+        .args(["record", "--brokers", &brokers(), "--topics", &topic])
+        .args(["--from", &base.to_string(), "--timeout-secs", "10"])
+        .arg("--output")
+        .arg(&slice)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sluice record starts");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().ok();
+            child.wait().ok();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let status = status.expect("sluice record did not end within 60 s on a transactional topic");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    let tags: Vec<(i64, String)> = std::fs::read_to_string(&slice)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["ts"].as_i64().unwrap() - base,
+                v["value"]["tag"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(i64, String)> = [0, 1, 2, 3, 6, 7]
+        .iter()
+        .map(|i| (i * 1000, format!("v{i}")))
+        .collect();
+    assert_eq!(
+        tags, expected,
+        "committed records in time order, aborted ones left out"
     );
 }

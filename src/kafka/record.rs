@@ -2,18 +2,27 @@
 //! topology change can be tested against production traffic.
 //!
 //! Every partition of every topic is read from the first offset at or after
-//! `--from` up to `--to` (or up to the end it had when recording began, so a
-//! recording always ends), with `read_committed`, and the records are written
-//! in timestamp order. Values of protobuf sources (from `--topology`) are
+//! `--from` up to the end it had when recording began (so a recording always
+//! ends, also on a topic written with transactions), with `read_committed`,
+//! keeping the records stamped in [`--from`, `--to`], written in timestamp
+//! order (then topic, partition, offset). Memory stays bounded whatever the
+//! slice's size: the partitions are merged as they are read, holding one
+//! record per partition, and since timestamps can go back within a partition,
+//! that stream is sorted in runs of [`RUN_RECORDS`], spilled to temporary
+//! files and merged at the end when there is more than one. Values of protobuf sources (from `--topology`) are
 //! decoded to JSON; other values are written as JSON when they are JSON, and
 //! as a JSON string otherwise, so that replay sends them to the dead letters
 //! exactly as `sluice run` would.
 
-use std::collections::HashMap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
 use std::io::Write;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::value::RawValue;
@@ -41,10 +50,20 @@ pub enum RecordError {
     },
     #[error("topic `{0}` does not exist")]
     NoSuchTopic(String),
+    #[error("{topic}[{partition}] cannot be read on a queue of its own")]
+    NoQueue { topic: String, partition: i32 },
+    #[error("{topic}[{partition}]: no progress at offset {position} for the timeout, before its end {end}")]
+    Stalled {
+        topic: String,
+        partition: i32,
+        position: i64,
+        end: i64,
+    },
     #[error("cannot write the recording: {0}")]
     Write(#[from] std::io::Error),
 }
 
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Recorded {
     ts: u64,
     topic: String,
@@ -52,6 +71,65 @@ struct Recorded {
     offset: i64,
     key: Option<String>,
     value: Box<RawValue>,
+}
+
+impl Recorded {
+    /// The order of the recording.
+    fn order(&self) -> (u64, &str, i32, i64) {
+        (self.ts, &self.topic, self.partition, self.offset)
+    }
+}
+
+/// A partition's next record in the merge.
+struct Head {
+    record: Recorded,
+    source: usize,
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Head {}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.record.order().cmp(&other.record.order())
+    }
+}
+
+/// Merges `sources` partitions (`next(i)` gives partition i's next record,
+/// in offset order) into `emit`, earliest first, holding one record per
+/// partition. Returns the number of records emitted.
+fn merge_by_time(
+    sources: usize,
+    mut next: impl FnMut(usize) -> Result<Option<Recorded>, RecordError>,
+    mut emit: impl FnMut(Recorded) -> Result<(), RecordError>,
+) -> Result<u64, RecordError> {
+    let mut heads = BinaryHeap::with_capacity(sources);
+    for source in 0..sources {
+        if let Some(record) = next(source)? {
+            heads.push(Reverse(Head { record, source }));
+        }
+    }
+    let mut emitted = 0;
+    while let Some(Reverse(head)) = heads.pop() {
+        let source = head.source;
+        emit(head.record)?;
+        emitted += 1;
+        if let Some(record) = next(source)? {
+            heads.push(Reverse(Head { record, source }));
+        }
+    }
+    Ok(emitted)
 }
 
 /// Protobuf-encoded topics and the kind of record they carry.
@@ -88,6 +166,9 @@ fn decode_value(bytes: Option<&[u8]>, protobuf: Option<Kind>) -> Box<RawValue> {
     }
 }
 
+/// How long one poll of a partition waits before the position is checked.
+const POLL_STEP: Duration = Duration::from_millis(100);
+
 /// Records the slice into `out`; returns the number of records written.
 pub fn record(
     config: &ClientConfig,
@@ -95,23 +176,138 @@ pub fn record(
     opts: &RecordOptions,
     out: &mut dyn Write,
 ) -> Result<u64, RecordError> {
-    let kafka = |what: &str| {
-        let what = what.to_owned();
-        move |cause| RecordError::Kafka {
-            what: what.clone(),
-            cause,
-        }
-    };
     let mut config = config.clone();
     config
         .set("group.id", "sluice-record")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("isolation.level", "read_committed");
-    let consumer: BaseConsumer = config.create().map_err(kafka("creating the consumer"))?;
+        // The end of a partition wakes its poll up at once, to check the position.
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        // With a queue per partition this bounds each partition's prefetch.
+        .set("queued.max.messages.kbytes", "4096");
+    let consumer: Arc<BaseConsumer> = Arc::new(
+        config
+            .create()
+            .map_err(kafka_error("creating the consumer"))?,
+    );
+    let slices = plan(&consumer, opts)?;
+    let mut readers = open_readers(&consumer, slices)?;
+    let protobuf = protobuf_topics(topology);
+    let mut sorter = Sorter::default();
+    merge_by_time(
+        readers.len(),
+        |i| readers[i].next_in_range(opts, &protobuf),
+        |r| sorter.push(r),
+    )?;
+    let written = sorter.finish(out)?;
+    out.flush()?;
+    Ok(written)
+}
+
+/// Records sorted in memory at a time; beyond that, sorted runs go to disk.
+const RUN_RECORDS: usize = 100_000;
+
+/// Sorts the recording with bounded memory: records are gathered up to
+/// [`RUN_RECORDS`], then sorted and spilled to a temporary file as a run;
+/// at the end the runs are merged (a slice that fits is never spilled).
+#[derive(Default)]
+struct Sorter {
+    buffer: Vec<Recorded>,
+    runs: Vec<std::fs::File>,
+}
+
+impl Sorter {
+    fn push(&mut self, record: Recorded) -> Result<(), RecordError> {
+        self.buffer.push(record);
+        if self.buffer.len() >= RUN_RECORDS {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn sort_buffer(&mut self) {
+        self.buffer.sort_by(|a, b| a.order().cmp(&b.order()));
+    }
+
+    /// Writes the sorted buffer as a run: one JSON record per line.
+    fn spill(&mut self) -> Result<(), RecordError> {
+        self.sort_buffer();
+        let mut file = std::io::BufWriter::new(tempfile::tempfile()?);
+        for r in self.buffer.drain(..) {
+            serde_json::to_writer(&mut file, &r).map_err(std::io::Error::from)?;
+            file.write_all(b"\n")?;
+        }
+        let mut file = file.into_inner().map_err(|e| e.into_error())?;
+        std::io::Seek::rewind(&mut file)?;
+        self.runs.push(file);
+        Ok(())
+    }
+
+    /// Writes every record in order; returns how many.
+    fn finish(mut self, out: &mut dyn Write) -> Result<u64, RecordError> {
+        if self.runs.is_empty() {
+            self.sort_buffer();
+            for r in &self.buffer {
+                write_line(out, r)?;
+            }
+            return Ok(self.buffer.len() as u64);
+        }
+        if !self.buffer.is_empty() {
+            self.spill()?;
+        }
+        let mut runs: Vec<_> = self
+            .runs
+            .into_iter()
+            .map(|f| std::io::BufRead::lines(std::io::BufReader::new(f)))
+            .collect();
+        merge_by_time(
+            runs.len(),
+            |i| match runs[i].next() {
+                None => Ok(None),
+                Some(line) => Ok(Some(
+                    serde_json::from_str(&line?).map_err(std::io::Error::from)?,
+                )),
+            },
+            |r| write_line(out, &r),
+        )
+    }
+}
+
+fn kafka_error(what: &str) -> impl Fn(KafkaError) -> RecordError + '_ {
+    move |cause| RecordError::Kafka {
+        what: what.to_owned(),
+        cause,
+    }
+}
+
+fn write_line(out: &mut dyn Write, r: &Recorded) -> Result<(), RecordError> {
+    serde_json::to_writer(
+        &mut *out,
+        &OutputLine {
+            topic: &r.topic,
+            ts: r.ts,
+            key: r.key.as_deref(),
+            value: &r.value,
+        },
+    )
+    .map_err(std::io::Error::from)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// One partition to read: from `start` up to the end it had when recording began.
+struct Slice {
+    topic: String,
+    partition: i32,
+    start: i64,
+    end: i64,
+}
+
+/// The partitions that hold something at or after `--from`, with their ends.
+fn plan(consumer: &BaseConsumer, opts: &RecordOptions) -> Result<Vec<Slice>, RecordError> {
     let metadata = consumer
         .fetch_metadata(None, opts.timeout)
-        .map_err(kafka("fetching metadata"))?;
+        .map_err(kafka_error("fetching metadata"))?;
     let mut starts = TopicPartitionList::new();
     let mut ends: HashMap<(String, i32), i64> = HashMap::new();
     for topic in &opts.topics {
@@ -123,75 +319,171 @@ pub fn record(
         for p in meta.partitions() {
             let (_, high) = consumer
                 .fetch_watermarks(topic, p.id(), opts.timeout)
-                .map_err(kafka("fetching watermarks"))?;
+                .map_err(kafka_error("fetching watermarks"))?;
             ends.insert((topic.clone(), p.id()), high);
             starts
                 .add_partition_offset(topic, p.id(), Offset::Offset(opts.from_ms as i64))
-                .map_err(kafka("listing partitions"))?;
+                .map_err(kafka_error("listing partitions"))?;
         }
     }
     let starts = consumer
         .offsets_for_times(starts, opts.timeout)
-        .map_err(kafka("finding offsets for --from"))?;
-    let mut assignment = TopicPartitionList::new();
+        .map_err(kafka_error("finding offsets for --from"))?;
+    let mut slices = Vec::new();
     for e in starts.elements() {
         let end = ends[&(e.topic().to_owned(), e.partition())];
         // No offset at or after --from (Offset::End) means nothing to read there.
         if let Offset::Offset(start) = e.offset() {
             if start < end {
-                assignment
-                    .add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
-                    .map_err(kafka("assigning"))?;
-                continue;
+                slices.push(Slice {
+                    topic: e.topic().to_owned(),
+                    partition: e.partition(),
+                    start,
+                    end,
+                });
             }
         }
-        ends.remove(&(e.topic().to_owned(), e.partition()));
+    }
+    Ok(slices)
+}
+
+/// Assigns the slices and gives each partition its own queue.
+fn open_readers(
+    consumer: &Arc<BaseConsumer>,
+    slices: Vec<Slice>,
+) -> Result<Vec<PartitionReader>, RecordError> {
+    let mut assignment = TopicPartitionList::new();
+    for s in &slices {
+        assignment
+            .add_partition_offset(&s.topic, s.partition, Offset::Offset(s.start))
+            .map_err(kafka_error("assigning"))?;
     }
     consumer
         .assign(&assignment)
-        .map_err(kafka("assigning partitions"))?;
-    let protobuf = protobuf_topics(topology);
-    let mut records = Vec::new();
-    while !ends.is_empty() {
-        let Some(message) = consumer.poll(opts.timeout) else {
-            continue;
-        };
-        let m = message.map_err(kafka("reading"))?;
-        let id = (m.topic().to_owned(), m.partition());
-        let ts = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-        if ts >= opts.from_ms && ts <= opts.to_ms {
-            records.push(Recorded {
-                ts,
-                topic: id.0.clone(),
-                partition: id.1,
-                offset: m.offset(),
-                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                value: decode_value(m.payload(), protobuf.get(&id.0).copied()),
-            });
+        .map_err(kafka_error("assigning partitions"))?;
+    // After `assign` (which deactivates older queues) and before any poll.
+    slices
+        .into_iter()
+        .map(|slice| {
+            let queue = consumer
+                .split_partition_queue(&slice.topic, slice.partition)
+                .ok_or_else(|| RecordError::NoQueue {
+                    topic: slice.topic.clone(),
+                    partition: slice.partition,
+                })?;
+            Ok(PartitionReader {
+                consumer: Arc::clone(consumer),
+                queue,
+                slice,
+                done: false,
+            })
+        })
+        .collect()
+}
+
+/// Reads one partition's records in the slice, in offset order, from its own
+/// queue, so that the merge can take the next record of whichever partition
+/// it needs without holding the others' records.
+struct PartitionReader {
+    consumer: Arc<BaseConsumer>,
+    queue: PartitionQueue<DefaultConsumerContext>,
+    slice: Slice,
+    done: bool,
+}
+
+impl PartitionReader {
+    /// The next record with a timestamp in [from, to], or `None` once the
+    /// consumer's position has reached the end: with `read_committed`,
+    /// transaction markers and aborted records are never delivered, but the
+    /// position moves past them, so it is the only reliable end signal.
+    fn next_in_range(
+        &mut self,
+        opts: &RecordOptions,
+        protobuf: &HashMap<String, Kind>,
+    ) -> Result<Option<Recorded>, RecordError> {
+        let mut waiting_since = Instant::now();
+        let mut last_position = -1;
+        while !self.done {
+            match self.queue.poll(POLL_STEP) {
+                Some(Ok(m)) => {
+                    waiting_since = Instant::now();
+                    if m.offset() >= self.slice.end {
+                        self.done = true;
+                        break;
+                    }
+                    self.done = m.offset() + 1 >= self.slice.end;
+                    let ts = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
+                    if ts >= opts.from_ms && ts <= opts.to_ms {
+                        return Ok(Some(Recorded {
+                            ts,
+                            topic: self.slice.topic.clone(),
+                            partition: self.slice.partition,
+                            offset: m.offset(),
+                            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                            value: decode_value(
+                                m.payload(),
+                                protobuf.get(&self.slice.topic).copied(),
+                            ),
+                        }));
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) | None => {
+                    self.serve_events()?;
+                    let position = self.position()?;
+                    if position >= self.slice.end {
+                        self.done = true;
+                    } else if position != last_position {
+                        last_position = position;
+                        waiting_since = Instant::now();
+                    } else if waiting_since.elapsed() >= opts.timeout {
+                        return Err(RecordError::Stalled {
+                            topic: self.slice.topic.clone(),
+                            partition: self.slice.partition,
+                            position,
+                            end: self.slice.end,
+                        });
+                    }
+                }
+                Some(Err(cause)) => {
+                    return Err(RecordError::Kafka {
+                        what: format!("reading {}[{}]", self.slice.topic, self.slice.partition),
+                        cause,
+                    })
+                }
+            }
         }
-        // Transaction markers take offsets too, so the end is reached at or past high - 1.
-        if m.offset() + 1 >= ends[&id] {
-            ends.remove(&id);
+        Ok(None)
+    }
+
+    /// Serves the main queue, where errors and other events arrive once
+    /// every partition has its own queue.
+    fn serve_events(&self) -> Result<(), RecordError> {
+        match self.consumer.poll(Duration::ZERO) {
+            Some(Err(cause)) => Err(RecordError::Kafka {
+                what: "reading".into(),
+                cause,
+            }),
+            _ => Ok(()),
         }
     }
-    records.sort_by(|a, b| {
-        (a.ts, &a.topic, a.partition, a.offset).cmp(&(b.ts, &b.topic, b.partition, b.offset))
-    });
-    for r in &records {
-        serde_json::to_writer(
-            &mut *out,
-            &OutputLine {
-                topic: &r.topic,
-                ts: r.ts,
-                key: r.key.as_deref(),
-                value: &r.value,
-            },
-        )
-        .map_err(std::io::Error::from)?;
-        out.write_all(b"\n")?;
+
+    /// The offset of the next record the consumer would hand over.
+    fn position(&self) -> Result<i64, RecordError> {
+        let positions = self
+            .consumer
+            .position()
+            .map_err(|cause| RecordError::Kafka {
+                what: "reading the consumer position".into(),
+                cause,
+            })?;
+        let offset = positions
+            .find_partition(&self.slice.topic, self.slice.partition)
+            .map(|e| e.offset());
+        Ok(match offset {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
     }
-    out.flush()?;
-    Ok(records.len() as u64)
 }
 
 #[cfg(test)]
@@ -218,5 +510,91 @@ mod tests {
             serde_json::from_str(decode_value(Some(&img.encode_to_vec()), Some(Kind::Image)).get())
                 .unwrap();
         assert_eq!(json["tag"], "v1");
+    }
+
+    fn rec(ts: u64, partition: i32, offset: i64) -> Recorded {
+        Recorded {
+            ts,
+            topic: "t".into(),
+            partition,
+            offset,
+            key: None,
+            value: decode_value(Some(b"1"), None),
+        }
+    }
+
+    #[test]
+    fn the_merge_interleaves_partitions_by_time_holding_one_record_each() {
+        let mut partitions = vec![
+            vec![rec(1, 0, 0), rec(4, 0, 1), rec(4, 0, 2), rec(9, 0, 3)],
+            vec![rec(2, 1, 0), rec(4, 1, 1)],
+            vec![],
+            // Timestamps going back within a partition keep their offset order.
+            vec![rec(3, 3, 0), rec(2, 3, 1), rec(10, 3, 2)],
+        ];
+        for p in &mut partitions {
+            p.reverse();
+        }
+        let pulled = std::cell::RefCell::new(vec![0usize; partitions.len()]);
+        let mut emitted = vec![0usize; partitions.len()];
+        let mut order = Vec::new();
+        let n = merge_by_time(
+            partitions.len(),
+            |i| {
+                pulled.borrow_mut()[i] += 1;
+                Ok(partitions[i].pop())
+            },
+            |r: Recorded| {
+                emitted[r.partition as usize] += 1;
+                // Every partition is at most one record ahead of what was written.
+                for (p, (pulled, emitted)) in pulled.borrow().iter().zip(&emitted).enumerate() {
+                    assert!(pulled - emitted <= 1, "partition {p}");
+                }
+                order.push((r.ts, r.partition, r.offset));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(n, 9);
+        assert_eq!(
+            order,
+            [
+                (1, 0, 0),
+                (2, 1, 0),
+                (3, 3, 0),
+                (2, 3, 1),
+                (4, 0, 1),
+                (4, 0, 2),
+                (4, 1, 1),
+                (9, 0, 3),
+                (10, 3, 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_sorter_orders_a_slice_larger_than_memory_through_spilled_runs() {
+        let n = 2 * RUN_RECORDS as u64 + 7;
+        let mut sorter = Sorter::default();
+        // Timestamps going back, and ties ordered by offset.
+        for i in 0..n {
+            sorter.push(rec((n - i) / 2, 0, i as i64)).unwrap();
+        }
+        assert_eq!(sorter.runs.len(), 2, "two full runs spilled");
+        assert!(sorter.buffer.len() < RUN_RECORDS);
+        let mut out = Vec::new();
+        assert_eq!(sorter.finish(&mut out).unwrap(), n);
+        let ts: Vec<u64> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["ts"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ts.len() as u64, n);
+        assert!(ts.windows(2).all(|w| w[0] <= w[1]), "in time order");
+        assert_eq!(ts[0], 0);
     }
 }

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{dur, BuildCx, Ctx, Operator};
@@ -28,6 +29,15 @@ use crate::topology::reader::TableReader;
 ///   never cascades into another.
 /// - an alert resolved is removed; if no blocking alert remains and an image
 ///   is parked, it is unparked and handled as a deploy.
+/// - an alert that has not fired again for `alert_ttl` (default 24h) expires:
+///   it is removed exactly as if it had resolved, at the instant its ttl runs
+///   out. Alertmanager resends firing alerts (every `repeat_interval`, 4h by
+///   default), so an alert that is still firing keeps refreshing; one whose
+///   `resolved` was lost no longer holds deploys or state forever. Set
+///   `alert_ttl` above the longest gap between notifications of a firing alert.
+///
+/// A key's entry is deleted once it holds nothing (no active alert, no image
+/// seen), so a `resolved` for an alert never seen leaves no state behind.
 ///
 /// An image that reaches the gate without an environment is a dead letter.
 /// `intent_id` is derived from the app id, the gate, the key and the key's
@@ -42,6 +52,7 @@ use crate::topology::reader::TableReader;
 /// block_on = ["critical"]
 /// rollback_on = ["critical"]
 /// rollback_window = "15m"
+/// alert_ttl = "24h"
 /// ```
 #[derive(Debug, Clone)]
 pub struct AlertGateConfig {
@@ -55,7 +66,13 @@ pub struct AlertGateConfig {
     pub rollback_on: Vec<String>,
     /// How recent a deploy must be to be rolled back (required with `rollback_on`).
     pub rollback_window: Option<DurationMs>,
+    /// How long an alert stays active without firing again (more than zero;
+    /// 24h when not given).
+    pub alert_ttl: Option<DurationMs>,
 }
+
+/// Alertmanager's default `repeat_interval` is 4h: a day covers several resends.
+const DEFAULT_ALERT_TTL_MS: u64 = 24 * 3_600_000;
 
 impl AlertGateConfig {
     pub fn read(t: &mut TableReader<'_, '_, '_>) -> Option<Self> {
@@ -65,6 +82,7 @@ impl AlertGateConfig {
         let rollback_on = severities(t, "rollback_on");
         let window_given = t.contains("rollback_window");
         let rollback_window = t.duration("rollback_window");
+        let alert_ttl = t.duration("alert_ttl");
         if rollback_on.as_ref().is_some_and(|r| !r.is_empty()) && !window_given {
             t.diags().error(
                 t.pos(),
@@ -79,6 +97,7 @@ impl AlertGateConfig {
             block_on: block_on?,
             rollback_on: rollback_on?,
             rollback_window: rollback_window.map(|w| w.value),
+            alert_ttl: alert_ttl.map(|d| d.value),
         })
     }
 
@@ -111,6 +130,9 @@ impl AlertGateConfig {
                 block_on: self.block_on.clone(),
                 rollback_on: self.rollback_on.clone(),
                 rollback_window: self.rollback_window.map_or(0, DurationMs::as_ms),
+                alert_ttl: self
+                    .alert_ttl
+                    .map_or(DEFAULT_ALERT_TTL_MS, DurationMs::as_ms),
             },
             state: cx.table(),
         }
@@ -121,8 +143,12 @@ impl AlertGateConfig {
             .rollback_window
             .map(|w| format!(" within {}", dur(w)))
             .unwrap_or_default();
+        let ttl = self
+            .alert_ttl
+            .map(|t| format!(" alert_ttl {}", dur(t)))
+            .unwrap_or_default();
         format!(
-            "alert_gate block_on [{}] rollback_on [{}]{window}",
+            "alert_gate block_on [{}] rollback_on [{}]{window}{ttl}",
             self.block_on.join(", "),
             self.rollback_on.join(", ")
         )
@@ -157,7 +183,7 @@ struct LastDeploy {
 }
 
 /// Everything the gate remembers about one (service, environment).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 struct GateState {
     /// Active alerts: identity -> severity.
     alerts: BTreeMap<String, String>,
@@ -166,6 +192,48 @@ struct GateState {
     parked: Option<String>,
     /// Intents emitted so far for this key; part of `intent_id`.
     emitted: u64,
+    /// When each active alert last fired: identity -> ms. Kept last, so that
+    /// entries written before alerts expired still decode (see `Deserialize`).
+    fired: BTreeMap<String, u64>,
+}
+
+/// Decodes entries with or without `fired`: an entry written before alerts
+/// expired ends after `emitted` (postcard has no field names; reading past the
+/// end fails), and its alerts get a firing time when their key is next used.
+impl<'de> Deserialize<'de> for GateState {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const FIELDS: &[&str] = &[
+            "alerts",
+            "current",
+            "last_deploy",
+            "parked",
+            "emitted",
+            "fired",
+        ];
+        d.deserialize_struct("GateState", FIELDS, GateStateVisitor)
+    }
+}
+
+struct GateStateVisitor;
+
+impl<'de> Visitor<'de> for GateStateVisitor {
+    type Value = GateState;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an alert_gate entry")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<GateState, A::Error> {
+        let missing = |i| serde::de::Error::invalid_length(i, &"an alert_gate entry");
+        Ok(GateState {
+            alerts: seq.next_element()?.ok_or_else(|| missing(0))?,
+            current: seq.next_element()?.ok_or_else(|| missing(1))?,
+            last_deploy: seq.next_element()?.ok_or_else(|| missing(2))?,
+            parked: seq.next_element()?.ok_or_else(|| missing(3))?,
+            emitted: seq.next_element()?.ok_or_else(|| missing(4))?,
+            fired: seq.next_element().ok().flatten().unwrap_or_default(),
+        })
+    }
 }
 
 pub struct AlertGate {
@@ -180,6 +248,7 @@ struct GateRules {
     block_on: Vec<String>,
     rollback_on: Vec<String>,
     rollback_window: u64,
+    alert_ttl: u64,
 }
 
 /// Identifies the intent to build; the gate adds id and counters.
@@ -265,22 +334,127 @@ impl GateRules {
     }
 }
 
+impl GateRules {
+    /// When the earliest active alert expires, if any alert is active.
+    fn next_expiry(&self, st: &GateState) -> Option<u64> {
+        st.fired
+            .values()
+            .min()
+            .map(|at| at.saturating_add(self.alert_ttl))
+    }
+
+    /// Gives alerts recorded before expiry existed a firing time: their ttl
+    /// starts when their key is first used again.
+    fn adopt_unfired(st: &mut GateState, now: u64) {
+        for identity in st.alerts.keys() {
+            if !st.fired.contains_key(identity) {
+                st.fired.insert(identity.clone(), now);
+            }
+        }
+    }
+
+    /// Keeps the key's one timer on its earliest alert expiry.
+    fn rearm(&self, st: &GateState, key: &[u8], armed: Option<u64>, cx: &mut Ctx<'_>) {
+        let next = self.next_expiry(st);
+        if next == armed {
+            return;
+        }
+        match next {
+            Some(at) => cx.arm_timer(key, at),
+            None => cx.cancel_timer(key),
+        }
+    }
+
+    /// Deploys the parked image once no blocking alert remains.
+    fn release_parked(
+        &self,
+        st: &mut GateState,
+        service: &str,
+        environment: &str,
+        caused_by: String,
+        cx: &mut Ctx<'_>,
+    ) {
+        if self.blocking(st).is_some() {
+            return;
+        }
+        let Some(parked) = st.parked.take() else {
+            return;
+        };
+        if st.current.as_deref() == Some(parked.as_str()) {
+            return;
+        }
+        let draft = Draft {
+            action: Action::Deploy,
+            service,
+            environment,
+            image: parked,
+            previous_image: st.current.clone(),
+            reason: "released: no blocking alert remains".into(),
+            caused_by,
+        };
+        self.deploy(st, draft, cx.now(), cx);
+    }
+}
+
 impl AlertGate {
+    /// Runs `handle` on the entry of (service, environment), then keeps the
+    /// key's expiry timer in step and drops the entry if nothing is left in it.
+    fn with_state(
+        &mut self,
+        service: &str,
+        environment: &str,
+        cx: &mut Ctx<'_>,
+        handle: impl FnOnce(&GateRules, &mut GateState, &mut Ctx<'_>),
+    ) -> Result<(), StateError> {
+        let key = state_key(service, environment);
+        let rules = &self.rules;
+        let slot = self.state.get_mut(cx.backend(), &key)?;
+        let st = slot.get_or_insert_with(GateState::default);
+        let armed = rules.next_expiry(st);
+        GateRules::adopt_unfired(st, cx.now());
+        handle(rules, st, cx);
+        rules.rearm(st, &key, armed, cx);
+        if *st == GateState::default() {
+            *slot = None;
+        }
+        Ok(())
+    }
+
     /// Handles an image; `on_record` has already dead-lettered images without an environment.
     fn on_image(&mut self, image: &ImageEvent, cx: &mut Ctx<'_>) -> Result<(), StateError> {
         let Some(environment) = image.environment.as_deref() else {
             return Ok(());
         };
+        self.with_state(&image.service, environment, cx, |rules, st, cx| {
+            rules.image(st, image, environment, cx)
+        })
+    }
+
+    fn on_alert(&mut self, alert: &AlertEvent, cx: &mut Ctx<'_>) -> Result<(), StateError> {
+        self.with_state(
+            &alert.service,
+            &alert.environment,
+            cx,
+            |rules, st, cx| match alert.status {
+                AlertStatus::Firing => rules.firing(st, alert, cx),
+                AlertStatus::Resolved => {
+                    let identity = alert.identity();
+                    st.alerts.remove(identity);
+                    st.fired.remove(identity);
+                    let caused_by = format!("alert {identity} resolved");
+                    rules.release_parked(st, &alert.service, &alert.environment, caused_by, cx);
+                }
+            },
+        )
+    }
+}
+
+impl GateRules {
+    fn image(&self, st: &mut GateState, image: &ImageEvent, environment: &str, cx: &mut Ctx<'_>) {
         let reference = image.reference();
-        let now = cx.now();
-        let rules = &self.rules;
-        let slot = self
-            .state
-            .get_mut(cx.backend(), &state_key(&image.service, environment))?;
-        let st = slot.get_or_insert_with(GateState::default);
         if st.current.as_deref() == Some(reference.as_str()) {
             cx.drop_record("already_current");
-            return Ok(());
+            return;
         }
         let draft = |action, reason| Draft {
             action,
@@ -291,90 +465,96 @@ impl AlertGate {
             reason,
             caused_by: format!("image {reference}"),
         };
-        if let Some((identity, severity)) = rules.blocking(st) {
+        if let Some((identity, severity)) = self.blocking(st) {
             let d = draft(
                 Action::Hold,
                 format!("held: alert {identity} ({severity}) is firing"),
             );
             st.parked = Some(reference.clone());
-            rules.emit(st, d, cx);
+            self.emit(st, d, cx);
         } else {
             let d = draft(Action::Deploy, "new image".into());
-            rules.deploy(st, d, now, cx);
+            self.deploy(st, d, cx.now(), cx);
         }
-        Ok(())
     }
 
-    fn on_alert(&mut self, alert: &AlertEvent, cx: &mut Ctx<'_>) -> Result<(), StateError> {
+    fn firing(&self, st: &mut GateState, alert: &AlertEvent, cx: &mut Ctx<'_>) {
         let now = cx.now();
-        let rules = &self.rules;
-        let slot = self
-            .state
-            .get_mut(cx.backend(), &state_key(&alert.service, &alert.environment))?;
-        let st = slot.get_or_insert_with(GateState::default);
         let identity = alert.identity();
-        match alert.status {
-            AlertStatus::Firing => {
-                st.alerts
-                    .insert(identity.to_owned(), alert.severity.clone());
-                if !rules.rollback_on.contains(&alert.severity) {
-                    return Ok(());
-                }
-                let Some(last) = st.last_deploy.clone() else {
-                    return Ok(());
-                };
-                let Some(previous) = last
-                    .previous
-                    .filter(|_| now.saturating_sub(last.at) <= rules.rollback_window)
-                else {
-                    return Ok(());
-                };
-                let draft = Draft {
-                    action: Action::Rollback,
-                    service: &alert.service,
-                    environment: &alert.environment,
-                    image: previous.clone(),
-                    previous_image: Some(last.image),
-                    reason: format!(
-                        "rollback: alert {identity} ({}) fired {} ms after deploy",
-                        alert.severity,
-                        now.saturating_sub(last.at)
-                    ),
-                    caused_by: format!("alert {identity} firing"),
-                };
-                st.current = Some(previous.clone());
-                st.last_deploy = Some(LastDeploy {
-                    image: previous,
-                    at: now,
-                    previous: None,
-                });
-                rules.emit(st, draft, cx);
-            }
-            AlertStatus::Resolved => {
-                st.alerts.remove(identity);
-                if rules.blocking(st).is_some() {
-                    return Ok(());
-                }
-                let Some(parked) = st.parked.take() else {
-                    return Ok(());
-                };
-                if st.current.as_deref() == Some(parked.as_str()) {
-                    return Ok(());
-                }
-                let draft = Draft {
-                    action: Action::Deploy,
-                    service: &alert.service,
-                    environment: &alert.environment,
-                    image: parked,
-                    previous_image: st.current.clone(),
-                    reason: "released: no blocking alert remains".into(),
-                    caused_by: format!("alert {identity} resolved"),
-                };
-                rules.deploy(st, draft, now, cx);
-            }
+        st.alerts
+            .insert(identity.to_owned(), alert.severity.clone());
+        st.fired.insert(identity.to_owned(), now);
+        if !self.rollback_on.contains(&alert.severity) {
+            return;
         }
-        Ok(())
+        let Some(last) = st.last_deploy.clone() else {
+            return;
+        };
+        let Some(previous) = last
+            .previous
+            .filter(|_| now.saturating_sub(last.at) <= self.rollback_window)
+        else {
+            return;
+        };
+        let draft = Draft {
+            action: Action::Rollback,
+            service: &alert.service,
+            environment: &alert.environment,
+            image: previous.clone(),
+            previous_image: Some(last.image),
+            reason: format!(
+                "rollback: alert {identity} ({}) fired {} ms after deploy",
+                alert.severity,
+                now.saturating_sub(last.at)
+            ),
+            caused_by: format!("alert {identity} firing"),
+        };
+        st.current = Some(previous.clone());
+        st.last_deploy = Some(LastDeploy {
+            image: previous,
+            at: now,
+            previous: None,
+        });
+        self.emit(st, draft, cx);
     }
+
+    /// Removes the alerts whose ttl has run out (the key's timer is due),
+    /// then releases a parked image exactly as a `resolved` would.
+    fn expire(&self, st: &mut GateState, service: &str, environment: &str, cx: &mut Ctx<'_>) {
+        let now = cx.now();
+        let expired: Vec<String> = st
+            .fired
+            .iter()
+            .filter(|(_, at)| at.saturating_add(self.alert_ttl) <= now)
+            .map(|(identity, _)| identity.clone())
+            .collect();
+        for identity in &expired {
+            st.alerts.remove(identity);
+            st.fired.remove(identity);
+        }
+        if let Some(first) = expired.first() {
+            tracing::debug!(
+                service,
+                environment,
+                expired = expired.len(),
+                "alerts expired without firing again"
+            );
+            let caused_by = format!("alert {first} expired");
+            self.release_parked(st, service, environment, caused_by, cx);
+        }
+    }
+}
+
+/// The (service, environment) a state key was made from.
+fn parse_state_key(key: &[u8]) -> Option<(&str, &str)> {
+    let mut rest = key;
+    let mut part = || {
+        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let text = std::str::from_utf8(rest.get(4..4 + len)?).ok()?;
+        rest = &rest[4 + len..];
+        Some(text)
+    };
+    Some((part()?, part()?))
 }
 
 impl Operator for AlertGate {
@@ -396,8 +576,15 @@ impl Operator for AlertGate {
         }
     }
 
-    fn on_timer(&mut self, _key: &[u8], _cx: &mut Ctx<'_>) -> Result<(), StateError> {
-        Ok(())
+    /// The earliest alert of the key has reached its ttl.
+    fn on_timer(&mut self, key: &[u8], cx: &mut Ctx<'_>) -> Result<(), StateError> {
+        let Some((service, environment)) = parse_state_key(key) else {
+            return Ok(());
+        };
+        let (service, environment) = (service.to_owned(), environment.to_owned());
+        self.with_state(&service, &environment, cx, |rules, st, cx| {
+            rules.expire(st, &service, &environment, cx)
+        })
     }
 
     fn accepts_entry(&self, value: &[u8]) -> bool {
@@ -578,5 +765,117 @@ mod tests {
         );
         let errs = Harness::errors("[[operators]]\nname = \"gate\"\ntype = \"alert_gate\"\nimages = \"images\"\nalerts = \"alerts\"\nrollback_on = [\"critical\"]\n");
         assert!(errs.contains("rollback_window"), "{errs}");
+    }
+
+    const GATE_TTL: &str = "[[operators]]\nname = \"gate\"\ntype = \"alert_gate\"\nimages = \"images\"\nalerts = \"alerts\"\nblock_on = [\"critical\"]\nalert_ttl = \"1h\"\n";
+    const HOUR: u64 = 3_600_000;
+
+    #[test]
+    fn an_alert_expires_after_its_ttl_without_a_refire_and_releases_the_parked_image() {
+        let mut h = Harness::new(GATE_TTL);
+        h.push(0, img("v1"));
+        h.push(1_000, alert("a", "Errors", "critical", true));
+        assert_eq!(intents(&h.push(2_000, img("v2")))[0].1, "hold");
+        assert!(
+            h.advance(1_000 + HOUR - 1).is_empty(),
+            "still active 1 ms before"
+        );
+        let out = h.advance(1_000 + HOUR);
+        assert_eq!(
+            intents(&out),
+            [(1_000 + HOUR, "deploy", "a:v2".into(), Some("a:v1".into()))]
+        );
+        match &out[0].payload {
+            Payload::Intent(i) => assert_eq!(i.caused_by, "alert Errors expired"),
+            _ => unreachable!(),
+        }
+        assert_eq!(
+            intents(&h.push(2 * HOUR, img("v3")))[0].1,
+            "deploy",
+            "the expired alert no longer blocks"
+        );
+    }
+
+    #[test]
+    fn a_refire_restarts_the_alert_ttl() {
+        let mut h = Harness::new(GATE_TTL);
+        h.push(0, img("v1"));
+        h.push(1_000, alert("a", "Errors", "critical", true));
+        h.push(HOUR, alert("a", "Errors", "critical", true));
+        assert_eq!(
+            intents(&h.push(HOUR + 2_000, img("v2")))[0].1,
+            "hold",
+            "the refire at 1h keeps it active past 1h + 1s"
+        );
+        assert!(h.advance(2 * HOUR - 1).is_empty());
+        assert_eq!(intents(&h.advance(2 * HOUR))[0].1, "deploy");
+    }
+
+    #[test]
+    fn a_resolved_for_an_unknown_key_leaves_no_state() {
+        let mut h = Harness::new(GATE);
+        assert!(h
+            .push(0, alert("b", "Errors", "critical", false))
+            .is_empty());
+        assert_eq!(h.stored("gate"), 0, "a resolved for an unknown key");
+        h.push(1, alert("c", "Errors", "critical", true));
+        h.push(2, alert("c", "Errors", "critical", false));
+        assert_eq!(h.stored("gate"), 0, "an alert fired and resolved");
+    }
+
+    #[test]
+    fn an_expired_alert_leaves_no_state() {
+        let mut h = Harness::new(GATE_TTL);
+        h.push(1, alert("c", "Errors", "critical", true));
+        h.push(2, alert("c", "Other", "warning", true));
+        assert_eq!(h.stored("gate"), 1);
+        h.advance(2 + HOUR);
+        assert_eq!(
+            h.stored("gate"),
+            0,
+            "both alerts expired: nothing is left for c"
+        );
+        h.push(3 + HOUR, img("v1"));
+        assert_eq!(h.stored("gate"), 1, "a key with a current image stays");
+    }
+
+    #[test]
+    fn entries_written_before_alerts_expired_still_decode() {
+        /// The entry layout before `fired` was added.
+        #[derive(serde::Serialize)]
+        struct Before {
+            alerts: std::collections::BTreeMap<String, String>,
+            current: Option<String>,
+            last_deploy: Option<super::LastDeploy>,
+            parked: Option<String>,
+            emitted: u64,
+        }
+        let before = Before {
+            alerts: [("Errors".to_owned(), "critical".to_owned())].into(),
+            current: Some("a:v1".into()),
+            last_deploy: None,
+            parked: None,
+            emitted: 1,
+        };
+        let bytes = postcard::to_stdvec(&before).unwrap();
+        let decoded: super::GateState = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(decoded.alerts, before.alerts);
+        assert_eq!(decoded.current, before.current);
+        assert_eq!(decoded.emitted, 1);
+        assert!(decoded.fired.is_empty());
+        let mut now = decoded.clone();
+        now.fired.insert("Errors".into(), 5);
+        let round: super::GateState =
+            postcard::from_bytes(&postcard::to_stdvec(&now).unwrap()).unwrap();
+        assert_eq!(round, now);
+    }
+
+    #[test]
+    fn alert_ttl_must_be_a_positive_duration() {
+        let errs = Harness::errors("[[operators]]\nname = \"gate\"\ntype = \"alert_gate\"\nimages = \"images\"\nalerts = \"alerts\"\nalert_ttl = \"0s\"\n");
+        assert!(
+            errs.contains("operators[0].alert_ttl") && errs.contains("greater than zero"),
+            "{errs}"
+        );
     }
 }

@@ -2,8 +2,9 @@
 //! the RocksDB backend is measured and property-tested against.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
-use super::{StateBackend, StateError, StoreId, Visit, WriteBatch};
+use super::{StateBackend, StateError, StoreId, Visit, VisitWhile, WriteBatch};
 
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
@@ -34,6 +35,21 @@ impl StateBackend for MemoryBackend {
     fn scan(&self, store: StoreId, visit: &mut Visit<'_>) -> Result<(), StateError> {
         for (k, v) in &self.stores[store] {
             visit(k, v)?;
+        }
+        Ok(())
+    }
+
+    fn scan_after(
+        &self,
+        store: StoreId,
+        after: Option<&[u8]>,
+        visit: &mut VisitWhile<'_>,
+    ) -> Result<(), StateError> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        for (k, v) in self.stores[store].range::<[u8], _>((start, Bound::Unbounded)) {
+            if !visit(k, v)? {
+                break;
+            }
         }
         Ok(())
     }

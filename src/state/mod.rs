@@ -20,6 +20,9 @@ pub use table::Table;
 /// A visitor of store entries, for [`StateBackend::scan`].
 pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
 
+/// A visitor that says whether to go on, for [`StateBackend::scan_after`].
+pub type VisitWhile<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StateError> + 'a;
+
 /// Identifies a store (one per operator, plus the engine's own) within a backend.
 pub type StoreId = usize;
 
@@ -59,6 +62,16 @@ pub trait StateBackend: Send {
 
     /// Calls `visit` for every entry of `store`, in key order.
     fn scan(&self, store: StoreId, visit: &mut Visit<'_>) -> Result<(), StateError>;
+
+    /// Calls `visit` for the entries of `store` whose keys come after `after`
+    /// (all of them for `None`), in key order, until it returns `false`: how
+    /// a sweep resumes where the previous one stopped.
+    fn scan_after(
+        &self,
+        store: StoreId,
+        after: Option<&[u8]>,
+        visit: &mut VisitWhile<'_>,
+    ) -> Result<(), StateError>;
 
     /// Whether `store` holds no entry.
     fn is_empty(&self, store: StoreId) -> Result<bool, StateError>;

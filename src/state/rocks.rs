@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
-use super::{StateBackend, StateError, StoreId, Visit, WriteBatch};
+use super::{StateBackend, StateError, StoreId, Visit, VisitWhile, WriteBatch};
 
 /// Memory that several databases of one process share: the live runtime
 /// opens one store per task, and their memtables and block caches together
@@ -161,6 +161,33 @@ impl StateBackend for RocksBackend {
                 cause,
             })?;
             visit(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    fn scan_after(
+        &self,
+        store: StoreId,
+        after: Option<&[u8]>,
+        visit: &mut VisitWhile<'_>,
+    ) -> Result<(), StateError> {
+        let mode = match after {
+            Some(key) => rocksdb::IteratorMode::From(key, rocksdb::Direction::Forward),
+            None => rocksdb::IteratorMode::Start,
+        };
+        for item in self.db.iterator_cf(self.cf(store)?, mode) {
+            let (k, v) = item.map_err(|cause| StateError::Rocks {
+                store: self.names[store].clone(),
+                op: "scan",
+                cause,
+            })?;
+            // `From` starts at the key itself when it is still there.
+            if after == Some(&*k) {
+                continue;
+            }
+            if !visit(&k, &v)? {
+                break;
+            }
         }
         Ok(())
     }

@@ -25,13 +25,20 @@ pub struct Table<V> {
     cache: HashMap<Vec<u8>, Slot<V>>,
     capacity: usize,
     complete: bool,
-    /// Sweeps since the stored entries were last swept (see [`Table::sweep`]).
-    sweeps: u32,
+    /// The last stored key the previous sweep looked at: the next one resumes
+    /// after it (`None`: from the first key).
+    sweep_cursor: Option<Vec<u8>>,
 }
 
-/// While the cache is incomplete, every this many sweeps also go through the
-/// entries that are only in the store: a full scan, so not at every commit.
-const STORE_SWEEP_EVERY: u32 = 16;
+/// While the cache is incomplete, each sweep also looks at a slice of the
+/// entries that are only in the store, resuming where the last one stopped,
+/// so that no commit pays for a scan of the whole store: at least this many
+/// entries,
+const STORE_SWEEP_MIN: usize = 1_024;
+/// and this many per entry changed since the last commit. The store grows by
+/// at most one entry per change, so a pass over it always outruns its growth:
+/// expired entries take at most a quarter of it in steady state.
+const STORE_SWEEP_PER_CHANGE: usize = 4;
 
 struct Slot<V> {
     value: Option<V>,
@@ -50,7 +57,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
             cache: HashMap::new(),
             capacity,
             complete: store_is_empty,
-            sweeps: 0,
+            sweep_cursor: None,
         }
     }
 
@@ -94,27 +101,43 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     }
 
     /// Deletes every entry for which `keep` says no: the cached ones always,
-    /// and, while the cache is incomplete, now and then the stored ones too.
-    /// Operators purge expired state this way instead of arming a timer per key.
+    /// and, while the cache is incomplete, the stored ones a bounded slice at
+    /// a time (see [`STORE_SWEEP_MIN`]), every entry within a few sweeps.
+    /// Operators purge expired state this way instead of arming a timer per key;
+    /// `keep` must say no only to entries that act exactly as absent ones.
     pub fn sweep(
         &mut self,
         backend: &dyn StateBackend,
         mut keep: impl FnMut(&V) -> bool,
     ) -> Result<(), StateError> {
+        let mut changed = 0;
         for slot in self.cache.values_mut() {
+            changed += usize::from(slot.dirty);
             if slot.value.as_ref().is_some_and(|v| !keep(v)) {
                 slot.value = None;
                 slot.dirty = true;
             }
         }
-        self.sweeps += 1;
-        if self.complete || self.sweeps < STORE_SWEEP_EVERY {
+        if self.complete {
             return Ok(());
         }
-        self.sweeps = 0;
+        let budget = STORE_SWEEP_MIN.max(changed.saturating_mul(STORE_SWEEP_PER_CHANGE));
+        self.sweep_stored(backend, budget, keep)
+    }
+
+    /// Looks at up to `budget` stored entries after the cursor, deleting the
+    /// expired ones that are not cached (cached ones were judged already).
+    fn sweep_stored(
+        &mut self,
+        backend: &dyn StateBackend,
+        budget: usize,
+        mut keep: impl FnMut(&V) -> bool,
+    ) -> Result<(), StateError> {
         let mut expired = Vec::new();
+        let mut seen = 0;
+        let mut stopped_at = None;
         let (cache, store, name) = (&self.cache, self.store, &self.name);
-        backend.scan(store, &mut |key, bytes| {
+        backend.scan_after(store, self.sweep_cursor.as_deref(), &mut |key, bytes| {
             if !cache.contains_key(key) {
                 let value: V = postcard::from_bytes(bytes).map_err(|cause| StateError::Decode {
                     store: name.clone(),
@@ -125,8 +148,15 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
                     expired.push(key.to_vec());
                 }
             }
-            Ok(())
+            seen += 1;
+            if seen < budget {
+                return Ok(true);
+            }
+            stopped_at = Some(key.to_vec());
+            Ok(false)
         })?;
+        // At the end of the store, the next sweep starts over from the first key.
+        self.sweep_cursor = stopped_at;
         for key in expired {
             self.cache.insert(
                 key,
@@ -309,10 +339,7 @@ mod tests {
             table.sweep(&backend, |v| *v >= 1).unwrap();
             commit(&mut table, &mut backend);
             sweeps += 1;
-            assert!(
-                sweeps <= STORE_SWEEP_EVERY,
-                "stored entries are swept within {STORE_SWEEP_EVERY} sweeps"
-            );
+            assert!(sweeps <= 16, "stored entries are swept within 16 sweeps");
         }
         assert!(
             backend.get(store, b"b").unwrap().is_some(),
@@ -331,5 +358,106 @@ mod tests {
         let mut table: Table<(u64, String)> = Table::new(store, "op/x", 10, false);
         let err = table.get(&backend, b"k").unwrap_err().to_string();
         assert!(err.contains("op/x") && err.contains('k'), "{err}");
+    }
+
+    /// The in-memory backend, counting the entries its scans hand out: how
+    /// much of the store a sweep reads on the processing thread.
+    struct Counting {
+        inner: MemoryBackend,
+        visited: std::cell::Cell<usize>,
+    }
+
+    impl StateBackend for Counting {
+        fn open_store(&mut self, name: &str) -> Result<StoreId, StateError> {
+            self.inner.open_store(name)
+        }
+        fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+            self.inner.get(store, key)
+        }
+        fn scan(
+            &self,
+            store: StoreId,
+            visit: &mut crate::state::Visit<'_>,
+        ) -> Result<(), StateError> {
+            self.inner.scan(store, &mut |k, v| {
+                self.visited.set(self.visited.get() + 1);
+                visit(k, v)
+            })
+        }
+        fn scan_after(
+            &self,
+            store: StoreId,
+            after: Option<&[u8]>,
+            visit: &mut crate::state::VisitWhile<'_>,
+        ) -> Result<(), StateError> {
+            self.inner.scan_after(store, after, &mut |k, v| {
+                self.visited.set(self.visited.get() + 1);
+                visit(k, v)
+            })
+        }
+        fn is_empty(&self, store: StoreId) -> Result<bool, StateError> {
+            self.inner.is_empty(store)
+        }
+        fn write(&mut self, batch: WriteBatch) -> Result<(), StateError> {
+            self.inner.write(batch)
+        }
+        fn sync(&mut self) -> Result<(), StateError> {
+            Ok(())
+        }
+        fn store_name(&self, store: StoreId) -> &str {
+            self.inner.store_name(store)
+        }
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+    }
+
+    #[test]
+    fn no_sweep_reads_the_whole_store_and_every_expired_entry_still_goes() {
+        const KEYS: u64 = 20_000;
+        let mut backend = Counting {
+            inner: MemoryBackend::new(),
+            visited: std::cell::Cell::new(0),
+        };
+        let store = backend.open_store("t").unwrap();
+        let mut batch = WriteBatch::default();
+        for i in 0..KEYS {
+            let key = format!("k{i:06}").into_bytes();
+            batch.put(store, key, postcard::to_stdvec(&i).unwrap());
+        }
+        backend.write(batch).unwrap();
+        let stored = |b: &Counting| {
+            let mut n = 0;
+            b.inner
+                .scan(store, &mut |_, _| {
+                    n += 1;
+                    Ok(())
+                })
+                .unwrap();
+            n
+        };
+        // Entries below KEYS / 2 have expired; the cache holds a few of them.
+        let mut table: Table<u64> = Table::new(store, "t", 100, false);
+        assert_eq!(table.get(&backend, b"k000001").unwrap(), Some(&1));
+        let (mut sweeps, mut most) = (0, 0);
+        while stored(&backend) > KEYS / 2 {
+            backend.visited.set(0);
+            table.sweep(&backend, |v| *v >= KEYS / 2).unwrap();
+            most = most.max(backend.visited.get());
+            let mut batch = WriteBatch::default();
+            table.commit(&mut batch).unwrap();
+            backend.write(batch).unwrap();
+            sweeps += 1;
+            assert!(sweeps <= 64, "expired entries left after {sweeps} sweeps");
+        }
+        assert!(
+            most <= 4_096,
+            "a sweep read {most} of the {KEYS} stored entries"
+        );
+        assert_eq!(
+            table.get(&backend, b"k019999").unwrap(),
+            Some(&19_999),
+            "kept entries stay"
+        );
     }
 }

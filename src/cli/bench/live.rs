@@ -1,6 +1,7 @@
 //! `sluice bench run`: the live runtime against a real broker (start one
 //! with `.ci/kafka-local start`). Each figure is the median of several
-//! runs, each run a separate `sluice run` process.
+//! runs, each run a separate `sluice run` process, except the commit
+//! latency, which runs the engine in this process (see `commit_latency`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use sluice::flood::{write_flood, FloodConfig};
+
+use super::commit_latency::CommitBench;
 
 #[derive(clap::Args)]
 pub struct LiveArgs {
@@ -44,7 +47,27 @@ pub struct LiveArgs {
     /// Keys in the store of the restore run.
     #[arg(long, default_value_t = 1_000_000)]
     restore_keys: u64,
+    /// Keys in the dedup store of the commit-latency run.
+    #[arg(long, default_value_t = 1_000_000)]
+    dedup_keys: u64,
+    /// Timed commits per commit-latency run.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
+    commits: u32,
+    /// Figures to measure, comma separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Figure>,
 }
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Figure {
+    Throughput,
+    Latency,
+    Restore,
+    Commit,
+}
+
+/// A line of the table: name, target, the runs' values, unit.
+type Row = (String, &'static str, Vec<f64>, &'static str);
 
 pub fn bench_live(args: &LiveArgs) -> Result<()> {
     let brokers = args.brokers.clone().unwrap_or_else(|| {
@@ -56,44 +79,68 @@ pub fn bench_live(args: &LiveArgs) -> Result<()> {
         dir: dir.path().to_owned(),
         tag: format!("bench-{}", now_ms()),
     };
-    let throughput = bench.throughput(args)?;
-    let latency = bench.latency(args)?;
-    let restore = bench.restore(args)?;
-    println!("\n| figure | target | median | runs |\n|---|---|---|---|");
-    for (name, target, runs, unit) in [
-        (
+    let wants = |f: Figure| args.only.is_empty() || args.only.contains(&f);
+    let row = |name: &str, target: &'static str, runs: &Figures, unit: &'static str| -> Row {
+        (name.to_owned(), target, runs.clone(), unit)
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    let mut last_rows = Vec::new();
+    if wants(Figure::Throughput) {
+        let (eos, alo, rss) = bench.throughput(args)?;
+        rows.push(row(
             "sustained ev/s, exactly_once",
             "≥ 100,000",
-            &throughput.0,
+            &eos,
             "ev/s",
-        ),
-        ("sustained ev/s, at_least_once", "", &throughput.1, "ev/s"),
-        ("latency p50 at the fixed rate", "", &latency.0, "ms"),
-        ("latency p99 at the fixed rate", "≤ 150", &latency.1, "ms"),
-        (
+        ));
+        rows.push(row("sustained ev/s, at_least_once", "", &alo, "ev/s"));
+        last_rows.push(row("peak RSS, throughput runs", "< 256 MiB", &rss, "MiB"));
+    }
+    if wants(Figure::Latency) {
+        let (p50, p99) = bench.latency(args)?;
+        rows.push(row("latency p50 at the fixed rate", "", &p50, "ms"));
+        rows.push(row("latency p99 at the fixed rate", "≤ 150", &p99, "ms"));
+    }
+    if wants(Figure::Restore) {
+        let (rate, rss) = bench.restore(args)?;
+        rows.push(row(
             "restore, changelog records/s",
             "≥ 300,000",
-            &restore.0,
+            &rate,
             "rec/s",
-        ),
-        (
+        ));
+        rows.push(row(
             "peak RSS, restore of the store",
             "< 256 MiB",
-            &restore.1,
+            &rss,
             "MiB",
-        ),
-        (
-            "peak RSS, throughput runs",
-            "< 256 MiB",
-            &throughput.2,
-            "MiB",
-        ),
-    ] {
+        ));
+    }
+    rows.extend(last_rows);
+    if wants(Figure::Commit) {
+        let (p99, max) = bench.commit_latency(args)?;
+        let keys = args.dedup_keys;
+        rows.push((
+            format!("commit p99, {keys} dedup keys (state work)"),
+            "",
+            p99,
+            "ms",
+        ));
+        rows.push((
+            format!("commit max, {keys} dedup keys (state work)"),
+            "",
+            max,
+            "ms",
+        ));
+    }
+    println!("\n| figure | target | median | runs |\n|---|---|---|---|");
+    for (name, target, runs, unit) in rows {
+        let precision = usize::from(unit == "ms");
         println!(
-            "| {name} | {target} | {:.0} {unit} | {} |",
+            "| {name} | {target} | {:.precision$} {unit} | {} |",
             median(runs.clone()),
             runs.iter()
-                .map(|v| format!("{v:.0}"))
+                .map(|v| format!("{v:.precision$}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -389,6 +436,30 @@ impl Bench {
             .set("linger.ms", "0")
             .set("partitioner", "murmur2_random")
             .create()?)
+    }
+
+    /// Times the commits of a task whose dedup store holds `dedup_keys`
+    /// entries, most of them only in RocksDB; returns each run's p99 and max.
+    fn commit_latency(&self, args: &LiveArgs) -> Result<(Figures, Figures)> {
+        let bench = CommitBench {
+            keys: args.dedup_keys,
+            commits: args.commits,
+            per_commit: 1_000,
+            cache_capacity: 50_000,
+        };
+        let (mut p99s, mut maxes) = (vec![], vec![]);
+        for run in 0..args.runs {
+            let dir = self.dir.join(format!("commit-latency-{run}"));
+            let r = bench.run_once(&dir)?;
+            eprintln!(
+                "commit run {run}: {} commits over {} keys: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                args.commits, args.dedup_keys, r.p50_ms, r.p99_ms, r.max_ms
+            );
+            p99s.push(r.p99_ms);
+            maxes.push(r.max_ms);
+            std::fs::remove_dir_all(&dir).ok();
+        }
+        Ok((p99s, maxes))
     }
 
     /// Fills a dedup store's changelog with `restore_keys` entries, then

@@ -9,6 +9,7 @@ use clap::Subcommand;
 
 use sluice::flood::{write_flood, FloodConfig};
 
+mod commit_latency;
 mod live;
 
 #[derive(Subcommand)]
