@@ -17,8 +17,11 @@ pub use oci::{duration, oci_reference};
 pub use records::{json_record, protobuf_record, replay_line};
 pub use yaml::yaml_edit;
 
+/// The check of one target: panics when the input breaks a rule.
+pub type Check = fn(&[u8]);
+
 /// Every target by name: the seed directory and the binary share it.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("replay_line", replay_line),
     ("json_record", json_record),
     ("protobuf_record", protobuf_record),

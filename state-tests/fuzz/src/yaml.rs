@@ -116,7 +116,7 @@ fn only_a_value_differs(old: &str, new: &str, values: &[String]) -> bool {
                     continue;
                 };
                 let plain = rendering == *value;
-                if (plain && reads_as_one_value(middle)) || middle.is_empty() {
+                if (plain && reads_as_one_value(prefix, middle)) || middle.is_empty() {
                     return true;
                 }
             }
@@ -136,15 +136,18 @@ fn renderings(value: &str) -> Vec<String> {
     out
 }
 
-/// A plain or quoted scalar's content: no line break, no comment, and no
-/// quote or blank at its edges (which would be the quoting or spacing).
-fn reads_as_one_value(middle: &str) -> bool {
-    let edge = |c: Option<char>| c.is_some_and(|c| c.is_whitespace() || c == '"' || c == '\'');
+/// A plain or quoted scalar's content, `middle`, found after `prefix`: no
+/// line break and no comment in it, no blank at its edges, no quote at its
+/// start, and no closing quote at its end when `prefix` opened one (a
+/// plain scalar may end with a quote: `it's'`).
+fn reads_as_one_value(prefix: &str, middle: &str) -> bool {
+    let quote = |c: char| c == '"' || c == '\'';
+    let opened = prefix.chars().last().filter(|&c| quote(c));
     !middle.contains(['\n', '\r'])
         && !middle.contains(" #")
-        && !middle.starts_with('#')
-        && !edge(middle.chars().next())
-        && !edge(middle.chars().last())
+        && !middle.starts_with(['#', '"', '\''])
+        && middle.trim() == middle
+        && !opened.is_some_and(|q| middle.ends_with(q))
 }
 
 /// The key of a `key: value` line, without indentation or a leading dash.
