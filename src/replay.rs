@@ -24,14 +24,15 @@ pub const MAX_TS: u64 = (1 << 53) - 1;
 
 /// One line of a replay file: `{"topic", "ts", "key", "value"}`.
 #[derive(Debug, Deserialize)]
-struct InputLine<'a> {
+pub struct InputLine<'a> {
     #[serde(borrow)]
-    topic: Cow<'a, str>,
-    ts: u64,
+    pub topic: Cow<'a, str>,
+    pub ts: u64,
     #[serde(default, borrow)]
-    key: Option<Cow<'a, str>>,
+    pub key: Option<Cow<'a, str>>,
+    /// `None` when absent or `null`.
     #[serde(default, borrow)]
-    value: Option<&'a RawValue>,
+    pub value: Option<&'a RawValue>,
 }
 
 /// One line of the replay format, as replay, `sluice record`, the flood
@@ -279,7 +280,9 @@ fn input_error(file: &str, line: u64, reason: String) -> ReplayError {
     }
 }
 
-fn parse_line(text: &[u8]) -> Result<InputLine<'_>, String> {
+/// Parses one line (without its line ending); the error says what is wrong.
+/// Public for the fuzz targets (state-tests/fuzz).
+pub fn parse_line(text: &[u8]) -> Result<InputLine<'_>, String> {
     let text = std::str::from_utf8(text).map_err(|e| format!("not UTF-8 text: {e}"))?;
     serde_json::from_str::<InputLine<'_>>(text).map_err(|e| {
         let msg = e.to_string();
