@@ -369,7 +369,7 @@ impl Runtime {
             match self.consumer.poll(timeout) {
                 Some(Ok(m)) => stray.push(m.detach()),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => consumer_error(e)?,
+                Some(Err(e)) => consumer_error(e, &self.shared.topo.app_id)?,
                 None => return Ok(stray),
             }
             timeout = Duration::ZERO;
@@ -407,7 +407,10 @@ pub(super) fn is_end_of_partition(e: &KafkaError) -> bool {
         || e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
 }
 
-fn consumer_error(e: KafkaError) -> Result<(), RunError> {
+fn consumer_error(e: KafkaError, group: &str) -> Result<(), RunError> {
+    if let Some(denied) = crate::kafka::acls::consumer_denied(&e, group) {
+        return Err(denied.into());
+    }
     match producer::failure_class(&e) {
         TxnFailure::Fenced(reason) => Err(RunError::Fenced(reason)),
         _ => {
@@ -463,7 +466,13 @@ impl ClientContext for RestoreContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if !is_end_of_partition(&error) {
+        // librdkafka looks up the coordinator of any group.id, but the
+        // restorer only assigns and never commits: it needs no ACL on its group.
+        let group_refused = error.rdkafka_error_code()
+            == Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed);
+        if group_refused {
+            tracing::debug!(client = "restore", error = %error, reason, "restore group not authorized (not needed)");
+        } else if !is_end_of_partition(&error) {
             tracing::warn!(client = "restore", error = %error, reason, "kafka client error");
         }
     }

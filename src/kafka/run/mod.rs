@@ -81,6 +81,9 @@ pub enum RunError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// The broker refused an operation for lack of an ACL.
+    #[error(transparent)]
+    Denied(#[from] crate::kafka::acls::Denied),
 }
 
 impl RunError {
@@ -181,6 +184,8 @@ fn is_permanent(e: &KafkaError) -> bool {
                 | C::ProducerFenced
                 | C::GroupAuthorizationFailed
                 | C::TopicAuthorizationFailed
+                | C::TransactionalIdAuthorizationFailed
+                | C::ClusterAuthorizationFailed
                 | C::SaslAuthenticationFailed
         )
     )

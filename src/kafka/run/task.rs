@@ -15,6 +15,7 @@ use super::consumer::RestoreContext;
 use super::topics::{Changelog, Layout, Plan};
 use super::RunError;
 use crate::engine::{self, Engine, EngineOptions};
+use crate::kafka::acls::Operation;
 use crate::state::{RocksBackend, SharedMemory, StateBackend};
 use crate::topology::Topology;
 
@@ -343,6 +344,15 @@ fn read_to_end(
             }
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) if is_out_of_range(&e) => return Err(RestoreError::OutOfRange),
+            // The restorer's group is never used (see RestoreContext).
+            Some(Err(e))
+                if e.rdkafka_error_code()
+                    == Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed) => {}
+            Some(Err(e)) if crate::kafka::acls::authorization_code(&e).is_some() => {
+                let denied =
+                    crate::kafka::acls::topic_denied(Operation::Read, &changelog.topic, &e);
+                return Err(RunError::from(denied).into());
+            }
             // Connection trouble (a broker restarting): librdkafka reconnects by itself.
             Some(Err(e)) if last_progress.elapsed() < deadline_idle => {
                 tracing::warn!(topic = %changelog.topic, error = %e, "changelog read error; retrying");

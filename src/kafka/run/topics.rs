@@ -13,6 +13,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
 use super::RunError;
+use crate::kafka::acls::{self, Denied, Operation, ResourceType};
 use crate::topology::{NodeRef, Topology};
 
 /// A state store and the compacted topic that logs its changes.
@@ -237,6 +238,9 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
         .copied()
         .filter(|t| !partitions.contains_key(*t))
         .collect();
+    if let Some(denied) = refused_input(&admin, &missing) {
+        return Err(denied.into());
+    }
     if !missing.is_empty() {
         return Err(RunError::Setup(format!(
             "input topic(s) {} do not exist: create them (Sluice creates only its own topics)",
@@ -289,6 +293,22 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
     }
     check_internal_counts(plan, &partitions, tasks)?;
     Ok(Layout { tasks, partitions })
+}
+
+/// An input left out of the cluster's metadata may exist but be hidden:
+/// Kafka lists only the topics the principal may Describe (which Read
+/// implies). Asked for by name, such a topic answers with an authorization error.
+fn refused_input(admin: &AdminClient<LogContext>, missing: &[&str]) -> Option<Denied> {
+    missing.iter().find_map(|topic| {
+        let md = admin
+            .inner()
+            .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+            .ok()?;
+        let code = md.topics().first()?.error()?;
+        let code = RDKafkaErrorCode::from(code);
+        acls::is_authorization(code)
+            .then(|| Denied::new(Operation::Read, ResourceType::Topic, topic, code))
+    })
 }
 
 fn quote_list(items: &[&str]) -> String {
@@ -431,6 +451,26 @@ fn create_topics(
             Ok(name) => tracing::info!(topic = %name, partitions, "created topic"),
             // Another instance created it first: its partition count is checked next.
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            // Kafka answers the same for a missing Create and for a topic
+            // that exists but is hidden (no Describe, which Write implies).
+            Err((name, code)) if acls::is_authorization(code) => {
+                let kind = wanted
+                    .iter()
+                    .find(|(t, _)| *t == name)
+                    .map_or(Kind::Output, |(_, k)| *k);
+                let needs = match kind {
+                    Kind::Output => "Write",
+                    Kind::Changelog | Kind::Repartition => "Write and Read",
+                };
+                let hint = format!(
+                    ", or, if the topic exists already, {needs} on it (which include the Describe that lets Kafka say so)"
+                );
+                return Err(
+                    Denied::new(Operation::Create, ResourceType::Topic, &name, code)
+                        .with_hint(hint)
+                        .into(),
+                );
+            }
             Err((name, code)) => {
                 return Err(RunError::Setup(format!(
                     "cannot create topic `{name}`: {code}"
