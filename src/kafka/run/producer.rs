@@ -173,13 +173,9 @@ pub fn create(
     if let Some(id) = transactional_id {
         retry_retriable(|| producer.init_transactions(CALL_TIMEOUT)).map_err(|e| {
             match acls::authorization_code(&e) {
-                Some(code @ RDKafkaErrorCode::ClusterAuthorizationFailed) => Denied::new(
-                    Operation::IdempotentWrite,
-                    ResourceType::Cluster,
-                    "kafka-cluster",
-                    code,
-                )
-                .into(),
+                Some(code @ RDKafkaErrorCode::ClusterAuthorizationFailed) => {
+                    write_denied(code, id).into()
+                }
                 Some(code) => {
                     Denied::new(Operation::Write, ResourceType::TransactionalId, id, code).into()
                 }
