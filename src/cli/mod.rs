@@ -1,6 +1,7 @@
 //! The subcommands, one file each, and what they share: logging, stdout,
 //! output files.
 
+mod acls;
 mod bench;
 mod commit;
 mod demo;
@@ -56,6 +57,9 @@ enum Command {
     /// Turn deployment intents into GitOps commits: from the Kafka topic of
     /// the config's [kafka] table, or from a replay output file (--input).
     Commit(commit::CommitArgs),
+    /// Print the Kafka ACLs `sluice run TOPOLOGY` (or `sluice commit` with
+    /// --commit CONFIG) needs, as kafka-acls.sh command lines or JSON.
+    Acls(acls::AclsArgs),
     /// Benchmarks (not tests): print medians of several runs.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -87,6 +91,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Record(args) => record::run(args),
         Command::Run(args) => run::run_live(args),
         Command::Commit(args) => commit::run(args),
+        Command::Acls(args) => acls::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -54,7 +54,7 @@ pub struct RunArgs {
     stats_json: Option<PathBuf>,
 }
 
-fn parse_guarantee(text: &str) -> Result<Guarantee, String> {
+pub(super) fn parse_guarantee(text: &str) -> Result<Guarantee, String> {
     match text {
         "exactly_once" => Ok(Guarantee::ExactlyOnce),
         "at_least_once" => Ok(Guarantee::AtLeastOnce),

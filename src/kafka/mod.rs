@@ -1,5 +1,6 @@
 //! Kafka plumbing shared by the commands that talk to a cluster.
 
+pub mod acls;
 pub mod record;
 pub mod run;
 

@@ -262,7 +262,7 @@ impl Runtime {
             match self.consumer.poll(timeout) {
                 Some(Ok(m)) => stray.push(m.detach()),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => consumer_error(e)?,
+                Some(Err(e)) => consumer_error(e, &self.shared.topo.app_id)?,
                 None => return Ok(stray),
             }
             timeout = Duration::ZERO;
@@ -300,7 +300,10 @@ pub(super) fn is_end_of_partition(e: &KafkaError) -> bool {
         || e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
 }
 
-fn consumer_error(e: KafkaError) -> Result<(), RunError> {
+fn consumer_error(e: KafkaError, group: &str) -> Result<(), RunError> {
+    if let Some(denied) = crate::kafka::acls::consumer_denied(&e, group) {
+        return Err(denied.into());
+    }
     match producer::failure_class(&e) {
         TxnFailure::Fenced(reason) => Err(RunError::Fenced(reason)),
         _ => {

@@ -89,6 +89,9 @@ pub enum RunError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// The broker refused an operation for lack of an ACL.
+    #[error(transparent)]
+    Denied(#[from] crate::kafka::acls::Denied),
 }
 
 impl RunError {
@@ -200,6 +203,8 @@ fn is_permanent(e: &KafkaError) -> bool {
                 | C::RebalanceInProgress
                 | C::GroupAuthorizationFailed
                 | C::TopicAuthorizationFailed
+                | C::TransactionalIdAuthorizationFailed
+                | C::ClusterAuthorizationFailed
                 | C::SaslAuthenticationFailed
         )
     )

@@ -10,6 +10,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientConfig, ClientContext, Message};
 
 use super::RunError;
+use crate::kafka::acls::{self, Denied, Operation, ResourceType};
 
 pub type TxnProducer = BaseProducer<Deliveries>;
 
@@ -27,6 +28,9 @@ pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Deliveries {
     changelogs: HashSet<String>,
     state: Mutex<DeliveryState>,
+    /// The first write the broker refused for lack of an ACL: retrying
+    /// cannot help, so [`drain`] ends the run with it.
+    denied: Mutex<Option<Denied>>,
 }
 
 #[derive(Default)]
@@ -42,7 +46,20 @@ impl Deliveries {
         Deliveries {
             changelogs: changelogs.into_iter().collect(),
             state: Mutex::new(DeliveryState::default()),
+            denied: Mutex::new(None),
         }
+    }
+
+    fn note_denied(&self, denied: Denied) {
+        let mut slot = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(denied);
+    }
+
+    fn denied(&self) -> Option<Denied> {
+        self.denied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Takes what was reported since the last call.
@@ -58,6 +75,14 @@ impl Deliveries {
 
 impl ClientContext for Deliveries {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if let Some(topic) = refused_txn_partition(fac, log_message) {
+            self.note_denied(Denied::new(
+                Operation::Write,
+                ResourceType::Topic,
+                topic,
+                RDKafkaErrorCode::TopicAuthorizationFailed,
+            ));
+        }
         super::log_librdkafka("producer", level, fac, log_message);
     }
 
@@ -82,6 +107,9 @@ impl ProducerContext for Deliveries {
                 }
             }
             Err((e, m)) => {
+                if let Some(code) = acls::authorization_code(e) {
+                    self.note_denied(write_denied(code, m.topic()));
+                }
                 state.failed += 1;
                 if state.first_error.is_none() {
                     state.first_error = Some(format!("{e} on {}[{}]", m.topic(), m.partition()));
@@ -89,6 +117,36 @@ impl ProducerContext for Deliveries {
             }
         }
     }
+}
+
+/// A refused produce: Write on the topic, or, for an idempotent producer
+/// on a broker before 2.8 (KIP-679), IdempotentWrite on the cluster.
+fn write_denied(code: RDKafkaErrorCode, topic: &str) -> Denied {
+    match code {
+        RDKafkaErrorCode::ClusterAuthorizationFailed => Denied::new(
+            Operation::IdempotentWrite,
+            ResourceType::Cluster,
+            "kafka-cluster",
+            code,
+        ),
+        _ => Denied::new(Operation::Write, ResourceType::Topic, topic, code),
+    }
+}
+
+/// The topic of a partition the transaction coordinator refused to add for
+/// lack of Write on it. librdkafka says which topic only in this log line
+/// (the transaction's error carries the code alone, and the queued records
+/// fail as purged); its text is librdkafka's `rdkafka_txnmgr.c`:
+/// `Failed to add partition "TOPIC" [P] to transaction: Broker: Topic authorization failed`.
+/// `state-tests/security.rs` checks it against the librdkafka Sluice builds with.
+fn refused_txn_partition<'m>(fac: &str, message: &'m str) -> Option<&'m str> {
+    if fac != "ADDPARTS" || !message.ends_with("Topic authorization failed") {
+        return None;
+    }
+    // librdkafka puts the broker's name first: `TxnCoordinator/1: Failed ...`.
+    const START: &str = "Failed to add partition \"";
+    let rest = &message[message.find(START)? + START.len()..];
+    rest.split_once('"').map(|(topic, _)| topic)
 }
 
 /// Builds the producer; transactional when `transactional_id` is given.
@@ -115,9 +173,18 @@ pub fn create(
     let producer: TxnProducer = config
         .create_with_context(Deliveries::new(changelogs))
         .map_err(|e| RunError::kafka("create the producer", e))?;
-    if transactional_id.is_some() {
-        retry_retriable(|| producer.init_transactions(CALL_TIMEOUT))
-            .map_err(|e| classify(e, "initialize transactions"))?;
+    if let Some(id) = transactional_id {
+        retry_retriable(|| producer.init_transactions(CALL_TIMEOUT)).map_err(|e| {
+            match acls::authorization_code(&e) {
+                Some(code @ RDKafkaErrorCode::ClusterAuthorizationFailed) => {
+                    write_denied(code, id).into()
+                }
+                Some(code) => {
+                    Denied::new(Operation::Write, ResourceType::TransactionalId, id, code).into()
+                }
+                None => classify(e, "initialize transactions"),
+            }
+        })?;
     }
     Ok(producer)
 }
@@ -149,9 +216,13 @@ where
 /// No deadline of its own: librdkafka reports every message by
 /// `message.timeout.ms` (delivered or failed), and a broker outage must not
 /// end the run; a failed delivery then aborts or rewinds.
+/// A write the broker refused for lack of an ACL ends the run here.
 pub fn drain(producer: &TxnProducer) -> Result<(), RunError> {
     let mut next_note = Instant::now() + CALL_TIMEOUT;
     while producer.in_flight_count() > 0 {
+        if let Some(denied) = producer.context().denied() {
+            return Err(denied.into());
+        }
         if Instant::now() > next_note {
             tracing::warn!(
                 in_flight = producer.in_flight_count(),
@@ -161,7 +232,10 @@ pub fn drain(producer: &TxnProducer) -> Result<(), RunError> {
         }
         producer.poll(Duration::from_millis(1));
     }
-    Ok(())
+    match producer.context().denied() {
+        Some(denied) => Err(denied.into()),
+        None => Ok(()),
+    }
 }
 
 /// Aborts the open transaction. Delivery reports are served first: librdkafka
@@ -247,5 +321,22 @@ pub fn classify(error: KafkaError, what: &'static str) -> RunError {
     match failure_class(&error) {
         TxnFailure::Fenced(reason) => RunError::Fenced(reason),
         _ => RunError::kafka(what, error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_partition_is_read_from_librdkafkas_log_line() {
+        let line = r#"TxnCoordinator/1: Failed to add partition "app-dedup-changelog" [0] to transaction: Broker: Topic authorization failed"#;
+        assert_eq!(
+            refused_txn_partition("ADDPARTS", line),
+            Some("app-dedup-changelog")
+        );
+        assert_eq!(refused_txn_partition("TXNERR", line), None);
+        let other = r#"TxnCoordinator/1: Failed to add partition "t" [0] to transaction: Broker: Not coordinator"#;
+        assert_eq!(refused_txn_partition("ADDPARTS", other), None);
     }
 }

@@ -479,6 +479,18 @@ impl Reading<'_> {
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
                 Some(Err(e)) if is_out_of_range(&e) => return Err(RestoreError::OutOfRange),
+                // The restorer's group is never used (see RestoreContext).
+                Some(Err(e))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed) => {}
+                Some(Err(e)) if crate::kafka::acls::authorization_code(&e).is_some() => {
+                    let denied = crate::kafka::acls::topic_denied(
+                        crate::kafka::acls::Operation::Read,
+                        &self.changelog.topic,
+                        &e,
+                    );
+                    return Err(RunError::from(denied).into());
+                }
                 // Connection trouble (a broker restarting): librdkafka reconnects by itself.
                 Some(Err(e)) if last_progress.elapsed() < deadline_idle => {
                     tracing::warn!(topic = %self.changelog.topic, error = %e, "changelog read error; retrying");

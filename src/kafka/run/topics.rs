@@ -13,6 +13,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
 use super::RunError;
+use crate::kafka::acls::{self, Denied, Operation, ResourceType};
 use crate::topology::{NodeRef, Topology};
 
 /// A state store and the compacted topic that logs its changes.
@@ -240,6 +241,9 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
         .copied()
         .filter(|t| !partitions.contains_key(*t))
         .collect();
+    if let Some(denied) = refused_input(&admin, &missing) {
+        return Err(denied.into());
+    }
     if !missing.is_empty() {
         return Err(RunError::Setup(format!(
             "input topic(s) {} do not exist: create them (Sluice creates only its own topics)",
@@ -291,7 +295,7 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
         partitions.insert((*t).to_owned(), tasks);
     }
     check_internal_counts(plan, &partitions, tasks)?;
-    let changelog_retention = changelog_retention(&admin, plan);
+    let changelog_retention = changelog_retention(&admin, plan)?;
     Ok(Layout {
         tasks,
         partitions,
@@ -299,33 +303,43 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
     })
 }
 
-/// The smallest `delete.retention.ms` among the changelogs. Not knowing it
-/// (no DescribeConfigs permission) only turns off the checkpoint age check.
-fn changelog_retention(admin: &AdminClient<LogContext>, plan: &Plan) -> Option<Duration> {
-    let specs: Vec<ResourceSpecifier<'_>> = plan
-        .changelog_topics()
-        .map(ResourceSpecifier::Topic)
-        .collect();
-    if specs.is_empty() {
-        return None;
+/// The smallest `delete.retention.ms` among the changelogs, which tells a
+/// restore when a local checkpoint is too old to resume from. A refusal
+/// (no DescribeConfigs on the changelogs) is an error naming the ACL, as
+/// `sluice acls` lists it; any other failure only turns the check off.
+fn changelog_retention(
+    admin: &AdminClient<LogContext>,
+    plan: &Plan,
+) -> Result<Option<Duration>, RunError> {
+    let topics: Vec<&str> = plan.changelog_topics().collect();
+    if topics.is_empty() {
+        return Ok(None);
     }
+    let specs: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
     let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
     let results = match block_on(admin.describe_configs(&specs, &opts)) {
         Ok(results) => results,
         Err(e) => {
+            if let Some(code) = crate::kafka::acls::authorization_code(&e) {
+                return Err(describe_configs_denied(topics[0], code));
+            }
             tracing::warn!(error = %e, "cannot read the changelogs' delete.retention.ms");
-            return None;
+            return Ok(None);
         }
     };
     let mut smallest: Option<u64> = None;
-    for result in results {
-        let ms = match &result {
+    for (topic, result) in topics.iter().zip(&results) {
+        let ms = match result {
             Ok(resource) => resource
                 .get("delete.retention.ms")
                 .and_then(|e| e.value.as_deref())
                 .and_then(|v| v.parse::<u64>().ok()),
+            Err(code) if crate::kafka::acls::is_authorization(*code) => {
+                return Err(describe_configs_denied(topic, *code));
+            }
             Err(code) => {
-                tracing::warn!(error = %code, "cannot read a changelog's delete.retention.ms");
+                tracing::warn!(%topic, error = %code, "cannot read a changelog's delete.retention.ms");
                 None
             }
         };
@@ -333,7 +347,28 @@ fn changelog_retention(admin: &AdminClient<LogContext>, plan: &Plan) -> Option<D
             smallest = Some(smallest.map_or(ms, |s| s.min(ms)));
         }
     }
-    smallest.map(Duration::from_millis)
+    Ok(smallest.map(Duration::from_millis))
+}
+
+fn describe_configs_denied(topic: &str, code: rdkafka::types::RDKafkaErrorCode) -> RunError {
+    use crate::kafka::acls::{Denied, Operation, ResourceType};
+    Denied::new(Operation::DescribeConfigs, ResourceType::Topic, topic, code).into()
+}
+
+/// An input left out of the cluster's metadata may exist but be hidden:
+/// Kafka lists only the topics the principal may Describe (which Read
+/// implies). Asked for by name, such a topic answers with an authorization error.
+fn refused_input(admin: &AdminClient<LogContext>, missing: &[&str]) -> Option<Denied> {
+    missing.iter().find_map(|topic| {
+        let md = admin
+            .inner()
+            .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+            .ok()?;
+        let code = md.topics().first()?.error()?;
+        let code = RDKafkaErrorCode::from(code);
+        acls::is_authorization(code)
+            .then(|| Denied::new(Operation::Read, ResourceType::Topic, topic, code))
+    })
 }
 
 fn quote_list(items: &[&str]) -> String {
@@ -476,6 +511,26 @@ fn create_topics(
             Ok(name) => tracing::info!(topic = %name, partitions, "created topic"),
             // Another instance created it first: its partition count is checked next.
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            // Kafka answers the same for a missing Create and for a topic
+            // that exists but is hidden (no Describe, which Write implies).
+            Err((name, code)) if acls::is_authorization(code) => {
+                let kind = wanted
+                    .iter()
+                    .find(|(t, _)| *t == name)
+                    .map_or(Kind::Output, |(_, k)| *k);
+                let needs = match kind {
+                    Kind::Output => "Write",
+                    Kind::Changelog | Kind::Repartition => "Write and Read",
+                };
+                let hint = format!(
+                    ", or, if the topic exists already, {needs} on it (which include the Describe that lets Kafka say so)"
+                );
+                return Err(
+                    Denied::new(Operation::Create, ResourceType::Topic, &name, code)
+                        .with_hint(hint)
+                        .into(),
+                );
+            }
             Err((name, code)) => {
                 return Err(RunError::Setup(format!(
                     "cannot create topic `{name}`: {code}"
