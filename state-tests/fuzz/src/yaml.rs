@@ -101,10 +101,15 @@ fn check_changed_lines(removed: &[&str], added: &[&str], values: &[String], imag
 /// and `R` writes one of `values`: as it is, or, where the old value was
 /// empty, double-quoted and with a separating blank.
 fn only_a_value_differs(old: &str, new: &str, values: &[String]) -> bool {
-    let eol = |l: &str| l.len() - l.trim_end_matches(['\n', '\r']).len();
-    if eol(old) != eol(new) {
+    let (old_eol, new_eol) = (eol(old), eol(new));
+    // Removing a last line without a line ending takes the one before it.
+    if old_eol != new_eol && !new_eol.is_empty() {
         return false;
     }
+    let (old, new) = (
+        &old[..old.len() - old_eol.len()],
+        &new[..new.len() - new_eol.len()],
+    );
     for value in values {
         for rendering in renderings(value) {
             for (at, _) in new.match_indices(rendering.as_str()) {
@@ -123,6 +128,10 @@ fn only_a_value_differs(old: &str, new: &str, values: &[String]) -> bool {
         }
     }
     false
+}
+
+fn eol(line: &str) -> &str {
+    &line[line.trim_end_matches(['\n', '\r']).len()..]
 }
 
 fn renderings(value: &str) -> Vec<String> {
