@@ -146,7 +146,9 @@ fn renderings(value: &str) -> Vec<String> {
 }
 
 /// A plain or quoted scalar's content, `middle`, found after `prefix`: no
-/// line break and no comment in it, no blank at its edges, no quote at its
+/// line break and no comment in it, no YAML blank (space, tab) at its
+/// edges (other control characters are the value's: YAML forbids them, and
+/// the scanner reads them as content), no quote at its
 /// start, and no closing quote at its end when `prefix` opened one (a
 /// plain scalar may end with a quote: `it's'`).
 fn reads_as_one_value(prefix: &str, middle: &str) -> bool {
@@ -155,7 +157,7 @@ fn reads_as_one_value(prefix: &str, middle: &str) -> bool {
     !middle.contains(['\n', '\r'])
         && !middle.contains(" #")
         && !middle.starts_with(['#', '"', '\''])
-        && middle.trim() == middle
+        && middle.trim_matches([' ', '\t']) == middle
         && !opened.is_some_and(|q| middle.ends_with(q))
 }
 
