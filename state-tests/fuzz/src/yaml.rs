@@ -101,10 +101,15 @@ fn check_changed_lines(removed: &[&str], added: &[&str], values: &[String], imag
 /// and `R` writes one of `values`: as it is, or, where the old value was
 /// empty, double-quoted and with a separating blank.
 fn only_a_value_differs(old: &str, new: &str, values: &[String]) -> bool {
-    let eol = |l: &str| l.len() - l.trim_end_matches(['\n', '\r']).len();
-    if eol(old) != eol(new) {
+    let (old_eol, new_eol) = (eol(old), eol(new));
+    // Removing a last line without a line ending takes the one before it.
+    if old_eol != new_eol && !new_eol.is_empty() {
         return false;
     }
+    let (old, new) = (
+        &old[..old.len() - old_eol.len()],
+        &new[..new.len() - new_eol.len()],
+    );
     for value in values {
         for rendering in renderings(value) {
             for (at, _) in new.match_indices(rendering.as_str()) {
@@ -125,6 +130,10 @@ fn only_a_value_differs(old: &str, new: &str, values: &[String]) -> bool {
     false
 }
 
+fn eol(line: &str) -> &str {
+    &line[line.trim_end_matches(['\n', '\r']).len()..]
+}
+
 fn renderings(value: &str) -> Vec<String> {
     let quoted = format!("\"{value}\"");
     let mut out = Vec::new();
@@ -137,7 +146,9 @@ fn renderings(value: &str) -> Vec<String> {
 }
 
 /// A plain or quoted scalar's content, `middle`, found after `prefix`: no
-/// line break and no comment in it, no blank at its edges, no quote at its
+/// line break and no comment in it, no YAML blank (space, tab) at its
+/// edges (other control characters are the value's: YAML forbids them, and
+/// the scanner reads them as content), no quote at its
 /// start, and no closing quote at its end when `prefix` opened one (a
 /// plain scalar may end with a quote: `it's'`).
 fn reads_as_one_value(prefix: &str, middle: &str) -> bool {
@@ -146,7 +157,7 @@ fn reads_as_one_value(prefix: &str, middle: &str) -> bool {
     !middle.contains(['\n', '\r'])
         && !middle.contains(" #")
         && !middle.starts_with(['#', '"', '\''])
-        && middle.trim() == middle
+        && middle.trim_matches([' ', '\t']) == middle
         && !opened.is_some_and(|q| middle.ends_with(q))
 }
 
