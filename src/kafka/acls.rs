@@ -503,6 +503,7 @@ mod tests {
                 "Topic Prefixed app- Create",
                 "Topic Prefixed app- Write",
                 "Topic Prefixed app- Read",
+                "Topic Prefixed app- DescribeConfigs",
                 "Topic Literal intents Write",
                 "Topic Literal intents Create",
                 "Topic Literal app.dead-letter Write",
@@ -555,7 +556,7 @@ mod tests {
         assert_eq!(lines.len(), 6, "{text}");
         assert_eq!(
             lines[1],
-            r"kafka-acls.sh --bootstrap-server k:9092 --add --allow-principal 'User:O'\''Brien' --operation Create --operation Write --operation Read --topic app- --resource-pattern-type prefixed"
+            r"kafka-acls.sh --bootstrap-server k:9092 --add --allow-principal 'User:O'\''Brien' --operation Create --operation Write --operation Read --operation DescribeConfigs --topic app- --resource-pattern-type prefixed"
         );
         assert!(
             text.contains("--transactional-id app- --resource-pattern-type prefixed"),

@@ -114,10 +114,14 @@ impl RunContext {
     }
 }
 
+/// The group's committed offset of each input topic's partition of a task
+/// (`None`: nothing committed yet).
+pub(super) type CommittedInputs = HashMap<String, Option<i64>>;
+
 /// Tasks to open after a rebalance.
 pub(super) struct Opening {
     /// Each task, with its inputs' committed offsets under at-least-once.
-    pub tasks: Vec<(i32, Option<HashMap<String, Option<i64>>>)>,
+    pub tasks: Vec<(i32, Option<CommittedInputs>)>,
     pub restorer: Arc<BaseConsumer<RestoreContext>>,
     /// Revocations seen so far: one more by the time a task is restored
     /// means its partitions may have gone.
@@ -225,7 +229,7 @@ impl Inner {
         plan: &super::topics::Plan,
         committed: &TopicPartitionList,
         id: i32,
-    ) -> HashMap<String, Option<i64>> {
+    ) -> CommittedInputs {
         plan.inputs
             .iter()
             .map(|topic| {
