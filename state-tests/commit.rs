@@ -765,7 +765,9 @@ fn refused_credentials_retry_then_fail_clearly_and_never_print_the_token() {
     let repo = Repo::new(&["prod"], &services(1));
     let (port, seen) = refusing_http_server();
     let url = format!("http://127.0.0.1:{port}/deploy.git");
-    let extra = "token_env = \"SLUICE_TEST_GIT_TOKEN\"\n[push]\ngive_up_after = \"1s\"\nmin_backoff = \"50ms\"\nmax_backoff = \"200ms\"";
+    // Long enough for a retry even when one refused attempt takes seconds
+    // (the suite runs many git processes at once).
+    let extra = "token_env = \"SLUICE_TEST_GIT_TOKEN\"\n[push]\ngive_up_after = \"10s\"\nmin_backoff = \"50ms\"\nmax_backoff = \"200ms\"";
     let config = repo.config("commit.toml", &url, &["prod"], extra);
     let input = repo.path().join("intents.jsonl");
     write_lines(
