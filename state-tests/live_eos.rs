@@ -22,6 +22,11 @@ fn store_entries(dir: &Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
         let cf = db.cf_handle(name).expect("listed family");
         for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
             let (k, v) = item.expect("readable");
+            // When the store was last checkpointed is the one entry that
+            // differs by nature between a store and a fresh restore.
+            if name == "sluice/meta" && &*k == b"changelog:checkpoint-ms" {
+                continue;
+            }
             out.push((name.clone(), k.to_vec(), v.to_vec()));
         }
     }
@@ -82,9 +87,15 @@ fn a_commit_of_unknown_outcome_reopens_the_tasks_from_the_changelog() {
         let dir = |root: &str| s.path(root).join(&app).join(format!("task-{task}"));
         let (kept, restored) = (store_entries(&dir("state")), store_entries(&dir("fresh")));
         assert!(!restored.is_empty());
+        let differing: Vec<_> = kept
+            .iter()
+            .filter(|e| !restored.contains(e))
+            .map(|(cf, k, _)| format!("{cf}:{}", String::from_utf8_lossy(k)))
+            .take(5)
+            .collect();
         assert!(
             kept == restored,
-            "task {task}: the store differs from a fresh restore ({} entries against {})",
+            "task {task}: the store differs from a fresh restore ({} entries against {}), at {differing:?}",
             kept.len(),
             restored.len()
         );

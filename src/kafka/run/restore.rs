@@ -39,6 +39,10 @@ const READY_NOTE: &[u8] = b"changelog:ready";
 /// The meta entry holding when the store last reflected a commit or a
 /// restore, in ms since the epoch.
 const CHECKPOINT_NOTE: &[u8] = b"changelog:checkpoint-ms";
+
+/// How long a changelog read may go without progress (a broker outage)
+/// before the restore gives up.
+const RESTORE_PATIENCE: Duration = Duration::from_secs(300);
 /// The header of at-least-once changelog records: `topic=next,...`, the
 /// task's consumed input positions at the commit that wrote the record.
 pub const INPUTS_HEADER: &str = "sluice.inputs";
@@ -436,7 +440,10 @@ impl Reading<'_> {
         let mut next = None;
         let mut first_skipped = None;
         let mut skipped_keys = HashSet::new();
-        let deadline_idle = Duration::from_secs(60);
+        // As patient as a producer rebuild: a restore that meets a broker
+        // outage (a reopen after a rebuild, a rebalance as the broker comes
+        // back) waits it out, so the run carries on by itself.
+        let deadline_idle = RESTORE_PATIENCE;
         let mut last_progress = Instant::now();
         let mut last_keep_alive = Instant::now();
         loop {
