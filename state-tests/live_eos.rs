@@ -22,9 +22,11 @@ fn store_entries(dir: &Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
         let cf = db.cf_handle(name).expect("listed family");
         for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
             let (k, v) = item.expect("readable");
-            // When the store was last checkpointed is the one entry that
-            // differs by nature between a store and a fresh restore.
-            if name == "sluice/meta" && &*k == b"changelog:checkpoint-ms" {
+            // Restore bookkeeping differs by nature between a store and a
+            // fresh restore: when it was checkpointed, and how its changelog
+            // positions are noted (a commit notes the last record and the
+            // marker after it; a restore, the position past the marker).
+            if name == "sluice/meta" && k.starts_with(b"changelog:") {
                 continue;
             }
             out.push((name.clone(), k.to_vec(), v.to_vec()));
@@ -276,12 +278,35 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
     terminate(&mut run);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     let got = super::sorted(read_intents(&reads));
+    if guarantee == "exactly_once" {
+        assert_eq!(
+            got,
+            expected,
+            "{}\n{}",
+            diff_multisets(&expected, &got),
+            &log[log.len().saturating_sub(3000)..]
+        );
+        return;
+    }
+    // At-least-once: a member whose session expired during the outage loses
+    // its partitions uncommitted, and the input since its last offset commit
+    // is processed again on the state of that commit (which is what keeps
+    // it from losing intents): repeats are its contract, losses are not.
+    let mut distinct = got.clone();
+    distinct.dedup();
+    let mut wanted = expected.clone();
+    wanted.dedup();
     assert_eq!(
-        got,
-        expected,
-        "{}\n{}",
-        diff_multisets(&expected, &got),
+        distinct,
+        wanted,
+        "every intent at least once, and none that replay does not give:\n{}\n{}",
+        diff_multisets(&wanted, &distinct),
         &log[log.len().saturating_sub(3000)..]
+    );
+    eprintln!(
+        "at_least_once across the outages: {} intents, {} of them repeats",
+        got.len(),
+        got.len() - distinct.len()
     );
 }
 
