@@ -46,7 +46,6 @@ pub enum Operation {
     Create,
     Delete,
     Describe,
-    DescribeConfigs,
     IdempotentWrite,
 }
 
@@ -277,12 +276,6 @@ fn internal_topic_acls(app_id: &str, plan: &Plan) -> Vec<Acl> {
         prefixed(Operation::Write, "produce changelog and forwarded records"),
         prefixed(Operation::Read, "restore, read repartitioned input"),
     ];
-    if plan.changelog_topics().next().is_some() {
-        acls.push(prefixed(
-            Operation::DescribeConfigs,
-            "read the changelogs' delete.retention.ms (when a local checkpoint is too old to resume from)",
-        ));
-    }
     if !plan.repartitions.is_empty() {
         acls.push(prefixed(
             Operation::Delete,
@@ -503,7 +496,6 @@ mod tests {
                 "Topic Prefixed app- Create",
                 "Topic Prefixed app- Write",
                 "Topic Prefixed app- Read",
-                "Topic Prefixed app- DescribeConfigs",
                 "Topic Literal intents Write",
                 "Topic Literal intents Create",
                 "Topic Literal app.dead-letter Write",
@@ -556,7 +548,7 @@ mod tests {
         assert_eq!(lines.len(), 6, "{text}");
         assert_eq!(
             lines[1],
-            r"kafka-acls.sh --bootstrap-server k:9092 --add --allow-principal 'User:O'\''Brien' --operation Create --operation Write --operation Read --operation DescribeConfigs --topic app- --resource-pattern-type prefixed"
+            r"kafka-acls.sh --bootstrap-server k:9092 --add --allow-principal 'User:O'\''Brien' --operation Create --operation Write --operation Read --topic app- --resource-pattern-type prefixed"
         );
         assert!(
             text.contains("--transactional-id app- --resource-pattern-type prefixed"),

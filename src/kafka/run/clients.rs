@@ -130,7 +130,8 @@ pub(super) fn new_producer_patiently(shared: &Shared) -> Result<TxnProducer, Run
     loop {
         match new_producer(shared) {
             Ok(p) => return Ok(p),
-            Err(e @ RunError::Fenced(_)) => return Err(e),
+            // A fence or a refused ACL does not pass with time.
+            Err(e @ (RunError::Fenced(_) | RunError::Denied(_))) => return Err(e),
             Err(e) if Instant::now() < give_up => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot build the producer yet");
                 std::thread::sleep(backoff);

@@ -304,9 +304,9 @@ pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<La
 }
 
 /// The smallest `delete.retention.ms` among the changelogs, which tells a
-/// restore when a local checkpoint is too old to resume from. A refusal
-/// (no DescribeConfigs on the changelogs) is an error naming the ACL, as
-/// `sluice acls` lists it; any other failure only turns the check off.
+/// restore when a local checkpoint is too old to resume from. Not knowing
+/// it (no DescribeConfigs permission, which `sluice acls` does not list)
+/// only turns that check off, with a warning.
 fn changelog_retention(
     admin: &AdminClient<LogContext>,
     plan: &Plan,
@@ -321,9 +321,6 @@ fn changelog_retention(
     let results = match block_on(admin.describe_configs(&specs, &opts)) {
         Ok(results) => results,
         Err(e) => {
-            if let Some(code) = crate::kafka::acls::authorization_code(&e) {
-                return Err(describe_configs_denied(topics[0], code));
-            }
             tracing::warn!(error = %e, "cannot read the changelogs' delete.retention.ms");
             return Ok(None);
         }
@@ -335,9 +332,6 @@ fn changelog_retention(
                 .get("delete.retention.ms")
                 .and_then(|e| e.value.as_deref())
                 .and_then(|v| v.parse::<u64>().ok()),
-            Err(code) if crate::kafka::acls::is_authorization(*code) => {
-                return Err(describe_configs_denied(topic, *code));
-            }
             Err(code) => {
                 tracing::warn!(%topic, error = %code, "cannot read a changelog's delete.retention.ms");
                 None
@@ -348,11 +342,6 @@ fn changelog_retention(
         }
     }
     Ok(smallest.map(Duration::from_millis))
-}
-
-fn describe_configs_denied(topic: &str, code: rdkafka::types::RDKafkaErrorCode) -> RunError {
-    use crate::kafka::acls::{Denied, Operation, ResourceType};
-    Denied::new(Operation::DescribeConfigs, ResourceType::Topic, topic, code).into()
 }
 
 /// An input left out of the cluster's metadata may exist but be hidden:
