@@ -13,6 +13,8 @@ pub mod duration;
 pub mod engine;
 pub mod fault;
 pub mod flood;
+pub mod format;
+pub mod ingest;
 pub mod kafka;
 pub mod operators;
 pub mod proto;

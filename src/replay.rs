@@ -243,6 +243,7 @@ pub fn replay<R: BufRead, W: Write>(
             topic: &line.topic,
             key: line.key.as_deref(),
             value,
+            decoded: false,
         };
         if !engine.process(source, line.ts, out)? {
             summary.skipped += 1;
@@ -280,10 +281,20 @@ fn input_error(file: &str, line: u64, reason: String) -> ReplayError {
     }
 }
 
+/// Whether a line is a JSON array. A derived Deserialize also takes a struct
+/// as an array of its fields (`["t", 1]` as topic `t`, ts 1), but a replay
+/// line is an object and only an object: every reader refuses these.
+pub fn is_array_line(text: &str) -> bool {
+    text.trim_start().starts_with('[')
+}
+
 /// Parses one line (without its line ending); the error says what is wrong.
 /// Public for the fuzz targets (state-tests/fuzz).
 pub fn parse_line(text: &[u8]) -> Result<InputLine<'_>, String> {
     let text = std::str::from_utf8(text).map_err(|e| format!("not UTF-8 text: {e}"))?;
+    if is_array_line(text) {
+        return Err("not a replay record: a JSON array, expected an object".into());
+    }
     serde_json::from_str::<InputLine<'_>>(text).map_err(|e| {
         let msg = e.to_string();
         if msg.contains("missing field `topic`") || msg.contains("missing field `ts`") {
@@ -378,6 +389,10 @@ mod tests {
             ("{\"topic\":\"t\",\"ts\":-1}\n", "non-negative"),
             ("{\"topic\":\"t\",\"ts\":1.5}\n", "non-negative"),
             ("\n{\"topic\":\"t\",\"ts\":1}\n[\n", "in.jsonl:3:"),
+            (
+                " [\"t\", 1]\n",
+                "in.jsonl:1: not a replay record: a JSON array",
+            ),
             (
                 "{\"topic\":\"t\",\"ts\":9007199254740992}\n",
                 "larger than 9007199254740991",

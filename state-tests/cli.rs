@@ -320,3 +320,119 @@ fn diff_against_a_baseline_reports_changes_and_exits_1() {
         "{report}"
     );
 }
+
+#[test]
+fn decode_prints_the_records_a_payload_yields_or_the_located_error() {
+    // The group says firing, but one of its alerts is resolved: each alert's own status counts.
+    let group = r#"{"version":"4","status":"firing","receiver":"r","groupLabels":{},"commonLabels":{"service":"api","environment":"prod"},"commonAnnotations":{},"externalURL":"http://am","alerts":[
+        {"status":"firing","labels":{"alertname":"Down","severity":"critical"},"annotations":{},"startsAt":"2026-01-01T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","fingerprint":"f1"},
+        {"status":"resolved","labels":{"alertname":"Slow","severity":"warning","service":"web"},"annotations":{},"startsAt":"2026-01-01T00:00:00Z","endsAt":"2026-01-01T00:01:00Z","fingerprint":"f2"}]}"#;
+    let out = sluice(&["decode", "--format", "alertmanager", "-"], group);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let records: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        records,
+        [
+            serde_json::json!({"service":"api","alertname":"Down","severity":"critical","status":"firing","environment":"prod","fingerprint":"f1"}),
+            serde_json::json!({"service":"web","alertname":"Slow","severity":"warning","status":"resolved","environment":"prod","fingerprint":"f2"}),
+        ]
+    );
+
+    let scan = r#"{"type":"SCANNING_COMPLETED","occur_at":1,"operator":"auto","event_data":{"resources":[{"digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","tag":"v1","resource_url":"h.io/p/a:v1"}],"repository":{"name":"a","namespace":"p","repo_full_name":"p/a","repo_type":"private"}}}"#;
+    let out = sluice(&["decode", "--format", "harbor", "-"], scan);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        r#"{"ignored":"SCANNING_COMPLETED"}"#
+    );
+
+    let nameless = group.replace(r#""alertname":"Slow","#, "");
+    let out = sluice(&["decode", "--format", "alertmanager", "-"], &nameless);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing is printed for a payload that fails"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("alerts[1]") && err.contains("alertname"),
+        "{err}"
+    );
+
+    // As a source of a topology decodes it: here, the service from another label.
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("t.toml");
+    std::fs::write(&topology, "[app]\nid = \"t\"\n[[sources]]\nname = \"am\"\ntopic = \"t\"\nkind = \"alert\"\nformat = \"alertmanager\"\nservice_from = { label = \"alertname\" }\n[[sinks]]\nname = \"o\"\ninput = \"am\"\ntopic = \"o\"\n").unwrap();
+    let out = sluice(
+        &[
+            "decode",
+            "--topology",
+            topology.to_str().unwrap(),
+            "--source",
+            "am",
+            "-",
+        ],
+        group,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let services: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["service"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(services, ["Down", "Slow"]);
+
+    let out = sluice(&["decode", "--format", "prometheus", "-"], "{}");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("github_package"),
+        "lists the formats"
+    );
+    let out = sluice(&["decode", "--format", "json", "-"], "{}");
+    assert!(
+        text(&out.stderr).contains("--kind"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn replay_counts_ignored_entries_by_type_and_reads_payloads_given_as_strings() {
+    let topology = scenario("27-native-formats", "topology.toml");
+    let scan = r#"{"type":"SCANNING_COMPLETED","occur_at":1,"operator":"auto","event_data":{"resources":[{"digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","tag":"v1","resource_url":"h.io/p/api:v1"}],"repository":{"name":"api","namespace":"p","repo_full_name":"p/api","repo_type":"private"}}}"#;
+    let push = scan.replace("SCANNING_COMPLETED", "PUSH_ARTIFACT");
+    let line = |ts: u64, value: String| {
+        serde_json::json!({"topic": "harbor-webhooks", "ts": ts, "key": null, "value": serde_json::from_str::<serde_json::Value>(&value).unwrap()}).to_string()
+    };
+    let input = [
+        line(1, scan.to_owned()),
+        line(2, scan.to_owned()),
+        // The push as a JSON string of its text, as `sluice record` keeps unreadable values.
+        line(3, serde_json::to_string(&push).unwrap()),
+    ]
+    .join("\n");
+    let out = sluice(&["replay", &topology, "--input", "-", "--drain"], &input);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let images = err
+        .lines()
+        .find(|l| l.trim_start().starts_with("images"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(images.contains("ignored(SCANNING_COMPLETED) 2"), "{images}");
+    assert!(
+        images.contains("in          3") && images.contains("out          1"),
+        "{images}"
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("\"action\":\"deploy\"") && stdout.contains("h.io/p/api:v1@sha256:1111"),
+        "{stdout}"
+    );
+}

@@ -501,64 +501,6 @@ fn wall_clock_timers_fire_without_another_record() {
     );
 }
 
-/// A broker of this test's own, so that stopping it disturbs no other test.
-struct OwnBroker {
-    env: Vec<(String, String)>,
-    address: String,
-}
-
-impl OwnBroker {
-    /// Ports `base + 0..3` (plus a per-process offset), extra server.properties lines.
-    fn start(dir: &std::path::Path, base: u16, extra_config: &str) -> OwnBroker {
-        let port = base + (std::process::id() % 100) as u16 * 4;
-        let env = vec![
-            ("SLUICE_KAFKA_PORT".to_owned(), port.to_string()),
-            (
-                "SLUICE_KAFKA_CONTROLLER_PORT".to_owned(),
-                (port + 1).to_string(),
-            ),
-            ("SLUICE_KAFKA_DIR".to_owned(), dir.display().to_string()),
-            (
-                "SLUICE_KAFKA_EXTRA_CONFIG".to_owned(),
-                extra_config
-                    .replace("@PORT@", &port.to_string())
-                    .replace("@CONTROLLER_PORT@", &(port + 1).to_string())
-                    .replace("@SASL_PORT@", &(port + 2).to_string()),
-            ),
-        ];
-        let broker = OwnBroker {
-            env,
-            address: format!("127.0.0.1:{port}"),
-        };
-        broker.script(&["start"]);
-        broker
-    }
-
-    fn script(&self, args: &[&str]) {
-        let out =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/kafka-local"))
-                .args(args)
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .output()
-                .expect("kafka-local runs");
-        assert!(
-            out.status.success(),
-            "kafka-local {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/kafka-local"))
-            .arg("stop")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output();
-    }
-}
-
 #[test]
 fn the_run_carries_on_by_itself_across_a_broker_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -240,16 +240,24 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
         if let Some(status) = run.try_wait().unwrap() {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             panic!(
-                "the run exited ({status}) {when}:\n{}",
-                &log[log.len().saturating_sub(4000)..]
+                "the run exited ({status}) {when}:\n{}\n{}",
+                &log[log.len().saturating_sub(4000)..],
+                broker.log_tail(30)
             );
         }
     };
     let (second, third) = rest.split_at(rest.len() / 2);
     for (outage, more) in [(20, second), (60, third)] {
         std::thread::sleep(Duration::from_secs(3));
+        let stopping = Instant::now();
         broker.script(&["stop"]);
         let stopped = Instant::now();
+        // A broker's shutdown can itself take up to kafka-local's 30 s
+        // bound: the run sees an outage that much longer.
+        eprintln!(
+            "{outage} s outage: the broker took {:?} to stop",
+            stopped - stopping
+        );
         while stopped.elapsed() < Duration::from_secs(outage) {
             std::thread::sleep(Duration::from_secs(1));
             alive(
@@ -258,6 +266,7 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
             );
         }
         broker.script(&["start", "--keep-data"]);
+        eprintln!("{outage} s outage: back after {:?}", stopping.elapsed());
         alive(&mut run, "right after the broker came back");
         produce(
             &producer_on(&broker.address),
@@ -282,9 +291,10 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
         assert_eq!(
             got,
             expected,
-            "{}\n{}",
+            "{}\n{}\n{}",
             diff_multisets(&expected, &got),
-            &log[log.len().saturating_sub(3000)..]
+            &log[log.len().saturating_sub(3000)..],
+            broker.log_tail(30)
         );
         return;
     }

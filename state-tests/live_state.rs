@@ -522,6 +522,111 @@ fn protobuf_sources_are_decoded_after_repartitioning() {
     assert!(reads.iter().all(|r| r.key.is_some()), "keyed by the run");
 }
 
+/// An Alertmanager group spanning services, on a source with `repartition =
+/// true`: the run splits the payload into one decoded record per service,
+/// keyed by it, so each service's alert meets its images in its own task.
+#[test]
+fn a_vendor_payload_of_several_services_is_split_by_service_on_repartition() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = unique("am-repart");
+    let (images, alerts, sink) = (
+        format!("{app}-images"),
+        format!("{app}-alerts"),
+        format!("{app}-out"),
+    );
+    create_topics(&[(&images, 2), (&alerts, 1)]);
+    let topology = dir.path().join("t.toml");
+    std::fs::write(
+        &topology,
+        format!(
+            "[app]\nid = \"{app}\"\n\
+             [[sources]]\nname = \"images\"\ntopic = \"{images}\"\nkind = \"image\"\nenvironment = \"prod\"\n\
+             [[sources]]\nname = \"alerts\"\ntopic = \"{alerts}\"\nkind = \"alert\"\nformat = \"alertmanager\"\nrepartition = true\nenvironment = \"prod\"\n\
+             [[operators]]\nname = \"gate\"\ntype = \"alert_gate\"\nimages = \"images\"\nalerts = \"alerts\"\nblock_on = [\"critical\"]\n\
+             [[sinks]]\nname = \"out\"\ninput = \"gate\"\ntopic = \"{sink}\"\n"
+        ),
+    )
+    .unwrap();
+    let blocked = ["web", "api", "db", "cache"];
+    let alert = |s: &str| {
+        format!(
+            r#"{{"status":"firing","labels":{{"alertname":"Down","service":"{s}","severity":"critical"}},"annotations":{{}},"startsAt":"2026-01-01T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","fingerprint":"fp-{s}"}}"#
+        )
+    };
+    let group = format!(
+        r#"{{"version":"4","status":"firing","receiver":"sluice","groupLabels":{{"alertname":"Down"}},"commonLabels":{{"alertname":"Down","severity":"critical"}},"commonAnnotations":{{}},"externalURL":"http://am","alerts":[{}]}}"#,
+        blocked
+            .iter()
+            .map(|s| alert(s))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let ts = now_ms() - 60_000;
+    let p = producer();
+    p.send(
+        BaseRecord::<[u8], [u8]>::to(&alerts)
+            .payload(group.as_bytes())
+            .timestamp(ts),
+    )
+    .unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+    let run_until_idle = || {
+        let log = dir.path().join("run.log");
+        let mut run = spawn_run(
+            &topology,
+            &dir.path().join("state"),
+            &log,
+            &["--clock", "event", "--exit-after-idle", "3s"],
+        );
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(run.wait().unwrap().success(), "{}", tail(&text, 3000));
+    };
+    // First the alerts, in a run of their own, so that they are in the
+    // gate's state before any image arrives.
+    run_until_idle();
+    // (The repartition records are purged at the run's clean stop.)
+    for (i, service) in blocked.iter().chain(["free"].iter()).enumerate() {
+        let value = format!(
+            r#"{{"service":"{service}","repository":"registry.example.com/{service}","tag":"v2"}}"#
+        );
+        p.send(
+            BaseRecord::to(&images)
+                .key(*service)
+                .payload(&value)
+                .timestamp(ts + 1000 + i as i64),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    run_until_idle();
+    let reads = read_topic(
+        &brokers(),
+        &sink,
+        "read_committed",
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        |r| r.len() > blocked.len(),
+    );
+    let mut got: Vec<(String, String)> = reads
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            (
+                v["service"].as_str().unwrap().to_owned(),
+                v["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut expected: Vec<(String, String)> = blocked
+        .iter()
+        .map(|s| (s.to_string(), "hold".to_owned()))
+        .chain([("free".to_owned(), "deploy".to_owned())])
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected, "each service's alert holds its own image");
+}
+
 /// Item 10: with large values the buffered input stays under the process's
 /// byte budget, even under `--clock event` when one co-partition lags (here:
 /// its fetches are held back) and the other has plenty to read.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use sluice::engine::{Engine, EngineOptions, SourceInput};
-use sluice::flood::{write_flood, FloodConfig};
+use sluice::flood::{write_flood, FloodConfig, Profile};
 use sluice::record::{parse_alert, parse_image};
 use sluice::replay::{replay, JsonLinesOutput, ReplayOptions};
 use sluice::state::{MemoryBackend, RocksBackend, StateBackend};
@@ -20,12 +20,13 @@ fn cicd() -> Arc<Topology> {
     Arc::new(Topology::load(&path).expect("cicd.toml is valid"))
 }
 
-fn flood(seed: u64, events: u64, services: u32) -> String {
+fn flood(profile: Profile, seed: u64, events: u64, services: u32) -> String {
     let cfg = FloodConfig {
         events,
         services,
         seed,
         invalid_per_mille: 20,
+        profile,
         ..FloodConfig::default()
     };
     let mut out = Vec::new();
@@ -93,9 +94,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn a_split_replay_equals_an_uninterrupted_one(seed in any::<u64>(), events in 50u64..600, services in 1u32..12, cut_share in 0.0f64..=1.0, cache in 1usize..64) {
+    fn a_split_replay_equals_an_uninterrupted_one(profile in prop::sample::select(&Profile::ALL[..]), seed in any::<u64>(), events in 50u64..600, services in 1u32..12, cut_share in 0.0f64..=1.0, cache in 1usize..64) {
         let topo = cicd();
-        let input = flood(seed, events, services);
+        let input = flood(profile, seed, events, services);
         let lines: Vec<&str> = input.split_inclusive('\n').collect();
         let cut = ((lines.len() as f64) * cut_share) as usize;
         let whole_dir = tempfile::tempdir().unwrap();
@@ -109,9 +110,9 @@ proptest! {
     }
 
     #[test]
-    fn rocksdb_and_memory_backends_agree(seed in any::<u64>(), events in 50u64..800, services in 1u32..20, cache in 1usize..32, commit_every in 1u64..200) {
+    fn rocksdb_and_memory_backends_agree(profile in prop::sample::select(&Profile::ALL[..]), seed in any::<u64>(), events in 50u64..800, services in 1u32..20, cache in 1usize..32, commit_every in 1u64..200) {
         let topo = cicd();
-        let input = flood(seed, events, services);
+        let input = flood(profile, seed, events, services);
         let run = Run { cache, commit_every, drain: true };
         let memory = replay_on(&topo, Box::new(MemoryBackend::new()), &input, &run);
         let dir = tempfile::tempdir().unwrap();
@@ -262,6 +263,7 @@ fn run_with_changelog(
             topic: v["topic"].as_str().unwrap(),
             key: v["key"].as_str(),
             value: &value,
+            decoded: false,
         };
         engine
             .process(input, v["ts"].as_u64().unwrap(), &mut out)
@@ -283,9 +285,9 @@ proptest! {
     /// A task's state restored from nothing but its changelog carries on
     /// exactly as the original would have: stores, timers and clock are all in it.
     #[test]
-    fn state_restored_from_the_changelog_carries_on_identically(seed in any::<u64>(), events in 50u64..500, services in 1u32..10, cut_share in 0.0f64..=1.0, every in 1usize..60, cache in 1usize..32) {
+    fn state_restored_from_the_changelog_carries_on_identically(profile in prop::sample::select(&Profile::ALL[..]), seed in any::<u64>(), events in 50u64..500, services in 1u32..10, cut_share in 0.0f64..=1.0, every in 1usize..60, cache in 1usize..32) {
         let topo = cicd();
-        let input = flood(seed, events, services);
+        let input = flood(profile, seed, events, services);
         let lines: Vec<&str> = input.lines().collect();
         let cut = ((lines.len() as f64) * cut_share) as usize;
         let opts = EngineOptions { cache_capacity: cache };

@@ -4,8 +4,12 @@
 //! itself through `.ci/kafka-local` (one for all its tests, stopped when the
 //! test process exits); its PLAINTEXT port is the super user's, for set-up.
 //! ACLs are added and removed with Kafka's own AclCommand (the command line
-//! `kafka-acls.sh` runs), through `.ci/kafka-local acls`.
+//! `kafka-acls.sh` runs), through `.ci/kafka-local acls`. `sluice ingest`
+//! gets the same check: exactly its printed ACLs, and a refusal that names
+//! the one missing.
 
+#[path = "../src/cli/bench/http.rs"]
+mod http;
 mod support;
 
 use std::path::PathBuf;
@@ -460,4 +464,150 @@ fn a_secret_never_reaches_the_logs_over_tls_and_scram() {
         tail(&printed)
     );
     assert!(!printed.contains(SENTINEL), "a password was printed");
+}
+
+/// A gateway config for TLS + SCRAM with one unauthenticated endpoint
+/// `/hooks/images` writing to `topic`.
+fn gateway_config(dir: &std::path::Path, topic: &str) -> PathBuf {
+    let b = broker();
+    let path = dir.join("ingest.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n\
+             [kafka]\nbrokers = \"{}\"\ndelivery_timeout = \"10s\"\n\
+             [kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\
+             \"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"sluice\"\n\
+             \"ssl.ca.location\" = \"{}\"\n\
+             [kafka.secrets]\n\"sasl.password\" = {{ env = \"SLUICE_TEST_SASL_PASSWORD\" }}\n\
+             [[endpoints]]\nname = \"images\"\ntopic = \"{topic}\"\nformat = \"json\"\nkind = \"image\"\n\
+             auth = {{ type = \"none\" }}\n",
+            b.secure,
+            b.ca.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `sluice ingest` on `config`; returns the child (stderr to `log`) and its address.
+fn start_gateway(config: &std::path::Path, log: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = sluice_cmd()
+        .env("SLUICE_TEST_SASL_PASSWORD", SENTINEL)
+        .env("SLUICE_LOG", "debug")
+        .args(["-vv", "ingest"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let address = listening_address(&mut child, "http");
+    (child, address)
+}
+
+fn post_image(address: &str, tag: &str) -> http::Reply {
+    let body = format!(r#"{{"service":"web","repository":"r/web","tag":"{tag}"}}"#);
+    http::Conn::connect(address)
+        .unwrap()
+        .request(
+            "POST",
+            "/hooks/images",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .unwrap()
+}
+
+/// `/readyz`'s status once it has settled on `want` (or the last one seen).
+fn readiness(address: &str, want: u16) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = http::Conn::connect(address)
+            .and_then(|mut c| c.request("GET", "/readyz", &[], b""))
+            .map_or(0, |r| r.status);
+        if status == want || Instant::now() > deadline {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn the_gateway_over_tls_and_scram_needs_exactly_the_acls_sluice_acls_prints() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("hooks-{}", unique("gw"));
+    create_topics_on(&b.plain, &[(&topic, 1)]);
+    let config = gateway_config(dir.path(), &topic);
+    let out = sluice_cmd()
+        .args(["acls", "--json", "--principal", PRINCIPAL, "--ingest"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let acls = v["acls"].as_array().unwrap();
+    let listed: Vec<String> = acls.iter().map(describe).collect();
+    assert_eq!(listed, [format!("Write on literal topic `{topic}`")]);
+    let args = acl_args(&acls[0]);
+    let mut add = vec!["--add".to_owned()];
+    add.extend(args.iter().cloned());
+    b.acls(&add);
+    settle_acls();
+
+    // With it: ready, and a webhook is stored before it is answered 202.
+    let log = dir.path().join("granted.log");
+    let (mut gateway, address) = start_gateway(&config, &log);
+    let ready = readiness(&address, 200);
+    let reply = post_image(&address, "v1");
+    kill9(&mut gateway);
+    let printed = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(ready, 200, "{}", tail(&printed));
+    assert_eq!(reply.status, 202, "{}", tail(&printed));
+    assert_eq!(
+        read_all(&topic, 1).len(),
+        1,
+        "the webhook reached the topic"
+    );
+    assert!(!printed.contains(SENTINEL), "the password was printed");
+
+    // Without it: unready and a 500 (never a 202, nor a 503 to retry for
+    // ever), both logged naming the operation and the topic.
+    let mut remove = vec!["--remove".to_owned(), "--force".to_owned()];
+    remove.extend(args);
+    b.acls(&remove);
+    settle_acls();
+    let log = dir.path().join("refused.log");
+    let (mut gateway, address) = start_gateway(&config, &log);
+    let reply = post_image(&address, "v2");
+    let named = format!("refused Write on topic `{topic}`");
+    // The probe runs beside the requests: wait for its verdict in the log.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let probed = |printed: &str| {
+        printed
+            .lines()
+            .any(|l| l.contains(&named) && l.contains("not ready"))
+    };
+    while !probed(&std::fs::read_to_string(&log).unwrap_or_default()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let ready = readiness(&address, 503);
+    kill9(&mut gateway);
+    let printed = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(reply.status, 500, "{}", tail(&printed));
+    assert!(
+        probed(&printed),
+        "the readiness probe names the refusal:\n{}",
+        tail(&printed)
+    );
+    assert_eq!(ready, 503, "{}", tail(&printed));
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.contains(&named) && l.contains("answering 500")),
+        "the answer's log names the refusal:\n{}",
+        tail(&printed)
+    );
+    assert!(!printed.contains(SENTINEL), "the password was printed");
+    assert_eq!(read_all(&topic, 2).len(), 1, "nothing more was stored");
 }

@@ -7,18 +7,22 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use sluice::commit::config::CommitConfig;
+use sluice::ingest::config::IngestConfig;
 use sluice::kafka::acls;
 use sluice::topology::kafka::Guarantee;
 use sluice::topology::Topology;
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["topology", "commit"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["topology", "commit", "ingest"])))]
 pub struct AclsArgs {
     /// The topology `sluice run` runs.
     topology: Option<PathBuf>,
     /// A commit config instead: the ACLs of `sluice commit` reading from Kafka.
     #[arg(long, value_name = "CONFIG")]
     commit: Option<PathBuf>,
+    /// An ingest config instead: the ACLs of `sluice ingest` (Write on its endpoints' topics).
+    #[arg(long, value_name = "CONFIG")]
+    ingest: Option<PathBuf>,
     /// The principal the command authenticates as, e.g. `User:sluice`.
     #[arg(long)]
     principal: String,
@@ -35,19 +39,24 @@ pub struct AclsArgs {
 }
 
 pub fn run(args: AclsArgs) -> Result<ExitCode> {
-    let (set, brokers) = match (&args.topology, &args.commit) {
-        (Some(path), _) => {
+    let (set, brokers) = match (&args.topology, &args.commit, &args.ingest) {
+        (Some(path), _, _) => {
             let topo = Arc::new(Topology::load(path)?);
             let guarantee = args.guarantee.unwrap_or(topo.kafka.guarantee);
             let set = acls::for_run(&topo, guarantee, &args.principal)?;
             (set, topo.kafka.brokers.clone())
         }
-        (None, Some(path)) => {
+        (None, Some(path), _) => {
             let config = CommitConfig::load(path)?;
             let set = acls::for_commit(&config, &args.principal)?;
             (set, config.kafka.brokers.clone())
         }
-        (None, None) => anyhow::bail!("give a topology or --commit CONFIG"),
+        (None, None, Some(path)) => {
+            let config = IngestConfig::load(path)?;
+            let set = acls::for_ingest(&config, &args.principal)?;
+            (set, config.kafka.brokers.clone())
+        }
+        (None, None, None) => anyhow::bail!("give a topology, --commit CONFIG or --ingest CONFIG"),
     };
     let text = if args.json {
         let mut json = serde_json::to_string_pretty(&set).context("writing JSON")?;

@@ -31,13 +31,12 @@ pub fn text(t: &Topology) -> String {
     );
     for s in &t.sources {
         let env = s
-            .environment
-            .as_deref()
+            .environment()
             .map(|e| format!(", environment default {e}"))
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "source   {:<12} <- topic {} ({} records, {:?}{env})",
+            "source   {:<12} <- topic {} ({} records, {}{env})",
             s.name, s.topic, s.kind, s.format
         );
     }
@@ -55,7 +54,7 @@ pub fn text(t: &Topology) -> String {
     for s in &t.sinks {
         let _ = writeln!(
             out,
-            "sink     {:<12} <- {} -> topic {} ({} records, {:?})",
+            "sink     {:<12} <- {} -> topic {} ({} records, {})",
             s.name,
             t.node_name(t.nodes[s.input]),
             s.topic,

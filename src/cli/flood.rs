@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use sluice::flood::{write_flood, FloodConfig};
+use sluice::flood::{write_flood, FloodConfig, Profile};
 
 #[derive(clap::Args)]
 pub struct FloodArgs {
@@ -21,6 +21,11 @@ pub struct FloodArgs {
     /// Deliberately invalid records per 1000.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1000))]
     invalid_per_mille: u32,
+    /// The traffic's shape: `releases` (release pipelines, mostly duplicate
+    /// pushes) or `survival` (a new digest on every push, about one push per
+    /// service per minute: nearly every record survives each stage).
+    #[arg(long, default_value = "releases", value_parser = parse_profile)]
+    profile: Profile,
     /// Output file, `-` (the default) for stdout.
     #[arg(long, default_value = "-")]
     output: String,
@@ -33,6 +38,7 @@ pub fn run(args: FloodArgs) -> Result<ExitCode> {
         seed: args.seed,
         start_ts: args.start_ts,
         invalid_per_mille: args.invalid_per_mille,
+        profile: args.profile,
     };
     let out = super::open_output(&args.output)?;
     match write_flood(&cfg, out) {
@@ -41,4 +47,15 @@ pub fn run(args: FloodArgs) -> Result<ExitCode> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e).context("writing the flood"),
     }
+}
+
+/// A flood profile by name, for `--profile`.
+pub fn parse_profile(name: &str) -> Result<Profile, String> {
+    Profile::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Profile::ALL.iter().map(|p| p.name()).collect();
+        format!(
+            "unknown profile `{name}`: expected one of {}",
+            names.join(", ")
+        )
+    })
 }

@@ -4,9 +4,11 @@
 mod acls;
 mod bench;
 mod commit;
+mod decode;
 mod demo;
 mod describe;
 mod flood;
+mod ingest;
 mod record;
 mod replay;
 mod run;
@@ -44,6 +46,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Check a topology and report every error with file:line:column.
     Validate(validate::ValidateArgs),
+    /// Print the records a webhook payload yields in a format, or the
+    /// error naming the field at fault.
+    Decode(decode::DecodeArgs),
     /// Print a topology's graph (text, or Graphviz with --dot).
     Describe(describe::DescribeArgs),
     /// Write a realistic, seeded flood of CI/CD events in the replay format.
@@ -57,6 +62,9 @@ enum Command {
     /// Turn deployment intents into GitOps commits: from the Kafka topic of
     /// the config's [kafka] table, or from a replay output file (--input).
     Commit(commit::CommitArgs),
+    /// Receive webhooks over HTTP, decode each with its endpoint's format and
+    /// produce it raw to Kafka; 202 only once the broker acknowledged it.
+    Ingest(ingest::IngestArgs),
     /// Print the Kafka ACLs `sluice run TOPOLOGY` (or `sluice commit` with
     /// --commit CONFIG) needs, as kafka-acls.sh command lines or JSON.
     Acls(acls::AclsArgs),
@@ -87,10 +95,12 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Describe(args) => describe::run(args),
+        Command::Decode(args) => decode::run(args),
         Command::Flood(args) => flood::run(args),
         Command::Record(args) => record::run(args),
         Command::Run(args) => run::run_live(args),
         Command::Commit(args) => commit::run(args),
+        Command::Ingest(args) => ingest::run(args),
         Command::Acls(args) => acls::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }

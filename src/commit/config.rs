@@ -52,7 +52,7 @@ use toml_span::value::Value;
 use super::index::IndexLimits;
 use super::message::Template;
 use super::url::{check_url, Scheme};
-use crate::topology::diag::{ConfigError, Diagnostic, Diags, Located, Pos};
+use crate::topology::diag::{ConfigError, Diags, Located, Pos};
 use crate::topology::kafka::{read_properties, read_secrets, KafkaConfig};
 use crate::topology::reader::TableReader;
 use crate::topology::Format;
@@ -215,7 +215,7 @@ impl CommitConfig {
     /// Validates the text of a config file; `file` is the name errors show.
     pub fn parse(file: &str, src: &str) -> Result<CommitConfig, ConfigError> {
         let diags = Diags::new(src);
-        let value = toml_span::parse(src).map_err(|e| syntax_error(&diags, file, &e))?;
+        let value = toml_span::parse(src).map_err(|e| ConfigError::syntax(&diags, file, &e))?;
         let config = read_root(&diags, file, value);
         diags.finish(file)?;
         Ok(config.expect("a config is built whenever no error was reported"))
@@ -235,24 +235,6 @@ impl CommitConfig {
             }
         }
         out
-    }
-}
-
-fn syntax_error(diags: &Diags<'_>, file: &str, e: &toml_span::Error) -> ConfigError {
-    let pos = match e.line_info {
-        Some((line, column)) => Pos {
-            line: line + 1,
-            column: column + 1,
-        },
-        None => diags.pos(e.span.start),
-    };
-    ConfigError {
-        file: file.to_owned(),
-        diagnostics: vec![Diagnostic {
-            pos,
-            key: "(syntax)".into(),
-            message: e.to_string(),
-        }],
     }
 }
 

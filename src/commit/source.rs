@@ -123,7 +123,12 @@ impl IntentSource for FileSource {
                 continue;
             }
             let origin = format!("{}:{}", self.path, self.line_no);
-            let delivery = match serde_json::from_str::<Line<'_>>(text) {
+            let line = if crate::replay::is_array_line(text) {
+                Err(())
+            } else {
+                serde_json::from_str::<Line<'_>>(text).map_err(drop)
+            };
+            let delivery = match line {
                 Ok(line) if line.topic != self.topic => {
                     self.skipped_lines += 1;
                     continue;
@@ -231,10 +236,11 @@ impl IntentSource for KafkaSource {
         self.pending.insert(msg.partition(), msg.offset() + 1);
         let payload = msg.payload().unwrap_or_default();
         let value = match self.format {
-            Format::Json => String::from_utf8_lossy(payload).into_owned(),
             // Not decodable: kept as text, it becomes a dead letter.
             Format::Protobuf => protobuf_to_json(payload)
                 .unwrap_or_else(|| String::from_utf8_lossy(payload).into_owned()),
+            // The config only takes json or protobuf for intents.
+            _ => String::from_utf8_lossy(payload).into_owned(),
         };
         Ok(Next::Intent(Delivery {
             value,
@@ -307,5 +313,27 @@ mod tests {
         let json = protobuf_to_json(&bytes).unwrap();
         assert_eq!(serde_json::from_str::<Intent>(&json).unwrap(), intent);
         assert!(protobuf_to_json(b"\xff\xff").is_none());
+    }
+
+    #[test]
+    fn a_line_given_as_an_array_is_a_dead_letter_not_an_intent() {
+        let text = "[\"deploy-intents\", 5, null, {\"intent_id\": \"i\"}]\n\
+                    {\"topic\":\"deploy-intents\",\"ts\":5,\"value\":{\"intent_id\":\"i\"}}\n";
+        let mut source = FileSource::new(
+            Box::new(text.as_bytes()),
+            "in.jsonl".into(),
+            "deploy-intents".into(),
+        );
+        let mut values = Vec::new();
+        while let Ok(Next::Intent(d)) = source.next(None) {
+            values.push((d.ts, d.value));
+        }
+        assert_eq!(
+            values,
+            [
+                (0, text.lines().next().unwrap_or_default().to_owned()),
+                (5, r#"{"intent_id":"i"}"#.to_owned()),
+            ]
+        );
     }
 }

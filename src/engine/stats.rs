@@ -11,6 +11,9 @@ pub struct NodeStats {
     pub emitted: u64,
     /// Dropped records by reason (`duplicate`, `rate_limited`, `invalid_record`, ...).
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Source entries skipped by event type: payloads that are not pushes
+    /// (a pull, a delete, a scan result, a pull request opened).
+    pub ignored: BTreeMap<String, u64>,
 }
 
 impl NodeStats {
@@ -19,6 +22,18 @@ impl NodeStats {
             name: name.to_owned(),
             ..Self::default()
         }
+    }
+
+    /// Counts one skipped payload entry of type `event`. The types are the
+    /// vendors' own names, few per source, so the map stays small.
+    pub fn ignore(&mut self, event: &str) {
+        match self.ignored.get_mut(event) {
+            Some(n) => *n += 1,
+            None => {
+                self.ignored.insert(event.to_owned(), 1);
+            }
+        }
+        tracing::trace!(node = %self.name, event, "payload entry ignored");
     }
 
     /// Counts one dropped record. Every drop is counted; the trace event is
@@ -40,6 +55,9 @@ pub fn render(stats: &[NodeStats]) -> String {
         );
         for (reason, n) in &s.dropped {
             let _ = write!(out, "  {reason} {n}");
+        }
+        for (event, n) in &s.ignored {
+            let _ = write!(out, "  ignored({event}) {n}");
         }
         out.push('\n');
     }

@@ -101,6 +101,7 @@ impl Harness {
             topic,
             key: Some("k"),
             value: &value,
+            decoded: false,
         };
         self.engine
             .process(input, ts, &mut self.out)

@@ -1,5 +1,6 @@
-//! The records that flow through a topology: image events, alert events and
-//! deployment intents, with their validation rules and field access.
+//! The records that flow through a topology: image events, alert events,
+//! git events and deployment intents, with their validation rules and field
+//! access.
 
 pub mod oci;
 mod parse;
@@ -9,7 +10,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use parse::{parse_alert, parse_image};
+pub use parse::{
+    parse_alert, parse_git, parse_image, validate_alert, validate_git, validate_image, AlertFields,
+    GitFields, ImageFields,
+};
 
 /// An "image pushed" event, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +71,39 @@ impl AlertEvent {
     }
 }
 
+/// What happened on a branch: commits pushed, or a merge request / pull request merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GitEventType {
+    Push,
+    Merge,
+}
+
+impl GitEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GitEventType::Push => "push",
+            GitEventType::Merge => "merge",
+        }
+    }
+}
+
+/// A "branch changed" event from a git host, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitEvent {
+    pub service: String,
+    /// The repository's path on its host, such as `acme/payments`.
+    pub repository: String,
+    pub branch: String,
+    /// The commit the branch points at after the event (hex object name).
+    pub commit: String,
+    pub author: Option<String>,
+    pub event: GitEventType,
+    /// The pull (merge) request's number, when merged through one.
+    pub pull_request: Option<u64>,
+    pub environment: Option<String>,
+}
+
 /// What a deployment intent asks the committer to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -104,6 +141,7 @@ pub struct Intent {
 pub enum Kind {
     Image,
     Alert,
+    Git,
     Intent,
 }
 
@@ -112,6 +150,7 @@ impl Kind {
         match self {
             Kind::Image => "image",
             Kind::Alert => "alert",
+            Kind::Git => "git",
             Kind::Intent => "intent",
         }
     }
@@ -129,6 +168,16 @@ impl Kind {
                 Environment,
                 Fingerprint,
                 Identity,
+            ],
+            Kind::Git => &[
+                Service,
+                Repository,
+                Branch,
+                Commit,
+                Author,
+                Event,
+                PullRequest,
+                Environment,
             ],
             Kind::Intent => &[
                 Action,
@@ -175,6 +224,11 @@ pub enum Field {
     Status,
     Fingerprint,
     Identity,
+    Branch,
+    Commit,
+    Author,
+    Event,
+    PullRequest,
     Action,
     PreviousImage,
     Reason,
@@ -196,6 +250,11 @@ impl Field {
             Field::Status => "status",
             Field::Fingerprint => "fingerprint",
             Field::Identity => "identity",
+            Field::Branch => "branch",
+            Field::Commit => "commit",
+            Field::Author => "author",
+            Field::Event => "event",
+            Field::PullRequest => "pull_request",
             Field::Action => "action",
             Field::PreviousImage => "previous_image",
             Field::Reason => "reason",
@@ -213,6 +272,7 @@ impl Field {
 pub enum Payload {
     Image(Box<ImageEvent>),
     Alert(Box<AlertEvent>),
+    Git(Box<GitEvent>),
     Intent(Box<Intent>),
 }
 
@@ -221,6 +281,7 @@ impl Payload {
         match self {
             Payload::Image(_) => Kind::Image,
             Payload::Alert(_) => Kind::Alert,
+            Payload::Git(_) => Kind::Git,
             Payload::Intent(_) => Kind::Intent,
         }
     }
@@ -245,6 +306,17 @@ impl Payload {
             (Payload::Alert(a), Field::Environment) => borrowed(&a.environment),
             (Payload::Alert(a), Field::Fingerprint) => opt(&a.fingerprint),
             (Payload::Alert(a), Field::Identity) => borrowed(a.identity()),
+            (Payload::Git(g), Field::Service) => borrowed(&g.service),
+            (Payload::Git(g), Field::Repository) => borrowed(&g.repository),
+            (Payload::Git(g), Field::Branch) => borrowed(&g.branch),
+            (Payload::Git(g), Field::Commit) => borrowed(&g.commit),
+            (Payload::Git(g), Field::Author) => opt(&g.author),
+            (Payload::Git(g), Field::Event) => borrowed(g.event.as_str()),
+            (Payload::Git(g), Field::PullRequest) => match g.pull_request {
+                Some(n) => Cow::Owned(n.to_string()),
+                None => borrowed(""),
+            },
+            (Payload::Git(g), Field::Environment) => opt(&g.environment),
             (Payload::Intent(i), Field::Action) => borrowed(i.action.as_str()),
             (Payload::Intent(i), Field::Service) => borrowed(&i.service),
             (Payload::Intent(i), Field::Environment) => borrowed(&i.environment),
@@ -263,6 +335,7 @@ impl Payload {
         match self {
             Payload::Image(i) => i.environment = Some(environment.to_owned()),
             Payload::Alert(a) => a.environment = environment.to_owned(),
+            Payload::Git(g) => g.environment = Some(environment.to_owned()),
             Payload::Intent(i) => i.environment = environment.to_owned(),
         }
     }
@@ -273,6 +346,7 @@ impl Payload {
         match self {
             Payload::Image(i) => PayloadJson::Image(ImageJson::from(i.as_ref())),
             Payload::Alert(a) => PayloadJson::Alert(AlertJson::from(a.as_ref())),
+            Payload::Git(g) => PayloadJson::Git(GitJson::from(g.as_ref())),
             Payload::Intent(i) => PayloadJson::Intent(i.as_ref()),
         }
     }
@@ -290,6 +364,7 @@ impl Payload {
 pub enum PayloadJson<'a> {
     Image(ImageJson<'a>),
     Alert(AlertJson<'a>),
+    Git(GitJson<'a>),
     Intent(&'a Intent),
 }
 
@@ -344,6 +419,36 @@ impl<'a> From<&'a AlertEvent> for AlertJson<'a> {
             status: a.status,
             environment: &a.environment,
             fingerprint: a.fingerprint.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct GitJson<'a> {
+    service: &'a str,
+    repository: &'a str,
+    branch: &'a str,
+    commit: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    author: Option<&'a str>,
+    event: GitEventType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pull_request: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<&'a str>,
+}
+
+impl<'a> From<&'a GitEvent> for GitJson<'a> {
+    fn from(g: &'a GitEvent) -> Self {
+        GitJson {
+            service: &g.service,
+            repository: &g.repository,
+            branch: &g.branch,
+            commit: &g.commit,
+            author: g.author.as_deref(),
+            event: g.event,
+            pull_request: g.pull_request,
+            environment: g.environment.as_deref(),
         }
     }
 }

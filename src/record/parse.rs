@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use super::{oci, AlertEvent, AlertStatus, ImageEvent, InvalidRecord};
+use super::{oci, AlertEvent, AlertStatus, GitEvent, GitEventType, ImageEvent, InvalidRecord};
 
 const IMAGE_FIELDS: &[&str] = &["service", "repository", "tag", "digest", "environment"];
 const ALERT_FIELDS: &[&str] = &[
@@ -20,36 +20,91 @@ const ALERT_FIELDS: &[&str] = &[
     "fingerprint",
 ];
 
+/// An image event's fields as a payload gave them, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct ImageFields {
+    pub service: Option<String>,
+    pub repository: Option<String>,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    pub environment: Option<String>,
+}
+
+/// An alert's fields as a payload gave them, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFields {
+    pub service: Option<String>,
+    pub alertname: Option<String>,
+    pub severity: Option<String>,
+    /// `firing` or `resolved`.
+    pub status: Option<String>,
+    pub environment: Option<String>,
+    pub fingerprint: Option<String>,
+}
+
+/// A git event's fields as a payload gave them, before validation.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct GitFields {
+    pub service: Option<String>,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub commit: Option<String>,
+    pub author: Option<String>,
+    /// `push` or `merge`.
+    pub event: Option<String>,
+    pub pull_request: Option<u64>,
+    pub environment: Option<String>,
+}
+
 /// Parses and validates an image event; `default_environment` fills a missing environment.
 pub fn parse_image(
     json: &str,
     default_environment: Option<&str>,
 ) -> Result<ImageEvent, InvalidRecord> {
     let [service, repository, tag, digest, environment] = read_fields::<5>(json, IMAGE_FIELDS)?;
-    let service = required("service", service)?;
+    validate_image(
+        ImageFields {
+            service,
+            repository,
+            tag,
+            digest,
+            environment,
+        },
+        default_environment,
+    )
+}
+
+/// Validates an image event, whatever format it came in.
+pub fn validate_image(
+    f: ImageFields,
+    default_environment: Option<&str>,
+) -> Result<ImageEvent, InvalidRecord> {
+    let service = required("service", f.service)?;
     check_name("service", &service)?;
-    let repository = required("repository", repository)?;
+    let repository = required("repository", f.repository)?;
     oci::check_repository(&repository).map_err(|e| invalid("repository", e))?;
-    if let Some(tag) = &tag {
+    if let Some(tag) = &f.tag {
         oci::check_tag(tag).map_err(|e| invalid("tag", e))?;
     }
-    if let Some(digest) = &digest {
+    if let Some(digest) = &f.digest {
         oci::check_digest(digest).map_err(|e| invalid("digest", e))?;
     }
-    if tag.is_none() && digest.is_none() {
+    if f.tag.is_none() && f.digest.is_none() {
         return Err(InvalidRecord(
             "tag/digest: an image needs a tag or a digest".into(),
         ));
     }
-    let environment = environment.or_else(|| default_environment.map(str::to_owned));
+    let environment = f
+        .environment
+        .or_else(|| default_environment.map(str::to_owned));
     if let Some(env) = &environment {
         check_name("environment", env)?;
     }
     Ok(ImageEvent {
         service,
         repository,
-        tag,
-        digest,
+        tag: f.tag,
+        digest: f.digest,
         environment,
     })
 }
@@ -61,11 +116,29 @@ pub fn parse_alert(
 ) -> Result<AlertEvent, InvalidRecord> {
     let [service, alertname, severity, status, environment, fingerprint] =
         read_fields::<6>(json, ALERT_FIELDS)?;
-    let service = required("service", service)?;
+    validate_alert(
+        AlertFields {
+            service,
+            alertname,
+            severity,
+            status,
+            environment,
+            fingerprint,
+        },
+        default_environment,
+    )
+}
+
+/// Validates an alert event, whatever format it came in.
+pub fn validate_alert(
+    f: AlertFields,
+    default_environment: Option<&str>,
+) -> Result<AlertEvent, InvalidRecord> {
+    let service = required("service", f.service)?;
     check_name("service", &service)?;
-    let alertname = non_empty("alertname", required("alertname", alertname)?)?;
-    let severity = non_empty("severity", required("severity", severity)?)?;
-    let status = match required("status", status)?.as_str() {
+    let alertname = non_empty("alertname", required("alertname", f.alertname)?)?;
+    let severity = non_empty("severity", required("severity", f.severity)?)?;
+    let status = match required("status", f.status)?.as_str() {
         "firing" => AlertStatus::Firing,
         "resolved" => AlertStatus::Resolved,
         other => {
@@ -78,7 +151,8 @@ pub fn parse_alert(
             ))
         }
     };
-    let environment = environment
+    let environment = f
+        .environment
         .or_else(|| default_environment.map(str::to_owned))
         .ok_or_else(|| {
             invalid(
@@ -87,7 +161,8 @@ pub fn parse_alert(
             )
         })?;
     check_name("environment", &environment)?;
-    let fingerprint = fingerprint
+    let fingerprint = f
+        .fingerprint
         .map(|f| non_empty("fingerprint", f))
         .transpose()?;
     Ok(AlertEvent {
@@ -98,6 +173,75 @@ pub fn parse_alert(
         environment,
         fingerprint,
     })
+}
+
+/// Parses and validates a git event in Sluice's own JSON form.
+pub fn parse_git(json: &str, default_environment: Option<&str>) -> Result<GitEvent, InvalidRecord> {
+    let fields: GitFields = serde_json::from_str(json).map_err(|e| InvalidRecord(e.to_string()))?;
+    validate_git(fields, default_environment)
+}
+
+/// Validates a git event, whatever format it came in.
+pub fn validate_git(
+    f: GitFields,
+    default_environment: Option<&str>,
+) -> Result<GitEvent, InvalidRecord> {
+    let service = required("service", f.service)?;
+    check_name("service", &service)?;
+    let repository = non_empty("repository", required("repository", f.repository)?)?;
+    check_printable("repository", &repository)?;
+    let branch = non_empty("branch", required("branch", f.branch)?)?;
+    check_printable("branch", &branch)?;
+    let commit = required("commit", f.commit)?;
+    if !(4..=64).contains(&commit.len()) || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(
+            "commit",
+            format!(
+                "`{}` is not a commit's hex object name",
+                oci::printable(&commit)
+            ),
+        ));
+    }
+    if let Some(author) = &f.author {
+        check_printable("author", author)?;
+    }
+    let event = match required("event", f.event)?.as_str() {
+        "push" => GitEventType::Push,
+        "merge" => GitEventType::Merge,
+        other => {
+            return Err(invalid(
+                "event",
+                format!("`{}` is neither `push` nor `merge`", oci::printable(other)),
+            ))
+        }
+    };
+    let environment = f
+        .environment
+        .or_else(|| default_environment.map(str::to_owned));
+    if let Some(env) = &environment {
+        check_name("environment", env)?;
+    }
+    Ok(GitEvent {
+        service,
+        repository,
+        branch,
+        commit: commit.to_ascii_lowercase(),
+        author: f.author,
+        event,
+        pull_request: f.pull_request,
+        environment,
+    })
+}
+
+/// Text that ends up in keys, logs and commit messages: no control characters, bounded.
+fn check_printable(field: &str, value: &str) -> Result<(), InvalidRecord> {
+    if value.len() > 1024 || value.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            "must be at most 1024 bytes without control characters".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(field: &str, problem: String) -> InvalidRecord {
@@ -237,6 +381,43 @@ mod tests {
         ];
         for (json, expected) in cases {
             let err = parse_image(json, None).unwrap_err().0;
+            assert!(
+                err.contains(expected),
+                "{json}: `{err}` should mention `{expected}`"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_git_events_and_names_their_errors() {
+        let g = parse_git(
+            r#"{"service":"api","repository":"acme/api","branch":"main","commit":"ABCDEF12","event":"merge","pull_request":7}"#,
+            Some("ci"),
+        )
+        .unwrap();
+        assert_eq!(g.commit, "abcdef12");
+        assert_eq!(g.pull_request, Some(7));
+        assert_eq!(g.environment.as_deref(), Some("ci"));
+        let cases = [
+            (
+                r#"{"service":"a","repository":"r","branch":"main","commit":"xyz1","event":"push"}"#,
+                "commit",
+            ),
+            (
+                r#"{"service":"a","repository":"r","branch":"main","commit":"abcd","event":"tag"}"#,
+                "event",
+            ),
+            (
+                r#"{"service":"a","repository":"r","commit":"abcd","event":"push"}"#,
+                "branch: missing",
+            ),
+            (
+                r#"{"service":"a","repository":"r","branch":"a\nb","commit":"abcd","event":"push"}"#,
+                "branch",
+            ),
+        ];
+        for (json, expected) in cases {
+            let err = parse_git(json, None).unwrap_err().0;
             assert!(
                 err.contains(expected),
                 "{json}: `{err}` should mention `{expected}`"

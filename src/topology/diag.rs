@@ -33,6 +33,27 @@ pub struct ConfigError {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+impl ConfigError {
+    /// A file that is not TOML at all: one diagnostic at the parser's position.
+    pub fn syntax(diags: &Diags<'_>, file: &str, e: &toml_span::Error) -> ConfigError {
+        let pos = match e.line_info {
+            Some((line, column)) => Pos {
+                line: line + 1,
+                column: column + 1,
+            },
+            None => diags.pos(e.span.start),
+        };
+        ConfigError {
+            file: file.to_owned(),
+            diagnostics: vec![Diagnostic {
+                pos,
+                key: "(syntax)".into(),
+                message: e.to_string(),
+            }],
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.diagnostics.len();

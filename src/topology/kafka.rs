@@ -45,6 +45,46 @@ pub enum SecretRef {
     File(PathBuf),
 }
 
+impl SecretRef {
+    /// Reads `{ env = "VARIABLE" }` or `{ file = "PATH" }` at `path`
+    /// (reported and `None` when it is neither).
+    pub(crate) fn read(
+        diags: &super::diag::Diags<'_>,
+        path: String,
+        value: toml_span::Value<'_>,
+    ) -> Option<SecretRef> {
+        let mut source = TableReader::new(diags, value, path.clone())?;
+        let env = source.string("env");
+        let file = source.string("file");
+        let at = source.pos();
+        source.finish();
+        match (env, file) {
+            (Some(Located { value: var, .. }), None) if !var.is_empty() => {
+                Some(SecretRef::Env(var))
+            }
+            (None, Some(Located { value: f, .. })) if !f.is_empty() => {
+                Some(SecretRef::File(PathBuf::from(f)))
+            }
+            _ => {
+                diags.error(at, path, "a secret is { env = \"VARIABLE\" } or { file = \"PATH\" }, exactly one of them, not empty");
+                None
+            }
+        }
+    }
+
+    /// The secret's value, a file's trailing line ending dropped. The error
+    /// names the variable or the file, never the value.
+    pub(crate) fn load(&self) -> Result<String, String> {
+        match self {
+            SecretRef::Env(var) => std::env::var(var)
+                .map_err(|_| format!("environment variable {var} is not set (or not UTF-8)")),
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind())),
+        }
+    }
+}
+
 /// The validated `[kafka]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
@@ -136,18 +176,10 @@ impl KafkaConfig {
         self.secrets
             .iter()
             .map(|(property, source)| {
-                let value = match source {
-                    SecretRef::Env(var) => std::env::var(var).map_err(|_| SecretError {
-                        property: property.clone(),
-                        problem: format!("environment variable {var} is not set (or not UTF-8)"),
-                    })?,
-                    SecretRef::File(path) => std::fs::read_to_string(path)
-                        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-                        .map_err(|e| SecretError {
-                            property: property.clone(),
-                            problem: format!("cannot read {}: {}", path.display(), e.kind()),
-                        })?,
-                };
+                let value = source.load().map_err(|problem| SecretError {
+                    property: property.clone(),
+                    problem,
+                })?;
                 Ok((property.clone(), Secret(value)))
             })
             .collect()
@@ -229,25 +261,9 @@ pub(crate) fn read_secrets(t: &mut TableReader<'_, '_, '_>) -> Option<Vec<(Strin
             ok = false;
             continue;
         }
-        let Some(mut source) = TableReader::new(diags, value, key_path.clone()) else {
-            ok = false;
-            continue;
-        };
-        let env = source.string("env");
-        let file = source.string("file");
-        let at = source.pos();
-        source.finish();
-        match (env, file) {
-            (Some(Located { value: var, .. }), None) if !var.is_empty() => {
-                out.push((name, SecretRef::Env(var)))
-            }
-            (None, Some(Located { value: f, .. })) if !f.is_empty() => {
-                out.push((name, SecretRef::File(PathBuf::from(f))))
-            }
-            _ => {
-                ok = false;
-                diags.error(at, key_path, "a secret is { env = \"VARIABLE\" } or { file = \"PATH\" }, exactly one of them, not empty");
-            }
+        match SecretRef::read(diags, key_path, value) {
+            Some(source) => out.push((name, source)),
+            None => ok = false,
         }
     }
     ok.then_some(out)

@@ -7,6 +7,7 @@
 pub mod diag;
 pub mod kafka;
 pub mod reader;
+pub mod source;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -15,8 +16,8 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use crate::operators::{OperatorConfig, OPERATOR_TYPES};
-use crate::record::{parse_alert, parse_image, InvalidRecord, Kind, Payload};
-use diag::{ConfigError, Diagnostic, Diags, Located, Pos};
+use crate::record::Kind;
+use diag::{ConfigError, Diags, Located, Pos};
 use reader::TableReader;
 
 /// Names of apps, nodes and environments end up in Kafka topic and state
@@ -25,43 +26,11 @@ static NODE_NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9._-]{1,100}$").expect("valid regex"));
 static TOPIC: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9._-]{1,249}$").expect("valid regex"));
-static ENVIRONMENT: LazyLock<Regex> =
+pub(crate) static ENVIRONMENT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$").expect("valid regex"));
 
-/// Wire format of a source or sink topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Json,
-    Protobuf,
-}
-
-/// A `[[sources]]` entry: a topic whose records enter the topology.
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub name: String,
-    pub node: usize,
-    pub topic: String,
-    /// `image` or `alert`.
-    pub kind: Kind,
-    pub format: Format,
-    /// Environment given to records that have none.
-    pub environment: Option<String>,
-    /// The topic's records are not keyed by service: `sluice run` re-keys
-    /// them through `<app.id>-<source>-repartition` before any task sees them.
-    pub repartition: bool,
-}
-
-impl Source {
-    /// Parses and validates a JSON value of this source's kind.
-    pub fn parse(&self, json: &str) -> Result<Payload, InvalidRecord> {
-        let env = self.environment.as_deref();
-        match self.kind {
-            Kind::Image => parse_image(json, env).map(|i| Payload::Image(Box::new(i))),
-            Kind::Alert => parse_alert(json, env).map(|a| Payload::Alert(Box::new(a))),
-            Kind::Intent => Err(InvalidRecord("sources cannot read intents".into())),
-        }
-    }
-}
+pub use crate::format::Format;
+pub use source::Source;
 
 /// An `[[operators]]` entry, resolved.
 #[derive(Debug, Clone)]
@@ -142,26 +111,7 @@ impl Topology {
     /// Validates the text of a topology file; `file` is the name errors show.
     pub fn parse(file: &str, src: &str) -> Result<Topology, ConfigError> {
         let diags = Diags::new(src);
-        let value = match toml_span::parse(src) {
-            Ok(v) => v,
-            Err(e) => {
-                let pos = match e.line_info {
-                    Some((line, column)) => Pos {
-                        line: line + 1,
-                        column: column + 1,
-                    },
-                    None => diags.pos(e.span.start),
-                };
-                return Err(ConfigError {
-                    file: file.to_owned(),
-                    diagnostics: vec![Diagnostic {
-                        pos,
-                        key: "(syntax)".into(),
-                        message: e.to_string(),
-                    }],
-                });
-            }
-        };
+        let value = toml_span::parse(src).map_err(|e| ConfigError::syntax(&diags, file, &e))?;
         let decl = read_declarations(&diags, value);
         let topology = decl.and_then(|d| resolve(&diags, file, d));
         diags.finish(file)?;
@@ -196,16 +146,6 @@ impl Topology {
     }
 }
 
-struct SourceDecl {
-    path: String,
-    name: Located<String>,
-    topic: String,
-    kind: Kind,
-    format: Format,
-    environment: Option<String>,
-    repartition: bool,
-}
-
 struct OperatorDecl {
     path: String,
     name: Located<String>,
@@ -227,7 +167,7 @@ struct Declarations {
     app_id: String,
     kafka: kafka::KafkaConfig,
     root_pos: Pos,
-    sources: Vec<SourceDecl>,
+    sources: Vec<source::SourceDecl>,
     operators: Vec<OperatorDecl>,
     sinks: Vec<SinkDecl>,
 }
@@ -248,7 +188,7 @@ fn read_declarations<'de>(diags: &Diags<'_>, value: toml_span::Value<'de>) -> Op
     let no_sources = source_tables.is_empty();
     let sources: Vec<_> = source_tables
         .into_iter()
-        .filter_map(|(p, v)| read_source(diags, p, v))
+        .filter_map(|(p, v)| source::read_source(diags, p, v))
         .collect();
     let operators: Vec<_> = root
         .tables("operators")
@@ -303,7 +243,7 @@ fn read_app(root: &mut TableReader<'_, '_, '_>) -> Option<String> {
     Some(id.value)
 }
 
-fn read_name(t: &mut TableReader<'_, '_, '_>) -> Option<Located<String>> {
+pub(crate) fn read_name(t: &mut TableReader<'_, '_, '_>) -> Option<Located<String>> {
     let name = t.required_string("name")?;
     if !NODE_NAME.is_match(&name.value) {
         t.diags().error(
@@ -316,7 +256,7 @@ fn read_name(t: &mut TableReader<'_, '_, '_>) -> Option<Located<String>> {
     Some(name)
 }
 
-fn read_topic(t: &mut TableReader<'_, '_, '_>) -> Option<String> {
+pub(crate) fn read_topic(t: &mut TableReader<'_, '_, '_>) -> Option<String> {
     let topic = t.required_string("topic")?;
     if !TOPIC.is_match(&topic.value) {
         t.diags().error(
@@ -329,6 +269,7 @@ fn read_topic(t: &mut TableReader<'_, '_, '_>) -> Option<String> {
     Some(topic.value)
 }
 
+/// A sink's format: Sluice's own schemas only.
 fn read_format(t: &mut TableReader<'_, '_, '_>) -> Option<Format> {
     let Some(format) = t.string("format") else {
         return Some(Format::Json);
@@ -345,54 +286,6 @@ fn read_format(t: &mut TableReader<'_, '_, '_>) -> Option<Format> {
             None
         }
     }
-}
-
-fn read_source<'de>(
-    diags: &Diags<'_>,
-    path: String,
-    value: toml_span::Value<'de>,
-) -> Option<SourceDecl> {
-    let mut t = TableReader::new(diags, value, path)?;
-    let name = read_name(&mut t);
-    let topic = read_topic(&mut t);
-    let kind = t
-        .required_string("kind")
-        .and_then(|k| match k.value.as_str() {
-            "image" => Some(Kind::Image),
-            "alert" => Some(Kind::Alert),
-            other => {
-                diags.error(
-                    k.pos,
-                    t.key_path("kind"),
-                    format!("unknown kind `{other}`; expected image or alert"),
-                );
-                None
-            }
-        });
-    let format = read_format(&mut t);
-    let environment = match t.string("environment") {
-        Some(env) if !ENVIRONMENT.is_match(&env.value) => {
-            diags.error(
-                env.pos,
-                t.key_path("environment"),
-                "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$",
-            );
-            None
-        }
-        other => Some(other.map(|e| e.value)),
-    };
-    let repartition = t.bool("repartition").unwrap_or(false);
-    let path = t.path().to_owned();
-    t.finish();
-    Some(SourceDecl {
-        repartition,
-        path,
-        name: name?,
-        topic: topic?,
-        kind: kind?,
-        format: format?,
-        environment: environment?,
-    })
 }
 
 fn read_operator<'de>(
@@ -544,7 +437,7 @@ fn resolve(diags: &Diags<'_>, file: &str, d: Declarations) -> Option<Topology> {
     // Kinds flow from the sources down, in topological order.
     let mut kinds: Vec<Option<Kind>> = vec![None; nodes.len()];
     for (i, s) in d.sources.iter().enumerate() {
-        kinds[i] = Some(s.kind);
+        kinds[i] = s.kind;
     }
     for &o in &order {
         // A port whose kind is unknown (its upstream is broken) is skipped, the others are checked.
@@ -657,16 +550,19 @@ fn build(
         .sources
         .into_iter()
         .enumerate()
-        .map(|(i, s)| Source {
-            name: s.name.value,
-            node: i,
-            topic: s.topic,
-            kind: s.kind,
-            format: s.format,
-            environment: s.environment,
-            repartition: s.repartition,
+        .map(|(i, s)| {
+            let v = s.valid?;
+            Some(Source {
+                name: s.name.value,
+                node: i,
+                topic: v.topic,
+                kind: s.kind?,
+                format: v.format,
+                decode: v.decode,
+                repartition: v.repartition,
+            })
         })
-        .collect();
+        .collect::<Option<_>>()?;
     let mut operators = Vec::new();
     for (i, (o, ins)) in d.operators.into_iter().zip(op_inputs).enumerate() {
         let inputs: Vec<usize> = ins.into_iter().collect::<Option<_>>()?;

@@ -1,6 +1,7 @@
 //! Validation of whole topology files: every error is found, located and named.
 
 use super::*;
+use diag::Diagnostic;
 
 const HEAD: &str = "[app]\nid = \"t\"\n[[sources]]\nname = \"images\"\ntopic = \"docker-events\"\nkind = \"image\"\n[[sources]]\nname = \"alerts\"\ntopic = \"alert-events\"\nkind = \"alert\"\n";
 

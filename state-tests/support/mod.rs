@@ -2,6 +2,10 @@
 //! with `.ci/kafka-local` and passes its address in SLUICE_TEST_BROKERS).
 #![allow(dead_code)]
 
+mod own_broker;
+#[allow(unused_imports)]
+pub use own_broker::OwnBroker;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -354,6 +358,20 @@ pub fn spawn_run_with(
         .stderr(log)
         .spawn()
         .expect("sluice run starts")
+}
+
+/// The address `sluice ingest` (spawned with its stdout piped) prints first,
+/// `listening on SCHEME://ADDRESS`.
+pub fn listening_address(child: &mut Child, scheme: &str) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    line.trim()
+        .strip_prefix(&format!("listening on {scheme}://"))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned()
 }
 
 pub fn kill9(child: &mut Child) {

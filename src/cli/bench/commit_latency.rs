@@ -96,6 +96,7 @@ impl CommitBench {
                     topic: "images",
                     key: None,
                     value: &value,
+                    decoded: false,
                 };
                 engine.process(input, now, &mut Discard)?;
             }

@@ -7,9 +7,12 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
-use sluice::flood::{write_flood, FloodConfig};
+use sluice::flood::{write_flood, FloodConfig, Profile};
 
 mod commit_latency;
+mod decode;
+mod http;
+mod ingest;
 mod live;
 
 #[derive(Subcommand)]
@@ -26,11 +29,20 @@ pub enum BenchCommand {
         /// Runs per backend; the median is reported.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
         runs: u32,
+        /// The flood's shape (see `sluice flood --help`).
+        #[arg(long, default_value = "releases", value_parser = super::flood::parse_profile)]
+        profile: Profile,
     },
+    /// Records/s through replay for sources in vendor formats (Alertmanager,
+    /// Harbor) next to the native JSON format carrying the same records.
+    Decode(decode::DecodeBenchArgs),
     /// The live runtime against a real broker: sustained events/s under
     /// both guarantees, end-to-end latency at a fixed rate, restore rate,
     /// peak RSS.
     Run(live::LiveArgs),
+    /// The webhook gateway against a real broker: accepted webhooks/s with
+    /// 64 connections, latency to 202 at a fixed rate, peak RSS.
+    Ingest(ingest::IngestBenchArgs),
     /// Intents to pushed commits on a local bare repository: throughput with
     /// batching and latency from hand-in to commit visible on the remote.
     Commit {
@@ -59,8 +71,11 @@ pub fn run(cmd: BenchCommand) -> Result<std::process::ExitCode> {
             events,
             services,
             runs,
-        } => bench_replay(&topology, events, services, runs)?,
+            profile,
+        } => bench_replay(&topology, events, services, profile, runs)?,
+        BenchCommand::Decode(args) => decode::bench_decode(&args)?,
         BenchCommand::Run(args) => live::bench_live(&args)?,
+        BenchCommand::Ingest(args) => ingest::bench_ingest(&args)?,
         BenchCommand::Commit {
             intents,
             services,
@@ -131,13 +146,20 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn bench_replay(topology: &Path, events: u64, services: u32, runs: u32) -> Result<()> {
+fn bench_replay(
+    topology: &Path,
+    events: u64,
+    services: u32,
+    profile: Profile,
+    runs: u32,
+) -> Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let input = dir.path().join("flood.jsonl");
     let file = std::fs::File::create(&input)?;
     let cfg = FloodConfig {
         events,
         services,
+        profile,
         ..FloodConfig::default()
     };
     write_flood(&cfg, std::io::BufWriter::new(file)).context("writing the flood")?;
@@ -156,7 +178,7 @@ fn bench_replay(topology: &Path, events: u64, services: u32, runs: u32) -> Resul
         }
     }
     println!(
-        "replay of {events} events over {services} services through {}, {runs} runs each (median):",
+        "replay of a {profile} flood of {events} events over {services} services through {}, {runs} runs each (median):",
         topology.display()
     );
     let mut rates = Vec::new();

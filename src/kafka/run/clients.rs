@@ -126,13 +126,16 @@ pub(super) fn new_producer(shared: &Shared) -> Result<TxnProducer, RunError> {
 /// the run carries on by itself once it is back.
 pub(super) fn new_producer_patiently(shared: &Shared) -> Result<TxnProducer, RunError> {
     let mut backoff = Duration::from_millis(200);
-    let give_up = Instant::now() + Duration::from_secs(300);
+    let give_up = Instant::now() + super::OUTAGE_PATIENCE;
     loop {
         match new_producer(shared) {
             Ok(p) => return Ok(p),
             // A fence or a refused ACL does not pass with time.
             Err(e @ (RunError::Fenced(_) | RunError::Denied(_))) => return Err(e),
-            Err(e) if Instant::now() < give_up => {
+            Err(e)
+                if Instant::now() < give_up
+                    && !shared.stop.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot build the producer yet");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -10,17 +10,17 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::BaseRecord;
 use rdkafka::{ClientConfig, TopicPartitionList};
 
 use super::clients::{self, RestoreContext};
-use super::input::{input_value, service_key};
-use super::output::{KafkaOutput, Origin, OutputCounts};
+use super::input::{repartition_records, DECODED_HEADER, IGNORED_HEADER};
+use super::output::OutputCounts;
 use super::producer::{self, TxnFailure, TxnProducer};
 use super::purge::Purger;
 use super::rebalance::{RunContext, SplitQueue};
@@ -29,7 +29,6 @@ use super::task::{self, Task, TaskSetup};
 use super::topics::{Layout, Plan};
 use super::transaction::{self, OpenTxn};
 use super::{ClockMode, RunError, RunOptions, RunSummary};
-use crate::engine::SourceInput;
 use crate::state::SharedMemory;
 use crate::topology::kafka::Guarantee;
 use crate::topology::Topology;
@@ -44,6 +43,8 @@ pub struct Shared {
     pub instance: String,
     pub opts: RunOptions,
     pub memory: SharedMemory,
+    /// Set when the run is asked to stop: also ends waits on an absent cluster.
+    pub stop: &'static AtomicBool,
 }
 
 impl Shared {
@@ -64,6 +65,7 @@ impl Shared {
             state_root: &self.state_root,
             engine_options: &self.opts.engine,
             memory: &self.memory,
+            stop: self.stop,
         }
     }
 }
@@ -119,7 +121,7 @@ enum Enqueued {
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Records processed per task before the loop serves the consumer again.
-const PROCESS_BUDGET: usize = 2_000;
+pub(super) const PROCESS_BUDGET: usize = 2_000;
 /// Test seam: `fetch.hold.<topic>=fail` leaves a topic's fetched records
 /// (and its end) in librdkafka's queue, as if that input lagged.
 fn fetch_held(topic: &str) -> bool {
@@ -159,10 +161,10 @@ impl Runtime {
         Ok(Runtime { shared, consumer })
     }
 
-    /// The loop; returns when `stop` is set, when idle long enough, or on an
+    /// The loop; returns when a stop is asked for, when idle long enough, or on an
     /// error it cannot handle in place.
-    pub fn run(self, stop: &AtomicBool) -> Result<RunSummary, RunError> {
-        let result = self.run_loop(stop);
+    pub fn run(self) -> Result<RunSummary, RunError> {
+        let result = self.run_loop(self.shared.stop);
         let summary = self.shutdown(result.is_ok());
         result.map(|()| summary)
     }
@@ -313,15 +315,8 @@ fn consumer_error(e: KafkaError, group: &str) -> Result<(), RunError> {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Inner {
-    fn event_time(&self) -> bool {
+    pub(super) fn event_time(&self) -> bool {
         self.shared.opts.clock == ClockMode::Event
     }
 
@@ -388,18 +383,32 @@ impl Inner {
                 "injected failure forwarding a record",
             ));
         }
-        let key = service_key(&shared.topo, r.source, m.payload());
-        let mut record = BaseRecord::<[u8], [u8]>::to(&r.to);
-        if let Some(ts) = m.timestamp().to_millis() {
-            record = record.timestamp(ts);
+        for forward in repartition_records(&shared.topo, r.source, m.payload()) {
+            let mut record = BaseRecord::<[u8], [u8]>::to(&r.to);
+            if let Some(ts) = m.timestamp().to_millis() {
+                record = record.timestamp(ts);
+            }
+            if let Some(k) = &forward.key {
+                record = record.key(k.as_bytes());
+            }
+            if let Some(v) = forward.value.as_deref().or(m.payload()) {
+                record = record.payload(v);
+            }
+            if forward.decoded {
+                let mut headers = OwnedHeaders::new().insert(Header {
+                    key: DECODED_HEADER,
+                    value: Some("1"),
+                });
+                if let Some(ignored) = &forward.ignored {
+                    headers = headers.insert(Header {
+                        key: IGNORED_HEADER,
+                        value: Some(ignored.as_str()),
+                    });
+                }
+                record = record.headers(headers);
+            }
+            producer::send(&self.producer, record).map_err(TxnFailure::abortable)?;
         }
-        if let Some(k) = &key {
-            record = record.key(k.as_bytes());
-        }
-        if let Some(v) = m.payload() {
-            record = record.payload(v);
-        }
-        producer::send(&self.producer, record).map_err(TxnFailure::abortable)?;
         self.raw_offsets
             .insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
         self.raw_dirty = true;
@@ -479,124 +488,6 @@ impl Inner {
         {
             q.caught_up = true;
         }
-    }
-
-    /// Processes ready records of every task, up to a budget each.
-    fn process(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<usize, RunError> {
-        let mut total = 0;
-        let ids: Vec<i32> = self.tasks.keys().copied().collect();
-        for id in ids {
-            for _ in 0..PROCESS_BUDGET {
-                let event_time = self.event_time();
-                let Some(task) = self.tasks.get_mut(&id) else {
-                    break;
-                };
-                let Some(qi) = task.next_queue(event_time) else {
-                    break;
-                };
-                let Some(m) = task.queues[qi].pop() else {
-                    break;
-                };
-                match self.process_record(id, qi, &m) {
-                    Ok(()) => total += 1,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "producing output failed; aborting the transaction");
-                        self.abort_and_rewind(consumer)?;
-                        return Ok(total);
-                    }
-                }
-            }
-        }
-        if total > 0 {
-            self.first_record.get_or_insert_with(Instant::now);
-            self.summary.processed += total as u64;
-        }
-        Ok(total)
-    }
-
-    fn process_record(&mut self, id: i32, qi: usize, m: &OwnedMessage) -> Result<(), TxnFailure> {
-        let shared = Arc::clone(&self.shared);
-        let Some(task) = self.tasks.get_mut(&id) else {
-            return Ok(());
-        };
-        let at = match shared.opts.clock {
-            ClockMode::Event => m.timestamp().to_millis().unwrap_or(0).max(0) as u64,
-            ClockMode::Wall => now_ms(),
-        };
-        let mut out = KafkaOutput {
-            producer: &self.producer,
-            txn_open: &mut self.txn_open,
-            transactional: shared.exactly_once(),
-            dead_letter_topic: &shared.plan.dead_letter,
-            origin: Some(Origin {
-                topic: m.topic(),
-                partition: m.partition(),
-                offset: m.offset(),
-            }),
-            counts: &mut self.counts,
-        };
-        let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
-        let engine_topic = task.queues[qi].engine_topic.as_str();
-        match input_value(&shared.topo, engine_topic, m, shared.opts.max_value_bytes) {
-            Ok(value) => {
-                let input = SourceInput {
-                    topic: &task.queues[qi].engine_topic,
-                    key,
-                    value: &value,
-                };
-                task.engine
-                    .process(input, at, &mut out)
-                    .map_err(TxnFailure::abortable)?;
-            }
-            Err(rejected) => {
-                task.engine
-                    .advance_to(at, &mut out)
-                    .map_err(TxnFailure::abortable)?;
-                rejected
-                    .send(
-                        &shared.topo,
-                        engine_topic,
-                        m,
-                        key,
-                        task.engine.clock(),
-                        &mut out,
-                    )
-                    .map_err(TxnFailure::abortable)?;
-            }
-        }
-        task.queues[qi].consumed = Some(m.offset() + 1);
-        task.dirty = true;
-        task.note_timers();
-        Ok(())
-    }
-
-    /// Wall clock: fires every timer whose deadline has passed, whether or
-    /// not a record arrived.
-    fn punctuate(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<(), RunError> {
-        if self.event_time() {
-            return Ok(());
-        }
-        let now = now_ms();
-        let shared = Arc::clone(&self.shared);
-        for task in self.tasks.values_mut() {
-            if task.engine.next_deadline().is_none_or(|d| d > now) {
-                continue;
-            }
-            let mut out = KafkaOutput {
-                producer: &self.producer,
-                txn_open: &mut self.txn_open,
-                transactional: shared.exactly_once(),
-                dead_letter_topic: &shared.plan.dead_letter,
-                origin: None,
-                counts: &mut self.counts,
-            };
-            if let Err(e) = task.engine.advance_to(now, &mut out) {
-                tracing::warn!(error = %e, "producing timer output failed; aborting the transaction");
-                return self.abort_and_rewind(consumer);
-            }
-            task.note_timers();
-        }
-        Ok(())
     }
 
     /// Pauses partitions that buffer their share of the byte budget, resumes

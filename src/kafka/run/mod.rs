@@ -18,6 +18,9 @@ mod clients;
 mod consumer;
 mod input;
 pub mod output;
+mod partitioning;
+mod positions;
+mod process;
 pub mod producer;
 mod purge;
 mod rebalance;
@@ -128,7 +131,7 @@ pub struct RunSummary {
 pub fn run(
     topo: Arc<Topology>,
     opts: RunOptions,
-    stop: &AtomicBool,
+    stop: &'static AtomicBool,
 ) -> Result<RunSummary, RunError> {
     let base = crate::kafka::client_config(&topo.kafka, &opts.brokers)?;
     let stores = store_names(&topo, &opts.engine)?;
@@ -159,8 +162,9 @@ pub fn run(
         instance,
         opts,
         memory: SharedMemory::new(16 << 20, 48 << 20),
+        stop,
     };
-    consumer::Runtime::new(Arc::new(shared))?.run(stop)
+    consumer::Runtime::new(Arc::new(shared))?.run()
 }
 
 fn store_names(topo: &Arc<Topology>, opts: &EngineOptions) -> Result<Vec<String>, RunError> {
@@ -168,18 +172,31 @@ fn store_names(topo: &Arc<Topology>, opts: &EngineOptions) -> Result<Vec<String>
     Ok(probe.store_names())
 }
 
+/// How long a run waits out a cluster that is away (a broker restart, a
+/// network partition) before it ends with an error: Kafka Streams'
+/// `task.timeout.ms` default. An outage is longer than it looks from the
+/// outside: a broker's shutdown, its restart and the group's recovery add
+/// up to a minute to the time it was down.
+pub(crate) const OUTAGE_PATIENCE: Duration = Duration::from_secs(300);
+
 /// Retries a Kafka call through connection trouble (a broker restart) for
-/// up to two minutes; librdkafka reconnects by itself meanwhile.
+/// up to [`OUTAGE_PATIENCE`], or until a stop is asked for; librdkafka
+/// reconnects by itself meanwhile.
 pub(crate) fn retry_kafka<T>(
     what: &'static str,
+    stop: &AtomicBool,
     mut call: impl FnMut() -> Result<T, KafkaError>,
 ) -> Result<T, RunError> {
-    let give_up = std::time::Instant::now() + Duration::from_secs(120);
+    let give_up = std::time::Instant::now() + OUTAGE_PATIENCE;
     let mut backoff = Duration::from_millis(100);
     loop {
         match call() {
             Ok(v) => return Ok(v),
-            Err(e) if std::time::Instant::now() < give_up && !is_permanent(&e) => {
+            Err(e)
+                if std::time::Instant::now() < give_up
+                    && !is_permanent(&e)
+                    && !stop.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
                 tracing::warn!(what, error = %e, retry_in = ?backoff, "kafka call failed; retrying");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -108,7 +108,7 @@ impl ProducerContext for Deliveries {
             }
             Err((e, m)) => {
                 if let Some(code) = acls::authorization_code(e) {
-                    self.note_denied(write_denied(code, m.topic()));
+                    self.note_denied(acls::write_denied(code, m.topic()));
                 }
                 state.failed += 1;
                 if state.first_error.is_none() {
@@ -116,20 +116,6 @@ impl ProducerContext for Deliveries {
                 }
             }
         }
-    }
-}
-
-/// A refused produce: Write on the topic, or, for an idempotent producer
-/// on a broker before 2.8 (KIP-679), IdempotentWrite on the cluster.
-fn write_denied(code: RDKafkaErrorCode, topic: &str) -> Denied {
-    match code {
-        RDKafkaErrorCode::ClusterAuthorizationFailed => Denied::new(
-            Operation::IdempotentWrite,
-            ResourceType::Cluster,
-            "kafka-cluster",
-            code,
-        ),
-        _ => Denied::new(Operation::Write, ResourceType::Topic, topic, code),
     }
 }
 
@@ -177,7 +163,7 @@ pub fn create(
         retry_retriable(|| producer.init_transactions(CALL_TIMEOUT)).map_err(|e| {
             match acls::authorization_code(&e) {
                 Some(code @ RDKafkaErrorCode::ClusterAuthorizationFailed) => {
-                    write_denied(code, id).into()
+                    acls::write_denied(code, id).into()
                 }
                 Some(code) => {
                     Denied::new(Operation::Write, ResourceType::TransactionalId, id, code).into()

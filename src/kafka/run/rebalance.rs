@@ -144,9 +144,10 @@ impl Inner {
         for (topic, p) in &assigned {
             tpl.add_partition(topic, *p);
         }
-        let committed = super::retry_kafka("fetch the committed offsets", || {
-            consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT)
-        })?;
+        let committed =
+            super::retry_kafka("fetch the committed offsets", self.shared.stop, || {
+                consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT)
+            })?;
         for e in committed.elements() {
             if let Offset::Offset(next) = e.offset() {
                 self.committed
@@ -252,20 +253,7 @@ impl Inner {
         revoked: &TopicPartitionList,
         lost: bool,
     ) -> Result<(), RunError> {
-        // An assignment not opened yet, served in the same poll as this
-        // revoke: its partitions are no longer ours, and a task opened for
-        // one would fire its wall-clock timers.
-        if let Some(pending) = &mut self.assigned {
-            pending.retain(|(topic, p)| {
-                !revoked
-                    .elements()
-                    .iter()
-                    .any(|e| e.topic() == topic && e.partition() == *p)
-            });
-            if pending.is_empty() {
-                self.assigned = None;
-            }
-        }
+        forget_revoked(&mut self.assigned, revoked);
         if lost {
             // Another member may own them already: our offsets would be refused.
             self.abandon_transaction()?;
@@ -302,5 +290,56 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+/// An assignment not opened yet, served in the same poll as a revoke of
+/// some of its partitions: those are no longer ours, and a task opened for
+/// one would fire its wall-clock timers beside their new owner's.
+fn forget_revoked(assigned: &mut Option<Vec<(String, i32)>>, revoked: &TopicPartitionList) {
+    let Some(pending) = assigned else {
+        return;
+    };
+    pending.retain(|(topic, p)| {
+        !revoked
+            .elements()
+            .iter()
+            .any(|e| e.topic() == topic && e.partition() == *p)
+    });
+    if pending.is_empty() {
+        *assigned = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tpl(partitions: &[(&str, i32)]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p) in partitions {
+            tpl.add_partition(topic, *p);
+        }
+        tpl
+    }
+
+    /// Item 5: assign and revoke inside one poll, before the loop opens
+    /// the assignment: the loop must find nothing of what was revoked.
+    #[test]
+    fn a_revoke_in_the_same_poll_takes_back_the_pending_assignment() {
+        let mut assigned = Some(vec![("img".to_owned(), 0), ("img".to_owned(), 1)]);
+        forget_revoked(&mut assigned, &tpl(&[("img", 1), ("other", 0)]));
+        assert_eq!(assigned, Some(vec![("img".to_owned(), 0)]));
+        forget_revoked(&mut assigned, &tpl(&[("img", 0)]));
+        assert_eq!(assigned, None, "nothing left to open");
+        forget_revoked(&mut assigned, &tpl(&[("img", 0)]));
+        assert_eq!(assigned, None);
+    }
+
+    #[test]
+    fn a_revoke_of_other_partitions_keeps_the_pending_assignment() {
+        let mut assigned = Some(vec![("img".to_owned(), 2)]);
+        forget_revoked(&mut assigned, &tpl(&[("img", 0), ("alerts", 2)]));
+        assert_eq!(assigned, Some(vec![("img".to_owned(), 2)]));
     }
 }

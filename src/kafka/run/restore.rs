@@ -1,6 +1,6 @@
-//! Restoring a task's store from its changelogs, and the bookkeeping the
-//! store keeps for it: the changelog positions it reflects and when it last
-//! did (its checkpoint).
+//! Restoring a task's store from its changelogs, reading and writing the
+//! bookkeeping of `positions.rs` (where the store is in each changelog, and
+//! its checkpoint).
 //!
 //! - A store restored before resumes from its recorded positions. One never
 //!   completed starts over, empty, from the beginning; so does one that
@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -28,110 +28,19 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::clients::RestoreContext;
+use super::positions::{
+    checkpoint_entry, decode_inputs, now_ms, position_note, Position, CHECKPOINT_NOTE,
+    INPUTS_HEADER, READY_NOTE,
+};
 use super::task::TaskSetup;
 use super::topics::Changelog;
 use super::RunError;
 use crate::engine::{self, Engine};
 use crate::state::{MemoryBackend, RocksBackend, StateBackend};
 
-/// The meta entry saying a store was restored and its positions are kept.
-const READY_NOTE: &[u8] = b"changelog:ready";
-/// The meta entry holding when the store last reflected a commit or a
-/// restore, in ms since the epoch.
-const CHECKPOINT_NOTE: &[u8] = b"changelog:checkpoint-ms";
-
 /// How long a changelog read may go without progress (a broker outage)
 /// before the restore gives up.
 const RESTORE_PATIENCE: Duration = Duration::from_secs(300);
-/// The header of at-least-once changelog records: `topic=next,...`, the
-/// task's consumed input positions at the commit that wrote the record.
-pub const INPUTS_HEADER: &str = "sluice.inputs";
-
-fn position_note(topic: &str) -> Vec<u8> {
-    format!("changelog:{topic}").into_bytes()
-}
-
-/// Where a store is in one changelog partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Position {
-    next: i64,
-    /// Recorded at a transactional commit: its commit marker takes the
-    /// offset `next`, so a high watermark of `next + 1` means nothing new.
-    marker_follows: bool,
-}
-
-impl Position {
-    fn encode(self) -> Vec<u8> {
-        let mut bytes = self.next.to_be_bytes().to_vec();
-        if self.marker_follows {
-            bytes.push(1);
-        }
-        bytes
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Position> {
-        let next = i64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
-        let marker_follows = match bytes.get(8..) {
-            Some([]) => false,
-            Some([1]) => true,
-            _ => return None,
-        };
-        Some(Position {
-            next,
-            marker_follows,
-        })
-    }
-
-    /// Whether a partition ending at `high` holds nothing past this position.
-    /// The record at `next` exists only as the commit marker when one
-    /// follows: a committed transaction's marker comes after its records.
-    fn is_end(self, high: i64) -> bool {
-        self.next == high || (self.marker_follows && self.next + 1 == high)
-    }
-}
-
-/// The meta entry to write with a commit: the changelog position the store
-/// will reflect once the commit is applied.
-pub fn position_entry(topic: &str, next_offset: i64, transactional: bool) -> (Vec<u8>, Vec<u8>) {
-    let position = Position {
-        next: next_offset,
-        marker_follows: transactional,
-    };
-    (position_note(topic), position.encode())
-}
-
-/// The meta entry stamping a store with the time it reflects its changelogs.
-pub fn checkpoint_entry() -> (Vec<u8>, Vec<u8>) {
-    (CHECKPOINT_NOTE.to_vec(), now_ms().to_be_bytes().to_vec())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// The `sluice.inputs` header value for some (topic, next offset) pairs.
-pub fn encode_inputs<'a>(positions: impl Iterator<Item = (&'a str, i64)>) -> String {
-    positions
-        .map(|(topic, next)| format!("{topic}={next}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Reads a `sluice.inputs` header value (topic names never hold `=` or `,`).
-fn decode_inputs(text: &str) -> Option<Vec<(&str, i64)>> {
-    if text.is_empty() {
-        return Some(Vec::new());
-    }
-    text.split(',')
-        .map(|pair| {
-            let (topic, next) = pair.split_once('=')?;
-            Some((topic, next.parse().ok()?))
-        })
-        .collect()
-}
 
 /// Statistics of one restore.
 #[derive(Debug, Default, Clone, Copy)]
@@ -277,7 +186,7 @@ fn changelog_ends(
         .changelogs
         .iter()
         .map(|c| {
-            super::retry_kafka("read a changelog's offsets", || {
+            super::retry_kafka("read a changelog's offsets", setup.stop, || {
                 restorer.fetch_watermarks(&c.topic, id, Duration::from_secs(10))
             })
         })
@@ -577,38 +486,4 @@ fn flush(
     engine::restore(backend, entries)?;
     pending.clear();
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_transactional_position_is_at_the_end_one_before_the_high_watermark() {
-        let eos = Position {
-            next: 10,
-            marker_follows: true,
-        };
-        assert!(eos.is_end(11) && eos.is_end(10) && !eos.is_end(12));
-        let alo = Position {
-            next: 10,
-            marker_follows: false,
-        };
-        assert!(alo.is_end(10) && !alo.is_end(11));
-        assert_eq!(Position::decode(&eos.encode()), Some(eos));
-        assert_eq!(Position::decode(&alo.encode()), Some(alo));
-        assert_eq!(Position::decode(&[0; 3]), None);
-    }
-
-    #[test]
-    fn input_headers_round_trip_and_refuse_garbage() {
-        let text = encode_inputs([("a-images", 5), ("a-alerts", 0)].into_iter());
-        assert_eq!(
-            decode_inputs(&text),
-            Some(vec![("a-images", 5), ("a-alerts", 0)])
-        );
-        assert_eq!(decode_inputs(""), Some(vec![]));
-        assert_eq!(decode_inputs("a-images"), None);
-        assert_eq!(decode_inputs("a=x"), None);
-    }
 }

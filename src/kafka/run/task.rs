@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use rdkafka::message::{Message, OwnedMessage};
 
+use super::positions;
 pub use super::restore::RestoreStats;
 use super::restore::{self, RestoreEnv};
 use super::topics::{Changelog, Layout, Plan};
@@ -115,6 +116,7 @@ pub struct TaskSetup<'a> {
     pub state_root: &'a Path,
     pub engine_options: &'a EngineOptions,
     pub memory: &'a SharedMemory,
+    pub stop: &'a std::sync::atomic::AtomicBool,
 }
 
 impl TaskSetup<'_> {
@@ -273,11 +275,11 @@ impl Task {
         };
         for ((topic, partition), next) in ends {
             if *partition == self.id {
-                let (key, value) = restore::position_entry(topic, *next, transactional);
+                let (key, value) = positions::position_entry(topic, *next, transactional);
                 self.engine.note_in_commit(&mut changes, &key, value);
             }
         }
-        let (key, value) = restore::checkpoint_entry();
+        let (key, value) = positions::checkpoint_entry();
         self.engine.note_in_commit(&mut changes, &key, value);
         self.engine.apply_commit(changes)?;
         self.superseded.clear();
@@ -288,7 +290,7 @@ impl Task {
     /// The input positions this task's state follows from, as the value of
     /// the changelog records' `sluice.inputs` header (at-least-once).
     pub fn input_positions(&self) -> String {
-        restore::encode_inputs(
+        positions::encode_inputs(
             self.queues
                 .iter()
                 .filter_map(|q| q.consumed.map(|next| (q.topic.as_str(), next))),

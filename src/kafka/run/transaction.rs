@@ -142,7 +142,7 @@ impl Inner {
                 }
                 if let Some(inputs) = &inputs {
                     record = record.headers(OwnedHeaders::new().insert(Header {
-                        key: super::restore::INPUTS_HEADER,
+                        key: super::positions::INPUTS_HEADER,
                         value: Some(inputs.as_str()),
                     }));
                 }
@@ -215,7 +215,7 @@ impl Inner {
         // The output is out already: rewinding now would repeat it. Retry
         // through a broker outage; a rebalance (the generation moved on)
         // refuses the commit for good, and then the batch is processed again.
-        super::retry_kafka("commit the offsets", || {
+        super::retry_kafka("commit the offsets", self.shared.stop, || {
             consumer.commit(offsets, CommitMode::Sync)
         })
         .map_err(TxnFailure::abortable)
@@ -305,9 +305,10 @@ impl Inner {
         if assigned.count() == 0 {
             return Ok(());
         }
-        let committed = super::retry_kafka("fetch the committed offsets", || {
-            consumer.committed_offsets(assigned.clone(), CALL_TIMEOUT)
-        })?;
+        let committed =
+            super::retry_kafka("fetch the committed offsets", self.shared.stop, || {
+                consumer.committed_offsets(assigned.clone(), CALL_TIMEOUT)
+            })?;
         let mut seek = TopicPartitionList::new();
         for e in committed.elements() {
             let offset = match e.offset() {
@@ -316,9 +317,10 @@ impl Inner {
             };
             let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
         }
-        let result = super::retry_kafka("rewind to the committed offsets", || {
-            consumer.seek_partitions(seek.clone(), CALL_TIMEOUT)
-        })?;
+        let result =
+            super::retry_kafka("rewind to the committed offsets", self.shared.stop, || {
+                consumer.seek_partitions(seek.clone(), CALL_TIMEOUT)
+            })?;
         for e in result.elements() {
             if let Err(err) = e.error() {
                 return Err(RunError::kafka("rewind a partition", err));

@@ -8,11 +8,13 @@
 //! independent grammar, "editing again changes nothing").
 
 mod config;
+mod formats;
 mod oci;
 mod records;
 mod yaml;
 
 pub use config::{commit_config, topology};
+pub use formats::webhook_decode;
 pub use oci::{duration, oci_reference};
 pub use records::{json_record, protobuf_record, replay_line};
 pub use yaml::yaml_edit;
@@ -30,4 +32,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("yaml_edit", yaml_edit),
     ("oci_reference", oci_reference),
     ("duration", duration),
+    ("webhook_decode", webhook_decode),
 ];

@@ -8,6 +8,8 @@
 //! the kustomize `newTag`/`digest` lines the editor documents inserting or
 //! removing.
 
+use std::collections::HashMap;
+
 use similar::{capture_diff_slices, Algorithm, DiffOp};
 use sluice::commit::edit::{set_image, Edit, ImageRef};
 
@@ -46,9 +48,65 @@ fn new_values(image: &ImageRef) -> Vec<String> {
 }
 
 fn check_only_values_changed(old: &str, new: &str, image: &ImageRef) {
-    let old_lines: Vec<&str> = old.split_inclusive('\n').collect();
-    let new_lines: Vec<&str> = new.split_inclusive('\n').collect();
+    // Lines without their endings: removing a last line takes the line
+    // ending before it, inserting one after a last line adds one, and
+    // neither is a change of a value.
+    let old_lines: Vec<&str> = old.lines().collect();
+    let new_lines: Vec<&str> = new.lines().collect();
     let values = new_values(image);
+    // Line by line first, leaving out the kustomize lines the editor
+    // inserted or removed: a diff may align an edited line with an equal
+    // neighbour (`v1` edited to `v2` next to a line holding `v2`) and report
+    // a removal plus an insertion where only a value changed.
+    let count = |lines: &[&str], line: &str| lines.iter().filter(|l| **l == line).count();
+    // How many copies of each line the edit removed (a kustomize `digest`)
+    // or inserted (a `newTag` or `digest` holding the image's part): counted,
+    // since an equal twin of a removed line may stay.
+    let surplus = |from: &[&str], to: &[&str], kind: &dyn Fn(&str) -> bool| {
+        let mut out: HashMap<String, usize> = HashMap::new();
+        for line in from.iter().filter(|l| kind(l)) {
+            let extra = count(from, line).saturating_sub(count(to, line));
+            out.insert((*line).to_owned(), extra);
+        }
+        out
+    };
+    let gone = surplus(&old_lines, &new_lines, &|l| {
+        kustomize_key(l) == Some("digest")
+    });
+    let inserted = surplus(&new_lines, &old_lines, &|l| {
+        inserted_kustomize_line(l, image)
+    });
+    // A kustomize line that changed value (`newTag: v0` to `v3`) is neither
+    // gone nor inserted: try each way of leaving them out.
+    for (drop_gone, drop_inserted) in [(true, true), (true, false), (false, true), (false, false)] {
+        let old_kept = leave_out(
+            &old_lines,
+            if drop_gone {
+                gone.clone()
+            } else {
+                HashMap::new()
+            },
+        );
+        let new_kept = leave_out(
+            &new_lines,
+            if drop_inserted {
+                inserted.clone()
+            } else {
+                HashMap::new()
+            },
+        );
+        if old_kept.len() != new_kept.len() {
+            continue;
+        }
+        let positional = old_kept
+            .iter()
+            .zip(&new_kept)
+            .filter(|(o, n)| o != n)
+            .try_for_each(|(o, n)| changed_lines(&[o], &[n], &values, image));
+        if positional.is_ok() {
+            return;
+        }
+    }
     for op in capture_diff_slices(Algorithm::Myers, &old_lines, &new_lines) {
         let (removed, added) = match op {
             DiffOp::Equal { .. } => continue,
@@ -68,14 +126,36 @@ fn check_only_values_changed(old: &str, new: &str, image: &ImageRef) {
                 &new_lines[new_index..new_index + new_len],
             ),
         };
-        check_changed_lines(removed, added, &values, image);
+        if let Err(problem) = changed_lines(removed, added, &values, image) {
+            panic!("{problem}");
+        }
     }
+}
+
+/// `lines` without the first `n` copies of each line that `drop` maps to `n`.
+fn leave_out<'a>(lines: &[&'a str], mut drop: HashMap<String, usize>) -> Vec<&'a str> {
+    lines
+        .iter()
+        .copied()
+        .filter(|l| match drop.get_mut(*l) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        })
+        .collect()
 }
 
 /// Pairs removed and added lines in order: a pair must differ in one value
 /// only; an unpaired removed line must be a kustomize `digest`, an unpaired
 /// added one a kustomize `newTag` or `digest` holding the image's part.
-fn check_changed_lines(removed: &[&str], added: &[&str], values: &[String], image: &ImageRef) {
+fn changed_lines(
+    removed: &[&str],
+    added: &[&str],
+    values: &[String],
+    image: &ImageRef,
+) -> Result<(), String> {
     let (mut r, mut a) = (0, 0);
     while r < removed.len() || a < added.len() {
         let (old, new) = (removed.get(r), added.get(a));
@@ -91,9 +171,10 @@ fn check_changed_lines(removed: &[&str], added: &[&str], values: &[String], imag
         } else if new.is_some_and(|l| inserted_kustomize_line(l, image)) {
             a += 1;
         } else {
-            panic!("more than a value changed:\n- {old:?}\n+ {new:?}");
+            return Err(format!("more than a value changed:\n- {old:?}\n+ {new:?}"));
         }
     }
+    Ok(())
 }
 
 /// `old` is `P + O + S` and `new` is `P + R + S`, where `O` reads as one
@@ -145,27 +226,50 @@ fn renderings(value: &str) -> Vec<String> {
     out
 }
 
-/// A plain or quoted scalar's content, `middle`, found after `prefix`: no
-/// line break and no comment in it, no YAML blank (space, tab) at its
-/// edges (other control characters are the value's: YAML forbids them, and
-/// the scanner reads them as content), no quote at its
-/// start, and no closing quote at its end when `prefix` opened one (a
-/// plain scalar may end with a quote: `it's'`).
+/// A plain or quoted scalar's content, `middle`, found after `prefix`.
+/// Inside quotes (`prefix` opened one) anything but a line break and an
+/// unescaped closing quote is content, blanks and ` #` included. A plain
+/// scalar has no line break, no comment, no quote at its start and no YAML
+/// blank (space, tab) at its edges; it may end with a quote (`it's'`).
+/// Other control characters are the value's: YAML forbids them, and the
+/// scanner reads them as content.
 fn reads_as_one_value(prefix: &str, middle: &str) -> bool {
-    let quote = |c: char| c == '"' || c == '\'';
-    let opened = prefix.chars().last().filter(|&c| quote(c));
-    !middle.contains(['\n', '\r'])
-        && !middle.contains(" #")
-        && !middle.starts_with(['#', '"', '\''])
-        && middle.trim_matches([' ', '\t']) == middle
-        && !opened.is_some_and(|q| middle.ends_with(q))
+    if middle.contains(['\n', '\r']) {
+        return false;
+    }
+    match prefix.chars().last() {
+        Some(quote @ ('"' | '\'')) => !closes_early(quote, middle),
+        _ => {
+            !middle.contains(" #")
+                && !middle.starts_with(['#', '"', '\''])
+                && middle.trim_matches([' ', '\t']) == middle
+        }
+    }
+}
+
+/// Whether a scalar opened with `quote` would end inside `middle`: at a `"`
+/// not escaped by a backslash, or at a `'` not doubled.
+fn closes_early(quote: char, middle: &str) -> bool {
+    if quote == '\'' {
+        return middle.replace("''", "").contains('\'');
+    }
+    let mut escaped = false;
+    for c in middle.chars() {
+        match c {
+            '"' if !escaped => return true,
+            '\\' => escaped = !escaped,
+            _ => escaped = false,
+        }
+    }
+    false
 }
 
 /// The key of a `key: value` line, without indentation or a leading dash.
 fn kustomize_key(line: &str) -> Option<&str> {
     let body = line.trim_start().trim_start_matches("- ").trim_start();
     let (key, _) = body.split_once(':')?;
-    Some(key)
+    // YAML blanks may stand between a key and its colon (`digest\t: x`).
+    Some(key.trim_end_matches([' ', '\t']))
 }
 
 fn inserted_kustomize_line(line: &str, image: &ImageRef) -> bool {

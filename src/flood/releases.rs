@@ -1,6 +1,7 @@
-//! Deterministic generator of realistic CI/CD event floods.
+//! The `releases` flood profile, `sluice flood`'s default: realistic release
+//! pipelines.
 //!
-//! `sluice flood` feeds the `cicd` topology (`topologies/cicd.toml`) with JSON Lines that look
+//! It feeds the `cicd` topology (`topologies/cicd.toml`) with JSON Lines that look
 //! like what a container registry's push webhook and Alertmanager produce for a fleet of
 //! services: release pipelines that push several tags of one build within seconds, the same
 //! digest pushed again and again (multi-arch manifests, CI retries, pipeline re-runs), skewed
@@ -17,65 +18,14 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fmt::Write as _;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 
+use super::{
+    index, per_mille, push_hex, write_line, AlertValue, FloodConfig, ImageValue, LineSource, Value,
+    ALERT_TOPIC, IMAGE_TOPIC,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
-
-use crate::replay::OutputLine;
-
-/// Settings of a generated flood.
-#[derive(Debug, Clone)]
-pub struct FloodConfig {
-    /// Total number of lines written.
-    pub events: u64,
-    /// Number of distinct services; 0 is treated as 1.
-    pub services: u32,
-    /// Seed of every random choice: the same config always yields the same bytes.
-    pub seed: u64,
-    /// Timestamp (ms since the Unix epoch) of the first event.
-    pub start_ts: u64,
-    /// Share of deliberately invalid records, per 1000 lines (values above 1000 mean all).
-    pub invalid_per_mille: u32,
-}
-
-impl Default for FloodConfig {
-    fn default() -> Self {
-        Self {
-            events: 100_000,
-            services: 100,
-            seed: 1,
-            // 2026-01-01T00:00:00Z
-            start_ts: 1_767_225_600_000,
-            invalid_per_mille: 1,
-        }
-    }
-}
-
-/// Writes `cfg.events` JSON Lines to `out`; returns the number of lines written.
-///
-/// Output is buffered internally and flushed before returning, so any write error surfaces
-/// here. Each line is `{"topic", "ts", "key", "value"}` with topic `docker-events` (image
-/// pushes) or `alert-events` (Alertmanager notifications) and key = the service name.
-///
-/// # Errors
-///
-/// Returns the first error `out` reports while writing or flushing.
-pub fn write_flood<W: Write>(cfg: &FloodConfig, out: W) -> io::Result<u64> {
-    let mut out = BufWriter::with_capacity(1 << 16, out);
-    let mut flood = Flood::new(cfg);
-    let mut written = 0;
-    while written < cfg.events {
-        flood.write_next_line(&mut out)?;
-        written += 1;
-    }
-    out.flush()?;
-    Ok(written)
-}
-
-const IMAGE_TOPIC: &str = "docker-events";
-const ALERT_TOPIC: &str = "alert-events";
 
 // Rates are global rather than per service so that a flood of N events always covers roughly
 // the same span of simulated time (about 100 ms per event: 1,000,000 events span a little over
@@ -374,40 +324,6 @@ const ALERT_FLAWS: [Flaw; 4] = [
     Flaw::PendingStatus,
 ];
 
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Value<'a> {
-    Image(ImageValue<'a>),
-    Alert(AlertValue<'a>),
-    Text(String),
-    Number(u64),
-}
-
-#[derive(Serialize)]
-struct ImageValue<'a> {
-    service: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    repository: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tag: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    digest: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    environment: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct AlertValue<'a> {
-    service: &'a str,
-    alertname: &'static str,
-    severity: &'static str,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    environment: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fingerprint: Option<&'a str>,
-}
-
 /// Reusable text buffers, so writing a line allocates nothing in the common case.
 #[derive(Debug, Default)]
 struct Scratch {
@@ -418,7 +334,7 @@ struct Scratch {
 }
 
 /// The simulation state.
-struct Flood {
+pub(super) struct Flood {
     /// Drives the simulated fleet.
     rng: ChaCha8Rng,
     /// Decides which lines get broken, on its own stream so the invalid share does not change
@@ -438,7 +354,7 @@ struct Flood {
 }
 
 impl Flood {
-    fn new(cfg: &FloodConfig) -> Self {
+    pub(super) fn new(cfg: &FloodConfig) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let mut flaw_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         flaw_rng.set_stream(1);
@@ -513,7 +429,7 @@ impl Flood {
     }
 
     /// Advances the simulation until one line is delivered, and writes it.
-    fn write_next_line<W: Write>(&mut self, out: &mut W) -> io::Result<()> {
+    fn deliver_next<W: Write>(&mut self, out: &mut W) -> io::Result<()> {
         loop {
             let next_start = self.next_release.min(self.next_incident);
             let due = self
@@ -1029,34 +945,6 @@ impl Flood {
     }
 }
 
-fn write_line<W: Write>(
-    out: &mut W,
-    topic: &'static str,
-    ts: u64,
-    key: &str,
-    value: Value<'_>,
-) -> io::Result<()> {
-    let line = OutputLine {
-        topic,
-        ts,
-        key: Some(key),
-        value,
-    };
-    serde_json::to_writer(&mut *out, &line).map_err(io::Error::from)?;
-    out.write_all(b"\n")
-}
-
-/// A uniform number in 0..1000, for per-mille chances.
-fn per_mille(rng: &mut ChaCha8Rng) -> u32 {
-    rng.random_range(0..1000)
-}
-
-/// A uniform index below `len`, sampled as u64 so the stream does not depend on the platform's
-/// pointer width.
-fn index(rng: &mut ChaCha8Rng, len: usize) -> usize {
-    rng.random_range(0..len as u64) as usize
-}
-
 /// Gap to the next arrival with the given mean: mostly short, sometimes a lull, so activity
 /// comes in irregular waves. Integer-only, unlike an exponential draw, for portability.
 fn arrival_gap(rng: &mut ChaCha8Rng, mean: u64) -> u64 {
@@ -1084,16 +972,15 @@ fn fingerprint(service: &str, incident: &Incident) -> u64 {
     hash
 }
 
-fn push_hex(buf: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &byte in bytes {
-        buf.push(char::from(HEX[usize::from(byte >> 4)]));
-        buf.push(char::from(HEX[usize::from(byte & 0x0f)]));
+impl LineSource for Flood {
+    fn write_next_line<W: Write>(&mut self, out: &mut W) -> io::Result<()> {
+        self.deliver_next(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::write_flood;
     use super::*;
     use regex::Regex;
     use serde_json::Value as Json;
