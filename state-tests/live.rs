@@ -235,20 +235,29 @@ fn exactly_once_survives_kill_9_with_two_instances() {
     );
 
     // A marker produced now must come out, read_committed: no transaction
-    // was left hanging by the killed instances.
-    let final_image = Line {
+    // was left hanging by the killed instances. The image that moves stream
+    // time past its debounce goes to the same partition of the same topic:
+    // an alert on the other input could be fetched and processed first (the
+    // fetches of two partitions race), and the marker would then arrive a
+    // day late, its timer waiting for a stream time that never comes.
+    let image = |service: &str, ts: i64| Line {
         topic: "docker-events".into(),
-        ts: lines.last().unwrap().ts + 1,
-        key: Some("zz-final".into()),
-        value:
-            r#"{"service":"zz-final","repository":"registry.example.com/zz-final","tag":"v9.9.9"}"#
-                .into(),
+        ts,
+        key: Some(service.into()),
+        value: format!(
+            r#"{{"service":"{service}","repository":"registry.example.com/{service}","tag":"v9.9.9"}}"#
+        ),
     };
-    let mut marker = end_marker(final_image.ts + 86_400_000);
-    marker.key = Some("zz-final".into());
-    produce(&producer(), &[final_image, marker], &s.topics(), |_| {
-        Some(0)
-    });
+    let final_ts = lines.last().unwrap().ts + 1;
+    let final_image = image("zz-final", final_ts);
+    let clock_mover = image("zz-final-clock", final_ts + 86_400_000);
+    produce(
+        &producer(),
+        &[final_image, clock_mover],
+        &s.topics(),
+        |_| Some(0),
+    );
+    let produced = std::time::Instant::now();
     let reads = read_topic(
         &brokers(),
         &s.sink,
@@ -257,15 +266,21 @@ fn exactly_once_survives_kill_9_with_two_instances() {
         Duration::from_secs(60),
         |r| {
             r.iter()
-                .any(|r| String::from_utf8_lossy(&r.value).contains("zz-final"))
+                .any(|r| String::from_utf8_lossy(&r.value).contains("\"zz-final\""))
         },
     );
+    eprintln!(
+        "the final marker: {:?} after its produce",
+        produced.elapsed()
+    );
     terminate(&mut a);
+    let last_run = s.log("run-a-3.log");
     assert!(
         reads
             .iter()
-            .any(|r| String::from_utf8_lossy(&r.value).contains("zz-final")),
-        "the final marker never became readable with read_committed"
+            .any(|r| String::from_utf8_lossy(&r.value).contains("\"zz-final\"")),
+        "the final marker never became readable with read_committed; the last run's log ends:\n{}",
+        &last_run[last_run.len().saturating_sub(12_000)..]
     );
 }
 
@@ -367,15 +382,18 @@ fn a_second_process_with_the_same_identity_fences_the_first() {
         &args,
         &SLOW_COMMITS,
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // The second's start on a loaded machine (topic checks, joining the
+    // group, its first InitProducerId) can take most of a minute.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(status) = first.try_wait().unwrap() {
             break status;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the first process kept running:\n{}",
-            s.log("first.log")
+            "the first process kept running:\n{}\n--- the second's log:\n{}",
+            s.log("first.log"),
+            s.log("second.log")
         );
         std::thread::sleep(Duration::from_millis(100));
     };

@@ -187,10 +187,33 @@ fn changelog_ends(
         .iter()
         .map(|c| {
             super::retry_kafka("read a changelog's offsets", setup.stop, || {
-                restorer.fetch_watermarks(&c.topic, id, Duration::from_secs(10))
+                let ends = restorer.fetch_watermarks(&c.topic, id, Duration::from_secs(10));
+                if ends.as_ref().is_err_and(is_unknown_partition) {
+                    refresh_metadata(restorer, &c.topic);
+                }
+                ends
             })
         })
         .collect()
+}
+
+/// Whether librdkafka's metadata lacks the partition: right after a broker
+/// restart it can cache a topic without its partitions, and keep that until
+/// the next periodic refresh (five minutes by default).
+fn is_unknown_partition(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::UnknownPartition | C::UnknownTopicOrPartition | C::UnknownTopic)
+    )
+}
+
+/// Asks the cluster for `topic`'s metadata now, so that the next attempt
+/// sees its partitions; a failure only means the next attempt fails too.
+fn refresh_metadata(restorer: &BaseConsumer<RestoreContext>, topic: &str) {
+    if let Err(e) = restorer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+        tracing::debug!(topic, error = %e, "metadata refresh failed");
+    }
 }
 
 fn recorded_position(
