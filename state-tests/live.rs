@@ -328,7 +328,14 @@ fn state_moves_with_partitions_when_instances_come_and_go() {
         &args,
         &SLOW_COMMITS,
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // Steps wait on what each instance logs, not on fixed sleeps: on a
+    // loaded machine an instance can take longer to join than a sleep.
+    // The first must have committed state before the second joins ...
+    let minute = Duration::from_secs(60);
+    wait_for_log(&s.path("first.log"), "task restored", 4, minute);
+    wait_for_progress(&s.path("first.log"), "a commit", minute, |field| {
+        field("commits") > 0
+    });
     let mut second = spawn_run_with(
         &s.topology,
         &s.path("state-2"),
@@ -336,7 +343,8 @@ fn state_moves_with_partitions_when_instances_come_and_go() {
         &args,
         &SLOW_COMMITS,
     );
-    std::thread::sleep(Duration::from_secs(4));
+    // ... and the second must hold partitions before the first leaves.
+    wait_for_log(&s.path("second.log"), "partitions assigned", 1, minute);
     let status = terminate(&mut first);
     assert!(status.success(), "first instance: {}", s.log("first.log"));
     let got = committed_intents(&s, expected.len(), 120);
@@ -470,7 +478,14 @@ fn wall_clock_timers_fire_without_another_record() {
         &dir.path().join("run.log"),
         &[],
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // The debounce starts when the run takes the image: it must be
+    // consuming before the pushes, or the time it took to start counts.
+    wait_for_log(
+        &dir.path().join("run.log"),
+        "task restored",
+        1,
+        Duration::from_secs(60),
+    );
     let sent = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -665,7 +665,13 @@ fn input_buffers_stay_under_the_byte_budget_while_a_co_partition_lags() {
         ],
         &[(sluice::fault::ENV, &format!("{hold}=fail@1+"))],
     );
-    std::thread::sleep(Duration::from_secs(12));
+    // Until the images fill the buffers (progress lines come every 10 s).
+    wait_for_progress(
+        &a.path("run.log"),
+        "20 records buffered",
+        Duration::from_secs(90),
+        |field| field("buffered") >= 20,
+    );
     assert!(
         terminate(&mut run).success(),
         "{}",

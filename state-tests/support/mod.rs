@@ -417,3 +417,63 @@ pub fn diff_multisets(expected: &[IntentFields], got: &[IntentFields]) -> String
         lines.join("\n")
     )
 }
+
+/// Waits until `needle` occurs `count` times in the log at `path`; fails
+/// with the log after `timeout`.
+pub fn wait_for_log(path: &Path, needle: &str, count: usize, timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.matches(needle).count() >= count {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "no `{needle}` in {} after {timeout:?}:\n{log}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until a `progress` line of the run's log at `path` passes `ok`,
+/// which reads its numeric fields by name (`processed`, `commits`,
+/// `buffered`, ...); fails with the log after `timeout`. Progress lines
+/// come every 10 s.
+pub fn wait_for_progress(
+    path: &Path,
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(&dyn Fn(&str) -> u64) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        let passes = log
+            .lines()
+            .filter(|l| l.contains(" progress "))
+            .any(|line| {
+                let field = |name: &str| progress_field(line, name);
+                ok(&field)
+            });
+        if passes {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "no progress line with {what} in {} after {timeout:?}:\n{log}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The numeric field `name=` of a log line, 0 when absent.
+fn progress_field(line: &str, name: &str) -> u64 {
+    let key = format!(" {name}=");
+    line.find(&key)
+        .map(|at| &line[at + key.len()..])
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

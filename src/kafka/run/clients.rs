@@ -84,7 +84,7 @@ impl ClientContext for RestoreContext {
         if group_refused {
             tracing::debug!(client = "restore", error = %error, reason, "restore group not authorized (not needed)");
         } else if !is_end_of_partition(&error) {
-            tracing::warn!(client = "restore", error = %error, reason, "kafka client error");
+            super::repeats::client_error("restore", &error, reason);
         }
     }
 }

@@ -208,7 +208,9 @@ impl Runtime {
             }
             if Instant::now() >= next_report {
                 inner.report_progress();
-                next_report += PROGRESS_EVERY;
+                // From now, not from the missed due time: after a long
+                // block (a restore through an outage) one line, not a burst.
+                next_report = Instant::now() + PROGRESS_EVERY;
             }
             if inner.idle_done(last_activity.elapsed()) {
                 tracing::info!("idle: everything committed; exiting");
@@ -309,7 +311,10 @@ fn consumer_error(e: KafkaError, group: &str) -> Result<(), RunError> {
     match producer::failure_class(&e) {
         TxnFailure::Fenced(reason) => Err(RunError::Fenced(reason)),
         _ => {
-            tracing::warn!(error = %e, "consumer error");
+            let kind = format!("consumer poll: {e}");
+            if let Some(held_back) = super::repeats::CLIENT_ERRORS.admit(&kind) {
+                tracing::warn!(error = %e, held_back, "consumer error");
+            }
             Ok(())
         }
     }

@@ -24,6 +24,7 @@ mod process;
 pub mod producer;
 mod purge;
 mod rebalance;
+mod repeats;
 mod restore;
 pub mod task;
 pub mod topics;

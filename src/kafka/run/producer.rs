@@ -87,7 +87,7 @@ impl ClientContext for Deliveries {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(client = "producer", error = %error, reason, "kafka client error");
+        super::repeats::client_error("producer", &error, reason);
     }
 }
 

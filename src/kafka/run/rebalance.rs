@@ -45,7 +45,7 @@ impl ClientContext for RunContext {
         if is_end_of_partition(&error) {
             return; // reported on the partition queues
         }
-        tracing::warn!(client = "consumer", error = %error, reason, "kafka client error");
+        super::repeats::client_error("consumer", &error, reason);
     }
 }
 

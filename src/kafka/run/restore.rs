@@ -430,10 +430,16 @@ impl Reading<'_> {
                     );
                     return Err(RunError::from(denied).into());
                 }
-                // Connection trouble (a broker restarting): librdkafka reconnects by itself.
+                // Connection trouble (a broker restarting): librdkafka
+                // reconnects by itself, with its own backoff. No sleep here:
+                // the long-lived restorer queues an error per failed connect
+                // during an outage, and a pause for each of that backlog
+                // kept a restore after a 60 s outage waiting 76 s more.
                 Some(Err(e)) if last_progress.elapsed() < deadline_idle => {
-                    tracing::warn!(topic = %self.changelog.topic, error = %e, "changelog read error; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
+                    let kind = format!("changelog read {}: {e}", self.changelog.topic);
+                    if let Some(held_back) = super::repeats::CLIENT_ERRORS.admit(&kind) {
+                        tracing::warn!(topic = %self.changelog.topic, error = %e, held_back, "changelog read error; retrying");
+                    }
                 }
                 Some(Err(e)) => {
                     return Err(RunError::kafka("read a changelog", e).into());

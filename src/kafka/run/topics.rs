@@ -221,7 +221,7 @@ impl rdkafka::ClientContext for LogContext {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        tracing::warn!(client = "admin", error = %error, reason, "kafka client error");
+        super::repeats::client_error("admin", &error, reason);
     }
 }
 
