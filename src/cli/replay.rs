@@ -220,7 +220,9 @@ pub(super) fn open_backend(
                 .prefix("sluice-state-")
                 .tempdir()
                 .context("cannot create a temporary state directory")?;
-            let backend = RocksBackend::open(temp.path())?;
+            // Removed when the replay ends: nothing to recover after a
+            // crash, so its writes need no write-ahead log.
+            let backend = RocksBackend::open_scratch(temp.path())?;
             Ok((Box::new(backend), StateLocation { _temp: Some(temp) }))
         }
     }

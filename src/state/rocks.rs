@@ -37,12 +37,24 @@ pub struct RocksBackend {
     write_buffers: Option<rocksdb::WriteBufferManager>,
     dir: PathBuf,
     names: Vec<String>,
+    /// False for a scratch database, whose writes skip the write-ahead log.
+    wal: bool,
 }
 
 impl RocksBackend {
     /// Opens (creating if needed) the database in `dir`, with every column family it already has.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         Self::open_with(dir, None)
+    }
+
+    /// Opens a scratch database in `dir`, one that is thrown away when the
+    /// process ends (a replay's temporary state): its writes skip the
+    /// write-ahead log, which exists only to recover after a crash, and
+    /// `sync` does nothing. Never for state that must outlive the process.
+    pub fn open_scratch(dir: &Path) -> Result<Self, StateError> {
+        let mut backend = Self::open_with(dir, None)?;
+        backend.wal = false;
+        Ok(backend)
     }
 
     /// Opens the database in `dir` within a memory budget shared with others.
@@ -76,6 +88,7 @@ impl RocksBackend {
             write_buffers,
             dir: dir.to_owned(),
             names: Vec::new(),
+            wal: true,
         })
     }
 
@@ -219,6 +232,7 @@ impl StateBackend for RocksBackend {
         let mut opts = WriteOptions::default();
         // Durability comes from the WAL, synced in `sync` at the points that need it.
         opts.set_sync(false);
+        opts.disable_wal(!self.wal);
         self.db
             .write_opt(wb, &opts)
             .map_err(|cause| StateError::Rocks {
@@ -229,6 +243,9 @@ impl StateBackend for RocksBackend {
     }
 
     fn sync(&mut self) -> Result<(), StateError> {
+        if !self.wal {
+            return Ok(());
+        }
         self.db.flush_wal(true).map_err(|cause| StateError::Rocks {
             store: "(wal)".into(),
             op: "sync",
@@ -242,5 +259,51 @@ impl StateBackend for RocksBackend {
 
     fn location(&self) -> String {
         self.dir.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes in the database's write-ahead log files.
+    fn wal_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    }
+
+    fn write_some(backend: &mut RocksBackend) -> StoreId {
+        let store = backend.open_store("dedup").unwrap();
+        let mut batch = WriteBatch::default();
+        for n in 0..1_000u32 {
+            batch.put(store, n.to_be_bytes().to_vec(), vec![7; 100]);
+        }
+        backend.write(batch).unwrap();
+        backend.sync().unwrap();
+        store
+    }
+
+    #[test]
+    fn a_scratch_database_reads_its_writes_and_logs_none_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scratch = RocksBackend::open_scratch(dir.path()).unwrap();
+        let store = write_some(&mut scratch);
+        assert_eq!(
+            scratch.get(store, &999u32.to_be_bytes()).unwrap(),
+            Some(vec![7; 100])
+        );
+        assert_eq!(wal_bytes(dir.path()), 0, "no write-ahead log");
+    }
+
+    #[test]
+    fn a_lasting_database_logs_its_writes_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lasting = RocksBackend::open(dir.path()).unwrap();
+        write_some(&mut lasting);
+        assert!(wal_bytes(dir.path()) > 100_000, "the writes are in the log");
     }
 }
