@@ -393,7 +393,13 @@ fn a_paused_instance_does_not_commit_a_timer_its_successor_fired() {
     )
     .unwrap();
     p.flush(Duration::from_secs(10)).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Its commit counts only when something changed: the image, here.
+    wait_for_progress(
+        &log("a-0"),
+        "the image processed and committed",
+        Duration::from_secs(60),
+        |field| field("processed") >= 1 && field("commits") >= 1,
+    );
     assert!(
         terminate(&mut a).success(),
         "{}",
