@@ -421,19 +421,10 @@ pub fn diff_multisets(expected: &[IntentFields], got: &[IntentFields]) -> String
 /// Waits until `needle` occurs `count` times in the log at `path`; fails
 /// with the log after `timeout`.
 pub fn wait_for_log(path: &Path, needle: &str, count: usize, timeout: Duration) {
-    let started = Instant::now();
-    loop {
-        let log = std::fs::read_to_string(path).unwrap_or_default();
-        if log.matches(needle).count() >= count {
-            return;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "no `{needle}` in {} after {timeout:?}:\n{log}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let what = format!("`{needle}` {count} times");
+    wait_for_log_text(path, &what, timeout, |log| {
+        log.matches(needle).count() >= count
+    });
 }
 
 /// Waits until a `progress` line of the run's log at `path` passes `ok`,
@@ -446,25 +437,29 @@ pub fn wait_for_progress(
     timeout: Duration,
     ok: impl Fn(&dyn Fn(&str) -> u64) -> bool,
 ) {
+    let what = format!("a progress line with {what}");
+    wait_for_log_text(path, &what, timeout, |log| {
+        log.lines()
+            .filter(|l| l.contains(" progress "))
+            .any(|line| ok(&|name: &str| progress_field(line, name)))
+    });
+}
+
+/// Reads the log at `path` until `done` accepts its text; fails with the
+/// log after `timeout`.
+fn wait_for_log_text(path: &Path, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) {
     let started = Instant::now();
     loop {
         let log = std::fs::read_to_string(path).unwrap_or_default();
-        let passes = log
-            .lines()
-            .filter(|l| l.contains(" progress "))
-            .any(|line| {
-                let field = |name: &str| progress_field(line, name);
-                ok(&field)
-            });
-        if passes {
+        if done(&log) {
             return;
         }
         assert!(
             started.elapsed() < timeout,
-            "no progress line with {what} in {} after {timeout:?}:\n{log}",
+            "no {what} in {} after {timeout:?}:\n{log}",
             path.display()
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
