@@ -224,7 +224,7 @@ fn exactly_once_survives_kill_9_with_two_instances() {
         diff_multisets(&expected, &got),
         &logs[logs.len().saturating_sub(4000)..]
     );
-    assert_eq!(got, expected, "{}", diff_multisets(&expected, &got));
+    assert_same_intents(&expected, &got, "");
     let reopened_with_state = logs
         .lines()
         .filter(|l| l.contains("task restored") && l.contains("from_beginning=false"))
@@ -349,7 +349,7 @@ fn state_moves_with_partitions_when_instances_come_and_go() {
     assert!(status.success(), "first instance: {}", s.log("first.log"));
     let got = committed_intents(&s, expected.len(), 120);
     terminate(&mut second);
-    assert_eq!(got, expected, "{}", diff_multisets(&expected, &got));
+    assert_same_intents(&expected, &got, "");
     let second_log = s.log("second.log");
     assert!(
         second_log.matches("partitions assigned").count() >= 2,
@@ -419,13 +419,7 @@ fn a_second_process_with_the_same_identity_fences_the_first() {
     let got = committed_intents(&s, expected.len(), 120);
     terminate(&mut second);
     let log = s.log("second.log");
-    assert_eq!(
-        got,
-        expected,
-        "{}\n{}",
-        diff_multisets(&expected, &got),
-        &log[log.len().saturating_sub(5000)..]
-    );
+    assert_same_intents(&expected, &got, &log[log.len().saturating_sub(5000)..]);
 }
 
 #[test]
@@ -602,13 +596,7 @@ fn the_run_carries_on_by_itself_across_a_broker_restart() {
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(still_running, "the run gave up:\n{log}");
     let got = sorted(read_intents(&reads));
-    assert_eq!(
-        got,
-        expected,
-        "{}\n{}",
-        diff_multisets(&expected, &got),
-        &log[log.len().saturating_sub(3000)..]
-    );
+    assert_same_intents(&expected, &got, &log[log.len().saturating_sub(3000)..]);
 }
 
 #[test]

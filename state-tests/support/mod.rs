@@ -397,9 +397,9 @@ pub fn diff_multisets(expected: &[IntentFields], got: &[IntentFields]) -> String
         *counts.entry(g).or_default() -= 1;
     }
     let mut lines: Vec<String> = counts
-        .into_iter()
-        .filter(|(_, n)| *n != 0)
-        .map(|(k, n)| {
+        .iter()
+        .filter(|(_, n)| **n != 0)
+        .map(|(k, &n)| {
             if n > 0 {
                 format!("missing x{n}: {k:?}")
             } else {
@@ -408,14 +408,45 @@ pub fn diff_multisets(expected: &[IntentFields], got: &[IntentFields]) -> String
         })
         .collect();
     lines.sort();
-    let total = lines.len();
-    lines.truncate(20);
     format!(
-        "{total} differences (expected {}, got {}):\n{}",
-        expected.len(),
-        got.len(),
-        lines.join("\n")
+        "{}:\n{}",
+        difference_counts(&counts, expected.len(), got.len()),
+        lines[..lines.len().min(20)].join("\n")
     )
+}
+
+/// "N differences (expected E, got G; M missing, X extra)": one line that
+/// tells a loss from a repeat.
+fn difference_counts(counts: &HashMap<&IntentFields, i64>, expected: usize, got: usize) -> String {
+    let differing = counts.values().filter(|n| **n != 0).count();
+    let missing: i64 = counts.values().filter(|n| **n > 0).sum();
+    let extra: i64 = -counts.values().filter(|n| **n < 0).sum::<i64>();
+    format!("{differing} differences (expected {expected}, got {got}; {missing} missing, {extra} extra)")
+}
+
+/// Fails unless `got` and `expected` (both sorted) hold the same intents.
+/// The message starts and ends with what differs, never with a dump of
+/// both lists: a CI log keeps only part of a failure, and the counts of
+/// missing and extra intents are what tell a loss from a repeat. `context`
+/// (log lines) goes between.
+pub fn assert_same_intents(expected: &[IntentFields], got: &[IntentFields], context: &str) {
+    if got != expected {
+        let diff = diff_multisets(expected, got);
+        let summary = diff.lines().next().unwrap_or_default();
+        panic!(
+            "the output differs from replay's: {summary}\n{context}\n\n{diff}\nagain: {summary}"
+        );
+    }
+}
+
+/// The warnings and errors of a run's log, at most `max` of the last ones:
+/// the path a run took through faults, for a failure message.
+pub fn warnings_of(log: &str, max: usize) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    lines[lines.len().saturating_sub(max)..].join("\n")
 }
 
 /// Waits until `needle` occurs `count` times in the log at `path`; fails

@@ -297,7 +297,13 @@ impl Inner {
         Ok(())
     }
 
-    /// Puts every assigned partition back at its committed offset.
+    /// Puts every assigned partition back at its committed offset, and
+    /// takes those offsets as the ones the next transaction builds on: after
+    /// a producer rebuild the last commit's outcome was decided by the new
+    /// producer, so what this run last committed may not be what the group
+    /// holds. A partition that consumes nothing before the next commit is
+    /// committed at the offset kept here; a stale one would move the
+    /// group's offset backwards.
     pub(super) fn rewind(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<(), RunError> {
         let assigned = consumer
             .assignment()
@@ -311,9 +317,16 @@ impl Inner {
             })?;
         let mut seek = TopicPartitionList::new();
         for e in committed.elements() {
+            let key = (e.topic().to_owned(), e.partition());
             let offset = match e.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::Beginning,
+                Offset::Offset(o) => {
+                    self.committed.insert(key, o);
+                    Offset::Offset(o)
+                }
+                _ => {
+                    self.committed.remove(&key);
+                    Offset::Beginning
+                }
             };
             let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
         }
@@ -338,8 +351,10 @@ impl Inner {
     ) -> Result<(), RunError> {
         tracing::warn!(%reason, "producer failed fatally; rebuilding it and rewinding to the last commit");
         self.replace_producer(reason)?;
-        self.reopen_tasks()?;
-        self.rewind(consumer)
+        // Rewind first: it reads the group's committed offsets, which the
+        // reopened tasks' restores judge changelog records by.
+        self.rewind(consumer)?;
+        self.reopen_tasks()
     }
 
     /// Drops the producer for a new one, whose `init_transactions` decides
