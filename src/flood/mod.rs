@@ -3,7 +3,7 @@
 //! Two profiles shape the traffic differently, so that a topology (and
 //! Sluice itself) is measured on more than one kind of flood:
 //!
-//! - [`Profile::Releases`] (`releases.rs`, the default) simulates release
+//! - [`Profile::Releases`] (`releases/`, the default) simulates release
 //!   pipelines: bursts of tags of one build, the same digest pushed again
 //!   and again, skewed popularity, alerts that re-fire until resolved. Most
 //!   pushes are duplicates that `dedup` drops, and few timers fire.
