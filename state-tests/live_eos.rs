@@ -433,6 +433,47 @@ fn after_a_commit_of_unknown_outcome_no_committed_offset_moves_backwards() {
     }
 }
 
+/// Flow control pauses a partition whose buffer is full; librdkafka keeps
+/// that pause across a producer rebuild's reopen of the tasks and across
+/// a reassignment, while the reopened queues start unpaused. A budget of a
+/// few dozen records per partition keeps partitions paused much of the time, so
+/// the rebuild (after a commit of unknown outcome) finds some paused: each
+/// must be fetched again, or the run stalls short of replay's output.
+#[test]
+fn partitions_paused_by_flow_control_are_fetched_again_after_a_producer_rebuild() {
+    let s = Setup::new("paused", 2);
+    let (_, expected) = flood_into(&s, 20_000, 2, 29);
+    let log = s.path("run.log");
+    let mut run = spawn_run_with(
+        &s.topology,
+        &s.path("state"),
+        &log,
+        &[
+            "--clock",
+            "event",
+            "--commit-interval-ms",
+            "20",
+            "--max-buffer-bytes",
+            "65536",
+        ],
+        &[("SLUICE_FAULTS", "txn.after-end-txn=fail@5")],
+    );
+    let got = committed_intents(&s, expected.len(), 120);
+    terminate(&mut run);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log.contains("producer rebuilt"),
+        "the fault was injected:\n{}",
+        warnings_of(&log, 20)
+    );
+    let last_progress = log.lines().rev().find(|l| l.contains("progress"));
+    assert_same_intents(
+        &expected,
+        &got,
+        &format!("{}\n{last_progress:?}", warnings_of(&log, 20)),
+    );
+}
+
 /// The group `group`'s committed offset of partition 0 of `topic`, and the
 /// partition's end.
 fn committed_and_end(group: &str, topic: &str) -> (i64, i64) {

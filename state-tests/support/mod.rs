@@ -432,7 +432,11 @@ fn difference_counts(counts: &HashMap<&IntentFields, i64>, expected: usize, got:
 pub fn assert_same_intents(expected: &[IntentFields], got: &[IntentFields], context: &str) {
     if got != expected {
         let diff = diff_multisets(expected, got);
-        let summary = diff.lines().next().unwrap_or_default();
+        let summary = diff
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(':');
         panic!(
             "the output differs from replay's: {summary}\n{context}\n\n{diff}\nagain: {summary}"
         );

@@ -23,7 +23,7 @@ use super::input::{repartition_records, DECODED_HEADER, IGNORED_HEADER};
 use super::output::OutputCounts;
 use super::producer::{self, TxnFailure, TxnProducer};
 use super::purge::Purger;
-use super::rebalance::{RunContext, SplitQueue};
+use super::rebalance::{current_strays, RunContext, SplitQueue, Stray};
 use super::restore::RestoreEnv;
 use super::task::{self, Task, TaskSetup};
 use super::topics::{Layout, Plan};
@@ -188,6 +188,7 @@ impl Runtime {
                 .as_mut()
                 .ok_or_else(|| RunError::Setup("run state gone".into()))?;
             inner.handle_failure(&self.consumer)?;
+            let stray = current_strays(stray, self.consumer.context().revocations());
             inner.enqueue_all(&self.consumer, stray)?;
             let moved = inner.fill_queues(&self.consumer)?;
             let processed = inner.process(&self.consumer)? + moved;
@@ -225,7 +226,7 @@ impl Runtime {
     /// longer than `max.poll.interval.ms` keeps the member in the group; a
     /// rebalance meanwhile is served as usual, and a task whose partitions
     /// were revoked during its restore is closed again.
-    fn open_assigned(&self, stray: &mut Vec<OwnedMessage>) -> Result<(), RunError> {
+    fn open_assigned(&self, stray: &mut Vec<Stray>) -> Result<(), RunError> {
         let opening = {
             let mut guard = self.consumer.context().lock();
             let inner = guard
@@ -259,12 +260,17 @@ impl Runtime {
 
     /// Serves callbacks; returns records that reached the main queue before
     /// their partition's queue was split off.
-    fn poll_main(&self, wait: Duration) -> Result<Vec<OwnedMessage>, RunError> {
+    fn poll_main(&self, wait: Duration) -> Result<Vec<Stray>, RunError> {
         let mut stray = Vec::new();
         let mut timeout = wait;
         loop {
             match self.consumer.poll(timeout) {
-                Some(Ok(m)) => stray.push(m.detach()),
+                // Stamped after the poll: a revocation served within it
+                // came before this record in the queue.
+                Some(Ok(m)) => stray.push(Stray {
+                    revocations: self.consumer.context().revocations(),
+                    message: m.detach(),
+                }),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => consumer_error(e, &self.shared.topo.app_id)?,
                 None => return Ok(stray),

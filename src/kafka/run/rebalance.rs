@@ -2,11 +2,13 @@
 //! for the loop, and opening and closing the tasks of moved partitions.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::clients::RestoreContext;
@@ -27,6 +29,9 @@ pub(super) struct SplitQueue {
 pub struct RunContext {
     inner: Mutex<Option<Inner>>,
     pub(super) consumer: OnceLock<Weak<BaseConsumer<RunContext>>>,
+    /// Revocations served so far, readable without the lock: each record
+    /// taken from the main queue is stamped with it (see [`Stray`]).
+    revocations: AtomicU64,
 }
 
 impl RunContext {
@@ -34,6 +39,37 @@ impl RunContext {
         // A panic with the lock held already ends the run; the data is not reused.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    pub(super) fn revocations(&self) -> u64 {
+        self.revocations.load(Ordering::SeqCst)
+    }
+}
+
+/// A record that reached the consumer's main queue before its partition's
+/// queue was split off, with the revocations served when it was taken.
+pub(super) struct Stray {
+    pub(super) revocations: u64,
+    pub(super) message: OwnedMessage,
+}
+
+/// The strays still owed to the run: those taken before a revocation since
+/// are dropped. The partitions were revoked (the protocol is eager: all of
+/// them), and whoever owns them now fetches them again from the committed
+/// offsets: forwarding or buffering them too would repeat them.
+pub(super) fn current_strays(strays: Vec<Stray>, revocations: u64) -> Vec<OwnedMessage> {
+    let taken = strays.len();
+    let current: Vec<OwnedMessage> = strays
+        .into_iter()
+        .filter(|s| s.revocations == revocations)
+        .map(|s| s.message)
+        .collect();
+    if current.len() < taken {
+        tracing::debug!(
+            dropped = taken - current.len(),
+            "records taken before a revocation; they will be fetched again"
+        );
+    }
+    current
 }
 
 impl ClientContext for RunContext {
@@ -60,6 +96,7 @@ impl ConsumerContext for RunContext {
         };
         inner.summary.rebalances += 1;
         inner.revocations += 1;
+        self.revocations.fetch_add(1, Ordering::SeqCst);
         let lost = consumer.assignment_lost();
         tracing::info!(partitions = tpl.count(), lost, "partitions revoked");
         if let Err(e) = inner.on_revoke(consumer, tpl, lost) {
@@ -110,6 +147,7 @@ impl RunContext {
         RunContext {
             inner: Mutex::new(None),
             consumer: OnceLock::new(),
+            revocations: AtomicU64::new(0),
         }
     }
 }
@@ -254,6 +292,7 @@ impl Inner {
         lost: bool,
     ) -> Result<(), RunError> {
         forget_revoked(&mut self.assigned, revoked);
+        self.resume_paused(consumer);
         if lost {
             // Another member may own them already: our offsets would be refused.
             self.abandon_transaction()?;
@@ -274,6 +313,33 @@ impl Inner {
         self.raw_waiting.clear();
         self.committed.clear();
         Ok(())
+    }
+
+    /// Resumes every partition that flow control paused, before its queue
+    /// is dropped: librdkafka keeps a pause across a revocation and the
+    /// next assignment, and a reopened or reassigned task starts with
+    /// queues that are not paused, which flow control never resumes, so
+    /// the partition would not be fetched again. Called before a seek too:
+    /// a resume right after a seek can make librdkafka ignore the seek
+    /// (librdkafka#2190).
+    pub(super) fn resume_paused(&mut self, consumer: &BaseConsumer<RunContext>) {
+        let mut tpl = TopicPartitionList::new();
+        for task in self.tasks.values() {
+            for q in task.queues.iter().filter(|q| q.paused) {
+                tpl.add_partition(&q.topic, task.id);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.resume(&tpl) {
+            Ok(()) => self
+                .tasks
+                .values_mut()
+                .flat_map(|t| t.queues.iter_mut())
+                .for_each(|q| q.paused = false),
+            Err(e) => tracing::warn!(error = %e, "cannot resume the paused partitions"),
+        }
     }
 
     /// Closes the tasks `ids` (all when `None`), discarding uncommitted changes.

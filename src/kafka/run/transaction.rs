@@ -351,8 +351,10 @@ impl Inner {
     ) -> Result<(), RunError> {
         tracing::warn!(%reason, "producer failed fatally; rebuilding it and rewinding to the last commit");
         self.replace_producer(reason)?;
-        // Rewind first: it reads the group's committed offsets, which the
-        // reopened tasks' restores judge changelog records by.
+        // The reopened tasks' queues start unpaused.
+        self.resume_paused(consumer);
+        // Rewind before reopening: it reads the group's committed offsets,
+        // which the reopened tasks' restores judge changelog records by.
         self.rewind(consumer)?;
         self.reopen_tasks()
     }
