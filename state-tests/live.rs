@@ -70,6 +70,12 @@ impl Setup {
             .collect()
     }
 
+    /// The app id (the topology file is named after it).
+    fn app(&self) -> String {
+        let stem = self.topology.file_stem().expect("a topology file name");
+        stem.to_string_lossy().into_owned()
+    }
+
     fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }

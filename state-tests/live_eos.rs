@@ -73,12 +73,7 @@ fn a_commit_of_unknown_outcome_reopens_the_tasks_from_the_changelog() {
         &["--clock", "event", "--exit-after-idle", "2s"],
     );
     assert!(fresh.wait().unwrap().success(), "{}", s.log("fresh.log"));
-    let app = s
-        .topology
-        .file_stem()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let app = s.app();
     for task in 0..2 {
         let dir = |root: &str| s.path(root).join(&app).join(format!("task-{task}"));
         let (kept, restored) = (store_entries(&dir("state")), store_entries(&dir("fresh")));
@@ -416,12 +411,7 @@ fn after_a_commit_of_unknown_outcome_no_committed_offset_moves_backwards() {
     let status = second.wait().unwrap();
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "{log}");
-    let app = s
-        .topology
-        .file_stem()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let app = s.app();
     for topic in [&s.images, &s.alerts] {
         let (committed, end) = committed_and_end(&app, topic);
         assert_eq!(
