@@ -6,6 +6,7 @@
 //! - [`state`]: the state backend trait, RocksDB and in-memory.
 //! - [`engine`]: runs a topology on a clock given by its driver.
 //! - [`replay`]: the replay driver (`sluice replay`).
+//! - [`telemetry`]: metrics, traces and health of the long-running commands.
 
 pub mod commit;
 pub mod diff;
@@ -21,4 +22,5 @@ pub mod proto;
 pub mod record;
 pub mod replay;
 pub mod state;
+pub mod telemetry;
 pub mod topology;

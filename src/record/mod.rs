@@ -4,6 +4,7 @@
 
 pub mod oci;
 mod parse;
+mod trace_context;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -14,6 +15,7 @@ pub use parse::{
     parse_alert, parse_git, parse_image, validate_alert, validate_git, validate_image, AlertFields,
     GitFields, ImageFields,
 };
+pub use trace_context::{TraceContext, TRACEPARENT};
 
 /// An "image pushed" event, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
