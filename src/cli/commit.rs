@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 
 use sluice::commit::config::CommitConfig;
 use sluice::commit::dead_letter::{DeadLetters, FileDeadLetters, KafkaDeadLetters};
+use sluice::commit::metrics::CommitMetrics;
 use sluice::commit::source::{FileSource, IntentSource, KafkaSource};
 use sluice::commit::{committer, git::Remote};
 
@@ -39,6 +40,8 @@ pub struct CommitArgs {
     /// Only check the config, print `ok` and exit.
     #[arg(long)]
     check: bool,
+    #[command(flatten)]
+    telemetry: super::observe::TelemetryArgs,
 }
 
 /// Set by SIGINT or SIGTERM: the committer finishes its batch and stops.
@@ -65,11 +68,16 @@ pub fn run(args: CommitArgs) -> Result<ExitCode> {
         .clone()
         .or_else(|| config.work_dir.clone())
         .unwrap_or_else(|| PathBuf::from(".sluice-commit"));
+    let telemetry = args.telemetry.start("commit", None)?;
+    telemetry.health.set_unready("opening the clones");
     // Inputs first: a missing file or broker setting fails before any clone.
     let mut source = open_intent_source(&args, &config)?;
     let (mut dead, dead_file) = open_dead_letters(&args, &config, &work_dir)?;
     let remote = Remote::new(&config.repository, &config.author, config.signing.as_ref())?;
-    let mut committer = committer::Committer::open(&config, &remote, &work_dir)?;
+    let committer = committer::Committer::open(&config, &remote, &work_dir)?;
+    let metrics = CommitMetrics::new(telemetry.meter(), &committer.branches());
+    let mut committer = committer.with_metrics(metrics);
+    telemetry.health.set_ready();
     stop_on_signals();
     let opts = committer::RunOptions {
         stop: &STOP,
@@ -77,6 +85,7 @@ pub fn run(args: CommitArgs) -> Result<ExitCode> {
         on_batch: &mut |_, _| {},
     };
     let result = committer.run(source.as_mut(), dead.as_mut(), opts);
+    telemetry.shutdown();
     eprintln!("sluice commit: {}", committer.counters.render());
     if let Some(path) = dead_file.filter(|_| committer.counters.dead_letters > 0) {
         eprintln!("sluice commit: dead letters in {}", path.display());

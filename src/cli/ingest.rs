@@ -18,6 +18,8 @@ pub struct IngestArgs {
     /// Only validate the config (every error with file:line:column) and exit.
     #[arg(long)]
     check: bool,
+    #[command(flatten)]
+    telemetry: super::observe::TelemetryArgs,
 }
 
 pub fn run(args: IngestArgs) -> Result<ExitCode> {
@@ -39,15 +41,24 @@ pub fn run(args: IngestArgs) -> Result<ExitCode> {
     } else {
         "http"
     };
+    let telemetry = args.telemetry.start("ingest", None)?;
+    telemetry.health.set_unready("starting");
+    let observe = ingest::IngestObserve {
+        meter: telemetry.meter().clone(),
+        tracing: telemetry.tracing.clone(),
+        health: std::sync::Arc::clone(&telemetry.health),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(ingest::serve(config, &brokers, |address| {
+    let served = runtime.block_on(ingest::serve(config, &brokers, observe, |address| {
         // Tests and scripts read the bound address (the config may say port 0).
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {scheme}://{address}");
         let _ = out.flush();
-    }))?;
+    }));
+    telemetry.shutdown();
+    served?;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,11 +4,13 @@
 mod acls;
 mod bench;
 mod commit;
+mod dashboard;
 mod decode;
 mod demo;
 mod describe;
 mod flood;
 mod ingest;
+mod observe;
 mod record;
 mod replay;
 mod run;
@@ -33,6 +35,10 @@ struct Cli {
     /// More logging on stderr (-v info, -vv debug, -vvv trace); SLUICE_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Log lines as human-readable text, or as one JSON object per line
+    /// (for log collectors).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,14 +74,22 @@ enum Command {
     /// Print the Kafka ACLs `sluice run TOPOLOGY` (or `sluice commit` with
     /// --commit CONFIG) needs, as kafka-acls.sh command lines or JSON.
     Acls(acls::AclsArgs),
+    /// Print the Grafana dashboard of Sluice's metrics (JSON).
+    Dashboard(dashboard::DashboardArgs),
     /// Benchmarks (not tests): print medians of several runs.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.log_format);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -102,11 +116,12 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Commit(args) => commit::run(args),
         Command::Ingest(args) => ingest::run(args),
         Command::Acls(args) => acls::run(args),
+        Command::Dashboard(args) => dashboard::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -115,11 +130,18 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
-        .init();
+        .with_writer(io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(io::stderr().is_terminal()).init(),
+        // One object per line: timestamp, level, target, fields, message.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 /// Writes to stdout; a reader that went away (`| head`) is not an error.

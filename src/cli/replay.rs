@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use sluice::engine::stats::NodeStats;
 use sluice::engine::{Engine, EngineOptions};
 use sluice::replay::{replay, JsonLinesOutput, Progress, ReplayOptions, ReplaySummary};
 use sluice::state::{BackendKind, MemoryBackend, RocksBackend, StateBackend};
@@ -103,7 +104,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         eprint!("{}", render_summary(&summary, &engine));
     }
     if let Some(path) = &args.stats_json {
-        write_stats(path, &summary)?;
+        write_stats(path, &summary, engine.stats())?;
     }
     engine.close()?;
     match (baseline, args.diff) {
@@ -176,7 +177,7 @@ pub(super) fn render_summary(s: &ReplaySummary, engine: &Engine) -> String {
     )
 }
 
-fn write_stats(path: &Path, s: &ReplaySummary) -> Result<()> {
+fn write_stats(path: &Path, s: &ReplaySummary, nodes: &[NodeStats]) -> Result<()> {
     let secs = s.elapsed.as_secs_f64();
     let stats = serde_json::json!({
         "lines": s.lines,
@@ -185,6 +186,8 @@ fn write_stats(path: &Path, s: &ReplaySummary) -> Result<()> {
         "records_out": s.records_out,
         "dead_letters": s.dead_letters,
         "peak_rss_bytes": super::bench::peak_rss_bytes(),
+        // Per node, as the metrics of `sluice run` count them.
+        "nodes": nodes,
     });
     std::fs::write(path, stats.to_string())
         .with_context(|| format!("cannot write {}", path.display()))

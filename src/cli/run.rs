@@ -52,6 +52,8 @@ pub struct RunArgs {
     /// Write the run's summary as JSON to this file when it ends.
     #[arg(long)]
     stats_json: Option<PathBuf>,
+    #[command(flatten)]
+    telemetry: super::observe::TelemetryArgs,
 }
 
 pub(super) fn parse_guarantee(text: &str) -> Result<Guarantee, String> {
@@ -84,7 +86,10 @@ pub fn run_live(args: RunArgs) -> Result<ExitCode> {
         .brokers
         .or_else(|| topo.kafka.brokers.clone())
         .context("no brokers: pass --brokers or set brokers in the topology's [kafka] table")?;
+    let telemetry = args.telemetry.start("run", None)?;
+    let observe = run::Observe::from_telemetry(&telemetry, args.telemetry.metrics_on());
     let opts = RunOptions {
+        observe,
         brokers,
         state_dir: args.state_dir,
         clock: args.clock,
@@ -100,7 +105,9 @@ pub fn run_live(args: RunArgs) -> Result<ExitCode> {
         engine: EngineOptions::default(),
     };
     install_signal_handlers();
-    match run::run(topo, opts, &STOP) {
+    let result = run::run(topo, opts, &STOP);
+    telemetry.shutdown();
+    match result {
         Ok(summary) => {
             eprintln!(
                 "processed {} records: {} output records, {} dead letters, {} commits, {} aborts, {} restored records",

@@ -13,6 +13,7 @@ use super::config::CommitConfig;
 use super::dead_letter::{DeadLetterError, DeadLetters};
 use super::git::{BranchClone, GitError, PushOutcome, Remote};
 use super::message::{commit_message, Templates};
+use super::metrics::CommitMetrics;
 use super::push::{Backoff, PushLimiter};
 use super::source::{IntentSource, Next, SourceError};
 
@@ -112,6 +113,7 @@ pub struct Committer<'r> {
     clones: Vec<BranchClone<'r>>,
     limiter: PushLimiter,
     pub counters: Counters,
+    metrics: Option<CommitMetrics>,
     /// Held for the committer's lifetime: one committer per work directory.
     _lock: File,
 }
@@ -142,8 +144,20 @@ impl<'r> Committer<'r> {
             clones,
             limiter: PushLimiter::new(&config.push),
             counters: Counters::default(),
+            metrics: None,
             _lock: lock,
         })
+    }
+
+    /// Reports outcomes, commits and pushes to `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: CommitMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The branches the committer writes, as the config lists them.
+    pub fn branches(&self) -> Vec<&str> {
+        self.clones.iter().map(|c| c.branch()).collect()
     }
 
     /// Reads batches from `source` until it ends, idles out or is stopped.
@@ -260,6 +274,9 @@ impl<'r> Committer<'r> {
             };
             self.report(d, &outcome, dead)?;
         }
+        if let Some(m) = &self.metrics {
+            m.batch_done(started.elapsed());
+        }
         tracing::info!(
             intents = batch.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -275,6 +292,9 @@ impl<'r> Committer<'r> {
         dead: &mut dyn DeadLetters,
     ) -> Result<(), CommitError> {
         self.counters.count(outcome);
+        if let Some(m) = &self.metrics {
+            m.outcome(outcome);
+        }
         let logged = match outcome {
             Outcome::Applied => tracing::enabled!(tracing::Level::DEBUG),
             Outcome::DeadLetter(_) => true,
@@ -324,13 +344,18 @@ impl<'r> Committer<'r> {
             }
             attempts += 1;
             let (last, failed) = match self.commit_and_push(b, &mut plan) {
-                Ok(PushOutcome::Pushed) => return Ok(plan),
+                Ok(PushOutcome::Pushed) => {
+                    self.note_pushed(b, items, &plan);
+                    return Ok(plan);
+                }
                 Ok(PushOutcome::Rejected(why)) => {
+                    self.note_push("rejected");
                     self.counters.rejected_pushes += 1;
                     tracing::debug!(branch = self.clones[b].branch(), why = %why, "push rejected, rebuilding on the new tip");
                     (why, false)
                 }
                 Err(e) => {
+                    self.note_push("failed");
                     self.counters.failed_pushes += 1;
                     tracing::warn!(branch = self.clones[b].branch(), error = %e, attempts, "push failed, retrying");
                     (e.to_string(), true)
@@ -352,6 +377,31 @@ impl<'r> Committer<'r> {
             }
             self.refresh(b);
         }
+    }
+
+    fn note_push(&self, result: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.push(result);
+        }
+    }
+
+    /// A branch's commit is on the remote: its intents are visible now.
+    fn note_pushed(&self, b: usize, items: &[(usize, &Checked)], plan: &BranchPlan) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        m.push("pushed");
+        let applied = |i: &usize| {
+            plan.outcomes
+                .iter()
+                .any(|(j, o)| j == i && *o == Outcome::Applied)
+        };
+        let times = items
+            .iter()
+            .filter(|(i, _)| applied(i))
+            .map(|(_, c)| c.ts)
+            .filter(|ts| *ts > 0);
+        m.pushed(self.clones[b].branch(), times);
     }
 
     /// Back to the remote's tip after a failed attempt; if the remote cannot

@@ -12,6 +12,7 @@
 //! - [`push`]: the per-repository push rate limit and the retry backoff.
 //! - [`committer`]: the loop that ties them together.
 //! - [`dead_letter`]: refused intents, with their reason.
+//! - [`metrics`]: outcomes, commits, pushes and latencies for Prometheus.
 
 pub mod batch;
 pub mod bench;
@@ -24,6 +25,7 @@ pub mod git;
 pub mod index;
 pub mod intent;
 pub mod message;
+pub mod metrics;
 pub mod push;
 pub mod source;
 pub mod url;

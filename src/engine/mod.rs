@@ -105,6 +105,15 @@ pub fn restore<'e>(
     Ok(n)
 }
 
+/// What [`Engine::operator_gauges`] reports of one operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorGauges {
+    pub name: String,
+    pub timers_pending: u64,
+    pub entries: u64,
+    pub gauges: Vec<(crate::operators::Gauge, u64)>,
+}
+
 /// Tuning that does not change results.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -250,6 +259,23 @@ impl Engine {
             Ok(())
         })?;
         Ok(count)
+    }
+
+    /// Per operator: timers pending, about how many entries its store
+    /// holds (as committed), and the gauges it reports. For metrics: it
+    /// walks the timer queue and asks the backend for estimates.
+    pub fn operator_gauges(&self) -> Result<Vec<OperatorGauges>, StateError> {
+        let timers = self.timers.pending_by_operator(self.ops.len());
+        let mut out = Vec::with_capacity(self.ops.len());
+        for (i, op) in self.ops.iter().enumerate() {
+            out.push(OperatorGauges {
+                name: self.op_names[i].clone(),
+                timers_pending: timers[i],
+                entries: self.backend.approximate_len(self.op_stores[i])?,
+                gauges: op.gauges(self.backend.as_ref())?,
+            });
+        }
+        Ok(out)
     }
 
     /// Timers fired since the engine was opened.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// Counters of one node of the topology.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NodeStats {
     pub name: String,
     pub received: u64,
@@ -34,6 +34,33 @@ impl NodeStats {
             }
         }
         tracing::trace!(node = %self.name, event, "payload entry ignored");
+    }
+
+    /// What was counted since `before` (an earlier copy of these counters).
+    pub fn since(&self, before: &NodeStats) -> NodeStats {
+        let minus = |now: u64, then: u64| now.saturating_sub(then);
+        NodeStats {
+            name: self.name.clone(),
+            received: minus(self.received, before.received),
+            emitted: minus(self.emitted, before.emitted),
+            dropped: self
+                .dropped
+                .iter()
+                .map(|(r, n)| (*r, minus(*n, before.dropped.get(r).copied().unwrap_or(0))))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            ignored: self
+                .ignored
+                .iter()
+                .map(|(e, n)| {
+                    (
+                        e.clone(),
+                        minus(*n, before.ignored.get(e).copied().unwrap_or(0)),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
     }
 
     /// Counts one dropped record. Every drop is counted; the trace event is

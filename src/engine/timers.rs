@@ -91,6 +91,18 @@ impl TimerQueue {
         Some(DueTimer { deadline, op, key })
     }
 
+    /// Timers waiting to fire, per operator (`ops` operators): walks the
+    /// queue, so it is for metrics every few seconds, not per record.
+    pub fn pending_by_operator(&self, ops: usize) -> Vec<u64> {
+        let mut counts = vec![0; ops];
+        for (op, _) in self.queue.values() {
+            if let Some(n) = counts.get_mut(*op) {
+                *n += 1;
+            }
+        }
+        counts
+    }
+
     pub fn next_deadline(&self) -> Option<u64> {
         self.queue.first_key_value().map(|(&(d, _), _)| d)
     }

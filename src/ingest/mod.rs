@@ -7,11 +7,13 @@
 //! - [`limits`]: rate limit, body limit, content type;
 //! - [`routes`]: the endpoints and every answer;
 //! - [`producer`]: the idempotent producer and readiness;
+//! - [`metrics`]: requests, produce latency, bytes and skipped entries;
 //! - [`server`], [`shutdown`], [`tls`]: listening, signals, TLS.
 
 pub mod auth;
 pub mod config;
 pub mod limits;
+pub mod metrics;
 pub mod producer;
 pub mod routes;
 pub mod server;
@@ -19,4 +21,4 @@ pub mod shutdown;
 pub mod tls;
 
 pub use config::IngestConfig;
-pub use server::{serve, IngestError};
+pub use server::{serve, IngestError, IngestObserve};

@@ -7,7 +7,7 @@
 //! tokio worker ever waits on the broker; the calls that do block (metadata,
 //! flush) run on the blocking pool.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::telemetry::Health;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -200,17 +200,26 @@ impl GatewayProducer {
     }
 }
 
-/// `/readyz`'s answer, kept up to date by a background probe.
+/// `/readyz`'s answer, kept up to date by a background probe: the same
+/// flag the telemetry listener's `/readyz` and `sluice_ready` read.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<Health>);
 
 impl Readiness {
+    pub fn new(health: Arc<Health>) -> Self {
+        Readiness(health)
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.is_ready()
     }
 
     pub(super) fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        if ready {
+            self.0.set_ready();
+        } else {
+            self.0.set_unready("kafka cannot take records");
+        }
     }
 
     /// Probes the cluster every `period` until `stopping` (a shutdown has

@@ -20,9 +20,11 @@ use serde_json::json;
 use super::auth::Auth;
 use super::config::EndpointConfig;
 use super::limits::{self, BodyError, Limiter};
+use super::metrics::IngestMetrics;
 use super::producer::{GatewayProducer, Outgoing, Readiness, Unavailable};
 use crate::format::{self, Decoded};
-use crate::record::Field;
+use crate::record::{Field, TraceContext, TRACEPARENT};
+use crate::telemetry::trace::{Kind as SpanKind, Tracing};
 
 /// One endpoint, ready to serve.
 pub struct Endpoint {
@@ -41,6 +43,9 @@ pub struct App {
     /// Requests being handled at once are bounded: each holds up to
     /// `max_body` bytes, and slow senders must not add up to unbounded memory.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub metrics: IngestMetrics,
+    /// Starts a trace per stored webhook (or continues the sender's).
+    pub tracing: Tracing,
 }
 
 /// Requests handled at once; above it a request is answered 503 at once.
@@ -88,7 +93,25 @@ fn unauthorized() -> Response {
     answer(StatusCode::UNAUTHORIZED, "authentication failed")
 }
 
+/// Every answer is counted by endpoint and status code.
 async fn hook(State(app): State<Arc<App>>, request: Request) -> Response {
+    let endpoint = endpoint_label(&app, request.uri().path());
+    let response = handle(&app, request).await;
+    app.metrics.answered(endpoint, response.status().as_u16());
+    response
+}
+
+/// The endpoint a path names, or `""` (a label must not grow with whatever
+/// paths scanners try).
+fn endpoint_label<'a>(app: &'a App, path: &str) -> &'a str {
+    let rest = path.trim_start_matches("/hooks/");
+    let name = rest.split_once('/').map_or(rest, |(name, _)| name);
+    app.endpoints
+        .get_key_value(name)
+        .map_or("", |(k, _)| k.as_str())
+}
+
+async fn handle(app: &Arc<App>, request: Request) -> Response {
     let received_at_ms = now_ms();
     // `/hooks/NAME` or `/hooks/NAME/SECRET`; the secret is never logged.
     let rest = request
@@ -123,7 +146,7 @@ async fn hook(State(app): State<Arc<App>>, request: Request) -> Response {
             Duration::from_secs(1),
         );
     };
-    accept(&app, endpoint, request, received_at_ms).await
+    accept(app, endpoint, request, received_at_ms).await
 }
 
 /// The checks that need no body: the answer refusing the request, if one does.
@@ -196,6 +219,21 @@ async fn accept(app: &App, endpoint: &Endpoint, request: Request, received_at_ms
         headers.push(("sluice-delivery-id", id));
     }
     let key = decoded.records.first().map(|r| r.field(Field::Service));
+    // The sender's trace is continued (a span of ours when tracing is on,
+    // else its traceparent passed on as it came).
+    let parent = header_text(TRACEPARENT).and_then(TraceContext::parse);
+    let mut span = app.tracing.start(
+        "sluice.ingest webhook",
+        SpanKind::Server,
+        parent.as_ref(),
+        &[],
+    );
+    span.set_attribute("sluice.endpoint", endpoint.config.name.clone());
+    span.set_attribute("sluice.records", decoded.records.len() as i64);
+    let traceparent = span.context().or(parent).map(|c| c.to_string());
+    if let Some(tp) = &traceparent {
+        headers.push((TRACEPARENT, tp.as_str()));
+    }
     let out = Outgoing {
         topic: &endpoint.config.topic,
         key: key.as_deref(),
@@ -203,8 +241,19 @@ async fn accept(app: &App, endpoint: &Endpoint, request: Request, received_at_ms
         received_at_ms,
         headers,
     };
-    match app.producer.send(out).await {
-        Ok(()) => accepted(&decoded),
+    let producing = std::time::Instant::now();
+    let sent = app.producer.send(out).await;
+    if sent.is_err() {
+        span.set_error("not stored");
+    }
+    drop(span);
+    match sent {
+        Ok(()) => {
+            let name = &endpoint.config.name;
+            app.metrics
+                .stored(name, body.len(), producing.elapsed(), &decoded.ignored);
+            accepted(&decoded)
+        }
         Err(e @ Unavailable::Retry(_)) => {
             tracing::warn!(endpoint = %endpoint.config.name, error = %e, "answering 503");
             retry_later(

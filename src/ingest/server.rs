@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use super::auth::Auth;
 use super::config::{IngestConfig, SecretUnavailable};
 use super::limits::Limiter;
+use super::metrics::IngestMetrics;
 use super::producer::{GatewayProducer, ProducerError, Readiness};
 use super::routes::{router, App, Endpoint};
 use super::shutdown::Shutdown;
@@ -38,11 +39,19 @@ pub enum IngestError {
     ProducerFailed,
 }
 
+/// What the gateway reports to: its meter, tracer and readiness flag.
+pub struct IngestObserve {
+    pub meter: opentelemetry::metrics::Meter,
+    pub tracing: crate::telemetry::Tracing,
+    pub health: Arc<crate::telemetry::Health>,
+}
+
 /// Serves until SIGTERM or SIGINT; `on_listening` is told the bound address
 /// (the config may say port 0).
 pub async fn serve(
     config: IngestConfig,
     brokers: &str,
+    observe: IngestObserve,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), IngestError> {
     let largest_body = config
@@ -57,12 +66,15 @@ pub async fn serve(
         config.delivery_timeout,
         largest_body,
     )?;
+    let names: Vec<&str> = config.endpoints.iter().map(|e| e.name.as_str()).collect();
     let app = Arc::new(App {
         endpoints: endpoints(&config)?,
         producer: producer.clone(),
-        readiness: Readiness::default(),
+        readiness: Readiness::new(Arc::clone(&observe.health)),
         retry_after: config.delivery_timeout,
         in_flight: Arc::new(tokio::sync::Semaphore::new(super::routes::MAX_IN_FLIGHT)),
+        metrics: IngestMetrics::new(&observe.meter, &names),
+        tracing: observe.tracing,
     });
     let mut topics: Vec<String> = config.endpoints.iter().map(|e| e.topic.clone()).collect();
     topics.sort();

@@ -8,7 +8,7 @@ use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{dur, BuildCx, Ctx, Operator};
+use super::{dur, BuildCx, Ctx, Gauge, Operator};
 use crate::duration::DurationMs;
 use crate::record::{Action, AlertEvent, AlertStatus, ImageEvent, Intent, Kind, Payload, Record};
 use crate::state::{StateBackend, StateError, Table, WriteBatch};
@@ -589,6 +589,16 @@ impl Operator for AlertGate {
 
     fn accepts_entry(&self, value: &[u8]) -> bool {
         self.state.accepts(value)
+    }
+
+    /// Keys with an image parked and alerts held active, as committed.
+    fn gauges(&self, backend: &dyn StateBackend) -> Result<Vec<(Gauge, u64)>, StateError> {
+        let (mut held, mut alerts) = (0, 0);
+        self.state.scan_committed(backend, &mut |st: &GateState| {
+            held += u64::from(st.parked.is_some());
+            alerts += st.alerts.len() as u64;
+        })?;
+        Ok(vec![(Gauge::HeldKeys, held), (Gauge::ActiveAlerts, alerts)])
     }
 
     fn commit(

@@ -49,6 +49,21 @@ pub trait Operator: Send {
     fn accepts_entry(&self, _value: &[u8]) -> bool {
         true
     }
+
+    /// Gauges of what the operator's committed state holds, for metrics
+    /// (read every few seconds after a commit, so a scan is affordable).
+    fn gauges(&self, _backend: &dyn StateBackend) -> Result<Vec<(Gauge, u64)>, StateError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A gauge an operator reports about its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Gauge {
+    /// Keys with an image parked (held deploys).
+    HeldKeys,
+    /// Alerts held as active.
+    ActiveAlerts,
 }
 
 /// What an operator produced while handling one record or timer.

@@ -76,6 +76,17 @@ pub trait StateBackend: Send {
     /// Whether `store` holds no entry.
     fn is_empty(&self, store: StoreId) -> Result<bool, StateError>;
 
+    /// About how many entries `store` holds (a metric, not a fact to rely
+    /// on): exact by default, RocksDB's estimate where it keeps one.
+    fn approximate_len(&self, store: StoreId) -> Result<u64, StateError> {
+        let mut n = 0;
+        self.scan(store, &mut |_, _| {
+            n += 1;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
     /// Applies `batch` atomically.
     fn write(&mut self, batch: WriteBatch) -> Result<(), StateError>;
 

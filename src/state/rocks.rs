@@ -205,6 +205,18 @@ impl StateBackend for RocksBackend {
         Ok(())
     }
 
+    fn approximate_len(&self, store: StoreId) -> Result<u64, StateError> {
+        let estimate = self
+            .db
+            .property_int_value_cf(self.cf(store)?, "rocksdb.estimate-num-keys")
+            .map_err(|cause| StateError::Rocks {
+                store: self.names[store].clone(),
+                op: "estimate entries",
+                cause,
+            })?;
+        Ok(estimate.unwrap_or(0))
+    }
+
     fn is_empty(&self, store: StoreId) -> Result<bool, StateError> {
         let mut iter = self
             .db

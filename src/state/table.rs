@@ -221,6 +221,22 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     pub fn cached(&self) -> usize {
         self.cache.len()
     }
+
+    /// Calls `visit` with every committed entry of the store (what the
+    /// backend holds, not the uncommitted cache): for metrics read right
+    /// after a commit. Entries that do not decode are skipped.
+    pub fn scan_committed(
+        &self,
+        backend: &dyn StateBackend,
+        visit: &mut dyn FnMut(&V),
+    ) -> Result<(), StateError> {
+        backend.scan(self.store, &mut |_, bytes| {
+            if let Ok(v) = postcard::from_bytes::<V>(bytes) {
+                visit(&v);
+            }
+            Ok(())
+        })
+    }
 }
 
 fn decode<V: DeserializeOwned>(

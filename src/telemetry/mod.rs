@@ -111,6 +111,8 @@ impl Telemetry {
         let meters = builder.build();
         let meter = meters.meter("sluice");
         process::register(&meter, opts.command);
+        let health = Arc::new(Health::default());
+        register_ready(&meter, opts.command, &health);
         let tracer_provider = if otlp_wanted("TRACES") {
             Some(tracer_provider(resource, trace_ratio(opts.trace_ratio)?)?)
         } else {
@@ -131,7 +133,7 @@ impl Telemetry {
             scrape,
             tracer_provider,
             tracing,
-            health: Arc::new(Health::default()),
+            health,
             server: None,
             metrics_addr: opts.metrics_addr,
         })
@@ -177,6 +179,15 @@ impl Telemetry {
             tracing::debug!(error = %e, "flushing metrics");
         }
     }
+}
+
+/// `sluice_ready`: what `/readyz` says, as 1 or 0.
+fn register_ready(meter: &Meter, command: &'static str, health: &Arc<Health>) {
+    let health = Arc::clone(health);
+    let label = [opentelemetry::KeyValue::new("command", command)];
+    instruments::observable_gauge(meter, &catalog::READY, move |o| {
+        o.observe(if health.is_ready() { 1.0 } else { 0.0 }, &label);
+    });
 }
 
 /// Whether an OTLP endpoint is configured for `signal` (`TRACES`, `METRICS`).

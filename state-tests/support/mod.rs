@@ -2,6 +2,7 @@
 //! with `.ci/kafka-local` and passes its address in SLUICE_TEST_BROKERS).
 #![allow(dead_code)]
 
+pub mod metrics;
 mod own_broker;
 #[allow(unused_imports)]
 pub use own_broker::OwnBroker;

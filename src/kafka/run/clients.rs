@@ -57,6 +57,10 @@ pub(super) fn create_consumer(shared: &Shared) -> Result<BaseConsumer<RunContext
         .set("queued.max.messages.kbytes", "4096")
         .set("queued.min.messages", "5000")
         .set_log_level(super::librdkafka_log_level());
+    if shared.opts.observe.metrics_on {
+        // Consumer lag per partition, for the metrics.
+        config.set("statistics.interval.ms", "5000");
+    }
     if let Some(id) = &shared.opts.instance_id {
         // Static membership: a restarted instance gets its partitions back
         // without a rebalance or a session timeout.

@@ -35,6 +35,7 @@ use crate::topology::Topology;
 
 /// What every part of a run reads and nothing changes.
 pub struct Shared {
+    pub metrics: Arc<super::metrics::RunMetrics>,
     pub topo: Arc<Topology>,
     pub plan: Plan,
     pub layout: Layout,
@@ -93,6 +94,10 @@ pub(super) struct Inner {
     /// An error raised inside a callback, surfaced by the loop.
     pub(super) failure: Option<RunError>,
     pub(super) counts: OutputCounts,
+    /// What the open transaction did, published to the metrics at its commit.
+    pub(super) txn_counts: super::metrics::TxnCounts,
+    /// When the tasks' gauges (timers, entries) are next refreshed.
+    pub(super) gauges_due: Instant,
     pub(super) summary: RunSummary,
     pub(super) restorer: Arc<BaseConsumer<RestoreContext>>,
     /// Revocations so far, so that a restore done outside the lock can tell
@@ -119,6 +124,8 @@ enum Enqueued {
 
 /// How often the loop logs its counters.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// How often the state gauges of the metrics are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 /// Records processed per task before the loop serves the consumer again.
 pub(super) const PROCESS_BUDGET: usize = 2_000;
@@ -133,6 +140,7 @@ impl Runtime {
     pub fn new(shared: Arc<Shared>) -> Result<Self, RunError> {
         let consumer = Arc::new(clients::create_consumer(&shared)?);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+        let _ = consumer.context().metrics.set(Arc::clone(&shared.metrics));
         let inner = Inner {
             producer: clients::new_producer_patiently(&shared)?,
             restorer: Arc::new(clients::create_restorer(&shared)?),
@@ -148,6 +156,8 @@ impl Runtime {
             raw_waiting: HashSet::new(),
             failure: None,
             counts: OutputCounts::default(),
+            txn_counts: Default::default(),
+            gauges_due: Instant::now(),
             summary: RunSummary::default(),
             first_record: None,
             last_commit_done: None,
@@ -255,6 +265,12 @@ impl Runtime {
                 .ok_or_else(|| RunError::Setup("run state gone".into()))?;
             inner.adopt(task, stats, opening.revocations);
         }
+        let guard = self.consumer.context().lock();
+        if let Some(inner) = guard.as_ref() {
+            if inner.assigned.is_none() {
+                inner.set_ready(true, "");
+            }
+        }
         Ok(())
     }
 
@@ -335,7 +351,9 @@ impl Inner {
     fn handle_failure(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<(), RunError> {
         match self.failure.take() {
             None => Ok(()),
-            Some(RunError::ProducerFatal(reason)) => self.rebuild_producer(consumer, &reason),
+            Some(RunError::ProducerFatal(reason)) => {
+                self.rebuild_producer(consumer, &reason, "fatal")
+            }
             Some(e) => Err(e),
         }
     }
@@ -354,7 +372,7 @@ impl Inner {
                 .remove(&(m.topic().to_owned(), m.partition()));
             if let Err(e) = self.enqueue(m) {
                 tracing::warn!(error = %e, "forwarding to a repartition topic failed; aborting the transaction");
-                self.abort_and_rewind(consumer)?;
+                self.abort_and_rewind(consumer, "forward")?;
                 return Ok(Enqueued::Rewound);
             }
         }
@@ -524,6 +542,34 @@ impl Inner {
                     Err(e) => {
                         tracing::warn!(topic = %q.topic, error = %e, "cannot pause or resume")
                     }
+                }
+            }
+        }
+    }
+
+    /// Readiness for `/readyz` and the `sluice_ready` gauge.
+    pub(super) fn set_ready(&self, ready: bool, reason: &str) {
+        let health = &self.shared.opts.observe.health;
+        if ready {
+            health.set_ready();
+        } else {
+            health.set_unready(reason);
+        }
+    }
+
+    /// Every few seconds after a commit: each task's timers pending, store
+    /// entries and operator gauges (they walk the timer queue and read
+    /// RocksDB's estimates, so not at every commit).
+    pub(super) fn refresh_gauges(&mut self) {
+        if Instant::now() < self.gauges_due {
+            return;
+        }
+        self.gauges_due = Instant::now() + GAUGES_EVERY;
+        for task in self.tasks.values() {
+            match task.engine.operator_gauges() {
+                Ok(ops) => self.shared.metrics.task_gauges(task.id, ops),
+                Err(e) => {
+                    tracing::debug!(task = task.id, error = %e, "cannot read the state gauges")
                 }
             }
         }

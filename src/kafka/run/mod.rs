@@ -17,6 +17,7 @@
 mod clients;
 mod consumer;
 mod input;
+pub mod metrics;
 pub mod output;
 mod partitioning;
 mod positions;
@@ -72,6 +73,47 @@ pub struct RunOptions {
     /// One budget, in bytes, for the input records buffered by all tasks.
     pub max_buffer_bytes: usize,
     pub engine: EngineOptions,
+    /// Metrics, traces and readiness.
+    pub observe: Observe,
+}
+
+/// Where a run reports what it does: the meter its metrics register with,
+/// the tracer (off unless traces are exported), and the readiness flag of
+/// `/readyz`.
+#[derive(Clone)]
+pub struct Observe {
+    pub meter: opentelemetry::metrics::Meter,
+    pub tracing: crate::telemetry::Tracing,
+    pub health: Arc<crate::telemetry::Health>,
+    /// Whether anyone reads the metrics (turns librdkafka's statistics on,
+    /// for consumer lag).
+    pub metrics_on: bool,
+}
+
+impl Observe {
+    /// From a process's telemetry.
+    pub fn from_telemetry(t: &crate::telemetry::Telemetry, metrics_on: bool) -> Self {
+        Observe {
+            meter: t.meter().clone(),
+            tracing: t.tracing.clone(),
+            health: Arc::clone(&t.health),
+            metrics_on,
+        }
+    }
+
+    /// Nothing is exported (benchmarks, tests of the library).
+    pub fn off() -> Self {
+        Self::from_telemetry(&crate::telemetry::Telemetry::off(), false)
+    }
+}
+
+impl std::fmt::Debug for Observe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observe")
+            .field("tracing", &self.tracing)
+            .field("metrics_on", &self.metrics_on)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +196,13 @@ pub fn run(
         None => clients::stored_instance_id(&state_root)?,
     };
     tracing::info!(app = %topo.app_id, instance = %instance, tasks = layout.tasks, guarantee = ?opts.guarantee, clock = ?opts.clock, "starting");
+    let sinks: Vec<String> = topo.sinks.iter().map(|s| s.name.clone()).collect();
+    let metrics = metrics::RunMetrics::new(&opts.observe.meter, &sinks);
+    opts.observe
+        .health
+        .set_unready("joining the consumer group");
     let shared = consumer::Shared {
+        metrics,
         topo,
         plan,
         layout,

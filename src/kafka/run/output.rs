@@ -4,6 +4,7 @@
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
+use super::metrics::{RunMetrics, TxnCounts};
 use super::producer::{self, TxnProducer};
 use crate::engine::{DeadLetter, Output, OutputError};
 use crate::record::{Payload, Record};
@@ -36,6 +37,8 @@ pub struct KafkaOutput<'a> {
     pub dead_letter_topic: &'a str,
     pub origin: Option<Origin<'a>>,
     pub counts: &'a mut OutputCounts,
+    pub txn_counts: &'a mut TxnCounts,
+    pub metrics: &'a RunMetrics,
 }
 
 impl KafkaOutput<'_> {
@@ -117,6 +120,8 @@ impl Output for KafkaOutput<'_> {
         producer::send(self.producer, out)?;
         self.producer.poll(std::time::Duration::ZERO);
         self.counts.records += 1;
+        self.txn_counts.sink_record(record);
+        self.metrics.sink_record(&sink.name, record, wall_ms());
         Ok(())
     }
 
@@ -133,9 +138,16 @@ impl Output for KafkaOutput<'_> {
         }
         producer::send(self.producer, out)?;
         self.counts.dead_letters += 1;
+        self.txn_counts.dead_letter();
         tracing::debug!(node = letter.node, error = letter.error, "dead letter");
         Ok(())
     }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ impl Inner {
                     Ok(()) => total += 1,
                     Err(e) => {
                         tracing::warn!(error = %e, "producing output failed; aborting the transaction");
-                        self.abort_and_rewind(consumer)?;
+                        self.abort_and_rewind(consumer, "output")?;
                         return Ok(total);
                     }
                 }
@@ -73,6 +73,8 @@ impl Inner {
                 offset: m.offset(),
             }),
             counts: &mut self.counts,
+            txn_counts: &mut self.txn_counts,
+            metrics: &shared.metrics,
         };
         let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
         let engine_topic = task.queues[qi].engine_topic.as_str();
@@ -109,6 +111,7 @@ impl Inner {
             }
         }
         task.queues[qi].consumed = Some(m.offset() + 1);
+        task.processed += 1;
         task.dirty = true;
         task.note_timers();
         Ok(())
@@ -136,11 +139,16 @@ impl Inner {
                 dead_letter_topic: &shared.plan.dead_letter,
                 origin: None,
                 counts: &mut self.counts,
+                txn_counts: &mut self.txn_counts,
+                metrics: &shared.metrics,
             };
+            let fired_before = task.engine.timers_fired();
             if let Err(e) = task.engine.advance_to(now, &mut out) {
                 tracing::warn!(error = %e, "producing timer output failed; aborting the transaction");
-                return self.abort_and_rewind(consumer);
+                return self.abort_and_rewind(consumer, "output");
             }
+            let fired = task.engine.timers_fired() - fired_before;
+            shared.metrics.punctuated(task.id, fired);
             task.note_timers();
         }
         Ok(())

@@ -29,6 +29,8 @@ pub(super) struct SplitQueue {
 pub struct RunContext {
     inner: Mutex<Option<Inner>>,
     pub(super) consumer: OnceLock<Weak<BaseConsumer<RunContext>>>,
+    /// Where librdkafka's statistics (consumer lag) go.
+    pub(super) metrics: OnceLock<Arc<super::metrics::RunMetrics>>,
     /// Revocations served so far, readable without the lock: each record
     /// taken from the main queue is stamped with it (see [`Stray`]).
     revocations: AtomicU64,
@@ -83,6 +85,24 @@ impl ClientContext for RunContext {
         }
         super::repeats::client_error("consumer", &error, reason);
     }
+
+    /// librdkafka's statistics (every few seconds when metrics are on):
+    /// the lag of each assigned partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(metrics) = self.metrics.get() else {
+            return;
+        };
+        let mut lag = std::collections::BTreeMap::new();
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's internal partition; a negative lag is unknown.
+                if *partition >= 0 && p.consumer_lag >= 0 && p.fetch_state == "active" {
+                    lag.insert((topic.clone(), *partition), p.consumer_lag);
+                }
+            }
+        }
+        metrics.lag(lag);
+    }
 }
 
 impl ConsumerContext for RunContext {
@@ -99,6 +119,7 @@ impl ConsumerContext for RunContext {
         self.revocations.fetch_add(1, Ordering::SeqCst);
         let lost = consumer.assignment_lost();
         tracing::info!(partitions = tpl.count(), lost, "partitions revoked");
+        inner.set_ready(false, "rebalancing");
         if let Err(e) = inner.on_revoke(consumer, tpl, lost) {
             inner.failure.get_or_insert(e);
         }
@@ -147,6 +168,7 @@ impl RunContext {
         RunContext {
             inner: Mutex::new(None),
             consumer: OnceLock::new(),
+            metrics: OnceLock::new(),
             revocations: AtomicU64::new(0),
         }
     }
@@ -219,6 +241,9 @@ impl Inner {
     /// Takes in a task restored outside the lock, unless its partitions
     /// were revoked meanwhile (a newer assignment then opens it again).
     pub(super) fn adopt(&mut self, task: Task, stats: RestoreStats, revocations: u64) {
+        self.shared
+            .metrics
+            .restored(task.id, stats.records, stats.elapsed);
         self.summary.restored_records += stats.records;
         self.summary.restore_ms += stats.elapsed.as_millis() as u64;
         self.summary.restore_malformed += stats.malformed;
@@ -349,6 +374,7 @@ impl Inner {
             None => self.tasks.keys().copied().collect(),
         };
         for id in closing {
+            self.shared.metrics.task_closed(id);
             if let Some(task) = self.tasks.remove(&id) {
                 let mut backend = task.engine.discard();
                 if let Err(e) = backend.sync() {

@@ -13,6 +13,7 @@ pub use super::restore::RestoreStats;
 use super::restore::{self, RestoreEnv};
 use super::topics::{Changelog, Layout, Plan};
 use super::RunError;
+use crate::engine::stats::NodeStats;
 use crate::engine::{self, Engine, EngineOptions};
 use crate::state::SharedMemory;
 use crate::topology::Topology;
@@ -100,6 +101,11 @@ pub struct Task {
     /// Something changed since the last commit.
     pub dirty: bool,
     fired_seen: u64,
+    /// Records processed since the last commit (for the metrics).
+    pub processed: u64,
+    /// The engine's per-node counters as of the last commit: the metrics
+    /// publish what each commit added.
+    counted: Vec<NodeStats>,
     pub prepared: Option<engine::Changes>,
     /// Changelog keys whose last records were skipped at restore because
     /// they follow from input that was never committed (at-least-once): the
@@ -159,6 +165,8 @@ impl Task {
             queues,
             dirty: !restored.superseded.is_empty(),
             fired_seen,
+            processed: 0,
+            counted: Vec::new(),
             prepared: None,
             superseded: restored.superseded,
         };
@@ -178,10 +186,29 @@ impl Task {
         self.fired_seen = self.engine.timers_fired();
         self.dirty = !self.superseded.is_empty();
         self.prepared = None;
+        // The reopened engine counts from zero; what was counted stays published.
+        self.processed = 0;
+        self.counted.clear();
         for q in &mut self.queues {
             q.clear();
         }
         Ok(())
+    }
+
+    /// What this task did since the last commit, which just committed:
+    /// records processed and each node's counters.
+    pub fn take_committed_counts(&mut self) -> (u64, Vec<NodeStats>) {
+        let now = self.engine.stats();
+        let delta = now
+            .iter()
+            .enumerate()
+            .map(|(i, node)| match self.counted.get(i) {
+                Some(before) => node.since(before),
+                None => node.clone(),
+            })
+            .collect();
+        self.counted = now.to_vec();
+        (std::mem::take(&mut self.processed), delta)
     }
 
     pub fn queue_mut(&mut self, topic: &str) -> Option<&mut InputQueue> {

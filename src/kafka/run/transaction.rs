@@ -78,13 +78,13 @@ impl Inner {
         .map_err(|e| producer::classify(e, "begin a transaction"))?;
         if let Err(e) = self.produce_changelogs() {
             tracing::warn!(error = %e, "producing the changelog failed; aborting");
-            return self.abort_and_rewind(consumer);
+            return self.abort_and_rewind(consumer, "changelog");
         }
         producer::drain(&self.producer)?;
         let deliveries = self.producer.context().take();
         if deliveries.failed > 0 {
             tracing::warn!(failed = deliveries.failed, first = ?deliveries.first_error, "deliveries failed; aborting");
-            return self.abort_and_rewind(consumer);
+            return self.abort_and_rewind(consumer, "delivery");
         }
         let offsets = self.offsets();
         // Tests widen the moment between the changelog being written and
@@ -99,9 +99,11 @@ impl Inner {
             Ok(()) => {}
             Err(TxnFailure::Abortable(reason)) => {
                 tracing::warn!(%reason, "commit failed; aborting and rewinding");
-                return self.abort_and_rewind(consumer);
+                return self.abort_and_rewind(consumer, "commit");
             }
-            Err(TxnFailure::Fatal(reason)) => return self.rebuild_producer(consumer, &reason),
+            Err(TxnFailure::Fatal(reason)) => {
+                return self.rebuild_producer(consumer, &reason, "fatal")
+            }
             Err(TxnFailure::Fenced(reason)) => return self.on_fenced(consumer, reason),
         }
         for e in offsets.elements() {
@@ -111,6 +113,7 @@ impl Inner {
             }
         }
         self.apply(&deliveries.changelog_ends)?;
+        self.publish_commit(started.elapsed());
         self.raw_dirty = false;
         if self.purger.is_some() {
             let positions = self.repartition_positions();
@@ -123,6 +126,21 @@ impl Inner {
         self.summary.commit_ms_max = self.summary.commit_ms_max.max(ms);
         self.last_commit_done = Some(Instant::now());
         Ok(())
+    }
+
+    /// Hands what the committed transaction did to the metrics.
+    fn publish_commit(&mut self, took: std::time::Duration) {
+        let txn = std::mem::take(&mut self.txn_counts);
+        let tasks = self
+            .tasks
+            .values_mut()
+            .map(|t| {
+                let (processed, nodes) = t.take_committed_counts();
+                (t.id, processed, nodes)
+            })
+            .collect();
+        self.shared.metrics.committed(took, txn, tasks);
+        self.refresh_gauges();
     }
 
     pub(super) fn produce_changelogs(&mut self) -> Result<(), RunError> {
@@ -236,16 +254,19 @@ impl Inner {
 
     /// Abandons everything since the last commit: the transaction, the
     /// tasks' uncommitted state, and the consumer positions.
+    /// `class` says what failed (see `metrics::ABORT_CLASSES`).
     pub(super) fn abort_and_rewind(
         &mut self,
         consumer: &BaseConsumer<RunContext>,
+        class: &'static str,
     ) -> Result<(), RunError> {
         self.summary.aborts += 1;
+        self.shared.metrics.aborted(class);
         if self.txn_open.is_open() {
             match producer::abort(&self.producer) {
                 Ok(()) => self.txn_open.close(),
                 Err(RunError::Fenced(r)) => return self.on_fenced(consumer, r),
-                Err(e) => return self.rebuild_producer(consumer, &e.to_string()),
+                Err(e) => return self.rebuild_producer(consumer, &e.to_string(), "abort_failed"),
             }
         }
         self.reset_tasks()?;
@@ -264,9 +285,13 @@ impl Inner {
                 Ok(())
             }
             Err(RunError::Fenced(r)) if !self.txn_open.may_have_timed_out() => {
+                self.shared.metrics.fenced();
                 Err(RunError::Fenced(r))
             }
-            Err(e) => self.replace_producer(&e.to_string()),
+            Err(e) => {
+                self.shared.metrics.rebuilt("abort_failed");
+                self.replace_producer(&e.to_string())
+            }
         }
     }
 
@@ -280,14 +305,16 @@ impl Inner {
         reason: String,
     ) -> Result<(), RunError> {
         if !self.txn_open.may_have_timed_out() {
+            self.shared.metrics.fenced();
             return Err(RunError::Fenced(reason));
         }
         tracing::warn!(%reason, timeout = ?TRANSACTION_TIMEOUT, "fenced with a transaction older than the transaction timeout: the coordinator aborted it; rebuilding the producer");
-        self.rebuild_producer(consumer, &reason)
+        self.rebuild_producer(consumer, &reason, "coordinator_timeout")
     }
 
     pub(super) fn reset_tasks(&mut self) -> Result<(), RunError> {
         let shared = Arc::clone(&self.shared);
+        self.txn_counts = Default::default();
         self.producer.context().take();
         self.raw_offsets.clear();
         self.raw_dirty = false;
@@ -348,8 +375,11 @@ impl Inner {
         &mut self,
         consumer: &BaseConsumer<RunContext>,
         reason: &str,
+        class: &'static str,
     ) -> Result<(), RunError> {
         tracing::warn!(%reason, "producer failed fatally; rebuilding it and rewinding to the last commit");
+        self.shared.metrics.rebuilt(class);
+        self.set_ready(false, "rebuilding the producer");
         self.replace_producer(reason)?;
         // The reopened tasks' queues start unpaused.
         self.resume_paused(consumer);
@@ -378,6 +408,7 @@ impl Inner {
     /// which holds the outcome (a restore from the positions the store
     /// recorded, usually short).
     fn reopen_tasks(&mut self) -> Result<(), RunError> {
+        self.txn_counts = Default::default();
         self.producer.context().take();
         self.raw_offsets.clear();
         self.raw_dirty = false;
@@ -386,6 +417,7 @@ impl Inner {
         for id in ids {
             self.open_task(id)?;
         }
+        self.set_ready(true, "");
         Ok(())
     }
 }
