@@ -7,20 +7,14 @@ mod support;
 
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::metrics::{http_get, metrics_address, scrape, Scrape};
+use support::otlp::{OtlpReceiver, ReceivedSpan};
+use support::pipeline::*;
 use support::*;
 
 const END_MARKER: &str = r#"{"service":"zz-end-marker","alertname":"End","severity":"info","status":"resolved","environment":"prod"}"#;
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 /// Every per-node counter of a live run equals what replay counts on the
 /// same input (the run counts committed work only, so the totals are exact).
@@ -95,7 +89,7 @@ fn run_metrics_count_what_replay_counts() {
     let addr = metrics_address(&mut run);
     let total = lines.len() as f64;
     let mut last = Scrape::default();
-    wait_for(
+    wait_until(
         "every record processed and committed",
         Duration::from_secs(120),
         || {
@@ -168,5 +162,487 @@ fn run_metrics_count_what_replay_counts() {
     assert!(
         build.len() == 1 && build[0].0.contains("command=\"run\""),
         "{build:?}"
+    );
+}
+
+const HARBOR_TOKEN: &str = "sentinel-harbor-token-7f3a";
+
+/// The pieces of one pipeline: a bare repository, the three commands'
+/// configs, and the topics.
+struct Pipeline {
+    dir: tempfile::TempDir,
+    bare: std::path::PathBuf,
+    port: u16,
+}
+
+impl Pipeline {
+    /// Harbor and Alertmanager endpoints, a topology through dedup,
+    /// debounce (`quiet`) and an alert gate, and a committer on `main`.
+    fn new(name: &str, quiet: &str) -> Pipeline {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let app = unique(name);
+        let (harbor, am, intents) = (
+            format!("{app}-harbor"),
+            format!("{app}-am"),
+            format!("{app}-intents"),
+        );
+        create_topics(&[(&harbor, 2), (&am, 2), (&intents, 2)]);
+        let bare = deploy_repo(d, "harbor.example.com/team/api:v0");
+        let mut seed = String::new();
+        for svc in ["web", "worker"] {
+            seed.push_str(&format!("---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {svc}\nspec:\n  template:\n    spec:\n      containers:\n        - name: {svc}\n          image: harbor.example.com/team/{svc}:v0 # {{\"sluice\": \"{svc}\"}}\n"));
+        }
+        let seed_dir = d.join("seed");
+        std::fs::write(seed_dir.join("envs/prod/more.yaml"), seed).unwrap();
+        git(&seed_dir, &["add", "-A"]);
+        git(&seed_dir, &["commit", "--quiet", "-m", "more services"]);
+        git(&seed_dir, &["push", "--quiet", "origin", "main"]);
+        let port = free_port();
+        std::fs::write(
+            d.join("ingest.toml"),
+            format!(
+                "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[kafka]\nbrokers = \"{brokers}\"\n\n\
+                 [[endpoints]]\nname = \"harbor\"\ntopic = \"{harbor}\"\nformat = \"harbor\"\n\
+                 auth = {{ type = \"header\", token = {{ env = \"HARBOR_TOKEN\" }} }}\n\n\
+                 [[endpoints]]\nname = \"alertmanager\"\ntopic = \"{am}\"\nformat = \"alertmanager\"\n\
+                 auth = {{ type = \"header\", token = {{ env = \"HARBOR_TOKEN\" }} }}\n",
+                brokers = brokers()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("topology.toml"),
+            format!(
+                "[app]\nid = \"{app}\"\n\n\
+                 [[sources]]\nname = \"images\"\ntopic = \"{harbor}\"\nkind = \"image\"\nformat = \"harbor\"\nenvironment = \"prod\"\n\n\
+                 [[sources]]\nname = \"alerts\"\ntopic = \"{am}\"\nkind = \"alert\"\nformat = \"alertmanager\"\n\n\
+                 [[operators]]\nname = \"dedup\"\ntype = \"dedup\"\ninput = \"images\"\nkey = [\"service\", \"digest\"]\nttl = \"10m\"\n\n\
+                 [[operators]]\nname = \"debounce\"\ntype = \"debounce\"\ninput = \"dedup\"\nkey = [\"service\"]\nquiet = \"{quiet}\"\n\n\
+                 [[operators]]\nname = \"gate\"\ntype = \"alert_gate\"\nimages = \"debounce\"\nalerts = \"alerts\"\nblock_on = [\"critical\"]\nrollback_on = []\n\n\
+                 [[sinks]]\nname = \"intents\"\ninput = \"gate\"\ntopic = \"{intents}\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("commit.toml"),
+            format!(
+                "[repository]\nurl = \"file://{}\"\n\n[author]\nname = \"Sluice\"\nemail = \"sluice@example.com\"\n\n\
+                 [batch]\nwindow = \"300ms\"\n\n\
+                 [kafka]\ntopic = \"{intents}\"\ngroup = \"{app}-committer\"\ndead_letter_topic = \"{intents}.dead\"\n\n\
+                 [[environments]]\nname = \"prod\"\nbranch = \"main\"\ndirectory = \"envs/prod\"\n",
+                bare.display()
+            ),
+        )
+        .unwrap();
+        Pipeline { dir, bare, port }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts `sluice ingest`, `run` and `commit` with `--metrics-addr` and
+    /// the environment `env`; returns them with their metrics addresses.
+    fn start(&self, env: &[(&str, &str)]) -> Vec<(std::process::Child, String)> {
+        let d = self.dir.path();
+        let brokers = brokers();
+        let work = d.join("work");
+        let commands: [(&str, Vec<&str>); 3] = [
+            ("ingest", vec!["ingest", self.s("ingest.toml")]),
+            (
+                "run",
+                vec![
+                    "run",
+                    self.s("topology.toml"),
+                    "--brokers",
+                    &brokers,
+                    "--state-dir",
+                    self.s("state"),
+                    "--commit-interval-ms",
+                    "100",
+                ],
+            ),
+            (
+                "commit",
+                vec![
+                    "commit",
+                    self.s("commit.toml"),
+                    "--brokers",
+                    &brokers,
+                    "--work-dir",
+                    work.to_str().unwrap(),
+                ],
+            ),
+        ];
+        commands
+            .into_iter()
+            .map(|(name, args)| {
+                let mut child = sluice_cmd()
+                    .env("HARBOR_TOKEN", HARBOR_TOKEN)
+                    .envs(env.iter().copied())
+                    .arg("-v")
+                    .args(&args)
+                    .args(["--metrics-addr", "127.0.0.1:0"])
+                    .stdout(Stdio::piped())
+                    .stderr(std::fs::File::create(d.join(format!("{name}.log"))).unwrap())
+                    .spawn()
+                    .unwrap();
+                let addr = metrics_address(&mut child);
+                (child, addr)
+            })
+            .collect()
+    }
+
+    fn s(&self, name: &str) -> &str {
+        // The temp dir lives as long as self: leak a copy of the path string.
+        Box::leak(
+            self.path(name)
+                .to_string_lossy()
+                .into_owned()
+                .into_boxed_str(),
+        )
+    }
+
+    fn logs(&self) -> String {
+        ["ingest.log", "run.log", "commit.log"]
+            .iter()
+            .map(|f| {
+                format!(
+                    "--- {f}\n{}",
+                    std::fs::read_to_string(self.path(f)).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> u16 {
+        let mut all = vec![("Authorization", HARBOR_TOKEN)];
+        all.extend_from_slice(headers);
+        post(self.port, path, &all, body)
+    }
+
+    fn image_of(&self, service: &str) -> String {
+        let file = if service == "api" {
+            "api.yaml"
+        } else {
+            "more.yaml"
+        };
+        let text = git(&self.bare, &["show", &format!("main:envs/prod/{file}")]);
+        let mut lines = text
+            .lines()
+            .skip_while(|l| !l.contains(&format!("name: {service}")));
+        let line = lines.find(|l| l.contains("image:")).unwrap_or_default();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+fn harbor_push_of(service: &str, tag: &str, digest: &str) -> String {
+    harbor_push(tag, digest)
+        .replace("team/api", &format!("team/{service}"))
+        .replace("\"name\":\"api\"", &format!("\"name\":\"{service}\""))
+}
+
+/// One trace from the webhook to the commit: `sluice ingest` starts it (or
+/// continues the sender's), `sluice run` continues it through a debounce
+/// into the intent, and `sluice commit` ends it with the commit, whose
+/// `Sluice-Trace` trailer names it. Received by a real OTLP/HTTP receiver.
+#[test]
+fn one_trace_runs_from_the_webhook_to_the_commit() {
+    let otlp = OtlpReceiver::start();
+    let p = Pipeline::new("trace", "1s");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+    ];
+    let mut children = p.start(&env);
+    wait_until("ingest to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", p.port)).is_ok()
+    });
+    let sender_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sender = format!("00-{sender_trace}-00f067aa0ba902b7-01");
+    let (v1, v2) = (digest(1), digest(2));
+    assert_eq!(
+        p.post("/hooks/harbor", &[], &harbor_push_of("web", "v1", &v1)),
+        202
+    );
+    assert_eq!(
+        p.post(
+            "/hooks/harbor",
+            &[("traceparent", &sender)],
+            &harbor_push_of("worker", "v2", &v2)
+        ),
+        202
+    );
+    wait_until("both images on the remote", Duration::from_secs(90), || {
+        p.image_of("web").ends_with(&v1) && p.image_of("worker").ends_with(&v2)
+    });
+    let log = git(&p.bare, &["log", "--format=%B", "main"]);
+    let traces: Vec<String> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("Sluice-Trace: "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        traces.len(),
+        2,
+        "a Sluice-Trace trailer per traced intent:\n{log}"
+    );
+    assert!(
+        traces.contains(&sender_trace.to_owned()),
+        "the sender's trace is continued:\n{log}"
+    );
+
+    let chain = [
+        "sluice.ingest webhook",
+        "sluice.run process",
+        "sluice.run intent",
+        "sluice.commit intent",
+    ];
+    for trace in &traces {
+        wait_until("the trace's spans", Duration::from_secs(30), || {
+            let spans = otlp.spans();
+            chain
+                .iter()
+                .all(|n| spans.iter().any(|s| &s.trace_id == trace && s.name == *n))
+        });
+        let spans: Vec<ReceivedSpan> = otlp
+            .spans()
+            .into_iter()
+            .filter(|s| &s.trace_id == trace)
+            .collect();
+        let find = |name: &str| spans.iter().find(|s| s.name == name).unwrap().clone();
+        let (ingest, process, intent, commit) = (
+            find(chain[0]),
+            find(chain[1]),
+            find(chain[2]),
+            find(chain[3]),
+        );
+        assert_eq!(ingest.service, "sluice-ingest");
+        assert_eq!(
+            (process.service.as_str(), intent.service.as_str()),
+            ("sluice-run", "sluice-run")
+        );
+        assert_eq!(commit.service, "sluice-commit");
+        assert_eq!(
+            process.parent_span_id, ingest.span_id,
+            "run continues ingest's span"
+        );
+        assert_eq!(
+            intent.parent_span_id, process.span_id,
+            "the intent comes from the push, through the debounce"
+        );
+        assert_eq!(
+            commit.parent_span_id, intent.span_id,
+            "the commit continues the intent"
+        );
+        assert_eq!(
+            commit.attributes.get("sluice.outcome").map(String::as_str),
+            Some("applied")
+        );
+        if trace == sender_trace {
+            assert_eq!(
+                ingest.parent_span_id, "00f067aa0ba902b7",
+                "a child of the sender's span"
+            );
+        } else {
+            assert_eq!(ingest.parent_span_id, "", "ingest starts the trace");
+        }
+    }
+    // The commit's batch span links every intent's trace; the push is its child.
+    let spans = otlp.spans();
+    let batches: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.name == "sluice.commit batch")
+        .collect();
+    for trace in &traces {
+        assert!(
+            batches
+                .iter()
+                .any(|b| b.links.iter().any(|(t, _)| t == trace)),
+            "a batch links {trace}"
+        );
+    }
+    assert!(spans
+        .iter()
+        .any(|s| s.name == "sluice.commit push"
+            && batches.iter().any(|b| b.span_id == s.parent_span_id)));
+    // Metrics went out over OTLP too.
+    wait_until("metrics over OTLP", Duration::from_secs(30), || {
+        otlp.metric_names("sluice-run")
+            .iter()
+            .any(|m| m == "sluice_node_records_in")
+            && otlp
+                .metric_names("sluice-commit")
+                .iter()
+                .any(|m| m == "sluice_committer_intents")
+            && otlp
+                .metric_names("sluice-ingest")
+                .iter()
+                .any(|m| m == "sluice_ingest_requests")
+    });
+    let scrapes: Vec<String> = children.iter().map(|(_, a)| scrape(a).text).collect();
+    for (child, _) in &mut children {
+        assert!(terminate(child).success(), "{}", p.logs());
+    }
+    assert!(
+        !otlp.raw_contains(HARBOR_TOKEN),
+        "the token is in no exported span or metric"
+    );
+    assert!(
+        scrapes.iter().all(|s| !s.contains(HARBOR_TOKEN)),
+        "nor in /metrics"
+    );
+    assert!(!p.logs().contains(HARBOR_TOKEN), "nor in any log");
+}
+
+/// Percent-encodes a query parameter.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Debian's `prometheus`, scraping the three commands every second.
+struct Prometheus {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Prometheus {
+    fn start(dir: &std::path::Path, targets: &[(&str, &str)]) -> Prometheus {
+        let mut config = String::from(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+        );
+        for (job, addr) in targets {
+            config.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n"
+            ));
+        }
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config).unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("Debian's prometheus is installed (.ci/setup installs it)");
+        Prometheus { child, addr }
+    }
+
+    /// The series an instant query returns.
+    fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let (status, body) = http_get(
+            &self.addr,
+            &format!("/api/v1/query?query={}", url_encode(promql)),
+        );
+        assert_eq!(status, 200, "{promql}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Whether every target's last scrape succeeded.
+    fn all_up(&self, jobs: usize) -> bool {
+        let up = self.query("up == 1");
+        up.len() == jobs
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's Prometheus scrapes a real `sluice ingest`, `run` and `commit`
+/// while webhooks flow through them; then every query of every panel of
+/// the dashboard (as `sluice dashboard --queries` prints it) returns at
+/// least one series through Prometheus' HTTP API.
+#[test]
+fn every_dashboard_panel_has_data_in_prometheus() {
+    let p = Pipeline::new("prom", "1s");
+    let mut children = p.start(&[]);
+    let targets: Vec<(&str, &str)> = ["ingest", "run", "commit"]
+        .iter()
+        .zip(&children)
+        .map(|(job, (_, addr))| (*job, addr.as_str()))
+        .collect();
+    let prometheus = Prometheus::start(p.dir.path(), &targets);
+    wait_until(
+        "prometheus to scrape all three",
+        Duration::from_secs(60),
+        || http_get(&prometheus.addr, "/-/ready").0 == 200 && prometheus.all_up(3),
+    );
+    wait_until("ingest to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", p.port)).is_ok()
+    });
+    // A flood with duplicates (dedup drops), bursts (debounce supersedes),
+    // an event that is not a push (ignored), a refused request, and a
+    // critical alert holding one service (a held deploy).
+    assert_eq!(
+        p.post("/hooks/alertmanager", &[], &alertmanager("firing")),
+        202
+    );
+    let mut n = 0u8;
+    for round in 0..3u8 {
+        for svc in ["api", "web", "worker"] {
+            n += 1;
+            let body = harbor_push_of(svc, &format!("v{round}"), &digest(n));
+            assert_eq!(p.post("/hooks/harbor", &[], &body), 202);
+            assert_eq!(p.post("/hooks/harbor", &[], &body), 202, "a duplicate");
+        }
+    }
+    let pull = harbor_push_of("web", "v9", &digest(99)).replace("PUSH_ARTIFACT", "PULL_ARTIFACT");
+    assert_eq!(p.post("/hooks/harbor", &[], &pull), 202);
+    assert_eq!(
+        post(p.port, "/hooks/harbor", &[("Authorization", "wrong")], "{}"),
+        401
+    );
+    wait_until("web and worker deployed", Duration::from_secs(90), || {
+        p.image_of("web").ends_with(&digest(8)) && p.image_of("worker").ends_with(&digest(9))
+    });
+    // Scrapes after the flow, so that every rate has two samples.
+    std::thread::sleep(Duration::from_secs(8));
+
+    let out = sluice(&["dashboard", "--queries"]);
+    assert!(out.status.success());
+    let queries = String::from_utf8(out.stdout).unwrap();
+    let mut empty = Vec::new();
+    let mut count = 0;
+    for line in queries.lines() {
+        let (title, expr) = line.split_once('\t').unwrap();
+        let expr = expr.replace("$__rate_interval", "30s");
+        count += 1;
+        if prometheus.query(&expr).is_empty() {
+            empty.push(format!("{title}: {expr}"));
+        }
+    }
+    for (child, _) in &mut children {
+        assert!(terminate(child).success(), "{}", p.logs());
+    }
+    assert!(count >= 40, "the dashboard has {count} queries");
+    assert!(
+        empty.is_empty(),
+        "panels without data:\n{}\n{}",
+        empty.join("\n"),
+        p.logs()
     );
 }

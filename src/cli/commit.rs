@@ -76,7 +76,9 @@ pub fn run(args: CommitArgs) -> Result<ExitCode> {
     let remote = Remote::new(&config.repository, &config.author, config.signing.as_ref())?;
     let committer = committer::Committer::open(&config, &remote, &work_dir)?;
     let metrics = CommitMetrics::new(telemetry.meter(), &committer.branches());
-    let mut committer = committer.with_metrics(metrics);
+    let mut committer = committer
+        .with_metrics(metrics)
+        .with_tracing(telemetry.tracing.clone());
     telemetry.health.set_ready();
     stop_on_signals();
     let opts = committer::RunOptions {

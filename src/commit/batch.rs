@@ -28,7 +28,7 @@ use super::index::Newest;
 use super::intent::CommitIntent;
 use super::message::{is_intent_id, Change};
 use crate::record::oci::printable;
-use crate::record::Action;
+use crate::record::{Action, TraceContext};
 
 /// One intent as the source delivered it.
 #[derive(Debug, Clone)]
@@ -42,6 +42,9 @@ pub struct Delivery {
     pub received: Instant,
     /// Where it came from, for logs and dead letters (`file:LINE`, `topic/partition@offset`).
     pub origin: String,
+    /// The trace of the intent (its record's `traceparent`), which the
+    /// commit continues.
+    pub trace: Option<TraceContext>,
 }
 
 /// What became of one intent.
@@ -134,6 +137,7 @@ pub struct Checked {
     pub image: ImageRef,
     /// Index into the config's environments.
     pub env: usize,
+    pub trace: Option<TraceContext>,
 }
 
 /// Parses and checks a delivery; `Err` is its final outcome (held or refused).
@@ -179,6 +183,7 @@ pub fn check(d: &Delivery, config: &CommitConfig) -> Result<Checked, Outcome> {
             ts: d.ts,
             image,
             env,
+            trace: d.trace,
         }),
         Err(e) => refuse(
             InvalidImage,
@@ -194,6 +199,8 @@ pub struct BranchPlan {
     pub changes: Vec<Change>,
     /// Every intent the commit accounts for (applied and superseded), in batch order.
     pub trailer_ids: Vec<String>,
+    /// The traces of those intents (32 hex digits each), each once.
+    pub trace_ids: Vec<String>,
     /// The newest intent time per service and environment that the branch
     /// does not record yet; a batch with records but no change still makes
     /// a (record-only) commit, so that a redelivery with other batch
@@ -268,6 +275,7 @@ pub fn plan_branch(
     plan.outcomes.sort_by_key(|(at, _)| *at);
     if plan.commits() {
         plan.trailer_ids = trailer_ids(items, &plan.outcomes);
+        plan.trace_ids = trace_ids(items, &plan.outcomes);
     }
     plan
 }
@@ -316,6 +324,19 @@ fn trailer_ids(items: &[(usize, &Checked)], outcomes: &[(usize, Outcome)]) -> Ve
         .iter()
         .filter(|(_, o)| matches!(o, Outcome::Applied | Outcome::Superseded))
         .filter_map(|(at, _)| by_index.get(at).map(|c| c.intent.intent_id.clone()))
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
+}
+
+/// The trace ids of the intents a commit accounts for, each once.
+fn trace_ids(items: &[(usize, &Checked)], outcomes: &[(usize, Outcome)]) -> Vec<String> {
+    let by_index: HashMap<usize, &Checked> = items.iter().copied().collect();
+    let mut seen = std::collections::HashSet::new();
+    outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Applied | Outcome::Superseded))
+        .filter_map(|(at, _)| by_index.get(at).and_then(|c| c.trace))
+        .map(|t| t.trace_id_hex())
         .filter(|id| seen.insert(id.clone()))
         .collect()
 }
@@ -465,6 +486,7 @@ mod tests {
             ts: 0,
             received: Instant::now(),
             origin: "test".into(),
+            trace: None,
         }
     }
 

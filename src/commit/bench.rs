@@ -120,6 +120,7 @@ fn produce(opts: &BenchOptions, tx: &mpsc::Sender<Delivery>) {
             ts: i,
             received: Instant::now(),
             origin: format!("bench:{i}"),
+            trace: None,
         };
         if tx.send(d).is_err() {
             return;

@@ -16,6 +16,8 @@ use super::message::{commit_message, Templates};
 use super::metrics::CommitMetrics;
 use super::push::{Backoff, PushLimiter};
 use super::source::{IntentSource, Next, SourceError};
+use crate::record::TraceContext;
+use crate::telemetry::trace::{Kind as SpanKind, Span, Tracing};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -114,6 +116,9 @@ pub struct Committer<'r> {
     limiter: PushLimiter,
     pub counters: Counters,
     metrics: Option<CommitMetrics>,
+    tracing: Tracing,
+    /// The span of the batch being applied, parent of its pushes.
+    batch_span: Option<TraceContext>,
     /// Held for the committer's lifetime: one committer per work directory.
     _lock: File,
 }
@@ -145,6 +150,8 @@ impl<'r> Committer<'r> {
             limiter: PushLimiter::new(&config.push),
             counters: Counters::default(),
             metrics: None,
+            tracing: Tracing::off(),
+            batch_span: None,
             _lock: lock,
         })
     }
@@ -152,6 +159,12 @@ impl<'r> Committer<'r> {
     /// Reports outcomes, commits and pushes to `metrics` from now on.
     pub fn with_metrics(mut self, metrics: CommitMetrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Continues the traces of the intents it commits from now on.
+    pub fn with_tracing(mut self, tracing: Tracing) -> Self {
+        self.tracing = tracing;
         self
     }
 
@@ -241,6 +254,8 @@ impl<'r> Committer<'r> {
         dead: &mut dyn DeadLetters,
     ) -> Result<(), CommitError> {
         let started = Instant::now();
+        let mut spans = BatchSpans::start(&self.tracing, batch);
+        self.batch_span = spans.batch.context();
         self.counters.received += batch.len() as u64;
         self.counters.batches += 1;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
@@ -265,13 +280,14 @@ impl<'r> Committer<'r> {
                 outcomes[i] = Some(o);
             }
         }
-        for (d, outcome) in batch.iter().zip(outcomes) {
+        for (i, (d, outcome)) in batch.iter().zip(outcomes).enumerate() {
             // Every checked intent's environment has a branch with a clone,
             // and planning gives every item an outcome.
             let Some(outcome) = outcome else {
                 tracing::error!(origin = %d.origin, "intent left unplanned");
                 continue;
             };
+            spans.outcome(i, &outcome);
             self.report(d, &outcome, dead)?;
         }
         if let Some(m) = &self.metrics {
@@ -443,6 +459,7 @@ impl<'r> Committer<'r> {
             clone.branch(),
             &plan.changes,
             &ids,
+            &plan.trace_ids,
             &plan.records,
         );
         let started = Instant::now();
@@ -452,7 +469,21 @@ impl<'r> Committer<'r> {
         crate::fault::reached("commit.after-commit");
         let waited = self.limiter.wait();
         let started = Instant::now();
-        let outcome = self.clones[b].push()?;
+        let mut span = self.tracing.start(
+            "sluice.commit push",
+            SpanKind::Internal,
+            self.batch_span.as_ref(),
+            &[],
+        );
+        span.set_attribute("sluice.branch", self.clones[b].branch().to_owned());
+        let outcome = self.clones[b].push();
+        match &outcome {
+            Ok(PushOutcome::Pushed) => {}
+            Ok(PushOutcome::Rejected(_)) => span.set_error("rejected: the remote moved"),
+            Err(e) => span.set_error(e.to_string()),
+        }
+        drop(span);
+        let outcome = outcome?;
         let push_ms = started.elapsed().as_millis() as u64;
         if outcome == PushOutcome::Pushed {
             self.clones[b].pushed(&ids, &plan.records)?;
@@ -516,6 +547,54 @@ fn open_clone<'r>(
 fn is_missing_branch(e: &GitError) -> bool {
     matches!(e, GitError::Failed { message, .. }
         if message.contains("not found in upstream") || message.contains("couldn't find remote ref"))
+}
+
+/// The spans of one batch: the batch's own, linking every intent's trace,
+/// and one per traced intent in that intent's trace, so that each trace
+/// runs from the webhook to the commit.
+struct BatchSpans {
+    batch: Span,
+    intents: Vec<Option<Span>>,
+}
+
+impl BatchSpans {
+    fn start(tracing: &Tracing, batch: &[Delivery]) -> Self {
+        if !tracing.is_on() {
+            return BatchSpans {
+                batch: tracing.start("sluice.commit batch", SpanKind::Internal, None, &[]),
+                intents: Vec::new(),
+            };
+        }
+        let mut links: Vec<TraceContext> = batch.iter().filter_map(|d| d.trace).collect();
+        links.dedup();
+        let mut span = tracing.start("sluice.commit batch", SpanKind::Internal, None, &links);
+        span.set_attribute("sluice.intents", batch.len() as i64);
+        let me: Vec<TraceContext> = span.context().into_iter().collect();
+        let intents = batch
+            .iter()
+            .map(|d| {
+                let parent = d.trace?;
+                let mut s = tracing.start(
+                    "sluice.commit intent",
+                    SpanKind::Consumer,
+                    Some(&parent),
+                    &me,
+                );
+                s.set_attribute("sluice.origin", d.origin.clone());
+                Some(s)
+            })
+            .collect();
+        BatchSpans {
+            batch: span,
+            intents,
+        }
+    }
+
+    fn outcome(&mut self, i: usize, outcome: &Outcome) {
+        if let Some(Some(span)) = self.intents.get_mut(i) {
+            span.set_attribute("sluice.outcome", outcome.label());
+        }
+    }
 }
 
 /// The fields of an intent that logs name it by.

@@ -10,6 +10,9 @@ use super::index::Newest;
 pub const TRAILER: &str = "Sluice-Intent";
 /// The trailer that records the newest intent time of a service in an environment.
 pub const NEWEST_TRAILER: &str = "Sluice-Newest";
+/// The trailer naming a trace of the commit's intents: a commit leads back
+/// to the webhooks behind it.
+pub const TRACE_TRAILER: &str = "Sluice-Trace";
 
 /// A message template with `{placeholder}`s (`{{` and `}}` for braces).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +138,7 @@ pub fn commit_message(
     branch: &str,
     changes: &[Change],
     intent_ids: &[&str],
+    trace_ids: &[String],
     records: &[Newest],
 ) -> String {
     let count = changes.len().to_string();
@@ -178,6 +182,9 @@ pub fn commit_message(
     msg.push('\n');
     for id in intent_ids {
         let _ = writeln!(msg, "{TRAILER}: {id}");
+    }
+    for id in trace_ids {
+        let _ = writeln!(msg, "{TRACE_TRAILER}: {id}");
     }
     for r in records {
         let _ = writeln!(msg, "{NEWEST_TRAILER}: {}", r.trailer_value());
@@ -268,6 +275,7 @@ mod tests {
             &[change("api", "new image")],
             &["i0", "i1"],
             &[],
+            &[],
         );
         assert_eq!(
             msg,
@@ -291,6 +299,7 @@ mod tests {
                 change("web", "y"),
             ],
             &["i1"],
+            &[],
             &[],
         );
         assert!(msg.starts_with("2 images on main: prod\n"), "{msg}");
@@ -319,10 +328,18 @@ mod tests {
             service: "api".into(),
             ts: 20,
         };
-        let msg = commit_message(&t, "main", &[], &["a"], std::slice::from_ref(&newest));
+        let traces = ["4bf92f3577b34da6a3ce929d0e0e4736".to_owned()];
+        let msg = commit_message(
+            &t,
+            "main",
+            &[],
+            &["a"],
+            &traces,
+            std::slice::from_ref(&newest),
+        );
         assert!(msg.starts_with("Record 1 intents on main: "), "{msg}");
         assert!(
-            msg.ends_with("\n\nSluice-Intent: a\nSluice-Newest: prod api 20\n"),
+            msg.ends_with("\n\nSluice-Intent: a\nSluice-Trace: 4bf92f3577b34da6a3ce929d0e0e4736\nSluice-Newest: prod api 20\n"),
             "{msg}"
         );
     }

@@ -13,11 +13,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 
 use super::batch::Delivery;
-use crate::record::{Action, Intent};
+use crate::record::{Action, Intent, TraceContext, TRACEPARENT};
 use crate::replay::MAX_LINE_BYTES;
 use crate::topology::Format;
 
@@ -139,6 +140,7 @@ impl IntentSource for FileSource {
                     ts: line.ts,
                     received: Instant::now(),
                     origin,
+                    trace: None,
                 },
                 // Not a replay line at all: a dead letter, with the line as its value.
                 Err(_) => Delivery {
@@ -147,6 +149,7 @@ impl IntentSource for FileSource {
                     ts: 0,
                     received: Instant::now(),
                     origin,
+                    trace: None,
                 },
             };
             return Ok(Next::Intent(delivery));
@@ -248,6 +251,7 @@ impl IntentSource for KafkaSource {
             ts: msg.timestamp().to_millis().map_or(0, |t| t.max(0) as u64),
             received: Instant::now(),
             origin: format!("{}/{}@{}", self.topic, msg.partition(), msg.offset()),
+            trace: traceparent(&msg),
         }))
     }
 
@@ -291,6 +295,13 @@ fn protobuf_to_json(bytes: &[u8]) -> Option<String> {
         caused_by: m.caused_by,
     };
     serde_json::to_string(&intent).ok()
+}
+
+/// The W3C trace context a record carries in its `traceparent` header.
+fn traceparent(msg: &impl Message) -> Option<TraceContext> {
+    let headers = msg.headers()?;
+    let header = headers.iter().find(|h| h.key == TRACEPARENT)?;
+    TraceContext::parse(std::str::from_utf8(header.value?).ok()?)
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod metrics;
+pub mod otlp;
 mod own_broker;
+pub mod pipeline;
 #[allow(unused_imports)]
 pub use own_broker::OwnBroker;
 

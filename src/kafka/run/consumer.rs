@@ -412,6 +412,8 @@ impl Inner {
                 "injected failure forwarding a record",
             ));
         }
+        // The record's trace goes along to the task that processes it.
+        let traceparent = super::input::traceparent(m).map(|t| t.to_string());
         for forward in repartition_records(&shared.topo, r.source, m.payload()) {
             let mut record = BaseRecord::<[u8], [u8]>::to(&r.to);
             if let Some(ts) = m.timestamp().to_millis() {
@@ -423,8 +425,9 @@ impl Inner {
             if let Some(v) = forward.value.as_deref().or(m.payload()) {
                 record = record.payload(v);
             }
+            let mut headers = OwnedHeaders::new();
             if forward.decoded {
-                let mut headers = OwnedHeaders::new().insert(Header {
+                headers = headers.insert(Header {
                     key: DECODED_HEADER,
                     value: Some("1"),
                 });
@@ -434,6 +437,14 @@ impl Inner {
                         value: Some(ignored.as_str()),
                     });
                 }
+            }
+            if let Some(tp) = &traceparent {
+                headers = headers.insert(Header {
+                    key: crate::record::TRACEPARENT,
+                    value: Some(tp.as_str()),
+                });
+            }
+            if rdkafka::message::Headers::count(&headers) > 0 {
                 record = record.headers(headers);
             }
             producer::send(&self.producer, record).map_err(TxnFailure::abortable)?;

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use super::topics::Plan;
 use crate::engine::{DeadLetter, Output};
-use crate::record::{Field, Kind};
+use crate::record::{Field, Kind, TraceContext, TRACEPARENT};
 use crate::topology::{Format, Topology};
 
 /// Header marking a repartition record as a record already decoded from the
@@ -215,6 +215,14 @@ pub(super) fn input_value<'m>(
         }),
         None => Ok(String::from_utf8_lossy(bytes)),
     }
+}
+
+/// The trace context a record carries in its `traceparent` header.
+pub(super) fn traceparent(m: &OwnedMessage) -> Option<TraceContext> {
+    use rdkafka::message::Headers;
+    let headers = m.headers()?;
+    let header = headers.iter().find(|h| h.key == TRACEPARENT)?;
+    TraceContext::parse(std::str::from_utf8(header.value?).ok()?)
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@ use rdkafka::producer::BaseRecord;
 use super::metrics::{RunMetrics, TxnCounts};
 use super::producer::{self, TxnProducer};
 use crate::engine::{DeadLetter, Output, OutputError};
-use crate::record::{Payload, Record};
+use crate::record::{Payload, Record, TraceContext, TRACEPARENT};
 use crate::replay::DeadLetterValue;
+use crate::telemetry::trace::{Kind as SpanKind, Tracing};
 use crate::topology::{Format, Sink};
 
 /// Dead-letter values above this size keep only a prefix of the original
@@ -39,6 +40,10 @@ pub struct KafkaOutput<'a> {
     pub counts: &'a mut OutputCounts,
     pub txn_counts: &'a mut TxnCounts,
     pub metrics: &'a RunMetrics,
+    pub tracing: &'a Tracing,
+    /// The trace of the input record being processed (its `process`
+    /// span), continued by what it causes.
+    pub trace: Option<TraceContext>,
 }
 
 impl KafkaOutput<'_> {
@@ -101,6 +106,26 @@ pub fn dead_letter_value(letter: &DeadLetter<'_>) -> Result<Vec<u8>, serde_json:
     serde_json::to_vec(&value)
 }
 
+impl KafkaOutput<'_> {
+    /// The span of a sink record in the trace of what caused it, if traced.
+    fn output_span(&self, sink: &Sink, record: &Record) -> Option<crate::telemetry::trace::Span> {
+        let parent = self.trace?;
+        let name = match record.payload {
+            Payload::Intent(_) => "sluice.run intent",
+            _ => "sluice.run output",
+        };
+        let mut span = self
+            .tracing
+            .start(name, SpanKind::Producer, Some(&parent), &[]);
+        span.set_attribute("sluice.sink", sink.name.clone());
+        if let Payload::Intent(i) = &record.payload {
+            span.set_attribute("sluice.action", i.action.as_str());
+            span.set_attribute("sluice.intent_id", i.intent_id.clone());
+        }
+        Some(span)
+    }
+}
+
 impl Output for KafkaOutput<'_> {
     fn record(&mut self, sink: &Sink, record: &Record) -> Result<(), OutputError> {
         self.ensure_txn()?;
@@ -116,6 +141,17 @@ impl Output for KafkaOutput<'_> {
             .timestamp(record.ts as i64);
         if let Some(k) = key {
             out = out.key(k);
+        }
+        let span = self.output_span(sink, record);
+        let traceparent = span
+            .as_ref()
+            .and_then(|s| s.context())
+            .map(|c| c.to_string());
+        if let Some(tp) = &traceparent {
+            out = out.headers(OwnedHeaders::new().insert(Header {
+                key: TRACEPARENT,
+                value: Some(tp.as_str()),
+            }));
         }
         producer::send(self.producer, out)?;
         self.producer.poll(std::time::Duration::ZERO);

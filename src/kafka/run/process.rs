@@ -9,12 +9,14 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Message, OwnedMessage};
 
 use super::consumer::{Inner, PROCESS_BUDGET};
-use super::input::{decoded_ignored, input_value};
+use super::input::{decoded_ignored, input_value, traceparent};
 use super::output::{KafkaOutput, Origin};
 use super::producer::TxnFailure;
 use super::rebalance::RunContext;
 use super::{ClockMode, RunError};
 use crate::engine::SourceInput;
+use crate::record::TraceContext;
+use crate::telemetry::trace::{Kind as SpanKind, Span, Tracing};
 
 impl Inner {
     /// Processes ready records of every task, up to a budget each.
@@ -62,6 +64,12 @@ impl Inner {
             ClockMode::Event => m.timestamp().to_millis().unwrap_or(0).max(0) as u64,
             ClockMode::Wall => now_ms(),
         };
+        let tracing = &shared.opts.observe.tracing;
+        let span = tracing
+            .is_on()
+            .then(|| traceparent(m))
+            .flatten()
+            .map(|parent| process_span(tracing, &parent, m));
         let mut out = KafkaOutput {
             producer: &self.producer,
             txn_open: &mut self.txn_open,
@@ -75,6 +83,8 @@ impl Inner {
             counts: &mut self.counts,
             txn_counts: &mut self.txn_counts,
             metrics: &shared.metrics,
+            tracing,
+            trace: span.as_ref().and_then(Span::context),
         };
         let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
         let engine_topic = task.queues[qi].engine_topic.as_str();
@@ -141,6 +151,8 @@ impl Inner {
                 counts: &mut self.counts,
                 txn_counts: &mut self.txn_counts,
                 metrics: &shared.metrics,
+                tracing: &shared.opts.observe.tracing,
+                trace: None,
             };
             let fired_before = task.engine.timers_fired();
             if let Err(e) = task.engine.advance_to(now, &mut out) {
@@ -153,6 +165,15 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// The span of processing one input record, in the trace its sender began.
+fn process_span(tracing: &Tracing, parent: &TraceContext, m: &OwnedMessage) -> Span {
+    let mut span = tracing.start("sluice.run process", SpanKind::Consumer, Some(parent), &[]);
+    span.set_attribute("messaging.destination.name", m.topic().to_owned());
+    span.set_attribute("messaging.kafka.partition", i64::from(m.partition()));
+    span.set_attribute("messaging.kafka.offset", m.offset());
+    span
 }
 
 fn now_ms() -> u64 {

@@ -95,9 +95,12 @@ impl ClientContext for RunContext {
         let mut lag = std::collections::BTreeMap::new();
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                // -1 is librdkafka's internal partition; a negative lag is unknown.
-                if *partition >= 0 && p.consumer_lag >= 0 && p.fetch_state == "active" {
-                    lag.insert((topic.clone(), *partition), p.consumer_lag);
+                // -1 is librdkafka's internal partition.
+                if *partition < 0 || !p.desired {
+                    continue;
+                }
+                if let Some(n) = partition_lag(p) {
+                    lag.insert((topic.clone(), *partition), n);
                 }
             }
         }
@@ -383,6 +386,18 @@ impl Inner {
             }
         }
     }
+}
+
+/// Records of a partition not consumed yet: its last stable offset (what
+/// read_committed can reach) minus the consumer's position. librdkafka's own
+/// `consumer_lag` uses the consumer's committed offset, which transactions
+/// (the producer commits the offsets) never update.
+fn partition_lag(p: &rdkafka::statistics::Partition) -> Option<i64> {
+    let end = [p.ls_offset, p.hi_offset].into_iter().find(|o| *o >= 0)?;
+    let position = [p.app_offset, p.committed_offset]
+        .into_iter()
+        .find(|o| *o >= 0)?;
+    Some((end - position).max(0))
 }
 
 /// An assignment not opened yet, served in the same poll as a revoke of
