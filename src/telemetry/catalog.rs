@@ -209,7 +209,7 @@ pub const EVENT_TO_INTENT_LATENCY: Def = seconds(
 );
 pub const CONSUMER_LAG: Def = gauge(
     "sluice_consumer_lag_records",
-    "Records of an input partition not yet consumed (high watermark minus position).",
+    "Records of an input partition not yet consumed (its last stable offset minus the consumer position).",
     &["topic", "partition"],
 );
 pub const RESTORED_RECORDS: Def = counter(
@@ -407,6 +407,18 @@ mod tests {
         );
         assert_eq!(PROCESS_CPU.prom_name(), "sluice_process_cpu_seconds_total");
         assert_eq!(CONSUMER_LAG.prom_name(), "sluice_consumer_lag_records");
+    }
+
+    #[test]
+    fn the_readme_lists_every_metric() {
+        let readme = include_str!("../../README.md");
+        for d in ALL {
+            assert!(
+                readme.contains(&format!("`{}`", d.prom_name())),
+                "README lacks {}",
+                d.prom_name()
+            );
+        }
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct RunMetrics {
     sinks: Vec<KeyValue>,
 }
 
+/// Distinct event-type labels per source node; the rest count as `other`.
+const MAX_EVENT_LABELS: usize = 64;
+
 /// Abort reasons and rebuild classes, published at zero from the start so
 /// that a dashboard shows a flat line rather than no data.
 pub const ABORT_CLASSES: &[&str] = &["output", "changelog", "delivery", "commit", "forward"];
@@ -149,7 +152,14 @@ impl RunMetrics {
                     *t.dropped.entry(reason).or_default() += n;
                 }
                 for (event, n) in node.ignored {
-                    *t.ignored.entry(event).or_default() += n;
+                    // Event types come from payloads: keep the label set bounded.
+                    let label =
+                        if t.ignored.contains_key(&event) || t.ignored.len() < MAX_EVENT_LABELS {
+                            event
+                        } else {
+                            "other".to_owned()
+                        };
+                    *t.ignored.entry(label).or_default() += n;
                 }
             }
         }
