@@ -14,7 +14,10 @@ use std::path::PathBuf;
 use regex::Regex;
 use serde_json::Value;
 use sluice::format::{decode, DecodeOptions, Decoded, FieldFrom, Format};
-use sluice::record::{AlertEvent, AlertStatus, GitEvent, GitEventType, ImageEvent, Kind, Payload};
+use sluice::record::{
+    AlertEvent, AlertStatus, DeployStatus, DeploymentEvent, GitEvent, GitEventType, ImageEvent,
+    Kind, Payload,
+};
 
 fn corpus() -> Option<PathBuf> {
     let dir = match std::env::var_os("SLUICE_WEBHOOK_CORPUS") {
@@ -487,6 +490,83 @@ fn gitlab_samples() {
         };
         assert_eq!(g.environment.as_deref(), Some("group"));
     }
+}
+
+/// Flux's generic webhook event: a Kustomization `webapp` in `apps` whose
+/// `ValidationFailed` error is a failed rollout of service `webapp`.
+#[test]
+fn flux_samples() {
+    let file = "flux-notification-generic-webhook-event.json";
+    let none = DecodeOptions::default();
+    let Some(d) = decoded(Format::Flux, Kind::Deployment, file, &none) else {
+        return;
+    };
+    let expected = DeploymentEvent {
+        service: "webapp".into(),
+        environment: "apps".into(),
+        status: DeployStatus::Failed,
+        image: None,
+        revision: Some("main/731f7eaddfb6af01cb2173e18f0f75b0ba780ef1".into()),
+        reason: Some(
+            "ValidationFailed: service/apps/webapp validation error: spec.type: Unsupported value: Ingress"
+                .into(),
+        ),
+    };
+    assert_eq!(d.records, [Payload::Deployment(Box::new(expected))]);
+    // The source's environment wins over the namespace; a regex over
+    // `NAMESPACE/NAME` can name both.
+    let opts = DecodeOptions {
+        environment: Some("prod".into()),
+        ..DecodeOptions::default()
+    };
+    if let Some(d) = decoded(Format::Flux, Kind::Deployment, file, &opts) {
+        assert_eq!(
+            d.records[0].field(sluice::record::Field::Environment),
+            "prod"
+        );
+    }
+    let opts = DecodeOptions {
+        service_from: Some(FieldFrom::Regex(
+            Regex::new("^(?P<service>[a-z]+)/").expect("regex"),
+        )),
+        ..DecodeOptions::default()
+    };
+    if let Some(d) = decoded(Format::Flux, Kind::Deployment, file, &opts) {
+        assert_eq!(d.records[0].field(sluice::record::Field::Service), "apps");
+    }
+}
+
+/// The documented Argo CD templates are user templates over `.app`, not
+/// payloads: a Slack-shaped body, as one renders, is not our template's body
+/// and is refused at the field our template would have filled.
+#[test]
+fn argocd_template_bodies_of_other_shapes_are_refused_by_field() {
+    let Some(yaml) = sample("argocd-notifications-webhook.slack.template.yaml") else {
+        return;
+    };
+    let body: String = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("body: |"))
+        .skip(1)
+        .map(|l| l.trim())
+        .collect();
+    let rendered = body
+        .replace("{{.app.metadata.name}}", "checkout")
+        .replace("{{.context.argocdUrl}}", "https://argocd.example")
+        .replace("{{.app.status.sync.status}}", "Synced")
+        .replace(
+            "{{.app.spec.source.repoURL}}",
+            "https://git.example/shop.git",
+        );
+    assert!(!rendered.contains("{{"), "{rendered}");
+    let err = decode(
+        Format::Argocd,
+        Kind::Deployment,
+        &rendered,
+        &DecodeOptions::default(),
+    )
+    .expect_err("a Slack body is not the README's template");
+    assert_eq!(err.path, "app");
 }
 
 #[path = "formats/properties.rs"]

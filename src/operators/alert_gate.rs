@@ -572,7 +572,9 @@ impl Operator for AlertGate {
             Payload::Image(image) => self.on_image(image, cx),
             Payload::Alert(alert) => self.on_alert(alert, cx),
             // Validation only connects image and alert streams to a gate.
-            Payload::Git(_) | Payload::Intent(_) => Ok(()),
+            Payload::Git(_) | Payload::Intent(_) | Payload::Deployment(_) | Payload::Control(_) => {
+                Ok(())
+            }
         }
     }
 

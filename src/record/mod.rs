@@ -1,9 +1,10 @@
 //! The records that flow through a topology: image events, alert events,
-//! git events and deployment intents, with their validation rules and field
-//! access.
+//! git events, deployment statuses, control commands and deployment
+//! intents, with their validation rules and field access.
 
 pub mod oci;
 mod parse;
+mod rollout;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -13,6 +14,10 @@ use serde::{Deserialize, Serialize};
 pub use parse::{
     parse_alert, parse_git, parse_image, validate_alert, validate_git, validate_image, AlertFields,
     GitFields, ImageFields,
+};
+pub use rollout::{
+    parse_control, parse_deployment, validate_deployment, ControlAction, ControlEvent,
+    DeployStatus, DeploymentEvent, DeploymentFields,
 };
 
 /// An "image pushed" event, validated.
@@ -143,6 +148,8 @@ pub enum Kind {
     Alert,
     Git,
     Intent,
+    Deployment,
+    Control,
 }
 
 impl Kind {
@@ -152,6 +159,8 @@ impl Kind {
             Kind::Alert => "alert",
             Kind::Git => "git",
             Kind::Intent => "intent",
+            Kind::Deployment => "deployment",
+            Kind::Control => "control",
         }
     }
 
@@ -189,6 +198,8 @@ impl Kind {
                 IntentId,
                 CausedBy,
             ],
+            Kind::Deployment => &[Service, Environment, Status, Image, Revision, Reason],
+            Kind::Control => &[Action, Environment, Service, Image, Until, Reason, By],
         }
     }
 
@@ -234,6 +245,9 @@ pub enum Field {
     Reason,
     IntentId,
     CausedBy,
+    Revision,
+    Until,
+    By,
 }
 
 impl Field {
@@ -260,6 +274,9 @@ impl Field {
             Field::Reason => "reason",
             Field::IntentId => "intent_id",
             Field::CausedBy => "caused_by",
+            Field::Revision => "revision",
+            Field::Until => "until",
+            Field::By => "by",
         }
     }
 }
@@ -274,6 +291,9 @@ pub enum Payload {
     Alert(Box<AlertEvent>),
     Git(Box<GitEvent>),
     Intent(Box<Intent>),
+    // New variants go last: stored records keep their variant numbers.
+    Deployment(Box<DeploymentEvent>),
+    Control(Box<ControlEvent>),
 }
 
 impl Payload {
@@ -283,6 +303,8 @@ impl Payload {
             Payload::Alert(_) => Kind::Alert,
             Payload::Git(_) => Kind::Git,
             Payload::Intent(_) => Kind::Intent,
+            Payload::Deployment(_) => Kind::Deployment,
+            Payload::Control(_) => Kind::Control,
         }
     }
 
@@ -325,6 +347,22 @@ impl Payload {
             (Payload::Intent(i), Field::Reason) => borrowed(&i.reason),
             (Payload::Intent(i), Field::IntentId) => borrowed(&i.intent_id),
             (Payload::Intent(i), Field::CausedBy) => borrowed(&i.caused_by),
+            (Payload::Deployment(d), Field::Service) => borrowed(&d.service),
+            (Payload::Deployment(d), Field::Environment) => borrowed(&d.environment),
+            (Payload::Deployment(d), Field::Status) => borrowed(d.status.as_str()),
+            (Payload::Deployment(d), Field::Image) => opt(&d.image),
+            (Payload::Deployment(d), Field::Revision) => opt(&d.revision),
+            (Payload::Deployment(d), Field::Reason) => opt(&d.reason),
+            (Payload::Control(c), Field::Action) => borrowed(c.action.as_str()),
+            (Payload::Control(c), Field::Environment) => borrowed(&c.environment),
+            (Payload::Control(c), Field::Service) => opt(&c.service),
+            (Payload::Control(c), Field::Image) => opt(&c.image),
+            (Payload::Control(c), Field::Until) => match c.until {
+                Some(n) => Cow::Owned(n.to_string()),
+                None => borrowed(""),
+            },
+            (Payload::Control(c), Field::Reason) => opt(&c.reason),
+            (Payload::Control(c), Field::By) => opt(&c.by),
             // Validation guarantees each operator only names fields its input kind has.
             _ => Cow::Borrowed(""),
         }
@@ -337,6 +375,8 @@ impl Payload {
             Payload::Alert(a) => a.environment = environment.to_owned(),
             Payload::Git(g) => g.environment = Some(environment.to_owned()),
             Payload::Intent(i) => i.environment = environment.to_owned(),
+            Payload::Deployment(d) => d.environment = environment.to_owned(),
+            Payload::Control(c) => c.environment = environment.to_owned(),
         }
     }
 
@@ -348,6 +388,8 @@ impl Payload {
             Payload::Alert(a) => PayloadJson::Alert(AlertJson::from(a.as_ref())),
             Payload::Git(g) => PayloadJson::Git(GitJson::from(g.as_ref())),
             Payload::Intent(i) => PayloadJson::Intent(i.as_ref()),
+            Payload::Deployment(d) => PayloadJson::Deployment(DeploymentJson::from(d.as_ref())),
+            Payload::Control(c) => PayloadJson::Control(ControlJson::from(c.as_ref())),
         }
     }
 
@@ -366,6 +408,64 @@ pub enum PayloadJson<'a> {
     Alert(AlertJson<'a>),
     Git(GitJson<'a>),
     Intent(&'a Intent),
+    Deployment(DeploymentJson<'a>),
+    Control(ControlJson<'a>),
+}
+
+#[derive(Serialize)]
+pub struct DeploymentJson<'a> {
+    service: &'a str,
+    environment: &'a str,
+    status: DeployStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+impl<'a> From<&'a DeploymentEvent> for DeploymentJson<'a> {
+    fn from(d: &'a DeploymentEvent) -> Self {
+        DeploymentJson {
+            service: &d.service,
+            environment: &d.environment,
+            status: d.status,
+            image: d.image.as_deref(),
+            revision: d.revision.as_deref(),
+            reason: d.reason.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ControlJson<'a> {
+    action: ControlAction,
+    environment: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<&'a str>,
+}
+
+impl<'a> From<&'a ControlEvent> for ControlJson<'a> {
+    fn from(c: &'a ControlEvent) -> Self {
+        ControlJson {
+            action: c.action,
+            environment: &c.environment,
+            service: c.service.as_deref(),
+            image: c.image.as_deref(),
+            until: c.until,
+            reason: c.reason.as_deref(),
+            by: c.by.as_deref(),
+        }
+    }
 }
 
 impl Payload {
