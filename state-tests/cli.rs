@@ -150,6 +150,8 @@ fn state_dir_continues_a_run_and_refuses_another_app() {
             "--state-dir",
             &state,
             "--drain",
+            "--line-offset",
+            "4",
         ],
         &lines[4..].concat(),
     );

@@ -10,7 +10,10 @@ use sha2::{Digest, Sha256};
 
 use super::{dur, BuildCx, Ctx, Operator};
 use crate::duration::DurationMs;
-use crate::record::{Action, AlertEvent, AlertStatus, ImageEvent, Intent, Kind, Payload, Record};
+use crate::record::origin::add_cause;
+use crate::record::{
+    Action, AlertEvent, AlertStatus, ImageEvent, Intent, Kind, Origin, Payload, Record,
+};
 use crate::state::{StateBackend, StateError, Table, WriteBatch};
 use crate::topology::diag::{Diags, Located};
 use crate::topology::reader::TableReader;
@@ -192,9 +195,17 @@ struct GateState {
     parked: Option<String>,
     /// Intents emitted so far for this key; part of `intent_id`.
     emitted: u64,
-    /// When each active alert last fired: identity -> ms. Kept last, so that
-    /// entries written before alerts expired still decode (see `Deserialize`).
+    /// When each active alert last fired: identity -> ms. Kept after the
+    /// fields above, so that entries written before alerts expired still
+    /// decode (see `Deserialize`); so are the fields below.
     fired: BTreeMap<String, u64>,
+    /// The records behind the current image (its image record, and what
+    /// released or promoted it).
+    current_causes: Vec<Origin>,
+    /// The record of the parked image.
+    parked_causes: Vec<Origin>,
+    /// The record of each active alert's last firing: identity -> origin.
+    alert_origins: BTreeMap<String, Origin>,
 }
 
 /// Decodes entries with or without `fired`: an entry written before alerts
@@ -209,6 +220,9 @@ impl<'de> Deserialize<'de> for GateState {
             "parked",
             "emitted",
             "fired",
+            "current_causes",
+            "parked_causes",
+            "alert_origins",
         ];
         d.deserialize_struct("GateState", FIELDS, GateStateVisitor)
     }
@@ -232,6 +246,9 @@ impl<'de> Visitor<'de> for GateStateVisitor {
             parked: seq.next_element()?.ok_or_else(|| missing(3))?,
             emitted: seq.next_element()?.ok_or_else(|| missing(4))?,
             fired: seq.next_element().ok().flatten().unwrap_or_default(),
+            current_causes: seq.next_element().ok().flatten().unwrap_or_default(),
+            parked_causes: seq.next_element().ok().flatten().unwrap_or_default(),
+            alert_origins: seq.next_element().ok().flatten().unwrap_or_default(),
         })
     }
 }
@@ -259,7 +276,8 @@ struct Draft<'a> {
     image: String,
     previous_image: Option<String>,
     reason: String,
-    caused_by: String,
+    reason_code: &'static str,
+    caused_by: Vec<Origin>,
 }
 
 fn state_key(service: &str, environment: &str) -> Vec<u8> {
@@ -290,6 +308,7 @@ impl GateRules {
             image: draft.image,
             previous_image: draft.previous_image,
             reason: draft.reason,
+            reason_code: draft.reason_code.to_owned(),
             intent_id,
             caused_by: draft.caused_by,
         };
@@ -330,6 +349,7 @@ impl GateRules {
             previous: st.current.clone(),
         });
         st.current = Some(draft.image.clone());
+        st.current_causes = draft.caused_by.clone();
         self.emit(st, draft, cx);
     }
 }
@@ -371,7 +391,7 @@ impl GateRules {
         st: &mut GateState,
         service: &str,
         environment: &str,
-        caused_by: String,
+        ended: &Origin,
         cx: &mut Ctx<'_>,
     ) {
         if self.blocking(st).is_some() {
@@ -380,9 +400,11 @@ impl GateRules {
         let Some(parked) = st.parked.take() else {
             return;
         };
+        let mut caused_by = std::mem::take(&mut st.parked_causes);
         if st.current.as_deref() == Some(parked.as_str()) {
             return;
         }
+        add_cause(&mut caused_by, ended);
         let draft = Draft {
             action: Action::Deploy,
             service,
@@ -390,6 +412,7 @@ impl GateRules {
             image: parked,
             previous_image: st.current.clone(),
             reason: "released: no blocking alert remains".into(),
+            reason_code: "released",
             caused_by,
         };
         self.deploy(st, draft, cx.now(), cx);
@@ -421,28 +444,38 @@ impl AlertGate {
     }
 
     /// Handles an image; `on_record` has already dead-lettered images without an environment.
-    fn on_image(&mut self, image: &ImageEvent, cx: &mut Ctx<'_>) -> Result<(), StateError> {
+    fn on_image(
+        &mut self,
+        image: &ImageEvent,
+        origin: &Origin,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), StateError> {
         let Some(environment) = image.environment.as_deref() else {
             return Ok(());
         };
         self.with_state(&image.service, environment, cx, |rules, st, cx| {
-            rules.image(st, image, environment, cx)
+            rules.image(st, image, environment, origin, cx)
         })
     }
 
-    fn on_alert(&mut self, alert: &AlertEvent, cx: &mut Ctx<'_>) -> Result<(), StateError> {
+    fn on_alert(
+        &mut self,
+        alert: &AlertEvent,
+        origin: &Origin,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), StateError> {
         self.with_state(
             &alert.service,
             &alert.environment,
             cx,
             |rules, st, cx| match alert.status {
-                AlertStatus::Firing => rules.firing(st, alert, cx),
+                AlertStatus::Firing => rules.firing(st, alert, origin, cx),
                 AlertStatus::Resolved => {
                     let identity = alert.identity();
                     st.alerts.remove(identity);
                     st.fired.remove(identity);
-                    let caused_by = format!("alert {identity} resolved");
-                    rules.release_parked(st, &alert.service, &alert.environment, caused_by, cx);
+                    st.alert_origins.remove(identity);
+                    rules.release_parked(st, &alert.service, &alert.environment, origin, cx);
                 }
             },
         )
@@ -450,40 +483,57 @@ impl AlertGate {
 }
 
 impl GateRules {
-    fn image(&self, st: &mut GateState, image: &ImageEvent, environment: &str, cx: &mut Ctx<'_>) {
+    fn image(
+        &self,
+        st: &mut GateState,
+        image: &ImageEvent,
+        environment: &str,
+        origin: &Origin,
+        cx: &mut Ctx<'_>,
+    ) {
         let reference = image.reference();
         if st.current.as_deref() == Some(reference.as_str()) {
             cx.drop_record("already_current");
             return;
         }
-        let draft = |action, reason| Draft {
+        let causes = vec![origin.clone()]
+            .into_iter()
+            .filter(Origin::is_known)
+            .collect::<Vec<_>>();
+        let draft = |action, reason, reason_code| Draft {
             action,
             service: &image.service,
             environment,
             image: reference.clone(),
             previous_image: st.current.clone(),
             reason,
-            caused_by: format!("image {reference}"),
+            reason_code,
+            caused_by: causes.clone(),
         };
         if let Some((identity, severity)) = self.blocking(st) {
             let d = draft(
                 Action::Hold,
                 format!("held: alert {identity} ({severity}) is firing"),
+                "held_alert",
             );
             st.parked = Some(reference.clone());
+            st.parked_causes = causes.clone();
             self.emit(st, d, cx);
         } else {
-            let d = draft(Action::Deploy, "new image".into());
+            let d = draft(Action::Deploy, "new image".into(), "new_image");
             self.deploy(st, d, cx.now(), cx);
         }
     }
 
-    fn firing(&self, st: &mut GateState, alert: &AlertEvent, cx: &mut Ctx<'_>) {
+    fn firing(&self, st: &mut GateState, alert: &AlertEvent, origin: &Origin, cx: &mut Ctx<'_>) {
         let now = cx.now();
         let identity = alert.identity();
         st.alerts
             .insert(identity.to_owned(), alert.severity.clone());
         st.fired.insert(identity.to_owned(), now);
+        if origin.is_known() {
+            st.alert_origins.insert(identity.to_owned(), origin.clone());
+        }
         if !self.rollback_on.contains(&alert.severity) {
             return;
         }
@@ -507,9 +557,18 @@ impl GateRules {
                 alert.severity,
                 now.saturating_sub(last.at)
             ),
-            caused_by: format!("alert {identity} firing"),
+            reason_code: "rollback_alert",
+            caused_by: {
+                let mut causes = Vec::new();
+                add_cause(&mut causes, origin);
+                for c in &st.current_causes {
+                    add_cause(&mut causes, c);
+                }
+                causes
+            },
         };
         st.current = Some(previous.clone());
+        st.current_causes = draft.caused_by.clone();
         st.last_deploy = Some(LastDeploy {
             image: previous,
             at: now,
@@ -528,19 +587,24 @@ impl GateRules {
             .filter(|(_, at)| at.saturating_add(self.alert_ttl) <= now)
             .map(|(identity, _)| identity.clone())
             .collect();
+        let mut last_firing = Origin::default();
         for identity in &expired {
             st.alerts.remove(identity);
             st.fired.remove(identity);
+            if let Some(origin) = st.alert_origins.remove(identity) {
+                if !last_firing.is_known() {
+                    last_firing = origin;
+                }
+            }
         }
-        if let Some(first) = expired.first() {
+        if !expired.is_empty() {
             tracing::debug!(
                 service,
                 environment,
                 expired = expired.len(),
                 "alerts expired without firing again"
             );
-            let caused_by = format!("alert {first} expired");
-            self.release_parked(st, service, environment, caused_by, cx);
+            self.release_parked(st, service, environment, &last_firing, cx);
         }
     }
 }
@@ -569,8 +633,8 @@ impl Operator for AlertGate {
                 cx.dead_letter(&record, "environment: an image needs an environment at an alert_gate (set one on the source or route it)".into());
                 Ok(())
             }
-            Payload::Image(image) => self.on_image(image, cx),
-            Payload::Alert(alert) => self.on_alert(alert, cx),
+            Payload::Image(image) => self.on_image(image, &record.origin, cx),
+            Payload::Alert(alert) => self.on_alert(alert, &record.origin, cx),
             // Validation only connects image and alert streams to a gate.
             Payload::Git(_) | Payload::Intent(_) | Payload::Deployment(_) | Payload::Control(_) => {
                 Ok(())
@@ -663,7 +727,7 @@ mod tests {
         match &out[0].payload {
             Payload::Intent(i) => {
                 assert_eq!(i.reason, "released: no blocking alert remains");
-                assert_eq!(i.caused_by, "alert HighLatency resolved");
+                assert_eq!(i.reason_code, "released");
             }
             _ => unreachable!(),
         }
@@ -788,7 +852,7 @@ mod tests {
             [(1_000 + HOUR, "deploy", "a:v2".into(), Some("a:v1".into()))]
         );
         match &out[0].payload {
-            Payload::Intent(i) => assert_eq!(i.caused_by, "alert Errors expired"),
+            Payload::Intent(i) => assert_eq!(i.reason_code, "released"),
             _ => unreachable!(),
         }
         assert_eq!(

@@ -143,7 +143,7 @@ impl Operator for Debounce {
 
     fn on_timer(&mut self, key: &[u8], cx: &mut Ctx<'_>) -> Result<(), StateError> {
         if let Some(p) = self.pending.get_mut(cx.backend(), key)?.take() {
-            cx.emit(p.record.key, p.record.payload);
+            cx.pass(p.record);
         }
         Ok(())
     }

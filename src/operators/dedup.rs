@@ -108,7 +108,7 @@ impl Operator for Dedup {
             }
             _ => {
                 *slot = Some(now);
-                cx.emit(record.key, record.payload);
+                cx.pass(record);
             }
         }
         Ok(())

@@ -83,14 +83,25 @@ impl Ctx<'_> {
         self.backend
     }
 
-    /// Sends a record downstream, stamped with the current time.
+    /// Sends a new record downstream (an operator's own, such as an
+    /// intent), stamped with the current time; its origin is unknown: what
+    /// caused it is in its value.
     pub fn emit(&mut self, key: Option<String>, payload: Payload) {
         self.stats.emitted += 1;
         self.out.push(Emitted::Record(Record {
             ts: self.now,
             key,
             payload,
+            origin: Default::default(),
         }));
+    }
+
+    /// Passes a record on downstream, stamped with the current time; it
+    /// keeps its key and its origin.
+    pub fn pass(&mut self, mut record: Record) {
+        self.stats.emitted += 1;
+        record.ts = self.now;
+        self.out.push(Emitted::Record(record));
     }
 
     /// Arms (or re-arms, replacing the old one) this operator's timer for `key`.

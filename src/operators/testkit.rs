@@ -102,6 +102,7 @@ impl Harness {
             key: Some("k"),
             value: &value,
             decoded: false,
+            origin: Default::default(),
         };
         self.engine
             .process(input, ts, &mut self.out)

@@ -190,14 +190,14 @@ impl Operator for Throttle {
         let Some(state) = slot.as_mut() else {
             let tat = now.saturating_add(self.interval);
             *slot = Some(KeyState { tat, pending: None });
-            cx.emit(record.key, record.payload);
+            cx.pass(record);
             return Ok(());
         };
         // A record can conform while another is pending (a timer due at the same
         // instant delivered it): it passes, and the pending one keeps its timer.
         if state.tat.max(now) - now <= self.tolerance {
             state.tat = state.tat.max(now).saturating_add(self.interval);
-            cx.emit(record.key, record.payload);
+            cx.pass(record);
             return Ok(());
         }
         match self.excess {
@@ -220,7 +220,7 @@ impl Operator for Throttle {
         if let Some(state) = slot.as_mut() {
             if let Some(record) = state.pending.take() {
                 state.tat = state.tat.max(now).saturating_add(self.interval);
-                cx.emit(record.key, record.payload);
+                cx.pass(record);
             }
         }
         Ok(())

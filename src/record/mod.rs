@@ -2,7 +2,9 @@
 //! git events, deployment statuses, control commands and deployment
 //! intents, with their validation rules and field access.
 
+mod intent;
 pub mod oci;
+pub mod origin;
 mod parse;
 mod rollout;
 
@@ -11,6 +13,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use origin::Origin;
 pub use parse::{
     parse_alert, parse_git, parse_image, validate_alert, validate_git, validate_image, AlertFields,
     GitFields, ImageFields,
@@ -128,17 +131,23 @@ impl Action {
     }
 }
 
-/// A deployment intent emitted by an alert gate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A deployment intent emitted by an alert gate. Its serde forms (JSON for
+/// sinks, a layout compatible with older state for postcard) are in `intent.rs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Intent {
     pub action: Action,
     pub service: String,
     pub environment: String,
     pub image: String,
     pub previous_image: Option<String>,
+    /// Why, for people.
     pub reason: String,
+    /// Why, as one word from a documented list (README, alert_gate).
+    pub reason_code: String,
     pub intent_id: String,
-    pub caused_by: String,
+    /// The records that caused the intent: input lines in replay, topic,
+    /// partition and offset live.
+    pub caused_by: Vec<Origin>,
 }
 
 /// The kind of record a stream carries; fixed per edge of the topology graph.
@@ -195,6 +204,7 @@ impl Kind {
                 Image,
                 PreviousImage,
                 Reason,
+                ReasonCode,
                 IntentId,
                 CausedBy,
             ],
@@ -248,6 +258,7 @@ pub enum Field {
     Revision,
     Until,
     By,
+    ReasonCode,
 }
 
 impl Field {
@@ -277,6 +288,7 @@ impl Field {
             Field::Revision => "revision",
             Field::Until => "until",
             Field::By => "by",
+            Field::ReasonCode => "reason_code",
         }
     }
 }
@@ -346,7 +358,11 @@ impl Payload {
             (Payload::Intent(i), Field::PreviousImage) => opt(&i.previous_image),
             (Payload::Intent(i), Field::Reason) => borrowed(&i.reason),
             (Payload::Intent(i), Field::IntentId) => borrowed(&i.intent_id),
-            (Payload::Intent(i), Field::CausedBy) => borrowed(&i.caused_by),
+            (Payload::Intent(i), Field::ReasonCode) => borrowed(&i.reason_code),
+            (Payload::Intent(i), Field::CausedBy) => {
+                let refs: Vec<String> = i.caused_by.iter().map(Origin::to_string).collect();
+                Cow::Owned(refs.join(", "))
+            }
             (Payload::Deployment(d), Field::Service) => borrowed(&d.service),
             (Payload::Deployment(d), Field::Environment) => borrowed(&d.environment),
             (Payload::Deployment(d), Field::Status) => borrowed(d.status.as_str()),
@@ -553,12 +569,45 @@ impl<'a> From<&'a GitEvent> for GitJson<'a> {
     }
 }
 
-/// A record in flight: its value, its Kafka key and the time it was emitted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A record in flight: its value, its Kafka key, the time it was emitted
+/// and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Record {
     pub ts: u64,
     pub key: Option<String>,
     pub payload: Payload,
+    /// Kept last: records stored before origins existed end before it (see `Deserialize`).
+    pub origin: Origin,
+}
+
+/// Decodes stored records with or without `origin`: a record written before
+/// origins existed ends after its payload (postcard has no field names;
+/// reading past the end fails) and gets an unknown origin. Records are
+/// stored last in every operator entry that holds one, so nothing follows.
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct("Record", &["ts", "key", "payload", "origin"], RecordVisitor)
+    }
+}
+
+struct RecordVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RecordVisitor {
+    type Value = Record;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a stored record")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Record, A::Error> {
+        let missing = |i| serde::de::Error::invalid_length(i, &"a stored record");
+        Ok(Record {
+            ts: seq.next_element()?.ok_or_else(|| missing(0))?,
+            key: seq.next_element()?.ok_or_else(|| missing(1))?,
+            payload: seq.next_element()?.ok_or_else(|| missing(2))?,
+            origin: seq.next_element().ok().flatten().unwrap_or_default(),
+        })
+    }
 }
 
 /// Why a record is invalid. The message names the offending field.
@@ -602,11 +651,17 @@ mod tests {
             image: "reg/a:v1".into(),
             previous_image: None,
             reason: "new image".into(),
+            reason_code: "new_image".into(),
             intent_id: "x".into(),
-            caused_by: "image reg/a:v1".into(),
+            caused_by: vec![Origin::line(3)],
         }));
         assert_eq!(intent.to_json()["previous_image"], serde_json::Value::Null);
         assert_eq!(intent.to_json()["action"], "deploy");
+        assert_eq!(
+            intent.to_json()["caused_by"],
+            serde_json::json!([{"line": 3}])
+        );
+        assert_eq!(intent.to_json()["reason_code"], "new_image");
     }
 
     #[test]

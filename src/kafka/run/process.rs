@@ -14,7 +14,7 @@ use super::output::{KafkaOutput, Origin};
 use super::producer::TxnFailure;
 use super::rebalance::RunContext;
 use super::{ClockMode, RunError};
-use crate::engine::SourceInput;
+use crate::engine::{InputOrigin, SourceInput};
 
 impl Inner {
     /// Processes ready records of every task, up to a budget each.
@@ -87,6 +87,11 @@ impl Inner {
                     key,
                     value: &value,
                     decoded: decoded.is_some(),
+                    origin: InputOrigin::Kafka {
+                        topic: m.topic(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    },
                 };
                 task.engine
                     .process(input, at, &mut out)

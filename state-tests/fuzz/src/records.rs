@@ -35,6 +35,7 @@ pub fn replay_line(data: &[u8]) {
     let opts = ReplayOptions {
         drain: true,
         commit_every: 7,
+        line_offset: 0,
     };
     match replay(&mut engine, data, "fuzz.jsonl", &mut out, &opts, &mut ()) {
         Ok(_) | Err(ReplayError::Input { .. }) => {}
