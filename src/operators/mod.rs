@@ -302,7 +302,7 @@ impl OperatorConfig {
             OperatorConfig::Dedup(c) => vec![("input", &c.input)],
             OperatorConfig::Debounce(c) => vec![("input", &c.input)],
             OperatorConfig::Throttle(c) => vec![("input", &c.input)],
-            OperatorConfig::AlertGate(c) => vec![("images", &c.images), ("alerts", &c.alerts)],
+            OperatorConfig::AlertGate(c) => c.inputs(),
         }
     }
 

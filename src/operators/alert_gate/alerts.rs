@@ -1,10 +1,11 @@
-//! Alerts: firing (and the rollback it may cause), resolved, expired.
+//! Alerts: firing (and the rollback it may cause), resolved, expired, and
+//! the unparking that the end of a blocking alert brings.
 
-use super::image::{Draft, GateRules};
-use super::state::{GateState, LastDeploy};
+use super::image::{Effects, GateRules, Incoming, KeyCx};
+use super::state::{GateState, Hold};
 use crate::operators::Ctx;
 use crate::record::origin::add_cause;
-use crate::record::{Action, AlertEvent, Origin};
+use crate::record::{AlertEvent, AlertStatus, Origin};
 
 impl GateRules {
     /// When the earliest active alert expires, if any alert is active.
@@ -25,59 +26,38 @@ impl GateRules {
         }
     }
 
-    /// Keeps the key's one timer on its earliest alert expiry.
-    pub(super) fn rearm(&self, st: &GateState, key: &[u8], armed: Option<u64>, cx: &mut Ctx<'_>) {
-        let next = self.next_expiry(st);
-        if next == armed {
-            return;
-        }
-        match next {
-            Some(at) => cx.arm_timer(key, at),
-            None => cx.cancel_timer(key),
-        }
-    }
-
-    /// Deploys the parked image once no blocking alert remains.
-    pub(super) fn release_parked(
+    pub(super) fn alert(
         &self,
-        st: &mut GateState,
-        service: &str,
-        environment: &str,
-        ended: &Origin,
-        cx: &mut Ctx<'_>,
-    ) {
-        if self.blocking(st).is_some() {
-            return;
-        }
-        let Some(parked) = st.parked.take() else {
-            return;
-        };
-        let mut caused_by = std::mem::take(&mut st.parked_causes);
-        if st.current.as_deref() == Some(parked.as_str()) {
-            return;
-        }
-        add_cause(&mut caused_by, ended);
-        let draft = Draft {
-            action: Action::Deploy,
-            service,
-            environment,
-            image: parked,
-            previous_image: st.current.clone(),
-            reason: "released: no blocking alert remains".into(),
-            reason_code: "released",
-            caused_by,
-        };
-        self.deploy(st, draft, cx.now(), cx);
-    }
-}
-
-impl GateRules {
-    pub(super) fn firing(
-        &self,
+        k: &KeyCx<'_>,
         st: &mut GateState,
         alert: &AlertEvent,
         origin: &Origin,
         cx: &mut Ctx<'_>,
+        effects: &mut Effects,
+    ) {
+        match alert.status {
+            AlertStatus::Firing => self.firing(k, st, alert, origin, cx, effects),
+            AlertStatus::Resolved => {
+                let identity = alert.identity();
+                // A `resolved` for an alert that is not active changes nothing.
+                if st.alerts.remove(identity).is_none() {
+                    return;
+                }
+                st.fired.remove(identity);
+                st.alert_origins.remove(identity);
+                self.unpark_if_unblocked(k, st, origin, cx, effects);
+            }
+        }
+    }
+
+    fn firing(
+        &self,
+        k: &KeyCx<'_>,
+        st: &mut GateState,
+        alert: &AlertEvent,
+        origin: &Origin,
+        cx: &mut Ctx<'_>,
+        effects: &mut Effects,
     ) {
         let now = cx.now();
         let identity = alert.identity();
@@ -87,57 +67,58 @@ impl GateRules {
         if origin.is_known() {
             st.alert_origins.insert(identity.to_owned(), origin.clone());
         }
-        if !self.rollback_on.contains(&alert.severity) {
-            return;
+        if self.rollback_on.contains(&alert.severity) {
+            self.rollback_recent(k, st, alert, origin, cx);
         }
-        let Some(last) = st.last_deploy.clone() else {
+        // Firing again at a severity that no longer blocks ends the hold.
+        self.unpark_if_unblocked(k, st, origin, cx, effects);
+    }
+
+    /// Rolls back the last deploy if it is within `rollback_window` and its
+    /// previous image is known; one rollback never cascades into another.
+    fn rollback_recent(
+        &self,
+        k: &KeyCx<'_>,
+        st: &mut GateState,
+        alert: &AlertEvent,
+        origin: &Origin,
+        cx: &mut Ctx<'_>,
+    ) {
+        let now = cx.now();
+        let Some((target, age)) = self.recent_previous(st, now) else {
             return;
         };
-        let Some(previous) = last
-            .previous
-            .filter(|_| now.saturating_sub(last.at) <= self.rollback_window)
-        else {
-            return;
-        };
-        let draft = Draft {
-            action: Action::Rollback,
-            service: &alert.service,
-            environment: &alert.environment,
-            image: previous.clone(),
-            previous_image: Some(last.image),
-            reason: format!(
-                "rollback: alert {identity} ({}) fired {} ms after deploy",
-                alert.severity,
-                now.saturating_sub(last.at)
-            ),
-            reason_code: "rollback_alert",
-            caused_by: {
-                let mut causes = Vec::new();
-                add_cause(&mut causes, origin);
-                for c in &st.current_causes {
-                    add_cause(&mut causes, c);
-                }
-                causes
-            },
-        };
-        st.current = Some(previous.clone());
-        st.current_causes = draft.caused_by.clone();
-        st.last_deploy = Some(LastDeploy {
-            image: previous,
-            at: now,
-            previous: None,
-        });
-        self.emit(st, draft, cx);
+        let mut causes = Vec::new();
+        add_cause(&mut causes, origin);
+        for c in &st.current_causes {
+            add_cause(&mut causes, c);
+        }
+        let reason = format!(
+            "rollback: alert {} ({}) fired {age} ms after deploy",
+            alert.identity(),
+            alert.severity
+        );
+        self.rollback(k, st, target, reason, "rollback_alert", causes, cx);
+    }
+
+    /// The previous image of the last deploy, and the deploy's age, when it
+    /// is at most `rollback_window` old.
+    pub(super) fn recent_previous(&self, st: &GateState, now: u64) -> Option<(String, u64)> {
+        let window = self.rollback_window?;
+        let last = st.last_deploy.as_ref()?;
+        let age = now.saturating_sub(last.at);
+        let previous = last.previous.clone().filter(|_| age <= window)?;
+        Some((previous, age))
     }
 
     /// Removes the alerts whose ttl has run out (the key's timer is due),
-    /// then releases a parked image exactly as a `resolved` would.
+    /// then unparks exactly as a `resolved` would.
     pub(super) fn expire(
         &self,
+        k: &KeyCx<'_>,
         st: &mut GateState,
-        service: &str,
-        environment: &str,
         cx: &mut Ctx<'_>,
+        effects: &mut Effects,
     ) {
         let now = cx.now();
         let expired: Vec<String> = st
@@ -158,12 +139,52 @@ impl GateRules {
         }
         if !expired.is_empty() {
             tracing::debug!(
-                service,
-                environment,
+                service = k.service,
+                environment = k.environment,
                 expired = expired.len(),
                 "alerts expired without firing again"
             );
-            self.release_parked(st, service, environment, &last_firing, cx);
+            self.unpark_if_unblocked(k, st, &last_firing, cx, effects);
         }
+    }
+
+    /// Handles the parked image again when an alert held it and no blocking
+    /// alert remains.
+    fn unpark_if_unblocked(
+        &self,
+        k: &KeyCx<'_>,
+        st: &mut GateState,
+        ended: &Origin,
+        cx: &mut Ctx<'_>,
+        effects: &mut Effects,
+    ) {
+        if st.parked_by == Some(Hold::Alert) && self.blocking(st).is_none() {
+            let reason = "released: no blocking alert remains".to_owned();
+            self.unpark(k, st, ended, reason, cx, effects);
+        }
+    }
+
+    /// Takes the parked image and handles it from the top again.
+    pub(super) fn unpark(
+        &self,
+        k: &KeyCx<'_>,
+        st: &mut GateState,
+        ended: &Origin,
+        reason: String,
+        cx: &mut Ctx<'_>,
+        effects: &mut Effects,
+    ) {
+        let Some((image, mut causes)) = st.unpark() else {
+            return;
+        };
+        add_cause(&mut causes, ended);
+        let incoming = Incoming {
+            image,
+            causes,
+            reason,
+            code: "released",
+            from_record: false,
+        };
+        self.handle(k, st, incoming, cx, effects);
     }
 }

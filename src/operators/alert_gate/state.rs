@@ -1,21 +1,79 @@
 //! What the gate keeps per (service, environment), and its encoding.
+//!
+//! One table holds two kinds of entries: a key's (service, environment), and
+//! an environment's own (service ""), which holds an environment-wide freeze
+//! and the services whose image that freeze (or a freeze window) parked.
+//! Service names are never empty, so the two cannot collide.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::record::Origin;
+use crate::record::{DeployStatus, Origin};
 
 /// The deploy that a rollback would undo.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct LastDeploy {
     pub(super) image: String,
+    /// When it was deployed (or last retried).
     pub(super) at: u64,
+    /// The image that ran before it; retries do not change it.
     pub(super) previous: Option<String>,
 }
 
-/// Everything the gate remembers about one (service, environment).
+/// What holds the parked image: the first rule of the handling order that
+/// parked it. Only the end of that rule unparks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Hold {
+    Pinned,
+    Frozen,
+    Approval,
+    Alert,
+}
+
+/// The rollout of the current image, as deployment statuses report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Rollout {
+    /// The last status reported for the current image.
+    pub(super) status: Option<DeployStatus>,
+    /// When that status arrived (or the rollout began).
+    pub(super) since: u64,
+    /// Retries of the current image so far.
+    pub(super) attempts: u32,
+    /// The revision the last status named.
+    pub(super) revision: Option<String>,
+    /// The record of the last status.
+    pub(super) status_origin: Origin,
+    /// A pending retry: when it fires.
+    pub(super) retry_at: Option<u64>,
+    /// Pending soaks: (environment promoted to, deadline).
+    pub(super) soaks: Vec<(String, u64)>,
+    /// Environments this image was already promoted to from here.
+    pub(super) promoted: Vec<String>,
+}
+
+/// A freeze asked by a person (`sluice control freeze`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Freeze {
+    /// When it lifts by itself; `None`: at `unfreeze`.
+    pub(super) until: Option<u64>,
+    pub(super) reason: Option<String>,
+    pub(super) by: Option<String>,
+    pub(super) origin: Origin,
+}
+
+/// A pin: the key runs this image and no other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Pin {
+    pub(super) image: String,
+    pub(super) reason: Option<String>,
+    pub(super) by: Option<String>,
+    pub(super) origin: Origin,
+}
+
+/// Everything the gate remembers about one (service, environment), or, for
+/// an environment's own entry, about the environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub(super) struct GateState {
     /// Active alerts: identity -> severity.
@@ -27,20 +85,39 @@ pub(super) struct GateState {
     pub(super) emitted: u64,
     /// When each active alert last fired: identity -> ms. Kept after the
     /// fields above, so that entries written before alerts expired still
-    /// decode (see `Deserialize`); so are the fields below.
+    /// decode (see `Deserialize`); so are all the fields below, each added
+    /// at the end.
     pub(super) fired: BTreeMap<String, u64>,
     /// The records behind the current image (its image record, and what
-    /// released or promoted it).
+    /// released, promoted or rolled back to it).
     pub(super) current_causes: Vec<Origin>,
-    /// The record of the parked image.
+    /// The records behind the parked image.
     pub(super) parked_causes: Vec<Origin>,
     /// The record of each active alert's last firing: identity -> origin.
     pub(super) alert_origins: BTreeMap<String, Origin>,
+    /// What holds the parked image.
+    pub(super) parked_by: Option<Hold>,
+    pub(super) rollout: Rollout,
+    /// Images ignored on this key until a deploy (not a rollback) of another image.
+    pub(super) quarantined: BTreeSet<String>,
+    pub(super) pin: Option<Pin>,
+    pub(super) freeze: Option<Freeze>,
+    /// Images approved for this key and not deployed yet (at most [`MAX_APPROVALS`]).
+    pub(super) approvals: Vec<String>,
+    /// Environment entries: services whose image this environment's freeze
+    /// or a freeze window parked, to handle again when it ends.
+    pub(super) waiting: BTreeSet<String>,
+    /// Environment entries: when the freeze window that parked `waiting` ends.
+    pub(super) window_until: Option<u64>,
 }
 
-/// Decodes entries with or without `fired`: an entry written before alerts
-/// expired ends after `emitted` (postcard has no field names; reading past the
-/// end fails), and its alerts get a firing time when their key is next used.
+/// Approvals kept per key; an older one is forgotten past this.
+pub(super) const MAX_APPROVALS: usize = 8;
+
+/// Decodes entries of any earlier layout: an entry written before a field
+/// existed ends before it (postcard has no field names; reading past the end
+/// fails), and the field takes its default. Alerts recorded before expiry
+/// existed get a firing time when their key is next used.
 impl<'de> Deserialize<'de> for GateState {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         const FIELDS: &[&str] = &[
@@ -53,6 +130,14 @@ impl<'de> Deserialize<'de> for GateState {
             "current_causes",
             "parked_causes",
             "alert_origins",
+            "parked_by",
+            "rollout",
+            "quarantined",
+            "pin",
+            "freeze",
+            "approvals",
+            "waiting",
+            "window_until",
         ];
         d.deserialize_struct("GateState", FIELDS, GateStateVisitor)
     }
@@ -69,17 +154,55 @@ impl<'de> Visitor<'de> for GateStateVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<GateState, A::Error> {
         let missing = |i| serde::de::Error::invalid_length(i, &"an alert_gate entry");
-        Ok(GateState {
+        let mut st = GateState {
             alerts: seq.next_element()?.ok_or_else(|| missing(0))?,
             current: seq.next_element()?.ok_or_else(|| missing(1))?,
             last_deploy: seq.next_element()?.ok_or_else(|| missing(2))?,
             parked: seq.next_element()?.ok_or_else(|| missing(3))?,
             emitted: seq.next_element()?.ok_or_else(|| missing(4))?,
-            fired: seq.next_element().ok().flatten().unwrap_or_default(),
-            current_causes: seq.next_element().ok().flatten().unwrap_or_default(),
-            parked_causes: seq.next_element().ok().flatten().unwrap_or_default(),
-            alert_origins: seq.next_element().ok().flatten().unwrap_or_default(),
-        })
+            ..GateState::default()
+        };
+        // Each later field: present in newer entries, absent (the end) in older ones.
+        macro_rules! later {
+            ($($field:ident),*) => {$(
+                match seq.next_element() {
+                    Ok(Some(v)) => st.$field = v,
+                    _ => return Ok(st.adopt_old()),
+                }
+            )*};
+        }
+        later!(
+            fired,
+            current_causes,
+            parked_causes,
+            alert_origins,
+            parked_by,
+            rollout,
+            quarantined,
+            pin,
+            freeze,
+            approvals,
+            waiting,
+            window_until
+        );
+        Ok(st)
+    }
+}
+
+impl GateState {
+    /// An entry from before `parked_by` existed parked its image for an alert.
+    fn adopt_old(mut self) -> Self {
+        if self.parked.is_some() && self.parked_by.is_none() {
+            self.parked_by = Some(Hold::Alert);
+        }
+        self
+    }
+
+    /// Takes the parked image and what was behind it.
+    pub(super) fn unpark(&mut self) -> Option<(String, Vec<Origin>)> {
+        self.parked_by = None;
+        let image = self.parked.take()?;
+        Some((image, std::mem::take(&mut self.parked_causes)))
     }
 }
 
@@ -92,7 +215,8 @@ pub(super) fn state_key(service: &str, environment: &str) -> Vec<u8> {
     key
 }
 
-/// The (service, environment) a state key was made from.
+/// The (service, environment) a state key was made from (service "" for an
+/// environment's own entry).
 pub(super) fn parse_state_key(key: &[u8]) -> Option<(&str, &str)> {
     let mut rest = key;
     let mut part = || {
