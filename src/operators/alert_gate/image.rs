@@ -227,6 +227,10 @@ impl GateRules {
             if frozen.env_wide {
                 effects.wait_on_env = Some(frozen.window_end);
             }
+            let mut incoming = incoming;
+            for f in [st.freeze.as_ref(), k.env_freeze].into_iter().flatten() {
+                add_cause(&mut incoming.causes, &f.origin);
+            }
             let until = frozen.until.map_or_else(|| "unfrozen".to_owned(), rfc3339);
             let reason = format!("frozen until {until}: {}", frozen.reason);
             return self.park(k, st, incoming, Hold::Frozen, reason, "held_frozen", cx);

@@ -139,13 +139,10 @@ impl GateRules {
         let (Some(current), Some(retry)) = (st.current.clone(), self.retry.as_ref()) else {
             return;
         };
-        let causes = Self::status_causes(st);
-        if let Some(pinned) = st
-            .pin
-            .as_ref()
-            .filter(|p| p.image != current)
-            .and_then(|_| Self::pinned_reason(st))
-        {
+        let mut causes = Self::status_causes(st);
+        if let Some(pin) = st.pin.as_ref().filter(|p| p.image != current) {
+            add_cause(&mut causes, &pin.origin);
+            let pinned = Self::pinned_reason(st).unwrap_or_default();
             let draft = super::image::Draft {
                 action: Action::Hold,
                 service: k.service,
