@@ -438,3 +438,83 @@ fn replay_counts_ignored_entries_by_type_and_reads_payloads_given_as_strings() {
         "{stdout}"
     );
 }
+
+/// Replays the first `lines` lines of a scenario into a state directory,
+/// then asks `sluice state` about (service, environment).
+fn state_after(name: &str, lines: usize, service: &str, environment: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state").display().to_string();
+    let input = std::fs::read_to_string(scenario(name, "input.jsonl")).unwrap();
+    let head: String = input.split_inclusive('\n').take(lines).collect();
+    let topo = scenario(name, "topology.toml");
+    let replay = sluice(
+        &["replay", &topo, "--input", "-", "--state-dir", &state, "-q"],
+        &head,
+    );
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    let answer = sluice(
+        &[
+            "state",
+            "--state-dir",
+            &state,
+            "--topology",
+            &topo,
+            service,
+            environment,
+        ],
+        "",
+    );
+    assert!(answer.status.success(), "{}", text(&answer.stderr));
+    serde_json::from_slice(&answer.stdout).expect("the answer is JSON")
+}
+
+#[test]
+fn state_answers_with_the_debounced_record_and_the_gate_view() {
+    // Worked example through line 5 (50 s): v3 went out at 22 s, v4 waits in
+    // the debounce until 50 s + 10 s, HighLatency (fired at 40 s) blocks.
+    let a = state_after("21-worked-example", 5, "a", "prod");
+    assert_eq!(a["clock"], 50_000);
+    let ops = a["operators"].as_array().unwrap();
+    assert_eq!(ops.len(), 2, "the throttle holds nothing: {a}");
+    assert_eq!(
+        (ops[0]["name"].as_str(), ops[0]["type"].as_str()),
+        (Some("debounce"), Some("debounce"))
+    );
+    let pending = &ops[0]["pending"][0];
+    assert_eq!(pending["record"]["tag"], "v4");
+    assert_eq!(pending["deadline"], 60_000);
+    assert_eq!(pending["origin"], serde_json::json!({"line": 5}));
+    let gate = &ops[1];
+    assert_eq!(gate["type"], "alert_gate");
+    assert_eq!(gate["current_image"], "a:v3");
+    assert_eq!(gate["since"], 22_000);
+    assert_eq!(gate["active_alerts"][0]["identity"], "HighLatency");
+    assert_eq!(gate["active_alerts"][0]["blocks"], true);
+    assert_eq!(gate["timers"][0]["kind"], "alert_expiry");
+    assert_eq!(gate["timers"][0]["deadline"], 40_000 + 86_400_000);
+}
+
+#[test]
+fn state_answers_with_the_rollout_retry_and_every_hold_reason() {
+    // Scenario 28 through line 7: one retry done at 62 s, the next moved to 200 s.
+    let a = state_after("28-gate-retry-rollback", 7, "api", "prod");
+    let gate = &a["operators"][0];
+    assert_eq!(gate["current_image"], "api:v2");
+    assert_eq!(gate["since"], 62_000, "the retry redeployed it");
+    assert_eq!(gate["rollout"]["status"], "failed");
+    assert_eq!(gate["rollout"]["attempts"], 1);
+    assert_eq!(
+        gate["timers"],
+        serde_json::json!([{"kind": "retry", "deadline": 200_000, "detail": "retry 2 of 2"}])
+    );
+    // Scenario 30 through line 14: api:v5 approved but prod frozen.
+    let a = state_after("30-gate-freeze-pin-approval", 14, "api", "prod");
+    let gate = &a["operators"][0];
+    assert_eq!(gate["parked_image"], "api:v5");
+    assert_eq!(
+        gate["held_because"],
+        serde_json::json!(["frozen until unfrozen: incident by ana (environment prod)"])
+    );
+    assert_eq!(gate["approvals"], serde_json::json!(["api:v5"]));
+    assert_eq!(gate["frozen"]["until"], serde_json::Value::Null);
+}

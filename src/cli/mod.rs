@@ -12,6 +12,7 @@ mod ingest;
 mod record;
 mod replay;
 mod run;
+mod state;
 mod validate;
 
 use std::fs::File;
@@ -49,6 +50,10 @@ enum Command {
     /// Print the records a webhook payload yields in a format, or the
     /// error naming the field at fault.
     Decode(decode::DecodeArgs),
+    /// Print what a replay's state directory holds for one service and
+    /// environment: current image and rollout, the parked image and every
+    /// reason it is held, pending timers with their deadlines (JSON).
+    State(state::StateArgs),
     /// Print a topology's graph (text, or Graphviz with --dot).
     Describe(describe::DescribeArgs),
     /// Write a realistic, seeded flood of CI/CD events in the replay format.
@@ -95,6 +100,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Describe(args) => describe::run(args),
+        Command::State(args) => state::run(args),
         Command::Decode(args) => decode::run(args),
         Command::Flood(args) => flood::run(args),
         Command::Record(args) => record::run(args),

@@ -6,6 +6,7 @@
 //! time. The engine itself only keeps the rule: the clock never goes back,
 //! and before anything happens at time T every timer due at or before T fires.
 
+pub mod query;
 pub mod stats;
 pub mod timers;
 

@@ -12,6 +12,7 @@ pub mod debounce;
 pub mod dedup;
 pub mod route;
 pub mod throttle;
+pub mod view;
 
 use crate::duration::DurationMs;
 use crate::engine::stats::NodeStats;
@@ -48,6 +49,16 @@ pub trait Operator: Send {
     /// skips changelog records that are not. Stateless operators hold none.
     fn accepts_entry(&self, _value: &[u8]) -> bool {
         true
+    }
+
+    /// What the operator holds for (service, environment), if anything.
+    fn query(
+        &mut self,
+        _service: &str,
+        _environment: &str,
+        _cx: &view::QueryCx<'_>,
+    ) -> Result<Option<view::OperatorView>, StateError> {
+        Ok(None)
     }
 }
 

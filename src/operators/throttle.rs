@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{dur, key_summary, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
+use super::{dur, key_summary, view, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
 use crate::duration::DurationMs;
 use crate::record::{Kind, Record};
 use crate::state::{StateBackend, StateError, Table, WriteBatch};
@@ -224,6 +224,27 @@ impl Operator for Throttle {
             }
         }
         Ok(())
+    }
+
+    /// The records held back for (service, environment), with their deadlines.
+    fn query(
+        &mut self,
+        service: &str,
+        environment: &str,
+        cx: &view::QueryCx<'_>,
+    ) -> Result<Option<view::OperatorView>, StateError> {
+        let found = self.state.find(cx.backend, |s| {
+            s.pending
+                .as_ref()
+                .is_some_and(|r| view::is_about(r, service, environment))
+        })?;
+        let pending: Vec<view::PendingView> = found
+            .iter()
+            .filter_map(|(key, s)| {
+                Some(view::PendingView::of(s.pending.as_ref()?, cx.deadline(key)))
+            })
+            .collect();
+        Ok((!pending.is_empty()).then_some(view::OperatorView::Throttle { pending }))
     }
 
     fn accepts_entry(&self, value: &[u8]) -> bool {

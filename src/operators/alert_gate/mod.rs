@@ -108,6 +108,7 @@ mod tests;
 #[cfg(test)]
 mod tests_loop;
 
+use super::view::{OperatorView, QueryCx};
 use super::{Ctx, Operator};
 use crate::record::{Origin, Payload, Record};
 use crate::state::{StateBackend, StateError, Table, WriteBatch};
@@ -412,6 +413,38 @@ impl Operator for AlertGate {
         self.with_key(&service, &environment, true, cx, |rules, k, st, cx, fx| {
             rules.key_timer(k, st, cx, fx)
         })
+    }
+
+    /// The key's view: current image and rollout, the parked image and
+    /// every reason it is held, the gate's timers. Environment-wide
+    /// freezes and windows count.
+    fn query(
+        &mut self,
+        service: &str,
+        environment: &str,
+        cx: &QueryCx<'_>,
+    ) -> Result<Option<OperatorView>, StateError> {
+        let env_freeze = if self.rules.env_wide {
+            let key = state_key("", environment);
+            self.state
+                .get(cx.backend, &key)?
+                .and_then(|e| e.freeze.clone())
+        } else {
+            None
+        };
+        let key = state_key(service, environment);
+        let st = self
+            .state
+            .get(cx.backend, &key)?
+            .cloned()
+            .unwrap_or_default();
+        let k = KeyCx {
+            service,
+            environment,
+            env_freeze: env_freeze.as_ref(),
+        };
+        let view = self.rules.view(&k, &st, cx.now);
+        Ok(Some(OperatorView::AlertGate(Box::new(view))))
     }
 
     fn accepts_entry(&self, value: &[u8]) -> bool {
