@@ -518,3 +518,93 @@ fn state_answers_with_the_rollout_retry_and_every_hold_reason() {
     assert_eq!(gate["approvals"], serde_json::json!(["api:v5"]));
     assert_eq!(gate["frozen"]["until"], serde_json::Value::Null);
 }
+
+#[test]
+fn control_appends_a_validated_command_that_a_replay_obeys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.jsonl");
+    let image = |ts: u64, tag: &str| {
+        format!(
+            r#"{{"topic":"docker-events","ts":{ts},"key":null,"value":{{"service":"api","repository":"api","tag":"{tag}"}}}}"#
+        )
+    };
+    std::fs::write(&file, image(0, "v1") + "\n").unwrap();
+    let path = file.display().to_string();
+    let freeze = sluice(
+        &[
+            "control",
+            "freeze",
+            "--environment",
+            "prod",
+            "--service",
+            "api",
+            "--until",
+            "60000",
+            "--reason",
+            "train",
+            "--by",
+            "ana",
+            "--ts",
+            "1000",
+            "--output",
+            &path,
+        ],
+        "",
+    );
+    assert!(freeze.status.success(), "{}", text(&freeze.stderr));
+    let mut input = std::fs::read_to_string(&file).unwrap();
+    let written: serde_json::Value = serde_json::from_str(input.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(
+        written,
+        serde_json::json!({"topic": "control-events", "ts": 1000, "key": "api", "value": {
+            "action": "freeze", "environment": "prod", "service": "api", "until": 60000,
+            "reason": "train", "by": "ana"}})
+    );
+    input += &(image(2000, "v2") + "\n");
+    std::fs::write(&file, &input).unwrap();
+    let topo = scenario("32-gate-degraded-quarantine", "topology.toml");
+    let out = sluice(&["replay", &topo, "--input", &path, "--drain", "-q"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let intents: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<(u64, &str, &str)> = intents
+        .iter()
+        .map(|i| {
+            (
+                i["ts"].as_u64().unwrap(),
+                i["value"]["action"].as_str().unwrap(),
+                i["value"]["reason_code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, "deploy", "new_image"),
+            (2000, "hold", "held_frozen"),
+            (60_000, "deploy", "released")
+        ]
+    );
+    assert_eq!(
+        intents[1]["value"]["caused_by"],
+        serde_json::json!([{"line": 3}, {"line": 2}])
+    );
+
+    let bad = sluice(
+        &["control", "pin", "--environment", "prod", "--output", &path],
+        "",
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("service: missing"),
+        "{}",
+        text(&bad.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        input,
+        "nothing appended"
+    );
+}
