@@ -245,7 +245,7 @@ pub enum OperatorConfig {
     Dedup(dedup::DedupConfig),
     Debounce(debounce::DebounceConfig),
     Throttle(throttle::ThrottleConfig),
-    AlertGate(alert_gate::AlertGateConfig),
+    AlertGate(Box<alert_gate::AlertGateConfig>),
 }
 
 /// The operator types, as written in `type = "..."`.
@@ -301,7 +301,9 @@ impl OperatorConfig {
             "dedup" => OperatorConfig::Dedup(dedup::DedupConfig::read(t)?),
             "debounce" => OperatorConfig::Debounce(debounce::DebounceConfig::read(t)?),
             "throttle" => OperatorConfig::Throttle(throttle::ThrottleConfig::read(t)?),
-            "alert_gate" => OperatorConfig::AlertGate(alert_gate::AlertGateConfig::read(t)?),
+            "alert_gate" => {
+                OperatorConfig::AlertGate(Box::new(alert_gate::AlertGateConfig::read(t)?))
+            }
             _ => return None,
         })
     }
