@@ -219,7 +219,7 @@ impl GateRules {
         }
         if let Some(pin) = st.pin.as_ref().filter(|p| p.image != incoming.image) {
             let mut incoming = incoming;
-            add_cause(&mut incoming.causes, &pin.origin.clone());
+            add_cause(&mut incoming.causes, &pin.origin);
             let reason = Self::pinned_reason(st).unwrap_or_default();
             return self.park(k, st, incoming, Hold::Pinned, reason, "held_pinned", cx);
         }

@@ -275,3 +275,41 @@ fn alert_ttl_must_be_a_positive_duration() {
         "{errs}"
     );
 }
+
+#[test]
+fn entries_of_the_previous_version_decode_with_their_parked_image_held_by_an_alert() {
+    /// The entry layout of the version before the closed loop.
+    #[derive(serde::Serialize)]
+    struct Previous {
+        alerts: std::collections::BTreeMap<String, String>,
+        current: Option<String>,
+        last_deploy: Option<super::state::LastDeploy>,
+        parked: Option<String>,
+        emitted: u64,
+        fired: std::collections::BTreeMap<String, u64>,
+    }
+    let previous = Previous {
+        alerts: [("Errors".to_owned(), "critical".to_owned())].into(),
+        current: Some("a:v1".into()),
+        last_deploy: None,
+        parked: Some("a:v2".into()),
+        emitted: 2,
+        fired: [("Errors".to_owned(), 7)].into(),
+    };
+    let bytes = postcard::to_stdvec(&previous).unwrap();
+    let decoded: super::state::GateState = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(decoded.parked.as_deref(), Some("a:v2"));
+    assert_eq!(decoded.fired, previous.fired);
+    assert_eq!(
+        decoded.parked_by,
+        Some(super::state::Hold::Alert),
+        "an old parked image was parked by an alert, so its resolve releases it"
+    );
+    assert!(decoded.pin.is_none() && decoded.quarantined.is_empty());
+    let mut full = decoded.clone();
+    full.approvals.push("a:v3".into());
+    full.window_until = Some(9);
+    let round: super::state::GateState =
+        postcard::from_bytes(&postcard::to_stdvec(&full).unwrap()).unwrap();
+    assert_eq!(round, full, "every field of the new layout round-trips");
+}
