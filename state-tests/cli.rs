@@ -608,3 +608,16 @@ fn control_appends_a_validated_command_that_a_replay_obeys() {
         "nothing appended"
     );
 }
+
+#[test]
+fn every_example_topology_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path().display().to_string();
+        let out = sluice(&["validate", &path], "");
+        assert!(out.status.success(), "{path}: {}", text(&out.stderr));
+        seen += 1;
+    }
+    assert!(seen >= 5, "the closed-loop example is among them");
+}
