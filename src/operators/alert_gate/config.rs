@@ -177,17 +177,16 @@ impl AlertGateConfig {
             ports.push(("control", c, Kind::Control));
         }
         for ((key, at, wanted), kind) in ports.into_iter().zip(kinds) {
+            let article = match wanted {
+                Kind::Image | Kind::Alert | Kind::Intent => "an",
+                _ => "a",
+            };
             match kind {
                 Some(kind) if *kind != wanted => diags.error(
                     at.pos,
                     format!("{path}.{key}"),
                     format!(
-                        "`{key}` must be {} {wanted} stream, but `{}` carries {kind} records",
-                        if wanted == Kind::Image || wanted == Kind::Alert {
-                            "an"
-                        } else {
-                            "a"
-                        },
+                        "`{key}` must be {article} {wanted} stream, but `{}` carries {kind} records",
                         at.value
                     ),
                 ),
