@@ -621,3 +621,81 @@ fn every_example_topology_validates() {
     }
     assert!(seen >= 5, "the closed-loop example is among them");
 }
+
+/// The closed-loop example end to end: a release candidate goes to staging
+/// after the 30 s debounce; Flux reports it healthy (its own payload, in the
+/// replay file); after the 30 m soak it is promoted to prod, where it awaits
+/// approval; `sluice control approve` releases it.
+#[test]
+fn the_closed_loop_example_promotes_a_flux_healthy_image_once_approved() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.jsonl");
+    let t0: u64 = 1_767_225_600_000;
+    let lines = [
+        format!(
+            r#"{{"topic":"docker-events","ts":{t0},"key":"api","value":{{"service":"api","repository":"reg.io/api","tag":"v1.2.0-rc.1"}}}}"#
+        ),
+        format!(
+            r#"{{"topic":"flux-events","ts":{},"key":null,"value":{{"involvedObject":{{"kind":"Kustomization","namespace":"staging","name":"api"}},"severity":"info","reason":"ReconciliationSucceeded","message":"Applied revision: main@sha1:0a1b2c"}}}}"#,
+            t0 + 100_000
+        ),
+    ];
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let path = file.display().to_string();
+    let ts = (t0 + 2_100_000).to_string();
+    let approve = sluice(
+        &[
+            "control",
+            "approve",
+            "--environment",
+            "prod",
+            "--service",
+            "api",
+            "--image",
+            "reg.io/api:v1.2.0-rc.1",
+            "--by",
+            "ana",
+            "--ts",
+            &ts,
+            "--output",
+            &path,
+        ],
+        "",
+    );
+    assert!(approve.status.success(), "{}", text(&approve.stderr));
+    let out = sluice(
+        &[
+            "replay",
+            "topologies/examples/closed-loop.toml",
+            "--input",
+            &path,
+            "--drain",
+            "-q",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let seen: Vec<(u64, String, String, String)> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let i = &v["value"];
+            let s = |k: &str| i[k].as_str().unwrap().to_owned();
+            (
+                v["ts"].as_u64().unwrap(),
+                s("action"),
+                s("environment"),
+                s("reason"),
+            )
+        })
+        .collect();
+    let row = |dt: u64, a: &str, e: &str, r: &str| (t0 + dt, a.into(), e.into(), r.into());
+    assert_eq!(
+        seen,
+        [
+            row(30_000, "deploy", "staging", "new image"),
+            row(100_000 + 1_800_000, "hold", "prod", "awaiting approval"),
+            row(2_100_000, "deploy", "prod", "released: approved by ana"),
+        ]
+    );
+}
