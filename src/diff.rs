@@ -23,6 +23,8 @@ pub struct IntentLine {
     pub image: String,
     pub previous_image: Option<String>,
     pub reason: String,
+    /// The gate's one-word reason (empty in outputs older than reason codes).
+    pub reason_code: String,
 }
 
 impl IntentLine {
@@ -92,6 +94,7 @@ pub fn read_intents(text: &str, file: &str) -> Result<Vec<IntentLine>, DiffInput
             image,
             previous_image: text("previous_image"),
             reason: text("reason").unwrap_or_default(),
+            reason_code: text("reason_code").unwrap_or_default(),
         });
     }
     Ok(out)
@@ -167,6 +170,12 @@ fn changed_fields(before: &IntentLine, after: &IntentLine) -> String {
     if before.reason != after.reason {
         parts.push(format!("reason {:?} -> {:?}", before.reason, after.reason));
     }
+    if before.reason_code != after.reason_code {
+        parts.push(format!(
+            "reason_code {} -> {}",
+            before.reason_code, after.reason_code
+        ));
+    }
     parts.join(", ")
 }
 
@@ -215,7 +224,10 @@ fn diff_key(old: &[&IntentLine], new: &[&IntentLine]) -> Vec<Change> {
             } => {
                 for k in 0..len {
                     let (before, after) = (old[old_index + k], new[new_index + k]);
-                    if before.ts != after.ts || before.reason != after.reason {
+                    if before.ts != after.ts
+                        || before.reason != after.reason
+                        || before.reason_code != after.reason_code
+                    {
                         changes.push(Change::Changed {
                             before: before.clone(),
                             after: after.clone(),
@@ -270,7 +282,8 @@ mod tests {
     fn line(ts: u64, service: &str, action: &str, image: &str, previous: Option<&str>) -> String {
         serde_json::json!({"topic": "deploy-intents", "ts": ts, "key": format!("{service}/prod"), "value": {
             "action": action, "service": service, "environment": "prod", "image": image,
-            "previous_image": previous, "reason": "new image", "intent_id": "x", "caused_by": "c"}})
+            "previous_image": previous, "reason": "new image", "reason_code": "new_image",
+            "intent_id": "x", "caused_by": [{"line": 1}]}})
         .to_string()
     }
 
@@ -311,6 +324,18 @@ mod tests {
         assert!(report.contains("  ~ deploy a:v2: ts 20 -> 25"), "{report}");
         assert!(
             report.ends_with("0 missing, 2 extra, 1 changed (2 baseline intents, 4 new)\n"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn a_changed_reason_code_is_a_change() {
+        let base = vec![line(10, "a", "deploy", "a:v1", None)];
+        let new = vec![line(10, "a", "deploy", "a:v1", None).replace("new_image", "promoted")];
+        let d = diff(&intents(&base), &intents(&new));
+        let report = d.render("base.jsonl", "new.toml");
+        assert!(
+            report.contains("  ~ deploy a:v1: reason_code new_image -> promoted"),
             "{report}"
         );
     }

@@ -2,7 +2,8 @@
 
 use prost::Message;
 
-use crate::record::{Action, Intent, InvalidRecord};
+use crate::record::origin::Place;
+use crate::record::{Action, Intent, InvalidRecord, Origin};
 
 include!(concat!(env!("OUT_DIR"), "/sluice.v1.rs"));
 
@@ -20,10 +21,33 @@ impl From<&Intent> for DeploymentIntent {
             image: i.image.clone(),
             previous_image: i.previous_image.clone(),
             reason: i.reason.clone(),
+            reason_code: i.reason_code.clone(),
             intent_id: i.intent_id.clone(),
-            caused_by: i.caused_by.clone(),
+            caused_by: i.caused_by.iter().filter_map(record_ref).collect(),
             ts: 0,
         }
+    }
+}
+
+fn record_ref(origin: &Origin) -> Option<RecordRef> {
+    let place = match &origin.place {
+        Place::Unknown => return None,
+        Place::Line(n) => record_ref::Place::Line(*n),
+        Place::Kafka(k) => record_ref::Place::Kafka(KafkaPosition {
+            topic: k.topic.clone(),
+            partition: k.partition,
+            offset: k.offset,
+        }),
+    };
+    Some(RecordRef { place: Some(place) })
+}
+
+/// The origin a `RecordRef` names (unknown when it names nothing).
+pub fn origin_of(r: &RecordRef) -> Origin {
+    match &r.place {
+        Some(record_ref::Place::Line(n)) => Origin::line(*n),
+        Some(record_ref::Place::Kafka(k)) => Origin::kafka(&k.topic, k.partition, k.offset),
+        None => Origin::default(),
     }
 }
 
@@ -70,13 +94,17 @@ mod tests {
             image: "a:v1".into(),
             previous_image: Some("a:v2".into()),
             reason: "r".into(),
+            reason_code: "rollback_alert".into(),
             intent_id: "id".into(),
-            caused_by: "c".into(),
+            caused_by: vec![Origin::line(3), Origin::kafka("alerts", 2, 7)],
         };
         let msg = DeploymentIntent::decode(encode_intent(&intent, 42).as_slice()).unwrap();
         assert_eq!(msg.action(), deployment_intent::Action::Rollback);
         assert_eq!(msg.previous_image.as_deref(), Some("a:v2"));
         assert_eq!(msg.ts, 42);
+        assert_eq!(msg.reason_code, "rollback_alert");
+        let refs: Vec<Origin> = msg.caused_by.iter().map(origin_of).collect();
+        assert_eq!(refs, intent.caused_by);
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::engine::{DeadLetter, Engine, EngineError, Output, OutputError, SourceInput};
+use crate::engine::{
+    DeadLetter, Engine, EngineError, InputOrigin, Output, OutputError, SourceInput,
+};
 use crate::record::Record;
 use crate::topology::Sink;
 
@@ -131,6 +133,10 @@ pub struct ReplayOptions {
     pub drain: bool,
     /// Commit state every this many input lines.
     pub commit_every: u64,
+    /// Lines before this input's first line: records name their line as
+    /// `line_offset + n` in intents' `caused_by` (an input continuing a split
+    /// file keeps the whole file's numbering).
+    pub line_offset: u64,
 }
 
 impl Default for ReplayOptions {
@@ -140,6 +146,7 @@ impl Default for ReplayOptions {
             // Hot keys are written once per commit, so a longer interval writes
             // less; the state stays consistent at every commit point either way.
             commit_every: 100_000,
+            line_offset: 0,
         }
     }
 }
@@ -244,6 +251,7 @@ pub fn replay<R: BufRead, W: Write>(
             key: line.key.as_deref(),
             value,
             decoded: false,
+            origin: InputOrigin::Line(opts.line_offset + line_no),
         };
         if !engine.process(source, line.ts, out)? {
             summary.skipped += 1;

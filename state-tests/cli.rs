@@ -150,6 +150,8 @@ fn state_dir_continues_a_run_and_refuses_another_app() {
             "--state-dir",
             &state,
             "--drain",
+            "--line-offset",
+            "4",
         ],
         &lines[4..].concat(),
     );
@@ -434,5 +436,266 @@ fn replay_counts_ignored_entries_by_type_and_reads_payloads_given_as_strings() {
     assert!(
         stdout.contains("\"action\":\"deploy\"") && stdout.contains("h.io/p/api:v1@sha256:1111"),
         "{stdout}"
+    );
+}
+
+/// Replays the first `lines` lines of a scenario into a state directory,
+/// then asks `sluice state` about (service, environment).
+fn state_after(name: &str, lines: usize, service: &str, environment: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state").display().to_string();
+    let input = std::fs::read_to_string(scenario(name, "input.jsonl")).unwrap();
+    let head: String = input.split_inclusive('\n').take(lines).collect();
+    let topo = scenario(name, "topology.toml");
+    let replay = sluice(
+        &["replay", &topo, "--input", "-", "--state-dir", &state, "-q"],
+        &head,
+    );
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    let answer = sluice(
+        &[
+            "state",
+            "--state-dir",
+            &state,
+            "--topology",
+            &topo,
+            service,
+            environment,
+        ],
+        "",
+    );
+    assert!(answer.status.success(), "{}", text(&answer.stderr));
+    serde_json::from_slice(&answer.stdout).expect("the answer is JSON")
+}
+
+#[test]
+fn state_answers_with_the_debounced_record_and_the_gate_view() {
+    // Worked example through line 5 (50 s): v3 went out at 22 s, v4 waits in
+    // the debounce until 50 s + 10 s, HighLatency (fired at 40 s) blocks.
+    let a = state_after("21-worked-example", 5, "a", "prod");
+    assert_eq!(a["clock"], 50_000);
+    let ops = a["operators"].as_array().unwrap();
+    assert_eq!(ops.len(), 2, "the throttle holds nothing: {a}");
+    assert_eq!(
+        (ops[0]["name"].as_str(), ops[0]["type"].as_str()),
+        (Some("debounce"), Some("debounce"))
+    );
+    let pending = &ops[0]["pending"][0];
+    assert_eq!(pending["record"]["tag"], "v4");
+    assert_eq!(pending["deadline"], 60_000);
+    assert_eq!(pending["origin"], serde_json::json!({"line": 5}));
+    let gate = &ops[1];
+    assert_eq!(gate["type"], "alert_gate");
+    assert_eq!(gate["current_image"], "a:v3");
+    assert_eq!(gate["since"], 22_000);
+    assert_eq!(gate["active_alerts"][0]["identity"], "HighLatency");
+    assert_eq!(gate["active_alerts"][0]["blocks"], true);
+    assert_eq!(gate["timers"][0]["kind"], "alert_expiry");
+    assert_eq!(gate["timers"][0]["deadline"], 40_000 + 86_400_000);
+}
+
+#[test]
+fn state_answers_with_the_rollout_retry_and_every_hold_reason() {
+    // Scenario 28 through line 7: one retry done at 62 s, the next moved to 200 s.
+    let a = state_after("28-gate-retry-rollback", 7, "api", "prod");
+    let gate = &a["operators"][0];
+    assert_eq!(gate["current_image"], "api:v2");
+    assert_eq!(gate["since"], 62_000, "the retry redeployed it");
+    assert_eq!(gate["rollout"]["status"], "failed");
+    assert_eq!(gate["rollout"]["attempts"], 1);
+    assert_eq!(
+        gate["timers"],
+        serde_json::json!([{"kind": "retry", "deadline": 200_000, "detail": "retry 2 of 2"}])
+    );
+    // Scenario 30 through line 14: api:v5 approved but prod frozen.
+    let a = state_after("30-gate-freeze-pin-approval", 14, "api", "prod");
+    let gate = &a["operators"][0];
+    assert_eq!(gate["parked_image"], "api:v5");
+    assert_eq!(
+        gate["held_because"],
+        serde_json::json!(["frozen until unfrozen: incident by ana (environment prod)"])
+    );
+    assert_eq!(gate["approvals"], serde_json::json!(["api:v5"]));
+    assert_eq!(gate["frozen"]["until"], serde_json::Value::Null);
+}
+
+#[test]
+fn control_appends_a_validated_command_that_a_replay_obeys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.jsonl");
+    let image = |ts: u64, tag: &str| {
+        format!(
+            r#"{{"topic":"docker-events","ts":{ts},"key":null,"value":{{"service":"api","repository":"api","tag":"{tag}"}}}}"#
+        )
+    };
+    std::fs::write(&file, image(0, "v1") + "\n").unwrap();
+    let path = file.display().to_string();
+    let freeze = sluice(
+        &[
+            "control",
+            "freeze",
+            "--environment",
+            "prod",
+            "--service",
+            "api",
+            "--until",
+            "60000",
+            "--reason",
+            "train",
+            "--by",
+            "ana",
+            "--ts",
+            "1000",
+            "--output",
+            &path,
+        ],
+        "",
+    );
+    assert!(freeze.status.success(), "{}", text(&freeze.stderr));
+    let mut input = std::fs::read_to_string(&file).unwrap();
+    let written: serde_json::Value = serde_json::from_str(input.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(
+        written,
+        serde_json::json!({"topic": "control-events", "ts": 1000, "key": "api", "value": {
+            "action": "freeze", "environment": "prod", "service": "api", "until": 60000,
+            "reason": "train", "by": "ana"}})
+    );
+    input += &(image(2000, "v2") + "\n");
+    std::fs::write(&file, &input).unwrap();
+    let topo = scenario("32-gate-degraded-quarantine", "topology.toml");
+    let out = sluice(&["replay", &topo, "--input", &path, "--drain", "-q"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let intents: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<(u64, &str, &str)> = intents
+        .iter()
+        .map(|i| {
+            (
+                i["ts"].as_u64().unwrap(),
+                i["value"]["action"].as_str().unwrap(),
+                i["value"]["reason_code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, "deploy", "new_image"),
+            (2000, "hold", "held_frozen"),
+            (60_000, "deploy", "released")
+        ]
+    );
+    assert_eq!(
+        intents[1]["value"]["caused_by"],
+        serde_json::json!([{"line": 3}, {"line": 2}])
+    );
+
+    let bad = sluice(
+        &["control", "pin", "--environment", "prod", "--output", &path],
+        "",
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("service: missing"),
+        "{}",
+        text(&bad.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        input,
+        "nothing appended"
+    );
+}
+
+#[test]
+fn every_example_topology_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path().display().to_string();
+        let out = sluice(&["validate", &path], "");
+        assert!(out.status.success(), "{path}: {}", text(&out.stderr));
+        seen += 1;
+    }
+    assert!(seen >= 5, "the closed-loop example is among them");
+}
+
+/// The closed-loop example end to end: a release candidate goes to staging
+/// after the 30 s debounce; Flux reports it healthy (its own payload, in the
+/// replay file); after the 30 m soak it is promoted to prod, where it awaits
+/// approval; `sluice control approve` releases it.
+#[test]
+fn the_closed_loop_example_promotes_a_flux_healthy_image_once_approved() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.jsonl");
+    let t0: u64 = 1_767_225_600_000;
+    let lines = [
+        format!(
+            r#"{{"topic":"docker-events","ts":{t0},"key":"api","value":{{"service":"api","repository":"reg.io/api","tag":"v1.2.0-rc.1"}}}}"#
+        ),
+        format!(
+            r#"{{"topic":"flux-events","ts":{},"key":null,"value":{{"involvedObject":{{"kind":"Kustomization","namespace":"staging","name":"api"}},"severity":"info","reason":"ReconciliationSucceeded","message":"Applied revision: main@sha1:0a1b2c"}}}}"#,
+            t0 + 100_000
+        ),
+    ];
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let path = file.display().to_string();
+    let ts = (t0 + 2_100_000).to_string();
+    let approve = sluice(
+        &[
+            "control",
+            "approve",
+            "--environment",
+            "prod",
+            "--service",
+            "api",
+            "--image",
+            "reg.io/api:v1.2.0-rc.1",
+            "--by",
+            "ana",
+            "--ts",
+            &ts,
+            "--output",
+            &path,
+        ],
+        "",
+    );
+    assert!(approve.status.success(), "{}", text(&approve.stderr));
+    let out = sluice(
+        &[
+            "replay",
+            "topologies/examples/closed-loop.toml",
+            "--input",
+            &path,
+            "--drain",
+            "-q",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let seen: Vec<(u64, String, String, String)> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let i = &v["value"];
+            let s = |k: &str| i[k].as_str().unwrap().to_owned();
+            (
+                v["ts"].as_u64().unwrap(),
+                s("action"),
+                s("environment"),
+                s("reason"),
+            )
+        })
+        .collect();
+    let row = |dt: u64, a: &str, e: &str, r: &str| (t0 + dt, a.into(), e.into(), r.into());
+    assert_eq!(
+        seen,
+        [
+            row(30_000, "deploy", "staging", "new image"),
+            row(100_000 + 1_800_000, "hold", "prod", "awaiting approval"),
+            row(2_100_000, "deploy", "prod", "released: approved by ana"),
+        ]
     );
 }

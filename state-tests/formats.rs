@@ -14,7 +14,10 @@ use std::path::PathBuf;
 use regex::Regex;
 use serde_json::Value;
 use sluice::format::{decode, DecodeOptions, Decoded, FieldFrom, Format};
-use sluice::record::{AlertEvent, AlertStatus, GitEvent, GitEventType, ImageEvent, Kind, Payload};
+use sluice::record::{
+    AlertEvent, AlertStatus, DeployStatus, DeploymentEvent, GitEvent, GitEventType, ImageEvent,
+    Kind, Payload,
+};
 
 fn corpus() -> Option<PathBuf> {
     let dir = match std::env::var_os("SLUICE_WEBHOOK_CORPUS") {
@@ -489,5 +492,183 @@ fn gitlab_samples() {
     }
 }
 
+/// Flux's generic webhook event: a Kustomization `webapp` in `apps` whose
+/// `ValidationFailed` error is a failed rollout of service `webapp`.
+#[test]
+fn flux_samples() {
+    let file = "flux-notification-generic-webhook-event.json";
+    let none = DecodeOptions::default();
+    let Some(d) = decoded(Format::Flux, Kind::Deployment, file, &none) else {
+        return;
+    };
+    let expected = DeploymentEvent {
+        service: "webapp".into(),
+        environment: "apps".into(),
+        status: DeployStatus::Failed,
+        image: None,
+        revision: Some("main/731f7eaddfb6af01cb2173e18f0f75b0ba780ef1".into()),
+        reason: Some(
+            "ValidationFailed: service/apps/webapp validation error: spec.type: Unsupported value: Ingress"
+                .into(),
+        ),
+    };
+    assert_eq!(d.records, [Payload::Deployment(Box::new(expected))]);
+    // The source's environment wins over the namespace; a regex over
+    // `NAMESPACE/NAME` can name both.
+    let opts = DecodeOptions {
+        environment: Some("prod".into()),
+        ..DecodeOptions::default()
+    };
+    if let Some(d) = decoded(Format::Flux, Kind::Deployment, file, &opts) {
+        assert_eq!(
+            d.records[0].field(sluice::record::Field::Environment),
+            "prod"
+        );
+    }
+    let opts = DecodeOptions {
+        service_from: Some(FieldFrom::Regex(
+            Regex::new("^(?P<service>[a-z]+)/").expect("regex"),
+        )),
+        ..DecodeOptions::default()
+    };
+    if let Some(d) = decoded(Format::Flux, Kind::Deployment, file, &opts) {
+        assert_eq!(d.records[0].field(sluice::record::Field::Service), "apps");
+    }
+}
+
+/// The documented Argo CD templates are user templates over `.app`, not
+/// payloads: a Slack-shaped body, as one renders, is not our template's body
+/// and is refused at the field our template would have filled.
+#[test]
+fn argocd_template_bodies_of_other_shapes_are_refused_by_field() {
+    let Some(yaml) = sample("argocd-notifications-webhook.slack.template.yaml") else {
+        return;
+    };
+    let body: String = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("body: |"))
+        .skip(1)
+        .map(|l| l.trim())
+        .collect();
+    let rendered = body
+        .replace("{{.app.metadata.name}}", "checkout")
+        .replace("{{.context.argocdUrl}}", "https://argocd.example")
+        .replace("{{.app.status.sync.status}}", "Synced")
+        .replace(
+            "{{.app.spec.source.repoURL}}",
+            "https://git.example/shop.git",
+        );
+    assert!(!rendered.contains("{{"), "{rendered}");
+    let err = decode(
+        Format::Argocd,
+        Kind::Deployment,
+        &rendered,
+        &DecodeOptions::default(),
+    )
+    .expect_err("a Slack body is not the README's template");
+    assert_eq!(err.path, "app");
+}
+
 #[path = "formats/properties.rs"]
 mod properties;
+
+/// The README's Argo CD template, shaped like the documented webhook
+/// templates of the corpus, renders (for an app as Argo CD holds it) into a
+/// body the `argocd` format decodes.
+#[test]
+fn the_readme_argocd_template_renders_a_body_the_format_decodes() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let template = readme
+        .split("<!-- argocd-template -->")
+        .nth(1)
+        .and_then(|t| t.split("<!-- /argocd-template -->").next())
+        .expect("the README marks its Argo CD template");
+    // The shape every documented webhook template has.
+    let shape = Regex::new(r"(?s)kind: ConfigMap.*name: argocd-notifications-cm.*service\.webhook\.(\w+): \|.*template\.[\w-]+: \|\s*\n\s*webhook:\s*\n\s*(\w+):\s*\n\s*method: POST\s*\n(?:\s*path: [^\n]*\n)?\s*body: \|").unwrap();
+    let caps = shape
+        .captures(template)
+        .expect("the README template has the documented shape");
+    assert_eq!(
+        &caps[1], &caps[2],
+        "the template posts to the service it defines"
+    );
+    for file in [
+        "argocd-notifications-webhook.github-commit-status.template.yaml",
+        "argocd-notifications-webhook.slack.template.yaml",
+    ] {
+        if let Some(corpus) = sample(file) {
+            assert!(shape.is_match(&corpus), "{file} has the same shape");
+        }
+    }
+    let body: String = template
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("body: |"))
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with("trigger."))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let app = serde_json::json!({
+        "metadata": {"name": "checkout"},
+        "spec": {"destination": {"namespace": "prod"}},
+        "status": {
+            "sync": {"status": "Synced", "revision": "4f1e2d3c"},
+            "health": {"status": "Healthy"},
+            "operationState": {"phase": "Succeeded"},
+            "summary": {"images": ["redis:7", "reg.acme.io/shop/checkout:v4"]}
+        }
+    });
+    let rendered = render(&body, &app);
+    assert!(!rendered.contains("{{"), "{rendered}");
+    let d = decode(
+        Format::Argocd,
+        Kind::Deployment,
+        &rendered,
+        &DecodeOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{rendered}"));
+    let expected = DeploymentEvent {
+        service: "checkout".into(),
+        environment: "prod".into(),
+        status: DeployStatus::Healthy,
+        image: Some("reg.acme.io/shop/checkout:v4".into()),
+        revision: Some("4f1e2d3c".into()),
+        reason: Some("operation Succeeded, health Healthy, sync Synced".into()),
+    };
+    assert_eq!(d.records, [Payload::Deployment(Box::new(expected))]);
+}
+
+/// Renders the few Go template forms the README's template uses: a field
+/// `{{.app.a.b}}`, `{{if .app.x}}...{{end}}` around a field, and the range
+/// joining `.app.status.summary.images` with commas.
+fn render(body: &str, app: &Value) -> String {
+    let field = |path: &str| -> Value {
+        path.trim_start_matches(".app.")
+            .split('.')
+            .fold(app.clone(), |v, k| v.get(k).cloned().unwrap_or(Value::Null))
+    };
+    let range = Regex::new(r"\{\{range \$i, \$image := (\.app[\w.]+)\}\}\{\{if \$i\}\},\{\{end\}\}\{\{\$image\}\}\{\{end\}\}").unwrap();
+    let out = range.replace_all(body, |c: &regex::Captures<'_>| {
+        let items = field(&c[1]);
+        let items: Vec<&str> = items
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        items.join(",")
+    });
+    let cond = Regex::new(r"\{\{if (\.app[\w.]+)\}\}(.*?)\{\{end\}\}").unwrap();
+    let out = cond.replace_all(&out, |c: &regex::Captures<'_>| {
+        if field(&c[1]).is_null() {
+            String::new()
+        } else {
+            c[2].to_owned()
+        }
+    });
+    let plain = Regex::new(r"\{\{(\.app[\w.]+)\}\}").unwrap();
+    plain
+        .replace_all(&out, |c: &regex::Captures<'_>| match field(&c[1]) {
+            Value::String(s) => s,
+            other => other.to_string(),
+        })
+        .into_owned()
+}

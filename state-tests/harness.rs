@@ -120,12 +120,16 @@ fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Runs `input` on an engine over `backend`; returns the output and the backend for a later run.
+/// Runs `input` on an engine over `backend`; returns the output and the
+/// backend for a later run. `line_offset` is the number of lines of the
+/// scenario's input before `input`, so that intents' `caused_by` names the
+/// same lines whatever the split.
 fn run(
     topo: &Arc<Topology>,
     backend: Box<dyn StateBackend>,
     input: &str,
     drain: bool,
+    line_offset: u64,
 ) -> (Vec<Value>, Box<dyn StateBackend>) {
     let mut engine = Engine::open(
         Arc::clone(topo),
@@ -138,6 +142,7 @@ fn run(
     let opts = ReplayOptions {
         drain,
         commit_every: 1,
+        line_offset,
     };
     replay(
         &mut engine,
@@ -225,6 +230,7 @@ fn scenarios_match_straight_through_on_both_backends() {
             Box::new(MemoryBackend::new()),
             &s.input,
             s.drain,
+            0,
         );
         let mem_ids = compare(&s, "memory", mem);
         check_stored(&s, "memory", backend);
@@ -234,6 +240,7 @@ fn scenarios_match_straight_through_on_both_backends() {
             Box::new(RocksBackend::open(dir.path()).unwrap()),
             &s.input,
             s.drain,
+            0,
         );
         let rocks_ids = compare(&s, "rocksdb", rocks);
         check_stored(&s, "rocksdb", backend);
@@ -260,9 +267,14 @@ fn scenarios_match_when_split_at_every_line() {
         let lines: Vec<&str> = s.input.split_inclusive('\n').collect();
         for cut in 0..=lines.len() {
             let (first, rest) = (lines[..cut].concat(), lines[cut..].concat());
-            let (mut out, backend) =
-                run(&s.topology, Box::new(MemoryBackend::new()), &first, false);
-            let (tail, _) = run(&s.topology, backend, &rest, s.drain);
+            let (mut out, backend) = run(
+                &s.topology,
+                Box::new(MemoryBackend::new()),
+                &first,
+                false,
+                0,
+            );
+            let (tail, _) = run(&s.topology, backend, &rest, s.drain, cut as u64);
             out.extend(tail);
             compare(&s, &format!("memory, split after line {cut}"), out);
         }
@@ -280,10 +292,17 @@ fn scenarios_match_when_split_across_rocksdb_reopens() {
             Box::new(RocksBackend::open(dir.path()).unwrap()),
             &lines[..cut].concat(),
             false,
+            0,
         );
         drop(backend);
         let reopened = Box::new(RocksBackend::open(dir.path()).unwrap());
-        let (tail, _) = run(&s.topology, reopened, &lines[cut..].concat(), s.drain);
+        let (tail, _) = run(
+            &s.topology,
+            reopened,
+            &lines[cut..].concat(),
+            s.drain,
+            cut as u64,
+        );
         out.extend(tail);
         compare(&s, &format!("rocksdb reopened after line {cut}"), out);
     }

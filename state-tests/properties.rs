@@ -38,6 +38,8 @@ struct Run {
     cache: usize,
     commit_every: u64,
     drain: bool,
+    /// Lines before the input (the tail of a split file keeps the file's numbering).
+    line_offset: u64,
 }
 
 fn replay_on(
@@ -58,6 +60,7 @@ fn replay_on(
     let opts = ReplayOptions {
         drain: run.drain,
         commit_every: run.commit_every,
+        line_offset: run.line_offset,
     };
     replay(
         &mut engine,
@@ -100,11 +103,11 @@ proptest! {
         let lines: Vec<&str> = input.split_inclusive('\n').collect();
         let cut = ((lines.len() as f64) * cut_share) as usize;
         let whole_dir = tempfile::tempdir().unwrap();
-        let whole = replay_on(&topo, rocks(whole_dir.path()), &input, &Run { cache, commit_every: 97, drain: true });
+        let whole = replay_on(&topo, rocks(whole_dir.path()), &input, &Run { cache, commit_every: 97, drain: true, line_offset: 0 });
 
         let split_dir = tempfile::tempdir().unwrap();
-        let mut split = replay_on(&topo, rocks(split_dir.path()), &lines[..cut].concat(), &Run { cache, commit_every: 97, drain: false });
-        split += &replay_on(&topo, rocks(split_dir.path()), &lines[cut..].concat(), &Run { cache, commit_every: 97, drain: true });
+        let mut split = replay_on(&topo, rocks(split_dir.path()), &lines[..cut].concat(), &Run { cache, commit_every: 97, drain: false, line_offset: 0 });
+        split += &replay_on(&topo, rocks(split_dir.path()), &lines[cut..].concat(), &Run { cache, commit_every: 97, drain: true, line_offset: cut as u64 });
         assert_same(&whole, &split, &format!("split after line {cut} of {}", lines.len()))?;
         prop_assert!(whole.contains("\"action\""), "the flood should produce intents");
     }
@@ -113,7 +116,7 @@ proptest! {
     fn rocksdb_and_memory_backends_agree(profile in prop::sample::select(&Profile::ALL[..]), seed in any::<u64>(), events in 50u64..800, services in 1u32..20, cache in 1usize..32, commit_every in 1u64..200) {
         let topo = cicd();
         let input = flood(profile, seed, events, services);
-        let run = Run { cache, commit_every, drain: true };
+        let run = Run { cache, commit_every, drain: true, line_offset: 0 };
         let memory = replay_on(&topo, Box::new(MemoryBackend::new()), &input, &run);
         let dir = tempfile::tempdir().unwrap();
         let rocksdb = replay_on(&topo, rocks(dir.path()), &input, &run);
@@ -132,6 +135,7 @@ fn a_state_dir_refuses_another_app() {
             cache: 10,
             commit_every: 10,
             drain: false,
+            line_offset: 0,
         },
     );
     let other = Topology::parse(
@@ -207,7 +211,7 @@ proptest! {
                 format!("{}\n", serde_json::json!({"topic": topic, "ts": ts, "key": null, "value": value}))
             })
             .collect();
-        let out = replay_on(&topo, Box::new(MemoryBackend::new()), &input, &Run { cache: 4, commit_every: 3, drain: true });
+        let out = replay_on(&topo, Box::new(MemoryBackend::new()), &input, &Run { cache: 4, commit_every: 3, drain: true, line_offset: 0 });
         // Every value the sources' own validation refuses is one dead letter, no more, no less
         // (cicd.toml routes every image to an environment, so the gate refuses none).
         let invalid = values
@@ -264,6 +268,7 @@ fn run_with_changelog(
             key: v["key"].as_str(),
             value: &value,
             decoded: false,
+            origin: Default::default(),
         };
         engine
             .process(input, v["ts"].as_u64().unwrap(), &mut out)

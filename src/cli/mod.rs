@@ -4,6 +4,7 @@
 mod acls;
 mod bench;
 mod commit;
+mod control;
 mod dashboard;
 mod decode;
 mod demo;
@@ -14,6 +15,7 @@ mod observe;
 mod record;
 mod replay;
 mod run;
+mod state;
 mod validate;
 
 use std::fs::File;
@@ -55,6 +57,13 @@ enum Command {
     /// Print the records a webhook payload yields in a format, or the
     /// error naming the field at fault.
     Decode(decode::DecodeArgs),
+    /// Send a person's command to the gates (freeze, unfreeze, pin, unpin,
+    /// approve): append it to a replay file, or produce it to Kafka.
+    Control(control::ControlArgs),
+    /// Print what a replay's state directory holds for one service and
+    /// environment: current image and rollout, the parked image and every
+    /// reason it is held, pending timers with their deadlines (JSON).
+    State(state::StateArgs),
     /// Print a topology's graph (text, or Graphviz with --dot).
     Describe(describe::DescribeArgs),
     /// Write a realistic, seeded flood of CI/CD events in the replay format.
@@ -109,6 +118,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Describe(args) => describe::run(args),
+        Command::State(args) => state::run(args),
+        Command::Control(args) => control::run(args),
         Command::Decode(args) => decode::run(args),
         Command::Flood(args) => flood::run(args),
         Command::Record(args) => record::run(args),

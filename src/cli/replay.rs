@@ -38,6 +38,11 @@ pub struct ReplayArgs {
     /// Commit state every N input lines.
     #[arg(long, default_value_t = ReplayOptions::default().commit_every, value_parser = clap::value_parser!(u64).range(1..))]
     commit_every: u64,
+    /// Lines that came before this input: records name their line as
+    /// N + their line here in intents' `caused_by`, so the second part of a
+    /// split file keeps the whole file's numbering.
+    #[arg(long, default_value_t = 0)]
+    line_offset: u64,
     /// Compare the intents with a baseline replay output: print what is
     /// missing, extra or changed, and exit 1 when they differ. The records
     /// themselves are then only written with an explicit --output FILE.
@@ -83,6 +88,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     let opts = ReplayOptions {
         drain: args.drain,
         commit_every: args.commit_every,
+        line_offset: args.line_offset,
     };
     let mut bar = progress_bar(&args.input);
     let progress: &mut dyn Progress = match &mut bar {

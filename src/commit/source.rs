@@ -291,8 +291,9 @@ fn protobuf_to_json(bytes: &[u8]) -> Option<String> {
         image: m.image,
         previous_image: m.previous_image,
         reason: m.reason,
+        reason_code: m.reason_code,
         intent_id: m.intent_id,
-        caused_by: m.caused_by,
+        caused_by: m.caused_by.iter().map(crate::proto::origin_of).collect(),
     };
     serde_json::to_string(&intent).ok()
 }
@@ -317,8 +318,9 @@ mod tests {
             image: "api:v1".into(),
             previous_image: Some("api:v2".into()),
             reason: "alert".into(),
+            reason_code: "rollback_alert".into(),
             intent_id: "id-1".into(),
-            caused_by: "alert x".into(),
+            caused_by: vec![crate::record::Origin::line(9)],
         };
         let bytes = crate::proto::encode_intent(&intent, 42);
         let json = protobuf_to_json(&bytes).unwrap();

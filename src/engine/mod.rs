@@ -6,6 +6,7 @@
 //! time. The engine itself only keeps the rule: the clock never goes back,
 //! and before anything happens at time T every timer due at or before T fires.
 
+pub mod query;
 pub mod stats;
 pub mod timers;
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use crate::operators::{BuildCx, Ctx, Emitted, Operator};
-use crate::record::Record;
+use crate::record::{Origin, Record};
 use crate::state::{StateBackend, StateError, StoreId, WriteBatch};
 use crate::topology::{Format, NodeRef, Sink, Topology};
 use stats::NodeStats;
@@ -35,6 +36,39 @@ pub struct SourceInput<'a> {
     /// The value is a record already decoded from the source's format into
     /// Sluice's own JSON (what a repartition topic carries for vendor formats).
     pub decoded: bool,
+    /// Where the input sits, which every record it yields carries as its
+    /// origin (and intents name in `caused_by`).
+    pub origin: InputOrigin<'a>,
+}
+
+/// Where a driver read an input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InputOrigin<'a> {
+    #[default]
+    Unknown,
+    /// The line of a replay file, from 1.
+    Line(u64),
+    /// A Kafka record's position.
+    Kafka {
+        topic: &'a str,
+        partition: i32,
+        offset: i64,
+    },
+}
+
+impl InputOrigin<'_> {
+    /// The origin its records carry (a line number allocates nothing).
+    pub fn to_origin(self) -> Origin {
+        match self {
+            InputOrigin::Unknown => Origin::default(),
+            InputOrigin::Line(n) => Origin::line(n),
+            InputOrigin::Kafka {
+                topic,
+                partition,
+                offset,
+            } => Origin::kafka(topic, partition, offset),
+        }
+    }
 }
 
 /// A record that could not be processed, on its way to the dead-letter output.
@@ -519,12 +553,14 @@ impl Engine {
                 for event in &decoded.ignored {
                     self.stats[src.node].ignore(event);
                 }
+                let origin = input.origin.to_origin();
                 for payload in decoded.records {
                     self.stats[src.node].emitted += 1;
                     let record = Record {
                         ts: self.clock,
                         key: input.key.map(str::to_owned),
                         payload,
+                        origin: origin.clone(),
                     };
                     self.deliver(topo, src.node, record, Some(input.topic), out)?;
                 }

@@ -103,6 +103,12 @@ impl TimerQueue {
         counts
     }
 
+    /// The deadline of operator `op`'s timer for `key`, if one is armed.
+    pub fn deadline(&self, op: usize, key: &[u8]) -> Option<u64> {
+        let slot = self.by_key.get(op)?.get(key)?;
+        slot.at.map(|(deadline, _)| deadline)
+    }
+
     pub fn next_deadline(&self) -> Option<u64> {
         self.queue.first_key_value().map(|(&(d, _), _)| d)
     }

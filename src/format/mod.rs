@@ -8,10 +8,12 @@
 //! means the same thing wherever it enters.
 
 mod alertmanager;
+mod argocd;
 mod cloudevents;
 mod distribution;
 mod dockerhub;
 mod ecr;
+mod flux;
 mod gar;
 mod github;
 mod github_package;
@@ -24,7 +26,9 @@ use std::fmt;
 
 use regex::Regex;
 
-use crate::record::{parse_alert, parse_git, parse_image, Kind, Payload};
+use crate::record::{
+    parse_alert, parse_control, parse_deployment, parse_git, parse_image, Kind, Payload,
+};
 
 /// A source's or sink's wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,6 +59,10 @@ pub enum Format {
     Github,
     /// GitLab push and merge request webhooks.
     Gitlab,
+    /// Flux notification-controller events (generic / generic-hmac provider).
+    Flux,
+    /// The body of the Argo CD notifications webhook template the README gives.
+    Argocd,
 }
 
 /// All formats, in the order the README lists them.
@@ -72,6 +80,8 @@ pub const FORMATS: &[Format] = &[
     Format::Cloudevents,
     Format::Github,
     Format::Gitlab,
+    Format::Flux,
+    Format::Argocd,
 ];
 
 impl Format {
@@ -90,6 +100,8 @@ impl Format {
             Format::Cloudevents => "cloudevents",
             Format::Github => "github",
             Format::Gitlab => "gitlab",
+            Format::Flux => "flux",
+            Format::Argocd => "argocd",
         }
     }
 
@@ -105,10 +117,18 @@ impl Format {
     /// The kinds of record this format can carry.
     pub fn kinds(self) -> &'static [Kind] {
         match self {
-            Format::Json => &[Kind::Image, Kind::Alert, Kind::Git, Kind::Intent],
+            Format::Json => &[
+                Kind::Image,
+                Kind::Alert,
+                Kind::Git,
+                Kind::Intent,
+                Kind::Deployment,
+                Kind::Control,
+            ],
             Format::Protobuf => &[Kind::Image, Kind::Alert, Kind::Intent],
             Format::Alertmanager => &[Kind::Alert],
             Format::Github | Format::Gitlab => &[Kind::Git],
+            Format::Flux | Format::Argocd => &[Kind::Deployment],
             Format::Distribution
             | Format::Dockerhub
             | Format::Harbor
@@ -289,6 +309,12 @@ pub fn decode(
         (Format::Json, Kind::Git) => {
             native(parse_git(json, env).map(|g| Payload::Git(Box::new(g))))
         }
+        (Format::Json, Kind::Deployment) => {
+            native(parse_deployment(json, env).map(|d| Payload::Deployment(Box::new(d))))
+        }
+        (Format::Json, Kind::Control) => {
+            native(parse_control(json, env).map(|c| Payload::Control(Box::new(c))))
+        }
         (Format::Alertmanager, _) => alertmanager::decode(json, opts),
         (Format::Distribution, _) => distribution::decode(json, opts),
         (Format::Dockerhub, _) => dockerhub::decode(json, opts),
@@ -300,6 +326,8 @@ pub fn decode(
         (Format::Cloudevents, _) => cloudevents::decode(json, opts),
         (Format::Github, _) => github::decode(json, opts),
         (Format::Gitlab, _) => gitlab::decode(json, opts),
+        (Format::Flux, _) => flux::decode(json, opts),
+        (Format::Argocd, _) => argocd::decode(json, opts),
         (format, kind) => Err(DecodeError::new(
             "format",
             format!("{format} cannot carry {kind} records"),

@@ -516,6 +516,20 @@ pub(super) fn inside(within: &str, e: DecodeError) -> DecodeError {
     }
 }
 
+/// A sender's free text as one bounded line: control characters (a
+/// multi-line message) become spaces and the text is cut at 1024 bytes.
+pub(super) fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(1024));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > 1024 {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Adds a part's records and ignored entries to a payload's.
 pub(super) fn merge(into: &mut Decoded, part: Decoded) {
     into.records.extend(part.records);

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{dur, key_summary, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
+use super::{dur, key_summary, view, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
 use crate::duration::DurationMs;
 use crate::record::{Kind, Record};
 use crate::state::{StateBackend, StateError, Table, WriteBatch};
@@ -143,9 +143,26 @@ impl Operator for Debounce {
 
     fn on_timer(&mut self, key: &[u8], cx: &mut Ctx<'_>) -> Result<(), StateError> {
         if let Some(p) = self.pending.get_mut(cx.backend(), key)?.take() {
-            cx.emit(p.record.key, p.record.payload);
+            cx.pass(p.record);
         }
         Ok(())
+    }
+
+    /// The records held back for (service, environment), with their deadlines.
+    fn query(
+        &mut self,
+        service: &str,
+        environment: &str,
+        cx: &view::QueryCx<'_>,
+    ) -> Result<Option<view::OperatorView>, StateError> {
+        let found = self.pending.find(cx.backend, |p| {
+            view::is_about(&p.record, service, environment)
+        })?;
+        let pending: Vec<view::PendingView> = found
+            .iter()
+            .map(|(key, p)| view::PendingView::of(&p.record, cx.deadline(key)))
+            .collect();
+        Ok((!pending.is_empty()).then_some(view::OperatorView::Debounce { pending }))
     }
 
     fn accepts_entry(&self, value: &[u8]) -> bool {

@@ -108,7 +108,7 @@ impl Operator for Dedup {
             }
             _ => {
                 *slot = Some(now);
-                cx.emit(record.key, record.payload);
+                cx.pass(record);
             }
         }
         Ok(())
@@ -143,6 +143,35 @@ mod tests {
 
     fn topology(refresh: bool) -> String {
         format!("[[operators]]\nname = \"d\"\ntype = \"dedup\"\ninput = \"images\"\nkey = [\"service\", \"environment\"]\nttl = \"10s\"\nrefresh_on_drop = {refresh}\n")
+    }
+
+    #[test]
+    fn route_and_dedup_read_deployment_statuses_and_control_records_like_other_kinds() {
+        use super::super::testkit::{control, status};
+        use crate::record::{ControlAction, DeployStatus, Field};
+        let ops = "[[operators]]\nname = \"r\"\ntype = \"route\"\ninput = \"statuses\"\n[[operators.rules]]\nfield = \"status\"\nregex = '^failed$'\nenvironment = \"incident\"\n[[operators]]\nname = \"d\"\ntype = \"dedup\"\ninput = \"r\"\nkey = [\"service\", \"environment\", \"status\"]\nttl = \"1m\"\n";
+        let mut h = Harness::new(ops);
+        let out = h.push(0, status("a", "prod", DeployStatus::Failed));
+        assert_eq!(out[0].payload.field(Field::Environment), "incident");
+        assert!(h
+            .push(1, status("a", "prod", DeployStatus::Failed))
+            .is_empty());
+        assert!(
+            h.push(2, status("a", "prod", DeployStatus::Healthy))
+                .is_empty(),
+            "no route"
+        );
+        assert_eq!(h.dropped("duplicate"), 1);
+        let ops = "[[operators]]\nname = \"d\"\ntype = \"dedup\"\ninput = \"controls\"\nkey = [\"action\", \"service\", \"image\", \"by\"]\nttl = \"1m\"\n";
+        let mut h = Harness::new(ops);
+        let pin = || control(ControlAction::Pin, Some("a"), Some("a:v1"), None);
+        assert_eq!(h.push(0, pin()).len(), 1);
+        assert!(h.push(1, pin()).is_empty());
+        let errs = Harness::errors("[[operators]]\nname = \"d\"\ntype = \"dedup\"\ninput = \"controls\"\nkey = [\"tag\"]\nttl = \"1m\"\n");
+        assert!(
+            errs.contains("control records have no field `tag`"),
+            "{errs}"
+        );
     }
 
     #[test]

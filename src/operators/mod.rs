@@ -12,6 +12,7 @@ pub mod debounce;
 pub mod dedup;
 pub mod route;
 pub mod throttle;
+pub mod view;
 
 use crate::duration::DurationMs;
 use crate::engine::stats::NodeStats;
@@ -48,6 +49,16 @@ pub trait Operator: Send {
     /// skips changelog records that are not. Stateless operators hold none.
     fn accepts_entry(&self, _value: &[u8]) -> bool {
         true
+    }
+
+    /// What the operator holds for (service, environment), if anything.
+    fn query(
+        &mut self,
+        _service: &str,
+        _environment: &str,
+        _cx: &view::QueryCx<'_>,
+    ) -> Result<Option<view::OperatorView>, StateError> {
+        Ok(None)
     }
 
     /// Gauges of what the operator's committed state holds, for metrics
@@ -98,14 +109,25 @@ impl Ctx<'_> {
         self.backend
     }
 
-    /// Sends a record downstream, stamped with the current time.
+    /// Sends a new record downstream (an operator's own, such as an
+    /// intent), stamped with the current time; its origin is unknown: what
+    /// caused it is in its value.
     pub fn emit(&mut self, key: Option<String>, payload: Payload) {
         self.stats.emitted += 1;
         self.out.push(Emitted::Record(Record {
             ts: self.now,
             key,
             payload,
+            origin: Default::default(),
         }));
+    }
+
+    /// Passes a record on downstream, stamped with the current time; it
+    /// keeps its key and its origin.
+    pub fn pass(&mut self, mut record: Record) {
+        self.stats.emitted += 1;
+        record.ts = self.now;
+        self.out.push(Emitted::Record(record));
     }
 
     /// Arms (or re-arms, replacing the old one) this operator's timer for `key`.
@@ -238,7 +260,7 @@ pub enum OperatorConfig {
     Dedup(dedup::DedupConfig),
     Debounce(debounce::DebounceConfig),
     Throttle(throttle::ThrottleConfig),
-    AlertGate(alert_gate::AlertGateConfig),
+    AlertGate(Box<alert_gate::AlertGateConfig>),
 }
 
 /// The operator types, as written in `type = "..."`.
@@ -294,7 +316,9 @@ impl OperatorConfig {
             "dedup" => OperatorConfig::Dedup(dedup::DedupConfig::read(t)?),
             "debounce" => OperatorConfig::Debounce(debounce::DebounceConfig::read(t)?),
             "throttle" => OperatorConfig::Throttle(throttle::ThrottleConfig::read(t)?),
-            "alert_gate" => OperatorConfig::AlertGate(alert_gate::AlertGateConfig::read(t)?),
+            "alert_gate" => {
+                OperatorConfig::AlertGate(Box::new(alert_gate::AlertGateConfig::read(t)?))
+            }
             _ => return None,
         })
     }
@@ -306,7 +330,7 @@ impl OperatorConfig {
             OperatorConfig::Dedup(c) => vec![("input", &c.input)],
             OperatorConfig::Debounce(c) => vec![("input", &c.input)],
             OperatorConfig::Throttle(c) => vec![("input", &c.input)],
-            OperatorConfig::AlertGate(c) => vec![("images", &c.images), ("alerts", &c.alerts)],
+            OperatorConfig::AlertGate(c) => c.inputs(),
         }
     }
 

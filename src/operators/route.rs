@@ -210,7 +210,7 @@ impl Operator for Route {
         match chosen {
             Some(env) => {
                 record.payload.set_environment(env);
-                cx.emit(record.key, record.payload);
+                cx.pass(record);
             }
             None => cx.drop_record("no_route"),
         }

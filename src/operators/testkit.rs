@@ -6,7 +6,10 @@
 use std::sync::Arc;
 
 use crate::engine::{DeadLetter, Engine, EngineOptions, Output, OutputError, SourceInput};
-use crate::record::{AlertEvent, AlertStatus, ImageEvent, Payload, Record};
+use crate::record::{
+    AlertEvent, AlertStatus, ControlAction, ControlEvent, DeployStatus, DeploymentEvent,
+    ImageEvent, Payload, Record,
+};
 use crate::state::MemoryBackend;
 use crate::topology::{Sink, Topology};
 
@@ -20,6 +23,16 @@ kind = "image"
 name = "alerts"
 topic = "alert-events"
 kind = "alert"
+environment = "prod"
+[[sources]]
+name = "statuses"
+topic = "deploy-status"
+kind = "deployment"
+environment = "prod"
+[[sources]]
+name = "controls"
+topic = "control-events"
+kind = "control"
 environment = "prod"
 "#;
 
@@ -94,6 +107,8 @@ impl Harness {
     pub fn push(&mut self, ts: u64, payload: Payload) -> Vec<Record> {
         let topic = match payload {
             Payload::Alert(_) => "alert-events",
+            Payload::Deployment(_) => "deploy-status",
+            Payload::Control(_) => "control-events",
             _ => "docker-events",
         };
         let value = payload.to_json().to_string();
@@ -102,6 +117,7 @@ impl Harness {
             key: Some("k"),
             value: &value,
             decoded: false,
+            origin: Default::default(),
         };
         self.engine
             .process(input, ts, &mut self.out)
@@ -174,6 +190,36 @@ pub fn alert(service: &str, name: &str, severity: &str, firing: bool) -> Payload
         },
         environment: "prod".into(),
         fingerprint: None,
+    }))
+}
+
+/// A deployment status for `service` in `environment`, about the current image.
+pub fn status(service: &str, environment: &str, status: DeployStatus) -> Payload {
+    Payload::Deployment(Box::new(DeploymentEvent {
+        service: service.into(),
+        environment: environment.into(),
+        status,
+        image: None,
+        revision: None,
+        reason: None,
+    }))
+}
+
+/// A control record; `service` and `image` as the action takes them.
+pub fn control(
+    action: ControlAction,
+    service: Option<&str>,
+    image: Option<&str>,
+    until: Option<u64>,
+) -> Payload {
+    Payload::Control(Box::new(ControlEvent {
+        action,
+        environment: "prod".into(),
+        service: service.map(Into::into),
+        image: image.map(Into::into),
+        until,
+        reason: Some("test".into()),
+        by: Some("ana".into()),
     }))
 }
 

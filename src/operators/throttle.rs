@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{dur, key_summary, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
+use super::{dur, key_summary, view, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
 use crate::duration::DurationMs;
 use crate::record::{Kind, Record};
 use crate::state::{StateBackend, StateError, Table, WriteBatch};
@@ -190,14 +190,14 @@ impl Operator for Throttle {
         let Some(state) = slot.as_mut() else {
             let tat = now.saturating_add(self.interval);
             *slot = Some(KeyState { tat, pending: None });
-            cx.emit(record.key, record.payload);
+            cx.pass(record);
             return Ok(());
         };
         // A record can conform while another is pending (a timer due at the same
         // instant delivered it): it passes, and the pending one keeps its timer.
         if state.tat.max(now) - now <= self.tolerance {
             state.tat = state.tat.max(now).saturating_add(self.interval);
-            cx.emit(record.key, record.payload);
+            cx.pass(record);
             return Ok(());
         }
         match self.excess {
@@ -220,10 +220,31 @@ impl Operator for Throttle {
         if let Some(state) = slot.as_mut() {
             if let Some(record) = state.pending.take() {
                 state.tat = state.tat.max(now).saturating_add(self.interval);
-                cx.emit(record.key, record.payload);
+                cx.pass(record);
             }
         }
         Ok(())
+    }
+
+    /// The records held back for (service, environment), with their deadlines.
+    fn query(
+        &mut self,
+        service: &str,
+        environment: &str,
+        cx: &view::QueryCx<'_>,
+    ) -> Result<Option<view::OperatorView>, StateError> {
+        let found = self.state.find(cx.backend, |s| {
+            s.pending
+                .as_ref()
+                .is_some_and(|r| view::is_about(r, service, environment))
+        })?;
+        let pending: Vec<view::PendingView> = found
+            .iter()
+            .filter_map(|(key, s)| {
+                Some(view::PendingView::of(s.pending.as_ref()?, cx.deadline(key)))
+            })
+            .collect();
+        Ok((!pending.is_empty()).then_some(view::OperatorView::Throttle { pending }))
     }
 
     fn accepts_entry(&self, value: &[u8]) -> bool {

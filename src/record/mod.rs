@@ -1,9 +1,12 @@
 //! The records that flow through a topology: image events, alert events,
-//! git events and deployment intents, with their validation rules and field
-//! access.
+//! git events, deployment statuses, control commands and deployment
+//! intents, with their validation rules and field access.
 
+mod intent;
 pub mod oci;
+pub mod origin;
 mod parse;
+mod rollout;
 mod trace_context;
 
 use std::borrow::Cow;
@@ -11,9 +14,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use origin::Origin;
 pub use parse::{
     parse_alert, parse_git, parse_image, validate_alert, validate_git, validate_image, AlertFields,
     GitFields, ImageFields,
+};
+pub use rollout::{
+    parse_control, parse_deployment, validate_deployment, ControlAction, ControlEvent,
+    DeployStatus, DeploymentEvent, DeploymentFields,
 };
 pub use trace_context::{TraceContext, TRACEPARENT};
 
@@ -125,17 +133,23 @@ impl Action {
     }
 }
 
-/// A deployment intent emitted by an alert gate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A deployment intent emitted by an alert gate. Its serde forms (JSON for
+/// sinks, a layout compatible with older state for postcard) are in `intent.rs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Intent {
     pub action: Action,
     pub service: String,
     pub environment: String,
     pub image: String,
     pub previous_image: Option<String>,
+    /// Why, for people.
     pub reason: String,
+    /// Why, as one word from a documented list (README, alert_gate).
+    pub reason_code: String,
     pub intent_id: String,
-    pub caused_by: String,
+    /// The records that caused the intent: input lines in replay, topic,
+    /// partition and offset live.
+    pub caused_by: Vec<Origin>,
 }
 
 /// The kind of record a stream carries; fixed per edge of the topology graph.
@@ -145,6 +159,8 @@ pub enum Kind {
     Alert,
     Git,
     Intent,
+    Deployment,
+    Control,
 }
 
 impl Kind {
@@ -154,6 +170,8 @@ impl Kind {
             Kind::Alert => "alert",
             Kind::Git => "git",
             Kind::Intent => "intent",
+            Kind::Deployment => "deployment",
+            Kind::Control => "control",
         }
     }
 
@@ -188,9 +206,12 @@ impl Kind {
                 Image,
                 PreviousImage,
                 Reason,
+                ReasonCode,
                 IntentId,
                 CausedBy,
             ],
+            Kind::Deployment => &[Service, Environment, Status, Image, Revision, Reason],
+            Kind::Control => &[Action, Environment, Service, Image, Until, Reason, By],
         }
     }
 
@@ -236,6 +257,10 @@ pub enum Field {
     Reason,
     IntentId,
     CausedBy,
+    Revision,
+    Until,
+    By,
+    ReasonCode,
 }
 
 impl Field {
@@ -262,6 +287,10 @@ impl Field {
             Field::Reason => "reason",
             Field::IntentId => "intent_id",
             Field::CausedBy => "caused_by",
+            Field::Revision => "revision",
+            Field::Until => "until",
+            Field::By => "by",
+            Field::ReasonCode => "reason_code",
         }
     }
 }
@@ -276,6 +305,9 @@ pub enum Payload {
     Alert(Box<AlertEvent>),
     Git(Box<GitEvent>),
     Intent(Box<Intent>),
+    // New variants go last: stored records keep their variant numbers.
+    Deployment(Box<DeploymentEvent>),
+    Control(Box<ControlEvent>),
 }
 
 impl Payload {
@@ -285,6 +317,8 @@ impl Payload {
             Payload::Alert(_) => Kind::Alert,
             Payload::Git(_) => Kind::Git,
             Payload::Intent(_) => Kind::Intent,
+            Payload::Deployment(_) => Kind::Deployment,
+            Payload::Control(_) => Kind::Control,
         }
     }
 
@@ -326,7 +360,27 @@ impl Payload {
             (Payload::Intent(i), Field::PreviousImage) => opt(&i.previous_image),
             (Payload::Intent(i), Field::Reason) => borrowed(&i.reason),
             (Payload::Intent(i), Field::IntentId) => borrowed(&i.intent_id),
-            (Payload::Intent(i), Field::CausedBy) => borrowed(&i.caused_by),
+            (Payload::Intent(i), Field::ReasonCode) => borrowed(&i.reason_code),
+            (Payload::Intent(i), Field::CausedBy) => {
+                let refs: Vec<String> = i.caused_by.iter().map(Origin::to_string).collect();
+                Cow::Owned(refs.join(", "))
+            }
+            (Payload::Deployment(d), Field::Service) => borrowed(&d.service),
+            (Payload::Deployment(d), Field::Environment) => borrowed(&d.environment),
+            (Payload::Deployment(d), Field::Status) => borrowed(d.status.as_str()),
+            (Payload::Deployment(d), Field::Image) => opt(&d.image),
+            (Payload::Deployment(d), Field::Revision) => opt(&d.revision),
+            (Payload::Deployment(d), Field::Reason) => opt(&d.reason),
+            (Payload::Control(c), Field::Action) => borrowed(c.action.as_str()),
+            (Payload::Control(c), Field::Environment) => borrowed(&c.environment),
+            (Payload::Control(c), Field::Service) => opt(&c.service),
+            (Payload::Control(c), Field::Image) => opt(&c.image),
+            (Payload::Control(c), Field::Until) => match c.until {
+                Some(n) => Cow::Owned(n.to_string()),
+                None => borrowed(""),
+            },
+            (Payload::Control(c), Field::Reason) => opt(&c.reason),
+            (Payload::Control(c), Field::By) => opt(&c.by),
             // Validation guarantees each operator only names fields its input kind has.
             _ => Cow::Borrowed(""),
         }
@@ -339,6 +393,8 @@ impl Payload {
             Payload::Alert(a) => a.environment = environment.to_owned(),
             Payload::Git(g) => g.environment = Some(environment.to_owned()),
             Payload::Intent(i) => i.environment = environment.to_owned(),
+            Payload::Deployment(d) => d.environment = environment.to_owned(),
+            Payload::Control(c) => c.environment = environment.to_owned(),
         }
     }
 
@@ -350,6 +406,8 @@ impl Payload {
             Payload::Alert(a) => PayloadJson::Alert(AlertJson::from(a.as_ref())),
             Payload::Git(g) => PayloadJson::Git(GitJson::from(g.as_ref())),
             Payload::Intent(i) => PayloadJson::Intent(i.as_ref()),
+            Payload::Deployment(d) => PayloadJson::Deployment(DeploymentJson::from(d.as_ref())),
+            Payload::Control(c) => PayloadJson::Control(ControlJson::from(c.as_ref())),
         }
     }
 
@@ -368,6 +426,64 @@ pub enum PayloadJson<'a> {
     Alert(AlertJson<'a>),
     Git(GitJson<'a>),
     Intent(&'a Intent),
+    Deployment(DeploymentJson<'a>),
+    Control(ControlJson<'a>),
+}
+
+#[derive(Serialize)]
+pub struct DeploymentJson<'a> {
+    service: &'a str,
+    environment: &'a str,
+    status: DeployStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+impl<'a> From<&'a DeploymentEvent> for DeploymentJson<'a> {
+    fn from(d: &'a DeploymentEvent) -> Self {
+        DeploymentJson {
+            service: &d.service,
+            environment: &d.environment,
+            status: d.status,
+            image: d.image.as_deref(),
+            revision: d.revision.as_deref(),
+            reason: d.reason.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ControlJson<'a> {
+    action: ControlAction,
+    environment: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<&'a str>,
+}
+
+impl<'a> From<&'a ControlEvent> for ControlJson<'a> {
+    fn from(c: &'a ControlEvent) -> Self {
+        ControlJson {
+            action: c.action,
+            environment: &c.environment,
+            service: c.service.as_deref(),
+            image: c.image.as_deref(),
+            until: c.until,
+            reason: c.reason.as_deref(),
+            by: c.by.as_deref(),
+        }
+    }
 }
 
 impl Payload {
@@ -455,12 +571,45 @@ impl<'a> From<&'a GitEvent> for GitJson<'a> {
     }
 }
 
-/// A record in flight: its value, its Kafka key and the time it was emitted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A record in flight: its value, its Kafka key, the time it was emitted
+/// and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Record {
     pub ts: u64,
     pub key: Option<String>,
     pub payload: Payload,
+    /// Kept last: records stored before origins existed end before it (see `Deserialize`).
+    pub origin: Origin,
+}
+
+/// Decodes stored records with or without `origin`: a record written before
+/// origins existed ends after its payload (postcard has no field names;
+/// reading past the end fails) and gets an unknown origin. Records are
+/// stored last in every operator entry that holds one, so nothing follows.
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct("Record", &["ts", "key", "payload", "origin"], RecordVisitor)
+    }
+}
+
+struct RecordVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RecordVisitor {
+    type Value = Record;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a stored record")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Record, A::Error> {
+        let missing = |i| serde::de::Error::invalid_length(i, &"a stored record");
+        Ok(Record {
+            ts: seq.next_element()?.ok_or_else(|| missing(0))?,
+            key: seq.next_element()?.ok_or_else(|| missing(1))?,
+            payload: seq.next_element()?.ok_or_else(|| missing(2))?,
+            origin: seq.next_element().ok().flatten().unwrap_or_default(),
+        })
+    }
 }
 
 /// Why a record is invalid. The message names the offending field.
@@ -504,11 +653,17 @@ mod tests {
             image: "reg/a:v1".into(),
             previous_image: None,
             reason: "new image".into(),
+            reason_code: "new_image".into(),
             intent_id: "x".into(),
-            caused_by: "image reg/a:v1".into(),
+            caused_by: vec![Origin::line(3)],
         }));
         assert_eq!(intent.to_json()["previous_image"], serde_json::Value::Null);
         assert_eq!(intent.to_json()["action"], "deploy");
+        assert_eq!(
+            intent.to_json()["caused_by"],
+            serde_json::json!([{"line": 3}])
+        );
+        assert_eq!(intent.to_json()["reason_code"], "new_image");
     }
 
     #[test]

@@ -211,7 +211,39 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         Ok(())
     }
 
-    /// Entries currently cached (for tests and metrics).
+    /// Every entry (uncommitted changes included) that `pick` chooses, in
+    /// no particular order. It reads the whole store: for queries, not for
+    /// the hot path.
+    pub fn find(
+        &self,
+        backend: &dyn StateBackend,
+        mut pick: impl FnMut(&V) -> bool,
+    ) -> Result<Vec<(Vec<u8>, V)>, StateError>
+    where
+        V: Clone,
+    {
+        let mut found = Vec::new();
+        backend.scan(self.store, &mut |key, bytes| {
+            if !self.cache.contains_key(key) {
+                let value: V = postcard::from_bytes(bytes).map_err(|cause| StateError::Decode {
+                    store: self.name.clone(),
+                    key: show_key(key),
+                    cause,
+                })?;
+                if pick(&value) {
+                    found.push((key.to_vec(), value));
+                }
+            }
+            Ok(())
+        })?;
+        for (key, slot) in &self.cache {
+            if let Some(value) = slot.value.as_ref().filter(|v| pick(v)) {
+                found.push((key.clone(), value.clone()));
+            }
+        }
+        Ok(found)
+    }
+
     /// Whether `value` decodes as an entry of this table (a restore checks
     /// changelog records with it).
     pub fn accepts(&self, value: &[u8]) -> bool {

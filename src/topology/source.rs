@@ -12,7 +12,13 @@ use crate::format::{self, DecodeOptions, Decoded, FieldFrom, Format};
 use crate::record::Kind;
 
 /// Kinds a source may read.
-const SOURCE_KINDS: &[Kind] = &[Kind::Image, Kind::Alert, Kind::Git];
+const SOURCE_KINDS: &[Kind] = &[
+    Kind::Image,
+    Kind::Alert,
+    Kind::Git,
+    Kind::Deployment,
+    Kind::Control,
+];
 
 /// A `[[sources]]` entry: a topic whose records enter the topology.
 #[derive(Debug, Clone)]
@@ -20,7 +26,7 @@ pub struct Source {
     pub name: String,
     pub node: usize,
     pub topic: String,
-    /// `image`, `alert` or `git`.
+    /// `image`, `alert`, `git`, `deployment` or `control`.
     pub kind: Kind,
     pub format: Format,
     /// What the decoder fills in (the default environment among it).
@@ -136,7 +142,10 @@ pub(crate) fn read_kind(t: &mut TableReader<'_, '_, '_>) -> Option<Kind> {
             t.diags().error(
                 k.pos,
                 t.key_path("kind"),
-                format!("unknown kind `{}`; expected image, alert or git", k.value),
+                format!(
+                    "unknown kind `{}`; expected image, alert, git, deployment or control",
+                    k.value
+                ),
             );
             None
         }

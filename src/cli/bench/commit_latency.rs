@@ -97,6 +97,7 @@ impl CommitBench {
                     key: None,
                     value: &value,
                     decoded: false,
+                    origin: Default::default(),
                 };
                 engine.process(input, now, &mut Discard)?;
             }

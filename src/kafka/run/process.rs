@@ -14,7 +14,7 @@ use super::output::{KafkaOutput, Origin};
 use super::producer::TxnFailure;
 use super::rebalance::RunContext;
 use super::{ClockMode, RunError};
-use crate::engine::SourceInput;
+use crate::engine::{InputOrigin, SourceInput};
 use crate::record::TraceContext;
 use crate::telemetry::trace::{Kind as SpanKind, Span, Tracing};
 
@@ -99,6 +99,11 @@ impl Inner {
                     key,
                     value: &value,
                     decoded: decoded.is_some(),
+                    origin: InputOrigin::Kafka {
+                        topic: m.topic(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    },
                 };
                 task.engine
                     .process(input, at, &mut out)

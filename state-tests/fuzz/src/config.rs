@@ -55,6 +55,7 @@ fn run_every_source(topology: Topology) {
     let opts = ReplayOptions {
         drain: true,
         commit_every: 3,
+        line_offset: 0,
     };
     match replay(
         &mut engine,

@@ -1,7 +1,9 @@
 //! Webhook payload decoders (`src/format/`).
 
 use sluice::format::{decode, DecodeOptions, Decoded, Format, FORMATS};
-use sluice::record::{parse_alert, parse_git, parse_image, Kind, Payload};
+use sluice::record::{
+    parse_alert, parse_control, parse_deployment, parse_git, parse_image, Kind, Payload,
+};
 
 /// The input is `FORMAT\nPAYLOAD` (a format's name on the first line), or
 /// else a payload tried in every vendor format. Decoding never panics, gives
@@ -49,6 +51,12 @@ fn check_records(kind: Kind, decoded: &Decoded) {
             Payload::Image(_) => parse_image(&written, None).map(|i| Payload::Image(Box::new(i))),
             Payload::Alert(_) => parse_alert(&written, None).map(|a| Payload::Alert(Box::new(a))),
             Payload::Git(_) => parse_git(&written, None).map(|g| Payload::Git(Box::new(g))),
+            Payload::Deployment(_) => {
+                parse_deployment(&written, None).map(|d| Payload::Deployment(Box::new(d)))
+            }
+            Payload::Control(_) => {
+                parse_control(&written, None).map(|c| Payload::Control(Box::new(c)))
+            }
             Payload::Intent(_) => panic!("a decoder yielded an intent"),
         };
         assert_eq!(again.as_ref(), Ok(record), "{written}");

@@ -1,4 +1,5 @@
-//! Record decoders: replay lines, JSON image and alert values, protobuf messages.
+//! Record decoders: replay lines, JSON image, alert, deployment and control
+//! values, protobuf messages.
 
 use std::sync::{Arc, LazyLock};
 
@@ -7,7 +8,9 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use sluice::engine::{Engine, EngineOptions};
 use sluice::proto::{alert_to_json, image_to_json, Alert, DeploymentIntent, ImagePushed};
-use sluice::record::{oci, parse_alert, parse_image, AlertEvent, ImageEvent, Payload};
+use sluice::record::{
+    oci, parse_alert, parse_control, parse_deployment, parse_image, AlertEvent, ImageEvent, Payload,
+};
 use sluice::replay::{parse_line, replay, JsonLinesOutput, OutputLine, ReplayError, ReplayOptions};
 use sluice::state::MemoryBackend;
 use sluice::topology::Topology;
@@ -35,6 +38,7 @@ pub fn replay_line(data: &[u8]) {
     let opts = ReplayOptions {
         drain: true,
         commit_every: 7,
+        line_offset: 0,
     };
     match replay(&mut engine, data, "fuzz.jsonl", &mut out, &opts, &mut ()) {
         Ok(_) | Err(ReplayError::Input { .. }) => {}
@@ -101,6 +105,21 @@ pub fn json_record(data: &[u8]) {
         }
         if let Ok(alert) = parse_alert(text, default_env) {
             check_alert(text, &alert);
+        }
+        // Deployment statuses and control records: what a sink writes reads back the same.
+        if let Ok(d) = parse_deployment(text, default_env) {
+            let written = Payload::Deployment(Box::new(d.clone()))
+                .to_json()
+                .to_string();
+            assert_eq!(
+                parse_deployment(&written, None).as_ref(),
+                Ok(&d),
+                "{written}"
+            );
+        }
+        if let Ok(c) = parse_control(text, default_env) {
+            let written = Payload::Control(Box::new(c.clone())).to_json().to_string();
+            assert_eq!(parse_control(&written, None).as_ref(), Ok(&c), "{written}");
         }
     }
 }
