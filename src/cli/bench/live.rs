@@ -26,33 +26,33 @@ use super::commit_latency::CommitBench;
 pub struct LiveArgs {
     /// Bootstrap brokers; default: $SLUICE_TEST_BROKERS, else 127.0.0.1:9092.
     #[arg(long)]
-    brokers: Option<String>,
+    pub(super) brokers: Option<String>,
     /// Events in the throughput flood.
     #[arg(long, default_value_t = 500_000)]
-    events: u64,
+    pub(super) events: u64,
     #[arg(long, default_value_t = 10_000)]
-    services: u32,
+    pub(super) services: u32,
     /// Partitions of the input topics (tasks).
     #[arg(long, default_value_t = 4)]
-    partitions: i32,
+    pub(super) partitions: i32,
     /// Runs per figure; medians are reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    runs: u32,
+    pub(super) runs: u32,
     /// Events per second of the latency run.
     #[arg(long, default_value_t = 1_000)]
-    rate: u32,
+    pub(super) rate: u32,
     /// Seconds each latency run produces for.
     #[arg(long, default_value_t = 20)]
-    latency_secs: u64,
+    pub(super) latency_secs: u64,
     /// Keys in the store of the restore run.
     #[arg(long, default_value_t = 1_000_000)]
-    restore_keys: u64,
+    pub(super) restore_keys: u64,
     /// Keys in the dedup store of the commit-latency run.
     #[arg(long, default_value_t = 1_000_000)]
-    dedup_keys: u64,
+    pub(super) dedup_keys: u64,
     /// Timed commits per commit-latency run.
     #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
-    commits: u32,
+    pub(super) commits: u32,
     /// Figures to measure, comma separated (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Figure>,
@@ -64,10 +64,12 @@ enum Figure {
     Latency,
     Restore,
     Commit,
+    /// The cost of metrics and tracing (not in the default set).
+    Telemetry,
 }
 
 /// A line of the table: name, target, the runs' values, unit.
-type Row = (String, &'static str, Vec<f64>, &'static str);
+pub(super) type Row = (String, &'static str, Vec<f64>, &'static str);
 
 pub fn bench_live(args: &LiveArgs) -> Result<()> {
     let brokers = args.brokers.clone().unwrap_or_else(|| {
@@ -79,7 +81,8 @@ pub fn bench_live(args: &LiveArgs) -> Result<()> {
         dir: dir.path().to_owned(),
         tag: format!("bench-{}", now_ms()),
     };
-    let wants = |f: Figure| args.only.is_empty() || args.only.contains(&f);
+    let wants =
+        |f: Figure| (args.only.is_empty() && f != Figure::Telemetry) || args.only.contains(&f);
     let row = |name: &str, target: &'static str, runs: &Figures, unit: &'static str| -> Row {
         (name.to_owned(), target, runs.clone(), unit)
     };
@@ -117,6 +120,9 @@ pub fn bench_live(args: &LiveArgs) -> Result<()> {
         ));
     }
     rows.extend(last_rows);
+    if wants(Figure::Telemetry) {
+        rows.extend(super::telemetry::overhead(&bench, args)?);
+    }
     if wants(Figure::Commit) {
         let (p99, max) = bench.commit_latency(args)?;
         let keys = args.dedup_keys;
@@ -148,13 +154,13 @@ pub fn bench_live(args: &LiveArgs) -> Result<()> {
     Ok(())
 }
 
-struct Bench {
-    brokers: String,
-    dir: PathBuf,
-    tag: String,
+pub(super) struct Bench {
+    pub(super) brokers: String,
+    pub(super) dir: PathBuf,
+    pub(super) tag: String,
 }
 
-type Figures = Vec<f64>;
+pub(super) type Figures = Vec<f64>;
 
 impl Bench {
     fn config(&self) -> ClientConfig {
@@ -163,7 +169,7 @@ impl Bench {
         c
     }
 
-    fn create_topics(&self, topics: &[(&str, i32, bool)]) -> Result<()> {
+    pub(super) fn create_topics(&self, topics: &[(&str, i32, bool)]) -> Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.config().create()?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
@@ -184,7 +190,7 @@ impl Bench {
         Ok(())
     }
 
-    fn producer(&self) -> Result<BaseProducer> {
+    pub(super) fn producer(&self) -> Result<BaseProducer> {
         Ok(self
             .config()
             .set("linger.ms", "20")
@@ -196,7 +202,7 @@ impl Bench {
     }
 
     /// The default topology with this run's topics and app id.
-    fn topology(
+    pub(super) fn topology(
         &self,
         name: &str,
         text: &str,
@@ -285,10 +291,27 @@ impl Bench {
     }
 
     /// Runs `sluice run` to its idle exit; returns its stats and peak RSS (MiB).
-    fn sluice_run(&self, topology: &Path, name: &str, extra: &[&str]) -> Result<(Stats, f64)> {
+    pub(super) fn sluice_run(
+        &self,
+        topology: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> Result<(Stats, f64)> {
+        self.sluice_run_with(topology, name, extra, &[])
+    }
+
+    /// As [`Bench::sluice_run`], with environment variables.
+    pub(super) fn sluice_run_with(
+        &self,
+        topology: &Path,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<(Stats, f64)> {
         let stats_path = self.dir.join(format!("{name}.stats.json"));
         let exe = std::env::current_exe().context("cannot find the sluice binary")?;
         let child = Command::new(exe)
+            .envs(env.iter().copied())
             .arg("run")
             .arg(topology)
             .stdout(std::process::Stdio::null())
@@ -519,16 +542,16 @@ impl Bench {
 }
 
 #[derive(serde::Deserialize)]
-struct Stats {
-    processed: u64,
-    commits: u64,
+pub(super) struct Stats {
+    pub(super) processed: u64,
+    pub(super) commits: u64,
     restored_records: u64,
     restore_ms: u64,
-    active_ms: u64,
-    peak_rss_bytes: u64,
+    pub(super) active_ms: u64,
+    pub(super) peak_rss_bytes: u64,
 }
 
-const CICD: &str = include_str!("../../../topologies/cicd.toml");
+pub(super) const CICD: &str = include_str!("../../../topologies/cicd.toml");
 
 /// Every new image is an intent at once: what end-to-end latency measures.
 const LATENCY_TOPOLOGY: &str = r#"
@@ -616,7 +639,21 @@ fn produce_flood(
     flood: &[u8],
     topics: &HashMap<&str, &str>,
 ) -> Result<()> {
-    for line in flood.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+    produce_flood_with(producer, flood, topics, |_| None)
+}
+
+/// Produces a flood; `headers(n)` gives the n-th record's headers, if any.
+pub(super) fn produce_flood_with(
+    producer: &BaseProducer,
+    flood: &[u8],
+    topics: &HashMap<&str, &str>,
+    headers: impl Fn(u64) -> Option<rdkafka::message::OwnedHeaders>,
+) -> Result<()> {
+    for (n, line) in flood
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
         let v: serde_json::Value = serde_json::from_slice(line)?;
         let topic = topics[v["topic"].as_str().context("topic")?];
         let value = v["value"].to_string();
@@ -627,13 +664,16 @@ fn produce_flood(
         if let Some(k) = &key {
             record = record.key(k);
         }
+        if let Some(h) = headers(n as u64) {
+            record = record.headers(h);
+        }
         send_blocking(producer, record)?;
     }
     producer.flush(Duration::from_secs(120))?;
     Ok(())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     match n {
@@ -643,7 +683,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -14,6 +14,7 @@ mod decode;
 mod http;
 mod ingest;
 mod live;
+mod telemetry;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {

@@ -526,6 +526,9 @@ impl Inner {
             .get_mut(&partition)
             .and_then(|t| t.queue_mut(topic))
         {
+            if !q.caught_up {
+                tracing::debug!(topic, partition, consumed = ?q.consumed, "caught up with the partition's end");
+            }
             q.caught_up = true;
         }
     }

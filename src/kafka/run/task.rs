@@ -58,6 +58,11 @@ impl InputQueue {
     /// Adds a fetched record, keeping offset order (a few records can reach
     /// the main queue before a partition's own queue is split off).
     pub fn push(&mut self, m: OwnedMessage) {
+        if self.caught_up && self.buffer.is_empty() {
+            // Under event time the other inputs may have gone past its
+            // timestamp meanwhile: it is processed as a late record.
+            tracing::debug!(topic = %self.topic, partition = m.partition(), offset = m.offset(), ts = ?m.timestamp().to_millis(), "a record after the end of its partition");
+        }
         self.caught_up = false;
         if self.consumed.is_some_and(|next| m.offset() < next) {
             return; // already processed: a re-fetch after a seek
