@@ -48,11 +48,13 @@ pub enum InputOrigin<'a> {
     Unknown,
     /// The line of a replay file, from 1.
     Line(u64),
-    /// A Kafka record's position.
+    /// A Kafka record's position, its timestamp and its trace.
     Kafka {
         topic: &'a str,
         partition: i32,
         offset: i64,
+        at: Option<u64>,
+        trace: Option<crate::record::TraceContext>,
     },
 }
 
@@ -66,7 +68,9 @@ impl InputOrigin<'_> {
                 topic,
                 partition,
                 offset,
-            } => Origin::kafka(topic, partition, offset),
+                at,
+                trace,
+            } => Origin::kafka_at(topic, partition, offset, at, trace),
         }
     }
 }

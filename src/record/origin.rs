@@ -16,6 +16,8 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::TraceContext;
+
 /// Where a record came from. A struct, so that more can be carried later
 /// (a trace context) without touching every place that passes one on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -35,12 +37,20 @@ pub enum Place {
     Kafka(Arc<KafkaPosition>),
 }
 
-/// A record's position in Kafka.
+/// A record's position in Kafka, with what the live runtime knows of it
+/// besides: its timestamp (when the event happened, whatever the run's
+/// clock) and its trace, so that what it causes can continue that trace and
+/// measure the event-to-intent latency. Those two are kept in state but
+/// not written into intents' JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KafkaPosition {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    #[serde(skip)]
+    pub at: Option<u64>,
+    #[serde(skip)]
+    pub trace: Option<TraceContext>,
 }
 
 impl Origin {
@@ -51,12 +61,41 @@ impl Origin {
     }
 
     pub fn kafka(topic: &str, partition: i32, offset: i64) -> Self {
+        Self::kafka_at(topic, partition, offset, None, None)
+    }
+
+    /// A Kafka record with its timestamp and trace.
+    pub fn kafka_at(
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        at: Option<u64>,
+        trace: Option<TraceContext>,
+    ) -> Self {
         Origin {
             place: Place::Kafka(Arc::new(KafkaPosition {
                 topic: topic.to_owned(),
                 partition,
                 offset,
+                at,
+                trace,
             })),
+        }
+    }
+
+    /// The trace the record belongs to, if it came with one.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        match &self.place {
+            Place::Kafka(k) => k.trace.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// When the record's event happened (its Kafka timestamp), if known.
+    pub fn event_time(&self) -> Option<u64> {
+        match &self.place {
+            Place::Kafka(k) => k.at,
+            _ => None,
         }
     }
 
@@ -115,12 +154,15 @@ impl<'de> Deserialize<'de> for Origin {
     }
 }
 
-/// The form kept in state.
+/// The form kept in state. Variants are only ever appended (postcard
+/// stores their index), so entries of earlier versions still decode.
 #[derive(Serialize, Deserialize)]
 enum Stored {
     Unknown,
     Line(u64),
     Kafka(String, i32, i64),
+    /// A Kafka position with its timestamp and trace.
+    KafkaAt(String, i32, i64, Option<u64>, Option<TraceContext>),
 }
 
 impl From<&Origin> for Stored {
@@ -128,7 +170,12 @@ impl From<&Origin> for Stored {
         match &o.place {
             Place::Unknown => Stored::Unknown,
             Place::Line(n) => Stored::Line(*n),
-            Place::Kafka(k) => Stored::Kafka(k.topic.clone(), k.partition, k.offset),
+            Place::Kafka(k) if k.at.is_none() && k.trace.is_none() => {
+                Stored::Kafka(k.topic.clone(), k.partition, k.offset)
+            }
+            Place::Kafka(k) => {
+                Stored::KafkaAt(k.topic.clone(), k.partition, k.offset, k.at, k.trace)
+            }
         }
     }
 }
@@ -139,6 +186,9 @@ impl From<Stored> for Origin {
             Stored::Unknown => Origin::default(),
             Stored::Line(n) => Origin::line(n),
             Stored::Kafka(topic, partition, offset) => Origin::kafka(&topic, partition, offset),
+            Stored::KafkaAt(topic, partition, offset, at, trace) => {
+                Origin::kafka_at(&topic, partition, offset, at, trace)
+            }
         }
     }
 }
@@ -189,10 +239,12 @@ mod tests {
 
     #[test]
     fn json_and_state_forms_round_trip() {
+        let trace = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         for origin in [
             Origin::default(),
             Origin::line(12),
             Origin::kafka("images", 3, 42),
+            Origin::kafka_at("images", 3, 42, Some(1_767_225_600_000), trace),
         ] {
             let json = serde_json::to_string(&origin).unwrap();
             assert_eq!(
@@ -203,6 +255,23 @@ mod tests {
             let bytes = postcard::to_stdvec(&origin).unwrap();
             assert_eq!(postcard::from_bytes::<Origin>(&bytes).unwrap(), origin);
         }
+        // State keeps the time and the trace; intents' JSON leaves them out.
+        let live = Origin::kafka_at("t", 0, 5, Some(9), trace);
+        assert_eq!(
+            serde_json::to_string(&live).unwrap(),
+            r#"{"topic":"t","partition":0,"offset":5}"#
+        );
+        let stored: Origin = postcard::from_bytes(&postcard::to_stdvec(&live).unwrap()).unwrap();
+        assert_eq!(
+            (stored.event_time(), stored.trace()),
+            (Some(9), trace.as_ref())
+        );
+        // An entry of the previous version (no time, no trace) still decodes.
+        let old = postcard::to_stdvec(&Stored::Kafka("t".into(), 0, 5)).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Origin>(&old).unwrap(),
+            Origin::kafka("t", 0, 5)
+        );
         assert_eq!(
             serde_json::to_string(&Origin::line(7)).unwrap(),
             r#"{"line":7}"#

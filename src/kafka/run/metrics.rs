@@ -20,6 +20,8 @@ use crate::engine::stats::NodeStats;
 use crate::engine::OperatorGauges;
 use crate::operators::Gauge;
 use crate::record::{Payload, Record};
+
+use super::output::earliest_cause;
 use crate::telemetry::catalog as c;
 use crate::telemetry::instruments::{counter, histogram, observable_counter, observable_gauge};
 
@@ -74,6 +76,7 @@ pub struct RunMetrics {
     commit_duration: Histogram<f64>,
     restore_duration: Histogram<f64>,
     e2e: Histogram<f64>,
+    event_to_intent: Histogram<f64>,
     aborts: Counter<u64>,
     rebuilds: Counter<u64>,
     fenced: Counter<u64>,
@@ -101,6 +104,7 @@ impl RunMetrics {
             commit_duration: histogram(meter, &c::COMMIT_DURATION),
             restore_duration: histogram(meter, &c::RESTORE_DURATION),
             e2e: histogram(meter, &c::RECORD_E2E_LATENCY),
+            event_to_intent: histogram(meter, &c::EVENT_TO_INTENT_LATENCY),
             aborts: counter(meter, &c::ABORTS),
             rebuilds: counter(meter, &c::PRODUCER_REBUILDS),
             fenced: counter(meter, &c::FENCED),
@@ -120,11 +124,19 @@ impl RunMetrics {
         Arc::new(metrics)
     }
 
-    /// A record reached the sink named `sink`: its end-to-end latency.
+    /// A record reached the sink named `sink`: its end-to-end latency, and
+    /// for an intent the time since the earliest event behind it.
     pub fn sink_record(&self, sink: &str, record: &Record, now_ms: u64) {
-        let latency = now_ms.saturating_sub(record.ts) as f64 / 1000.0;
+        let seconds = |since: u64| now_ms.saturating_sub(since) as f64 / 1000.0;
         if let Some(label) = self.sinks.iter().find(|kv| kv.value.as_str() == sink) {
-            self.e2e.record(latency, std::slice::from_ref(label));
+            self.e2e
+                .record(seconds(record.ts), std::slice::from_ref(label));
+        }
+        if let (Payload::Intent(intent), Some(first)) = (&record.payload, earliest_cause(record)) {
+            self.event_to_intent.record(
+                seconds(first),
+                &[KeyValue::new("action", intent.action.as_str())],
+            );
         }
     }
 

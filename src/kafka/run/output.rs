@@ -41,9 +41,6 @@ pub struct KafkaOutput<'a> {
     pub txn_counts: &'a mut TxnCounts,
     pub metrics: &'a RunMetrics,
     pub tracing: &'a Tracing,
-    /// The trace of the input record being processed (its `process`
-    /// span), continued by what it causes.
-    pub trace: Option<TraceContext>,
 }
 
 impl KafkaOutput<'_> {
@@ -106,17 +103,46 @@ pub fn dead_letter_value(letter: &DeadLetter<'_>) -> Result<Vec<u8>, serde_json:
     serde_json::to_vec(&value)
 }
 
+/// The traces behind a sink record: an intent's causes (the first traced
+/// one is the parent, the others are linked), or the record's own origin.
+fn causes_traces(record: &Record) -> Vec<TraceContext> {
+    match &record.payload {
+        Payload::Intent(intent) => {
+            let mut traces: Vec<TraceContext> = intent
+                .caused_by
+                .iter()
+                .filter_map(|o| o.trace().copied())
+                .collect();
+            traces.dedup();
+            traces
+        }
+        _ => record.origin.trace().copied().into_iter().collect(),
+    }
+}
+
+/// The time of the earliest event behind an intent, if known.
+pub fn earliest_cause(record: &Record) -> Option<u64> {
+    match &record.payload {
+        Payload::Intent(intent) => intent.caused_by.iter().filter_map(|o| o.event_time()).min(),
+        _ => None,
+    }
+}
+
 impl KafkaOutput<'_> {
     /// The span of a sink record in the trace of what caused it, if traced.
     fn output_span(&self, sink: &Sink, record: &Record) -> Option<crate::telemetry::trace::Span> {
-        let parent = self.trace?;
+        if !self.tracing.is_on() {
+            return None;
+        }
+        let traces = causes_traces(record);
+        let (parent, links) = traces.split_first()?;
         let name = match record.payload {
             Payload::Intent(_) => "sluice.run intent",
             _ => "sluice.run output",
         };
         let mut span = self
             .tracing
-            .start(name, SpanKind::Producer, Some(&parent), &[]);
+            .start(name, SpanKind::Producer, Some(parent), links);
         span.set_attribute("sluice.sink", sink.name.clone());
         if let Payload::Intent(i) = &record.payload {
             span.set_attribute("sluice.action", i.action.as_str());

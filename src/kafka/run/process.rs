@@ -84,7 +84,6 @@ impl Inner {
             txn_counts: &mut self.txn_counts,
             metrics: &shared.metrics,
             tracing,
-            trace: span.as_ref().and_then(Span::context),
         };
         let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
         let engine_topic = task.queues[qi].engine_topic.as_str();
@@ -103,6 +102,12 @@ impl Inner {
                         topic: m.topic(),
                         partition: m.partition(),
                         offset: m.offset(),
+                        at: m
+                            .timestamp()
+                            .to_millis()
+                            .and_then(|t| u64::try_from(t).ok()),
+                        // What this record causes continues its trace.
+                        trace: span.as_ref().and_then(Span::context),
                     },
                 };
                 task.engine
@@ -157,7 +162,6 @@ impl Inner {
                 txn_counts: &mut self.txn_counts,
                 metrics: &shared.metrics,
                 tracing: &shared.opts.observe.tracing,
-                trace: None,
             };
             let fired_before = task.engine.timers_fired();
             if let Err(e) = task.engine.advance_to(now, &mut out) {
