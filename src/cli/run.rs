@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Override the topology's commit_interval, in milliseconds.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     commit_interval_ms: Option<u64>,
+    /// Override the topology's max_task_idle (`--clock event`: how long a
+    /// task waits for an input that is caught up but empty), e.g. `2s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_task_idle: Option<Duration>,
     /// Exit once no record has arrived for this long and all is committed
     /// (catch-up jobs, tests and benchmarks), e.g. `5s`.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -100,6 +104,9 @@ pub fn run_live(args: RunArgs) -> Result<ExitCode> {
             .map(Duration::from_millis)
             .unwrap_or_else(|| Duration::from_millis(topo.kafka.commit_interval.as_ms())),
         exit_after_idle: args.exit_after_idle,
+        max_task_idle: args.max_task_idle.unwrap_or_else(|| {
+            Duration::from_millis(topo.kafka.max_task_idle.map_or(0, |d| d.as_ms()))
+        }),
         max_value_bytes: args.max_value_bytes,
         max_buffer_bytes: usize::try_from(args.max_buffer_bytes).unwrap_or(usize::MAX),
         engine: EngineOptions::default(),

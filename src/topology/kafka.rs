@@ -5,6 +5,7 @@
 //! brokers = "kafka-1:9092,kafka-2:9092"   # --brokers overrides it
 //! processing_guarantee = "exactly_once"    # or "at_least_once"
 //! commit_interval = "100ms"
+//! max_task_idle = "2s"                     # --clock event: wait this long for an empty input
 //!
 //! [kafka.properties]                       # librdkafka client properties
 //! "security.protocol" = "SASL_SSL"
@@ -91,6 +92,10 @@ pub struct KafkaConfig {
     pub brokers: Option<String>,
     pub guarantee: Guarantee,
     pub commit_interval: DurationMs,
+    /// Under `--clock event`: how long a task with records in one input
+    /// waits for another input that is caught up but empty before it goes
+    /// on without it (Kafka Streams' `max.task.idle.ms`); none by default.
+    pub max_task_idle: Option<DurationMs>,
     /// librdkafka properties that are not secret, sorted by name.
     pub properties: Vec<(String, String)>,
     /// librdkafka properties whose values are secret, by reference.
@@ -103,6 +108,7 @@ impl Default for KafkaConfig {
             brokers: None,
             guarantee: Guarantee::ExactlyOnce,
             commit_interval: DurationMs::from_ms(100).expect("non-zero"),
+            max_task_idle: None,
             properties: Vec::new(),
             secrets: Vec::new(),
         }
@@ -159,12 +165,14 @@ impl KafkaConfig {
         let commit_interval = t
             .duration("commit_interval")
             .map_or(KafkaConfig::default().commit_interval, |d| d.value);
+        let max_task_idle = t.duration("max_task_idle").map(|d| d.value);
         let properties = read_properties(t);
         let secrets = read_secrets(t);
         Some(KafkaConfig {
             brokers,
             guarantee: guarantee?,
             commit_interval,
+            max_task_idle,
             properties: properties?,
             secrets: secrets?,
         })

@@ -72,6 +72,9 @@ pub struct RunOptions {
     pub max_value_bytes: usize,
     /// One budget, in bytes, for the input records buffered by all tasks.
     pub max_buffer_bytes: usize,
+    /// Under event time, how long a task waits for an input that is caught
+    /// up but empty while another has records (see `KafkaConfig`).
+    pub max_task_idle: Duration,
     pub engine: EngineOptions,
     /// Metrics, traces and readiness.
     pub observe: Observe,

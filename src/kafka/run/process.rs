@@ -32,7 +32,7 @@ impl Inner {
                 let Some(task) = self.tasks.get_mut(&id) else {
                     break;
                 };
-                let Some(qi) = task.next_queue(event_time) else {
+                let Some(qi) = task.next_queue(event_time, self.shared.opts.max_task_idle) else {
                     break;
                 };
                 let Some(m) = task.queues[qi].pop() else {

@@ -108,6 +108,9 @@ pub struct Task {
     fired_seen: u64,
     /// Records processed since the last commit (for the metrics).
     pub processed: u64,
+    /// Since when the task waits for an empty, caught-up input while
+    /// another has records (event time with `max_task_idle`).
+    idle_since: Option<std::time::Instant>,
     /// The engine's per-node counters as of the last commit: the metrics
     /// publish what each commit added.
     counted: Vec<NodeStats>,
@@ -171,6 +174,7 @@ impl Task {
             dirty: !restored.superseded.is_empty(),
             fired_seen,
             processed: 0,
+            idle_since: None,
             counted: Vec::new(),
             prepared: None,
             superseded: restored.superseded,
@@ -238,9 +242,14 @@ impl Task {
     /// head, and only once every input partition has a record buffered or is
     /// known to be caught up, as Kafka Streams orders a task's partitions:
     /// that makes the order, and so the output, independent of fetch timing.
-    /// Under wall-clock time any buffered record may go.
-    pub fn next_queue(&self, event_time: bool) -> Option<usize> {
+    /// An input that is caught up but empty is waited for up to `max_idle`
+    /// (from when the task began to wait for it), as Kafka Streams'
+    /// `max.task.idle.ms`: records produced to several topics at once do
+    /// not reach the consumer at once. Under wall-clock time any buffered
+    /// record may go.
+    pub fn next_queue(&mut self, event_time: bool, max_idle: std::time::Duration) -> Option<usize> {
         let mut best: Option<(i64, usize)> = None;
+        let mut caught_up_empty = false;
         for (i, q) in self.queues.iter().enumerate() {
             match q.buffer.front() {
                 Some(m) => {
@@ -250,10 +259,19 @@ impl Task {
                     }
                 }
                 None if event_time && !q.caught_up => return None,
-                None => {}
+                None => caught_up_empty = true,
             }
         }
-        best.map(|(_, i)| i)
+        let best = best.map(|(_, i)| i);
+        if !(event_time && caught_up_empty && best.is_some()) || max_idle.is_zero() {
+            self.idle_since = None;
+            return best;
+        }
+        let since = *self.idle_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < max_idle {
+            return None;
+        }
+        best
     }
 
     /// Collects this commit's state changes and calls `send` with each
@@ -336,4 +354,110 @@ fn changelog_topic<'a>(changelogs: &'a [Changelog], store: &str) -> Option<&'a s
         .iter()
         .find(|c| c.store == store)
         .map(|c| c.topic.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::message::OwnedMessage;
+    use rdkafka::Timestamp;
+
+    use super::*;
+    use crate::state::MemoryBackend;
+
+    fn task() -> Task {
+        let topo = Topology::parse(
+            "t.toml",
+            "[app]\nid = \"t\"\n[[sources]]\nname = \"images\"\ntopic = \"images\"\nkind = \"image\"\n\
+             [[sources]]\nname = \"alerts\"\ntopic = \"alerts\"\nkind = \"alert\"\n\
+             [[sinks]]\nname = \"out\"\ninput = \"images\"\ntopic = \"out\"\n",
+        )
+        .unwrap();
+        let engine = Engine::open(
+            Arc::new(topo),
+            Box::new(MemoryBackend::default()),
+            &EngineOptions::default(),
+        )
+        .unwrap();
+        Task {
+            id: 0,
+            engine,
+            queues: vec![
+                InputQueue::new("images", "images"),
+                InputQueue::new("alerts", "alerts"),
+            ],
+            dirty: false,
+            fired_seen: 0,
+            processed: 0,
+            idle_since: None,
+            counted: Vec::new(),
+            prepared: None,
+            superseded: Vec::new(),
+        }
+    }
+
+    fn record(topic: &str, offset: i64, ts: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            topic.into(),
+            Timestamp::CreateTime(ts),
+            0,
+            offset,
+            None,
+        )
+    }
+
+    #[test]
+    fn event_time_waits_for_an_input_not_caught_up_and_takes_the_oldest_head() {
+        let mut t = task();
+        t.queues[0].push(record("images", 0, 20));
+        assert_eq!(
+            t.next_queue(true, Duration::ZERO),
+            None,
+            "alerts may still hold older records"
+        );
+        assert_eq!(
+            t.next_queue(false, Duration::ZERO),
+            Some(0),
+            "wall clock takes what is there"
+        );
+        t.queues[1].push(record("alerts", 0, 10));
+        assert_eq!(
+            t.next_queue(true, Duration::ZERO),
+            Some(1),
+            "the oldest head"
+        );
+    }
+
+    #[test]
+    fn a_caught_up_empty_input_is_waited_for_up_to_max_task_idle() {
+        let mut t = task();
+        t.queues[0].push(record("images", 0, 20));
+        t.queues[1].caught_up = true;
+        assert_eq!(
+            t.next_queue(true, Duration::ZERO),
+            Some(0),
+            "no idle time: go on at once"
+        );
+        let idle = Duration::from_millis(200);
+        assert_eq!(
+            t.next_queue(true, idle),
+            None,
+            "waits for the caught-up alerts"
+        );
+        // A record arriving meanwhile is taken in timestamp order.
+        t.queues[1].push(record("alerts", 0, 10));
+        assert_eq!(t.next_queue(true, idle), Some(1));
+        t.queues[1].pop();
+        t.queues[1].caught_up = true;
+        assert_eq!(t.next_queue(true, idle), None, "a new wait begins");
+        std::thread::sleep(idle);
+        assert_eq!(
+            t.next_queue(true, idle),
+            Some(0),
+            "then the task goes on without it"
+        );
+    }
 }
