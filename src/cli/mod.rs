@@ -16,6 +16,7 @@ mod record;
 mod replay;
 mod run;
 mod state;
+mod status;
 mod validate;
 
 use std::fs::File;
@@ -64,6 +65,9 @@ enum Command {
     /// environment: current image and rollout, the parked image and every
     /// reason it is held, pending timers with their deadlines (JSON).
     State(state::StateArgs),
+    /// Why a deploy is (not) going out: ask a running app's instance (any
+    /// one: it forwards to the owner of the key's partition).
+    Status(status::StatusArgs),
     /// Print a topology's graph (text, or Graphviz with --dot).
     Describe(describe::DescribeArgs),
     /// Write a realistic, seeded flood of CI/CD events in the replay format.
@@ -119,6 +123,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Validate(args) => validate::run(args),
         Command::Describe(args) => describe::run(args),
         Command::State(args) => state::run(args),
+        Command::Status(args) => status::run(args),
         Command::Control(args) => control::run(args),
         Command::Decode(args) => decode::run(args),
         Command::Flood(args) => flood::run(args),

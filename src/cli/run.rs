@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use sluice::engine::EngineOptions;
+use sluice::kafka::run::state_http::{StateQuerying, StateService};
 use sluice::kafka::run::{self, ClockMode, RunError, RunOptions};
 use sluice::topology::kafka::Guarantee;
 use sluice::topology::Topology;
@@ -58,6 +59,24 @@ pub struct RunArgs {
     stats_json: Option<PathBuf>,
     #[command(flatten)]
     telemetry: super::observe::TelemetryArgs,
+    /// The address other instances reach this one's --metrics-addr listener
+    /// at, to forward state queries (`GET /v1/state/SERVICE/ENVIRONMENT`)
+    /// to the owner of the key's partition. Default: the bound address,
+    /// unless it is a wildcard (0.0.0.0), which needs this.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise_addr: Option<String>,
+}
+
+/// Where other instances reach this one: `--advertise-addr`, else the
+/// listener's bound address when it names a host.
+fn advertised(given: Option<&str>, bound: std::net::SocketAddr) -> Result<String> {
+    match given {
+        Some(a) => Ok(a.to_owned()),
+        None if bound.ip().is_unspecified() => anyhow::bail!(
+            "--metrics-addr {bound} listens on every interface: pass --advertise-addr HOST:PORT, the address other instances reach this one at"
+        ),
+        None => Ok(bound.to_string()),
+    }
 }
 
 pub(super) fn parse_guarantee(text: &str) -> Result<Guarantee, String> {
@@ -90,10 +109,20 @@ pub fn run_live(args: RunArgs) -> Result<ExitCode> {
         .brokers
         .or_else(|| topo.kafka.brokers.clone())
         .context("no brokers: pass --brokers or set brokers in the topology's [kafka] table")?;
-    let telemetry = args.telemetry.start("run", None)?;
+    let (service, queries) = StateService::new();
+    let telemetry = args.telemetry.start("run", Some(service.router()))?;
     let observe = run::Observe::from_telemetry(&telemetry, args.telemetry.metrics_on());
+    let state_query = match telemetry.bound_address() {
+        None => None,
+        Some(bound) => Some(StateQuerying {
+            service,
+            queries: Arc::new(std::sync::Mutex::new(Some(queries))),
+            advertise: advertised(args.advertise_addr.as_deref(), bound)?,
+        }),
+    };
     let opts = RunOptions {
         observe,
+        state_query,
         brokers,
         state_dir: args.state_dir,
         clock: args.clock,

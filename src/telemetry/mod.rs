@@ -160,6 +160,11 @@ impl Telemetry {
         Ok(Some(bound))
     }
 
+    /// The address the listener is bound to, once it serves.
+    pub fn bound_address(&self) -> Option<SocketAddr> {
+        self.server.as_ref().map(http::Server::address)
+    }
+
     /// The current metrics as OpenMetrics text (what a scrape returns), or
     /// `None` without `--metrics-addr`.
     pub fn scrape_text(&self) -> Option<String> {

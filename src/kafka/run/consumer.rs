@@ -107,6 +107,10 @@ pub(super) struct Inner {
     pub(super) last_commit_done: Option<Instant>,
     /// Deletes consumed records of repartition topics (none without them).
     pub(super) purger: Option<Purger>,
+    /// State queries waiting for the loop, and this instance's directory
+    /// entry (with `state_query`).
+    pub(super) queries: Option<super::state_http::StateQueries>,
+    pub(super) directory: Option<super::directory::Publisher>,
 }
 
 pub struct Runtime {
@@ -162,7 +166,23 @@ impl Runtime {
             first_record: None,
             last_commit_done: None,
             purger: Purger::new(&shared)?,
+            queries: None,
+            directory: None,
         };
+        let mut inner = inner;
+        if let Some(q) = &shared.opts.state_query {
+            let directory = super::directory::Directory::default();
+            inner.directory = Some(super::directory::Publisher::start(
+                &shared.base,
+                &shared.topo.app_id,
+                &shared.instance,
+                q.advertise.clone(),
+                directory.clone(),
+            )?);
+            q.service
+                .route(shared.layout.tasks, &shared.instance, directory);
+            inner.queries = q.queries.lock().ok().and_then(|mut r| r.take());
+        }
         *consumer.context().lock() = Some(inner);
         let topics = shared.plan.subscriptions();
         consumer
@@ -203,6 +223,7 @@ impl Runtime {
             let moved = inner.fill_queues(&self.consumer)?;
             let processed = inner.process(&self.consumer)? + moved;
             inner.punctuate(&self.consumer)?;
+            inner.answer_queries();
             inner.flow_control(&self.consumer);
             busy = processed > 0;
             if busy || inner.assigned.is_some() {
@@ -269,6 +290,7 @@ impl Runtime {
         if let Some(inner) = guard.as_ref() {
             if inner.assigned.is_none() {
                 inner.set_ready(true, "");
+                inner.publish_partitions();
             }
         }
         Ok(())
@@ -558,6 +580,21 @@ impl Inner {
                     }
                 }
             }
+        }
+    }
+
+    /// Answers the state queries waiting (with `state_query`).
+    fn answer_queries(&mut self) {
+        if let Some(queries) = self.queries.take() {
+            self.serve_queries(&queries.0);
+            self.queries = Some(queries);
+        }
+    }
+
+    /// Tells the directory which partitions this instance now owns.
+    pub(super) fn publish_partitions(&self) {
+        if let Some(d) = &self.directory {
+            d.publish(self.tasks.keys().copied().collect());
         }
     }
 

@@ -16,6 +16,7 @@
 
 mod clients;
 mod consumer;
+pub mod directory;
 mod input;
 pub mod metrics;
 pub mod output;
@@ -24,9 +25,11 @@ mod positions;
 mod process;
 pub mod producer;
 mod purge;
+pub mod query;
 mod rebalance;
 mod repeats;
 mod restore;
+pub mod state_http;
 pub mod task;
 pub mod topics;
 mod transaction;
@@ -78,6 +81,8 @@ pub struct RunOptions {
     pub engine: EngineOptions,
     /// Metrics, traces and readiness.
     pub observe: Observe,
+    /// Serve `/v1/state/...` (needs the telemetry listener).
+    pub state_query: Option<state_http::StateQuerying>,
 }
 
 /// Where a run reports what it does: the meter its metrics register with,

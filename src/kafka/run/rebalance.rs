@@ -336,6 +336,7 @@ impl Inner {
             .map(|e| e.partition())
             .collect();
         self.close_tasks(Some(&ids));
+        self.publish_partitions();
         self.queues.clear();
         self.raw_offsets.clear();
         self.raw_waiting.clear();
