@@ -28,6 +28,9 @@ pub struct Outgoing<'a> {
     pub body: &'a [u8],
     pub received_at_ms: i64,
     pub headers: Vec<(&'static str, &'a str)>,
+    /// Write it to every partition of the topic (a control command about a
+    /// whole environment: every task gates some of its services).
+    pub every_partition: bool,
 }
 
 /// Why Kafka did not take a record.
@@ -132,8 +135,48 @@ impl GatewayProducer {
         })
     }
 
-    /// Sends one record and waits for the broker's acknowledgement.
+    /// Sends the record (to every partition when the record asks) and
+    /// waits for the broker's acknowledgement of each.
     pub async fn send(&self, out: Outgoing<'_>) -> Result<(), Unavailable> {
+        if !out.every_partition {
+            return self.send_one(&out, None).await;
+        }
+        let count = self.partition_count(out.topic).await?;
+        for partition in 0..count {
+            self.send_one(&out, Some(partition)).await?;
+        }
+        Ok(())
+    }
+
+    /// The topic's partition count, from the cluster.
+    async fn partition_count(&self, topic: &str) -> Result<i32, Unavailable> {
+        let producer = self.producer.clone();
+        let name = topic.to_owned();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&name), Duration::from_secs(5))
+        })
+        .await
+        .map_err(|_| Unavailable::Retry("the metadata lookup failed".into()))?
+        .map_err(|e| Unavailable::from_kafka(&e, topic))?;
+        let count = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        match i32::try_from(count) {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Unavailable::Retry(format!(
+                "no partitions of {topic} known yet"
+            ))),
+        }
+    }
+
+    async fn send_one(
+        &self,
+        out: &Outgoing<'_>,
+        partition: Option<i32>,
+    ) -> Result<(), Unavailable> {
         let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
         for &(key, value) in &out.headers {
             headers = headers.insert(Header {
@@ -147,6 +190,9 @@ impl GatewayProducer {
             .headers(headers);
         if let Some(key) = out.key {
             record = record.key(key);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
         }
         if crate::fault::reached("ingest.send").is_some() {
             return Err(Unavailable::Retry("injected failure".into()));

@@ -23,7 +23,7 @@ use super::limits::{self, BodyError, Limiter};
 use super::metrics::IngestMetrics;
 use super::producer::{GatewayProducer, Outgoing, Readiness, Unavailable};
 use crate::format::{self, Decoded};
-use crate::record::{Field, TraceContext, TRACEPARENT};
+use crate::record::{Field, Payload, TraceContext, TRACEPARENT};
 use crate::telemetry::trace::{Kind as SpanKind, Tracing};
 
 /// One endpoint, ready to serve.
@@ -234,12 +234,18 @@ async fn accept(app: &App, endpoint: &Endpoint, request: Request, received_at_ms
     if let Some(tp) = &traceparent {
         headers.push((TRACEPARENT, tp.as_str()));
     }
+    // A control command about a whole environment concerns every task.
+    let every_partition = decoded
+        .records
+        .iter()
+        .any(|r| matches!(r, Payload::Control(c) if c.service.is_none()));
     let out = Outgoing {
         topic: &endpoint.config.topic,
         key: key.as_deref(),
         body: &body,
         received_at_ms,
         headers,
+        every_partition,
     };
     let producing = std::time::Instant::now();
     let sent = app.producer.send(out).await;

@@ -182,16 +182,17 @@ async fn forward(
         path_segment(environment)
     );
     tracing::debug!(partition, %owner, %address, "forwarding a state query");
-    let answer =
-        match svc.0.client.get(&url).send().await {
-            Ok(r) => r,
-            Err(e) => return error(
+    let answer = match svc.0.client.get(&url).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
                 StatusCode::BAD_GATEWAY,
                 format!(
                     "the owner of partition {partition} ({owner} at {address}) did not answer: {e}"
                 ),
-            ),
-        };
+            )
+        }
+    };
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     match answer.bytes().await {
         Ok(body) => (
