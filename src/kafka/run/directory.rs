@@ -81,6 +81,9 @@ impl Publisher {
         create_topic(base, &topic)?;
         let consumer: BaseConsumer = base
             .clone()
+            // librdkafka wants a group to assign partitions; it is never
+            // joined and nothing is committed to it (like the restorer's).
+            .set("group.id", format!("{app_id}-directory"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .create()
