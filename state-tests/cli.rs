@@ -699,3 +699,50 @@ fn the_closed_loop_example_promotes_a_flux_healthy_image_once_approved() {
         ]
     );
 }
+
+/// `--log-format json`: every line on stderr is one JSON object a log
+/// collector parses, with the level, the target and the event's fields; the
+/// default stays text.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    // The same push twice: the second is dropped, which is logged at trace.
+    let line = "{\"topic\":\"docker-events\",\"ts\":1,\"key\":\"a\",\"value\":{\"service\":\"a\",\"repository\":\"r/a\",\"tag\":\"v1\"}}\n";
+    let input = format!("{line}{line}");
+    let input = input.as_str();
+    let out = sluice(
+        &[
+            "--log-format",
+            "json",
+            "-vvv",
+            "replay",
+            "--input",
+            "-",
+            "--quiet",
+        ],
+        input,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty(), "debug logging writes something");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["target"].is_string(), "{line}");
+        assert!(v["timestamp"].is_string(), "{line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("\"reason\":\"duplicate\"")),
+        "fields are kept: {stderr}"
+    );
+    let plain = sluice(&["-vvv", "replay", "--input", "-", "--quiet"], input);
+    let first = text(&plain.stderr)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&first).is_err(),
+        "text by default: {first}"
+    );
+}

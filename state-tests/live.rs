@@ -775,9 +775,20 @@ fn a_secret_never_reaches_the_logs_even_with_debug_logging() {
     create_topics_on(&broker.address, &[(&input, 1)]);
     let p = producer_on(&broker.address);
     let value = r#"{"service":"web","repository":"r/web","tag":"v1"}"#;
-    p.send(BaseRecord::<str, str>::to(&input).key("web").payload(value))
-        .unwrap();
+    // Traced, so that the run exports spans as well as metrics.
+    let traced = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: "traceparent",
+        value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    });
+    p.send(
+        BaseRecord::<str, str>::to(&input)
+            .key("web")
+            .payload(value)
+            .headers(traced),
+    )
+    .unwrap();
     p.flush(Duration::from_secs(10)).unwrap();
+    let otlp = support::otlp::OtlpReceiver::start();
     let topology = dir.path().join("t.toml");
     std::fs::write(
         &topology,
@@ -790,24 +801,37 @@ fn a_secret_never_reaches_the_logs_even_with_debug_logging() {
         ),
     )
     .unwrap();
-    let run = |password: &str, state: &str| {
-        sluice_cmd()
-            .env("SLUICE_TEST_SASL_PASSWORD", password)
-            .env("SLUICE_LOG", "trace")
-            .args(["-vvv", "run"])
-            .arg(&topology)
-            .args([
-                "--brokers",
-                &sasl_address,
-                "--exit-after-idle",
-                "2s",
-                "--state-dir",
-            ])
-            .arg(dir.path().join(state))
-            .output()
-            .unwrap()
-    };
-    let good = run(SENTINEL, "state-good");
+    // With metrics served and pushed, and spans exported: the sentinel must
+    // be in no scrape and no OTLP export either.
+    let mut child = sluice_cmd()
+        .env("SLUICE_TEST_SASL_PASSWORD", SENTINEL)
+        .env("SLUICE_LOG", "trace")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint)
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .args(["-vvv", "run"])
+        .arg(&topology)
+        .args([
+            "--brokers",
+            &sasl_address,
+            "--exit-after-idle",
+            "6s",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state-good"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = support::metrics::metrics_address(&mut child);
+    let mut scrapes = String::new();
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        scrapes.push_str(&support::metrics::http_get(&metrics, "/metrics").1);
+    }
+    let good = child.wait_with_output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&good.stdout),
@@ -823,6 +847,14 @@ fn a_secret_never_reaches_the_logs_even_with_debug_logging() {
         "librdkafka's debug log should be on"
     );
     assert!(!text.contains(SENTINEL), "the password was printed");
+    assert!(scrapes.contains("sluice_commits_total"), "{scrapes}");
+    assert!(!scrapes.contains(SENTINEL), "the password is in /metrics");
+    assert!(
+        otlp.spans().iter().any(|s| s.name == "sluice.run process")
+            && !otlp.metric_names("sluice-run").is_empty(),
+        "spans and metrics were exported"
+    );
+    assert!(!otlp.raw_contains(SENTINEL), "the password was exported");
     let reads = read_topic(
         &broker.address,
         &output,
