@@ -622,6 +622,46 @@ fn every_dashboard_panel_has_data_in_prometheus() {
     // Scrapes after the flow, so that every rate has two samples.
     std::thread::sleep(Duration::from_secs(8));
 
+    // The counters agree with what was sent and what the committer printed.
+    let ingest = scrape(&children[0].1);
+    let posted_ok = 1 + 3 * 3 * 2 + 1;
+    assert_eq!(
+        ingest.get(
+            "sluice_ingest_requests_total",
+            &[("endpoint", "harbor"), ("code", "202")]
+        ),
+        Some(f64::from(posted_ok - 1))
+    );
+    assert_eq!(
+        ingest.get(
+            "sluice_ingest_requests_total",
+            &[("endpoint", "alertmanager"), ("code", "202")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        ingest.get(
+            "sluice_ingest_requests_total",
+            &[("endpoint", "harbor"), ("code", "401")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        ingest.get(
+            "sluice_ingest_ignored_total",
+            &[("endpoint", "harbor"), ("event", "PULL_ARTIFACT")]
+        ) == Some(1.0),
+        "{}",
+        ingest.text
+    );
+    let committer = scrape(&children[2].1);
+    let run = scrape(&children[1].1);
+    assert_eq!(
+        committer.sum("sluice_committer_intents_total"),
+        run.sum("sluice_intents_total"),
+        "every intent the run committed reached the committer once"
+    );
+
     let out = sluice(&["dashboard", "--queries"]);
     assert!(out.status.success());
     let queries = String::from_utf8(out.stdout).unwrap();

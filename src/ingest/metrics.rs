@@ -54,7 +54,8 @@ impl IngestMetrics {
             1,
             &[
                 KeyValue::new("endpoint", endpoint.to_owned()),
-                KeyValue::new("code", i64::from(code)),
+                // A string, as the zero series at start: one label set per code.
+                KeyValue::new("code", code.to_string()),
             ],
         );
     }
