@@ -23,6 +23,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::clients::RestoreContext;
 use super::RunError;
 
 /// An instance's entry.
@@ -79,14 +80,15 @@ impl Publisher {
     ) -> Result<Publisher, RunError> {
         let topic = format!("{app_id}-__instances");
         create_topic(base, &topic)?;
-        let consumer: BaseConsumer = base
+        let consumer: BaseConsumer<RestoreContext> = base
             .clone()
             // librdkafka wants a group to assign partitions; it is never
-            // joined and nothing is committed to it (like the restorer's).
-            .set("group.id", format!("{app_id}-directory"))
+            // joined and nothing is committed to it: the restorer's, which
+            // needs no ACL (its context takes a refusal as expected).
+            .set("group.id", format!("{app_id}-restore"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .create()
+            .create_with_context(RestoreContext)
             .map_err(|e| RunError::kafka("create the directory consumer", e))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, 0, Offset::Beginning)
@@ -146,7 +148,7 @@ fn now_ms() -> u64 {
 }
 
 fn serve(
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<RestoreContext>,
     producer: BaseProducer,
     rx: mpsc::Receiver<Vec<i32>>,
     me: Me,
