@@ -139,9 +139,12 @@ fn render_gate(g: &Value, out: &mut String) {
         ));
     }
     if !g["frozen"].is_null() {
+        let until = match &g["frozen"]["until"] {
+            Value::Null => "an unfreeze".to_owned(),
+            ms => at(ms),
+        };
         out.push_str(&format!(
-            "    frozen until {}: {}\n",
-            at(&g["frozen"]["until"]),
+            "    frozen until {until}: {}\n",
             text(&g["frozen"]["reason"])
         ));
     }
