@@ -128,8 +128,6 @@ enum Enqueued {
 
 /// How often the loop logs its counters.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-/// How often the state gauges of the metrics are refreshed.
-const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 /// Records processed per task before the loop serves the consumer again.
 pub(super) const PROCESS_BUDGET: usize = 2_000;
@@ -145,7 +143,7 @@ impl Runtime {
         let consumer = Arc::new(clients::create_consumer(&shared)?);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let _ = consumer.context().metrics.set(Arc::clone(&shared.metrics));
-        let inner = Inner {
+        let mut inner = Inner {
             producer: clients::new_producer_patiently(&shared)?,
             restorer: Arc::new(clients::create_restorer(&shared)?),
             revocations: 0,
@@ -169,20 +167,7 @@ impl Runtime {
             queries: None,
             directory: None,
         };
-        let mut inner = inner;
-        if let Some(q) = &shared.opts.state_query {
-            let directory = super::directory::Directory::default();
-            inner.directory = Some(super::directory::Publisher::start(
-                &shared.base,
-                &shared.topo.app_id,
-                &shared.instance,
-                q.advertise.clone(),
-                directory.clone(),
-            )?);
-            q.service
-                .route(shared.layout.tasks, &shared.instance, directory);
-            inner.queries = q.queries.lock().ok().and_then(|mut r| r.take());
-        }
+        inner.start_state_query()?;
         *consumer.context().lock() = Some(inner);
         let topics = shared.plan.subscriptions();
         consumer
@@ -581,76 +566,6 @@ impl Inner {
                 }
             }
         }
-    }
-
-    /// Answers the state queries waiting (with `state_query`).
-    fn answer_queries(&mut self) {
-        if let Some(queries) = self.queries.take() {
-            self.serve_queries(&queries.0);
-            self.queries = Some(queries);
-        }
-    }
-
-    /// Tells the directory which partitions this instance now owns.
-    pub(super) fn publish_partitions(&self) {
-        if let Some(d) = &self.directory {
-            d.publish(self.tasks.keys().copied().collect());
-        }
-    }
-
-    /// Readiness for `/readyz` and the `sluice_ready` gauge.
-    pub(super) fn set_ready(&self, ready: bool, reason: &str) {
-        let health = &self.shared.opts.observe.health;
-        if ready {
-            health.set_ready();
-        } else {
-            health.set_unready(reason);
-        }
-    }
-
-    /// Every few seconds after a commit: each task's timers pending, store
-    /// entries and operator gauges (they walk the timer queue and read
-    /// RocksDB's estimates, so not at every commit).
-    pub(super) fn refresh_gauges(&mut self) {
-        if Instant::now() < self.gauges_due {
-            return;
-        }
-        self.gauges_due = Instant::now() + GAUGES_EVERY;
-        for task in self.tasks.values() {
-            match task.engine.operator_gauges() {
-                Ok(ops) => self.shared.metrics.task_gauges(task.id, ops),
-                Err(e) => {
-                    tracing::debug!(task = task.id, error = %e, "cannot read the state gauges")
-                }
-            }
-        }
-    }
-
-    fn report_progress(&self) {
-        let buffered: usize = self
-            .tasks
-            .values()
-            .flat_map(|t| t.queues.iter())
-            .map(|q| q.buffer.len())
-            .sum();
-        let waiting: Vec<String> = self
-            .tasks
-            .values()
-            .flat_map(|t| t.queues.iter().map(move |q| (t.id, q)))
-            .filter(|(_, q)| q.buffer.is_empty() && !q.caught_up)
-            .map(|(id, q)| format!("{}[{id}]", q.topic))
-            .collect();
-        tracing::info!(
-            processed = self.summary.processed,
-            outputs = self.counts.records,
-            dead_letters = self.counts.dead_letters,
-            commits = self.summary.commits,
-            aborts = self.summary.aborts,
-            tasks = self.tasks.len(),
-            buffered,
-            waiting_for = %waiting.join(","),
-            "progress"
-        );
     }
 
     fn idle_done(&self, idle: Duration) -> bool {

@@ -19,6 +19,7 @@ mod consumer;
 pub mod directory;
 mod input;
 pub mod metrics;
+mod observe;
 pub mod output;
 mod partitioning;
 mod positions;
