@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod metrics;
+pub mod observed;
 pub mod otlp;
 mod own_broker;
 pub mod pipeline;
