@@ -19,7 +19,7 @@ use regex::Regex;
 
 use super::batch::Recorded;
 use super::config::{Author, Credentials, RepositoryConfig, Signing, SigningFormat};
-use super::index::{log_format, now_secs, IndexLimits, Newest, TrailerIndex};
+use super::index::{log_format, now_secs, CommitRef, IndexLimits, Newest, TrailerIndex};
 use crate::topology::kafka::Secret;
 
 /// A git operation that failed. Messages are scrubbed of credentials.
@@ -359,6 +359,11 @@ impl<'r> BranchClone<'r> {
         self.index.len()
     }
 
+    /// The newest indexed commit whose trailers list `intent_id`.
+    pub fn commit_of(&self, intent_id: &str) -> Option<CommitRef> {
+        self.index.commit_of(intent_id)
+    }
+
     /// Fetches the branch, resets the work tree to it and reads the trailers
     /// of every commit not seen before.
     pub fn fetch(&mut self) -> Result<(), GitError> {
@@ -498,11 +503,17 @@ impl<'r> BranchClone<'r> {
     }
 
     /// After a successful push: the pushed commit's trailers are committed.
-    pub fn pushed(&mut self, ids: &[&str], records: &[Newest]) -> Result<(), GitError> {
+    /// Returns the commit.
+    pub fn pushed(&mut self, ids: &[&str], records: &[Newest]) -> Result<CommitRef, GitError> {
         let now = now_secs();
         let ids = ids.iter().map(|s| (*s).to_owned()).collect();
-        self.index.add_commit(now, ids, records, now);
-        self.indexed_tip = self.head()?;
+        let tip = self.head()?;
+        let commit = CommitRef {
+            sha: tip.as_str().into(),
+            time: now,
+        };
+        self.index.add_commit(commit.clone(), ids, records, now);
+        self.indexed_tip = tip;
         self.pushes_since_gc += 1;
         if self.pushes_since_gc >= GC_EVERY {
             self.pushes_since_gc = 0;
@@ -521,7 +532,7 @@ impl<'r> BranchClone<'r> {
                 tracing::warn!(branch = %self.branch, error = %e, "git gc failed");
             }
         }
-        Ok(())
+        Ok(commit)
     }
 }
 
