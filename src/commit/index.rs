@@ -187,7 +187,13 @@ impl TrailerIndex {
     }
 
     /// Adds one commit (oldest first), then drops what fell out of the window.
-    pub fn add_commit(&mut self, commit: CommitRef, ids: Vec<String>, records: &[Newest], now: i64) {
+    pub fn add_commit(
+        &mut self,
+        commit: CommitRef,
+        ids: Vec<String>,
+        records: &[Newest],
+        now: i64,
+    ) {
         for r in records {
             let slot = self
                 .newest

@@ -107,7 +107,10 @@ mod tests {
         assert_eq!(intent.reason_code, "");
         assert!(intent.caused_by.is_none());
         assert!(!intent.is_retry());
-        let rollback = format!("{{{},\"reason_code\":\"retry\"}}", REQUIRED.replace("deploy", "rollback"));
+        let rollback = format!(
+            "{{{},\"reason_code\":\"retry\"}}",
+            REQUIRED.replace("deploy", "rollback")
+        );
         assert!(
             !CommitIntent::from_json(&rollback).unwrap().is_retry(),
             "only a deploy retries"

@@ -267,9 +267,7 @@ mod tests {
         )
     }
 
-    fn with<'a>(
-        (s, m, l, r): &'a (Template, Template, Template, Template),
-    ) -> Templates<'a> {
+    fn with<'a>((s, m, l, r): &'a (Template, Template, Template, Template)) -> Templates<'a> {
         Templates {
             subject: s,
             multi_subject: m,
@@ -398,7 +396,10 @@ mod tests {
             ..Contents::default()
         };
         let msg = commit_message(&t, "main", &contents);
-        assert!(msg.starts_with("2 images on main: dev,prod\n\n- web: "), "{msg}");
+        assert!(
+            msg.starts_with("2 images on main: dev,prod\n\n- web: "),
+            "{msg}"
+        );
         assert!(
             msg.contains("\n- api: api:v2 -> api:v2, retry 1 of 3 after failed sync\n"),
             "{msg}"

@@ -315,7 +315,8 @@ mod tests {
         let config = CommitConfig::parse("c.toml", CONFIG).unwrap();
         let mut first = intent("a", "api:v1");
         first["reason_code"] = "new_image".into();
-        first["caused_by"] = serde_json::json!([{"line": 3}, {"topic": "t", "partition": 1, "offset": 9}]);
+        first["caused_by"] =
+            serde_json::json!([{"line": 3}, {"topic": "t", "partition": 1, "offset": 9}]);
         let newest = intent("b", "api:v2");
         let older = intent("old", "api:v0");
         let (first, newest, older) = (

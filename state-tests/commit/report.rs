@@ -7,7 +7,11 @@ use super::*;
 
 /// A replay line holding `value` as an intent (ts 1, keyed like intents).
 fn line(value: serde_json::Value) -> String {
-    let key = format!("{}/{}", value["service"].as_str().unwrap(), value["environment"].as_str().unwrap());
+    let key = format!(
+        "{}/{}",
+        value["service"].as_str().unwrap(),
+        value["environment"].as_str().unwrap()
+    );
     serde_json::json!({"topic": "deploy-intents", "ts": 1, "key": key, "value": value}).to_string()
 }
 
@@ -20,7 +24,13 @@ fn retry(id: &str, service: &str, image: &str, n: u32) -> String {
     }))
 }
 
-fn commit_reporting(config: &Path, input: &Path, work: &Path, report: &Path, faults: &str) -> Output {
+fn commit_reporting(
+    config: &Path,
+    input: &Path,
+    work: &Path,
+    report: &Path,
+    faults: &str,
+) -> Output {
     let mut cmd = sluice();
     cmd.arg("commit")
         .arg(config)
@@ -49,7 +59,11 @@ fn read_reports(path: &Path) -> Vec<serde_json::Value> {
 fn trailer_commits(repo: &Repo) -> HashMap<String, Vec<String>> {
     let log = git(
         &repo.bare(),
-        &["log", "--format=%x1e%H%x00%(trailers:key=Sluice-Intent,valueonly,separator=%x1f)", "main"],
+        &[
+            "log",
+            "--format=%x1e%H%x00%(trailers:key=Sluice-Intent,valueonly,separator=%x1f)",
+            "main",
+        ],
     );
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for commit in log.split('\x1e').filter(|c| !c.trim().is_empty()) {
@@ -75,10 +89,23 @@ fn now_ms() -> u64 {
 #[test]
 fn every_intent_a_commit_lists_is_reported_with_that_commit_and_again_on_a_rerun() {
     let repo = Repo::new(&["prod"], &services(3));
-    let config = repo.config("commit.toml", &repo.url(), &["prod"], "[kafka]\nreport_topic = \"commit-reports\"\n");
+    let config = repo.config(
+        "commit.toml",
+        &repo.url(),
+        &["prod"],
+        "[kafka]\nreport_topic = \"commit-reports\"\n",
+    );
     let input = repo.path().join("intents.jsonl");
     let v = |s: &str, tag: &str| format!("registry.example.com/{s}:{tag}");
-    let mut first = serde_json::from_str::<serde_json::Value>(&intent("a", "deploy", "svc-00", "prod", &v("svc-00", "v1"))).unwrap()["value"].clone();
+    let mut first = serde_json::from_str::<serde_json::Value>(&intent(
+        "a",
+        "deploy",
+        "svc-00",
+        "prod",
+        &v("svc-00", "v1"),
+    ))
+    .unwrap()["value"]
+        .clone();
     first["reason_code"] = "new_image".into();
     first["caused_by"] = serde_json::json!([{"line": 3}, {"line": 1}]);
     write_lines(
@@ -92,18 +119,35 @@ fn every_intent_a_commit_lists_is_reported_with_that_commit_and_again_on_a_rerun
             intent("f", "rollback", "svc-02", "prod", &v("svc-02", "v0-old")),
         ],
     );
-    let (work, report) = (repo.path().join("work"), repo.path().join("out/reports.jsonl"));
+    let (work, report) = (
+        repo.path().join("work"),
+        repo.path().join("out/reports.jsonl"),
+    );
     let before = now_ms();
     let out = commit_reporting(&config, &input, &work, &report, "");
     let after = now_ms();
     assert_ok(&out);
-    assert!(text(&out.stderr).contains("3 reports sent"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("3 reports sent"),
+        "{}",
+        text(&out.stderr)
+    );
     let sha = git(&repo.bare(), &["rev-parse", "main"]).trim().to_owned();
     let lines = read_reports(&report);
-    let ids: Vec<&str> = lines.iter().map(|l| l["value"]["intent_id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["a", "b", "f"], "the commit lists a, b and f; c held, d in place, e refused");
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["value"]["intent_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["a", "b", "f"],
+        "the commit lists a, b and f; c held, d in place, e refused"
+    );
     let pushed_at = lines[0]["value"]["pushed_at"].as_u64().unwrap();
-    assert!((before..=after).contains(&pushed_at), "{before} <= {pushed_at} <= {after}");
+    assert!(
+        (before..=after).contains(&pushed_at),
+        "{before} <= {pushed_at} <= {after}"
+    );
     assert_eq!(
         lines[0],
         serde_json::json!({
@@ -129,7 +173,10 @@ fn every_intent_a_commit_lists_is_reported_with_that_commit_and_again_on_a_rerun
     let again = commit_reporting(&config, &input, &work, &report, "");
     assert_ok(&again);
     assert_eq!(repo.commit_count(), 2, "seed + one commit");
-    let committed_at: u64 = git(&repo.bare(), &["log", "-1", "--format=%ct", "main"]).trim().parse().unwrap();
+    let committed_at: u64 = git(&repo.bare(), &["log", "-1", "--format=%ct", "main"])
+        .trim()
+        .parse()
+        .unwrap();
     let lines = read_reports(&report);
     assert_eq!(lines.len(), 6);
     for (l, id) in lines[3..].iter().zip(["a", "b", "f"]) {
@@ -141,7 +188,10 @@ fn every_intent_a_commit_lists_is_reported_with_that_commit_and_again_on_a_rerun
         assert_eq!(l["ts"], committed_at * 1000);
         assert!(value.get("superseded_by").is_none(), "{value}");
     }
-    assert_eq!(lines[3]["value"]["caused_by"], serde_json::json!([{"line": 3}, {"line": 1}]));
+    assert_eq!(
+        lines[3]["value"]["caused_by"],
+        serde_json::json!([{"line": 3}, {"line": 1}])
+    );
 }
 
 /// Killed after the third push and before its report: the restart finds
@@ -163,8 +213,17 @@ fn a_kill_between_push_and_report_loses_no_report() {
     write_lines(&input, &lines);
     let (work, report) = (repo.path().join("work"), repo.path().join("reports.jsonl"));
     let crashed = commit_reporting(&config, &input, &work, &report, "commit.after-push=kill@3");
-    assert_eq!(crashed.status.signal(), Some(9), "{}", text(&crashed.stderr));
-    assert_eq!(read_reports(&report).len(), 80, "two batches of 40 reported, the third not");
+    assert_eq!(
+        crashed.status.signal(),
+        Some(9),
+        "{}",
+        text(&crashed.stderr)
+    );
+    assert_eq!(
+        read_reports(&report).len(),
+        80,
+        "two batches of 40 reported, the third not"
+    );
     assert_ok(&commit_reporting(&config, &input, &work, &report, ""));
     assert_converged(&repo, 200, "c", &newest, "prod");
 
@@ -176,8 +235,13 @@ fn a_kill_between_push_and_report_loses_no_report() {
     }
     for i in 0..200 {
         let id = format!("c-{i:04}");
-        let reports = reported.get(&id).unwrap_or_else(|| panic!("{id} was never reported"));
-        let outcomes: Vec<&str> = reports.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+        let reports = reported
+            .get(&id)
+            .unwrap_or_else(|| panic!("{id} was never reported"));
+        let outcomes: Vec<&str> = reports
+            .iter()
+            .map(|r| r["outcome"].as_str().unwrap())
+            .collect();
         // Batches of 40: the first two were reported, then again by the
         // restart; the third only by the restart; the last two once.
         let expected: &[&str] = match i {
@@ -220,29 +284,55 @@ fn a_retry_of_the_deployed_image_is_one_empty_commit() {
     write_lines(&retried, &[retry("r1", "svc-00", v1, 1)]);
     let out = commit_reporting(&config, &retried, &work, &report, "");
     assert_ok(&out);
-    assert!(text(&out.stderr).contains("0 already applied, 0 held, 0 dead letters, 0 outdated, 1 retried"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("0 already applied, 0 held, 0 dead letters, 0 outdated, 1 retried"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(repo.commit_count(), 3, "seed, deploy, retry");
     let sha = git(&repo.bare(), &["rev-parse", "main"]).trim().to_owned();
     assert_eq!(git(&repo.bare(), &["rev-parse", "main~1"]).trim(), deployed);
-    assert_eq!(git(&repo.bare(), &["diff", "--stat", &deployed, &sha]), "", "no file changes");
+    assert_eq!(
+        git(&repo.bare(), &["diff", "--stat", &deployed, &sha]),
+        "",
+        "no file changes"
+    );
     let message = git(&repo.bare(), &["log", "-1", "--format=%B", "main"]);
     assert!(
-        message.starts_with(&format!("retry 1 of 2 after failed sync: deploy svc-00 (prod) {v1}\n\n")),
+        message.starts_with(&format!(
+            "retry 1 of 2 after failed sync: deploy svc-00 (prod) {v1}\n\n"
+        )),
         "{message}"
     );
-    assert!(message.contains(&format!("- deploy svc-00 in prod: {v1} -> {v1} (retry 1 of 2 after failed sync)\n")), "{message}");
+    assert!(
+        message.contains(&format!(
+            "- deploy svc-00 in prod: {v1} -> {v1} (retry 1 of 2 after failed sync)\n"
+        )),
+        "{message}"
+    );
     assert_eq!(repo.trailers(), ["r1", "d1"]);
     let lines = read_reports(&report);
     assert_eq!(lines.len(), 1);
     let value = &lines[0]["value"];
-    assert_eq!((value["outcome"].as_str(), value["reason_code"].as_str()), (Some("retried"), Some("retry")));
+    assert_eq!(
+        (value["outcome"].as_str(), value["reason_code"].as_str()),
+        (Some("retried"), Some("retry"))
+    );
     assert_eq!(value["commit"], sha.as_str());
-    assert_eq!(lines[0]["topic"], "deploy-reports", "the default topic name in a file");
+    assert_eq!(
+        lines[0]["topic"], "deploy-reports",
+        "the default topic name in a file"
+    );
 
     // Redelivered: already committed, no second commit.
     let again = commit_reporting(&config, &retried, &work, &report, "");
     assert_ok(&again);
-    assert!(text(&again.stderr).contains("1 already committed"), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("1 already committed"),
+        "{}",
+        text(&again.stderr)
+    );
     assert_eq!(repo.commit_count(), 3);
     assert_eq!(read_reports(&report)[1]["value"]["commit"], sha.as_str());
 
@@ -251,7 +341,11 @@ fn a_retry_of_the_deployed_image_is_one_empty_commit() {
     write_lines(&redeploy, &[intent("d2", "deploy", "svc-00", "prod", v1)]);
     let out = commit_run(&config, &redeploy, &work, &[]);
     assert_ok(&out);
-    assert!(text(&out.stderr).contains("1 already applied"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1 already applied"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(repo.commit_count(), 3);
 }
 
@@ -263,17 +357,35 @@ fn a_retry_of_the_deployed_image_is_one_empty_commit() {
 #[cfg(feature = "fault-injection")]
 #[test]
 fn reports_on_the_report_topic_survive_kills_and_precede_the_offsets() {
-    use super::kafka::{brokers, fixture_trace, fixture_with_reports, received, run, unique, Fixture};
+    use super::kafka::{
+        brokers, fixture_trace, fixture_with_reports, received, run, unique, Fixture,
+    };
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers;
     use rdkafka::{ClientConfig, Message};
 
-    let Fixture { repo, config, work, report_topic, .. } = fixture_with_reports();
+    let Fixture {
+        repo,
+        config,
+        work,
+        report_topic,
+        ..
+    } = fixture_with_reports();
     let report_topic = report_topic.unwrap();
     let crashed = run(&config, &work, Some("after-push"));
-    assert_eq!(crashed.status.signal(), Some(9), "{}", text(&crashed.stderr));
+    assert_eq!(
+        crashed.status.signal(),
+        Some(9),
+        "{}",
+        text(&crashed.stderr)
+    );
     let reported = run(&config, &work, Some("after-report"));
-    assert_eq!(reported.status.signal(), Some(9), "{}", text(&reported.stderr));
+    assert_eq!(
+        reported.status.signal(),
+        Some(9),
+        "{}",
+        text(&reported.stderr)
+    );
     let last = run(&config, &work, None);
     assert_ok(&last);
     assert_eq!(received(&last), 31, "redelivered: {}", text(&last.stderr));
@@ -291,23 +403,45 @@ fn reports_on_the_report_topic_survive_kills_and_precede_the_offsets() {
     let mut quiet_since = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
     // Until nothing more comes for 5 s (at least the last run's 30 are there).
-    while Instant::now() < deadline && (reports.len() <= 30 || quiet_since.elapsed() < Duration::from_secs(5)) {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
+    while Instant::now() < deadline
+        && (reports.len() <= 30 || quiet_since.elapsed() < Duration::from_secs(5))
+    {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         quiet_since = Instant::now();
-        let trace = m.headers().and_then(|h| h.iter().find(|h| h.key == "traceparent")).and_then(|h| h.value).map(text);
+        let trace = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "traceparent"))
+            .and_then(|h| h.value)
+            .map(text);
         let key = text(m.key().unwrap_or_default());
-        reports.push((key, serde_json::from_slice(m.payload().unwrap_or_default()).unwrap(), trace));
+        reports.push((
+            key,
+            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap(),
+            trace,
+        ));
     }
-    assert!(reports.len() > 30, "the last run's 30 and the killed run's: {}", reports.len());
+    assert!(
+        reports.len() > 30,
+        "the last run's 30 and the killed run's: {}",
+        reports.len()
+    );
     let holders = trailer_commits(&repo);
     for n in 0..30 {
         let id = format!("q-{n:04}");
-        let mine: Vec<_> = reports.iter().filter(|(_, v, _)| v["intent_id"] == id.as_str()).collect();
+        let mine: Vec<_> = reports
+            .iter()
+            .filter(|(_, v, _)| v["intent_id"] == id.as_str())
+            .collect();
         assert!(!mine.is_empty(), "{id} was never reported");
         for (key, value, trace) in mine {
             assert_eq!(holders[&id], [sha.as_str()]);
             assert_eq!(value["commit"], sha.as_str(), "{id}");
-            assert_eq!(value["outcome"], "already_committed", "{id}: the push's own run was killed");
+            assert_eq!(
+                value["outcome"], "already_committed",
+                "{id}: the push's own run was killed"
+            );
             assert_eq!(*key, format!("{}/prod", value["service"].as_str().unwrap()));
             assert_eq!(trace.as_deref(), Some(fixture_trace(n).as_str()), "{id}");
         }

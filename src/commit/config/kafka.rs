@@ -2,8 +2,8 @@
 //! defaults of its topics and group.
 
 use super::SourceConfig;
-use crate::topology::kafka::{read_properties, read_secrets, KafkaConfig};
 use crate::topology::diag::Located;
+use crate::topology::kafka::{read_properties, read_secrets, KafkaConfig};
 use crate::topology::reader::TableReader;
 use crate::topology::Format;
 
@@ -82,7 +82,9 @@ fn checked_report_topic(
         } else {
             "dead-letter topic (`dead_letter_topic`)"
         };
-        return error(format!("`{name}` is the {which}: reports need a topic of their own"));
+        return error(format!(
+            "`{name}` is the {which}: reports need a topic of their own"
+        ));
     }
     Some(topic.value)
 }
