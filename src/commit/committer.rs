@@ -316,6 +316,9 @@ impl<'r> Committer<'r> {
             Outcome::Applied => {
                 tracing::debug!(origin = %d.origin, intent_id = %id, service = %service, environment = %env, "intent applied")
             }
+            Outcome::Retried => {
+                tracing::info!(origin = %d.origin, intent_id = %id, service = %service, environment = %env, "retry of a failed sync committed (no file changes)")
+            }
             _ => {
                 tracing::info!(origin = %d.origin, intent_id = %id, service = %service, environment = %env, outcome = outcome.label(), "intent skipped")
             }

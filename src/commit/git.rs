@@ -404,6 +404,17 @@ impl<'r> BranchClone<'r> {
             .map(drop)
     }
 
+    /// HEAD with its committer time, as the index reads commits from the
+    /// log (`now` if git prints no time).
+    fn head_commit(&self, now: i64) -> Result<CommitRef, GitError> {
+        let out = self.run("log", &["log", "-1", "--format=%H %ct", "HEAD"])?;
+        let (sha, time) = out.trim().split_once(' ').unwrap_or((out.trim(), ""));
+        Ok(CommitRef {
+            sha: sha.into(),
+            time: time.parse().unwrap_or(now),
+        })
+    }
+
     pub fn head(&self) -> Result<String, GitError> {
         Ok(self
             .run("rev-parse", &["rev-parse", "HEAD"])?
@@ -507,13 +518,9 @@ impl<'r> BranchClone<'r> {
     pub fn pushed(&mut self, ids: &[&str], records: &[Newest]) -> Result<CommitRef, GitError> {
         let now = now_secs();
         let ids = ids.iter().map(|s| (*s).to_owned()).collect();
-        let tip = self.head()?;
-        let commit = CommitRef {
-            sha: tip.as_str().into(),
-            time: now,
-        };
+        let commit = self.head_commit(now)?;
         self.index.add_commit(commit.clone(), ids, records, now);
-        self.indexed_tip = tip;
+        self.indexed_tip = commit.sha.to_string();
         self.pushes_since_gc += 1;
         if self.pushes_since_gc >= GC_EVERY {
             self.pushes_since_gc = 0;

@@ -451,3 +451,51 @@ fn reports_on_the_report_topic_survive_kills_and_precede_the_offsets() {
         "a refused intent is not reported"
     );
 }
+
+/// The same intent twice in one file, in batches of one: the second finds
+/// it on the branch (the commit this run pushed) and reports that commit
+/// with its committer time, like a commit read from the log at start.
+#[test]
+fn a_redelivery_within_a_run_reports_the_commit_this_run_pushed() {
+    let repo = Repo::new(&["prod"], &services(1));
+    let config = repo.config(
+        "commit.toml",
+        &repo.url(),
+        &["prod"],
+        "[batch]\nmax_intents = 1\n",
+    );
+    let input = repo.path().join("intents.jsonl");
+    let twice = intent(
+        "i1",
+        "deploy",
+        "svc-00",
+        "prod",
+        "registry.example.com/svc-00:v1",
+    );
+    write_lines(&input, &[twice.clone(), twice]);
+    let (work, report) = (repo.path().join("work"), repo.path().join("reports.jsonl"));
+    assert_ok(&commit_reporting(&config, &input, &work, &report, ""));
+    let sha = git(&repo.bare(), &["rev-parse", "main"]).trim().to_owned();
+    let committed_at: u64 = git(&repo.bare(), &["log", "-1", "--format=%ct", "main"])
+        .trim()
+        .parse()
+        .unwrap();
+    let lines = read_reports(&report);
+    let got: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["value"]["outcome"].as_str().unwrap(),
+                l["value"]["commit"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("applied", sha.as_str()),
+            ("already_committed", sha.as_str())
+        ]
+    );
+    assert_eq!(lines[1]["value"]["pushed_at"], committed_at * 1000);
+}
