@@ -916,16 +916,17 @@ mod kafka {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use rdkafka::{ClientConfig, Message};
 
-    fn brokers() -> String {
+    pub(super) fn brokers() -> String {
         std::env::var("SLUICE_TEST_BROKERS").expect(
             "SLUICE_TEST_BROKERS is not set: run .ci/test, which starts a local Kafka broker",
         )
     }
 
-    fn unique(prefix: &str) -> String {
+    pub(super) fn unique(prefix: &str) -> String {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -933,7 +934,7 @@ mod kafka {
         format!("{prefix}-{}-{nanos}", std::process::id())
     }
 
-    fn create_topics(topics: &[&str]) {
+    pub(super) fn create_topics(topics: &[&str]) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers())
             .create()
@@ -949,7 +950,7 @@ mod kafka {
         }
     }
 
-    fn run(config: &Path, work: &Path, crash: Option<&str>) -> Output {
+    pub(super) fn run(config: &Path, work: &Path, crash: Option<&str>) -> Output {
         let mut cmd = sluice();
         cmd.arg("commit")
             .arg(config)
@@ -961,7 +962,7 @@ mod kafka {
         cmd.output().unwrap()
     }
 
-    fn received(out: &Output) -> usize {
+    pub(super) fn received(out: &Output) -> usize {
         let s = text(&out.stderr);
         let at = s
             .find(" intents: ")
@@ -969,24 +970,46 @@ mod kafka {
         s[..at].rsplit(' ').next().unwrap().parse().unwrap()
     }
 
-    struct Fixture {
-        repo: Repo,
-        config: PathBuf,
-        work: PathBuf,
-        newest: BTreeMap<String, String>,
-        dead_topic: String,
+    pub(super) struct Fixture {
+        pub(super) repo: Repo,
+        pub(super) config: PathBuf,
+        pub(super) work: PathBuf,
+        pub(super) newest: BTreeMap<String, String>,
+        pub(super) dead_topic: String,
+        /// With [`fixture_with_reports`]: the report topic.
+        pub(super) report_topic: Option<String>,
+    }
+
+    /// The `traceparent` header produced with the fixture's `n`-th intent
+    /// (ids of zeros are invalid, hence `n + 1`).
+    pub(super) fn fixture_trace(n: usize) -> String {
+        format!("00-{:032x}-{:016x}-01", n + 1, n + 1)
     }
 
     /// 30 intents over 6 services and one for a service without a marker,
     /// on a fresh topic, and a committer config with its own group.
     fn fixture() -> Fixture {
+        fixture_with(None)
+    }
+
+    /// [`fixture`], and a report topic in the config.
+    pub(super) fn fixture_with_reports() -> Fixture {
+        let report_topic = unique("reports");
+        create_topics(&[&report_topic]);
+        fixture_with(Some(report_topic))
+    }
+
+    fn fixture_with(report_topic: Option<String>) -> Fixture {
         let topic = unique("intents");
         let dead_topic = format!("{topic}.dead");
         create_topics(&[&topic, &dead_topic]);
         let svcs = services(6);
         let repo = Repo::new(&["prod"], &svcs);
         let group = unique("committer");
-        let extra = format!("[batch]\nwindow = \"1s\"\n[kafka]\ntopic = \"{topic}\"\ngroup = \"{group}\"\ndead_letter_topic = \"{dead_topic}\"\n[kafka.properties]\n\"session.timeout.ms\" = 6000\n");
+        let report_line = report_topic
+            .as_ref()
+            .map_or(String::new(), |t| format!("report_topic = \"{t}\"\n"));
+        let extra = format!("[batch]\nwindow = \"1s\"\n[kafka]\ntopic = \"{topic}\"\ngroup = \"{group}\"\ndead_letter_topic = \"{dead_topic}\"\n{report_line}[kafka.properties]\n\"session.timeout.ms\" = 6000\n");
         let config = repo.config("commit.toml", &repo.url(), &["prod"], &extra);
         let (lines, newest) = deploys("q", 30, &svcs, "prod");
         let producer: BaseProducer = ClientConfig::new()
@@ -998,14 +1021,19 @@ mod kafka {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["value"].to_string())
             .collect();
         values.push(r#"{"action":"deploy","service":"ghost","environment":"prod","image":"g:v1","previous_image":null,"reason":"r","intent_id":"ghost-1","caused_by":"c"}"#.into());
-        for v in &values {
+        for (n, v) in values.iter().enumerate() {
             // One key per service keeps each service's intents in order on one partition.
             let key = serde_json::from_str::<serde_json::Value>(v).unwrap()["service"]
                 .as_str()
                 .unwrap()
                 .to_owned();
+            let trace = fixture_trace(n);
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(trace.as_str()),
+            });
             producer
-                .send(BaseRecord::to(&topic).key(&key).payload(v))
+                .send(BaseRecord::to(&topic).key(&key).payload(v).headers(headers))
                 .unwrap();
         }
         producer.flush(Duration::from_secs(30)).unwrap();
@@ -1016,6 +1044,7 @@ mod kafka {
             work,
             newest,
             dead_topic,
+            report_topic,
         }
     }
 
@@ -1057,6 +1086,7 @@ mod kafka {
             work,
             newest,
             dead_topic,
+            ..
         } = fixture();
 
         // Killed after the push, before the offsets: everything comes again.
@@ -1552,3 +1582,7 @@ fn commits_are_signed_with_an_openpgp_key_when_asked() {
 // The trust fixes of issue 8 (items 14 to 18), in their own file.
 #[path = "commit/trust.rs"]
 mod trust;
+
+// Issue 11: the report of what each push did, and retries as empty commits.
+#[path = "commit/report.rs"]
+mod report;

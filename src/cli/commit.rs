@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use sluice::commit::config::CommitConfig;
 use sluice::commit::dead_letter::{DeadLetters, FileDeadLetters, KafkaDeadLetters};
 use sluice::commit::metrics::CommitMetrics;
+use sluice::commit::report::{FileReports, KafkaReports, Reports, DEFAULT_FILE_TOPIC};
 use sluice::commit::source::{FileSource, IntentSource, KafkaSource};
 use sluice::commit::{committer, git::Remote};
 
@@ -34,6 +35,10 @@ pub struct CommitArgs {
     /// with Kafka: the dead-letter topic).
     #[arg(long)]
     dead_letters: Option<PathBuf>,
+    /// Append a report per intent a commit accounts for to this JSON Lines
+    /// file (replay format) instead of the config's [kafka] report_topic.
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// With Kafka: stop after this long without an intent (e.g. `30s`).
     #[arg(long)]
     idle_exit: Option<String>,
@@ -73,12 +78,16 @@ pub fn run(args: CommitArgs) -> Result<ExitCode> {
     // Inputs first: a missing file or broker setting fails before any clone.
     let mut source = open_intent_source(&args, &config)?;
     let (mut dead, dead_file) = open_dead_letters(&args, &config, &work_dir)?;
+    let reports = open_reports(&args, &config)?;
     let remote = Remote::new(&config.repository, &config.author, config.signing.as_ref())?;
     let committer = committer::Committer::open(&config, &remote, &work_dir)?;
     let metrics = CommitMetrics::new(telemetry.meter(), &committer.branches());
     let mut committer = committer
         .with_metrics(metrics)
         .with_tracing(telemetry.tracing.clone());
+    if let Some(reports) = reports {
+        committer = committer.with_reports(reports);
+    }
     telemetry.health.set_ready();
     stop_on_signals();
     let opts = committer::RunOptions {
@@ -178,4 +187,24 @@ fn open_dead_letters(
             None,
         ),
     })
+}
+
+/// `--report FILE`, else with Kafka the config's `report_topic`, else none.
+fn open_reports(args: &CommitArgs, config: &CommitConfig) -> Result<Option<Box<dyn Reports>>> {
+    let topic = config.kafka.report_topic.as_deref();
+    if let Some(path) = &args.report {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let topic = topic.unwrap_or(DEFAULT_FILE_TOPIC);
+        return Ok(Some(Box::new(FileReports::open(path, topic)?)));
+    }
+    match topic {
+        Some(topic) if args.input.is_none() => Ok(Some(Box::new(KafkaReports::new(
+            kafka_client(args, config)?,
+            topic,
+        )?))),
+        _ => Ok(None),
+    }
 }

@@ -10,7 +10,10 @@
 //! - an intent older (by its record timestamp) than the newest one recorded
 //!   on the branch for its service and environment is outdated: never
 //!   applied, whatever the batch boundaries were when the newer one came;
-//! - an intent whose image is already in the files is already applied;
+//! - an intent whose image is already in the files is already applied,
+//!   unless it is a gate's retry of a failed sync (`reason_code` `retry`):
+//!   that one is retried, an empty commit with its trailer, so that Argo CD
+//!   and Flux see a new revision and sync again;
 //! - an intent with no marker in its environment's directory, or whose
 //!   files cannot be edited, is a dead letter with the reason.
 //!
@@ -61,6 +64,9 @@ pub enum Outcome {
     Outdated,
     /// The files already hold its image.
     AlreadyApplied,
+    /// A retry of a failed sync whose image the files already hold: an
+    /// empty commit lists it, a new revision for the GitOps controller.
+    Retried,
     /// A hold: logged and counted, nothing changes.
     Held,
     /// Refused, with the reason; goes to the dead letters.
@@ -114,6 +120,14 @@ fn refused(kind: RefusalKind, reason: String) -> Outcome {
 }
 
 impl Outcome {
+    /// Whether a commit made for the batch lists the intent in a trailer.
+    pub fn is_listed(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Applied | Outcome::Superseded | Outcome::Retried
+        )
+    }
+
     /// A short label for counters and logs.
     pub fn label(&self) -> &'static str {
         match self {
@@ -122,6 +136,7 @@ impl Outcome {
             Outcome::AlreadyCommitted => "already_committed",
             Outcome::Outdated => "outdated",
             Outcome::AlreadyApplied => "already_applied",
+            Outcome::Retried => "retried",
             Outcome::Held => "held",
             Outcome::DeadLetter(_) => "dead_letter",
         }
@@ -197,7 +212,10 @@ pub fn check(d: &Delivery, config: &CommitConfig) -> Result<Checked, Outcome> {
 pub struct BranchPlan {
     /// One per service and environment whose image changes.
     pub changes: Vec<Change>,
-    /// Every intent the commit accounts for (applied and superseded), in batch order.
+    /// One per retry whose image the files already hold: no file changes.
+    pub retries: Vec<Change>,
+    /// Every intent the commit accounts for (applied, retried and
+    /// superseded), in batch order.
     pub trailer_ids: Vec<String>,
     /// The traces of those intents (32 hex digits each), each once.
     pub trace_ids: Vec<String>,
@@ -208,6 +226,9 @@ pub struct BranchPlan {
     pub records: Vec<Newest>,
     /// (index in the batch, outcome) for every intent given.
     pub outcomes: Vec<(usize, Outcome)>,
+    /// Index in the batch of a superseded intent -> of the intent that
+    /// decided its service and environment.
+    pub superseded_by: HashMap<usize, usize>,
     /// The environments' files with the edits applied.
     pub files: Vec<EnvFiles>,
 }
@@ -215,7 +236,7 @@ pub struct BranchPlan {
 impl BranchPlan {
     /// Whether the plan needs a commit at all.
     pub fn commits(&self) -> bool {
-        !self.changes.is_empty() || !self.records.is_empty()
+        !self.changes.is_empty() || !self.retries.is_empty() || !self.records.is_empty()
     }
 }
 
@@ -252,7 +273,15 @@ pub fn plan_branch(
                 plan.files.push(EnvFiles::load(root, &env.directory));
                 plan.files.len() - 1
             });
-            apply(&mut plan.files[slot], env, newest, &mut plan.changes)
+            match apply(&mut plan.files[slot], env, newest, &mut plan.changes) {
+                Outcome::AlreadyApplied if newest.intent.is_retry() => {
+                    // The files hold the image: it is the old one too.
+                    let image = Some(newest.image.reference());
+                    plan.retries.push(change(env, newest, image));
+                    Outcome::Retried
+                }
+                outcome => outcome,
+            }
         };
         let mut accounted: Vec<&Checked> = Vec::new();
         for &(at, c) in older {
@@ -263,10 +292,14 @@ pub fn plan_branch(
             };
             if outcome == Outcome::Superseded {
                 accounted.push(c);
+                plan.superseded_by.insert(at, newest_at);
             }
             plan.outcomes.push((at, outcome));
         }
-        if matches!(newest_outcome, Outcome::Applied | Outcome::AlreadyApplied) {
+        if matches!(
+            newest_outcome,
+            Outcome::Applied | Outcome::AlreadyApplied | Outcome::Retried
+        ) {
             accounted.push(newest);
         }
         plan.records.extend(record(env, &accounted, recorded_ts));
@@ -315,14 +348,14 @@ fn record(env: &Environment, accounted: &[&Checked], recorded_ts: Option<u64>) -
     })
 }
 
-/// The applied and superseded intents' ids, in batch order; a record
-/// delivered twice in one batch is listed once.
+/// The applied, retried and superseded intents' ids, in batch order; a
+/// record delivered twice in one batch is listed once.
 fn trailer_ids(items: &[(usize, &Checked)], outcomes: &[(usize, Outcome)]) -> Vec<String> {
     let by_index: HashMap<usize, &Checked> = items.iter().copied().collect();
     let mut seen = std::collections::HashSet::new();
     outcomes
         .iter()
-        .filter(|(_, o)| matches!(o, Outcome::Applied | Outcome::Superseded))
+        .filter(|(_, o)| o.is_listed())
         .filter_map(|(at, _)| by_index.get(at).map(|c| c.intent.intent_id.clone()))
         .filter(|id| seen.insert(id.clone()))
         .collect()
@@ -334,7 +367,7 @@ fn trace_ids(items: &[(usize, &Checked)], outcomes: &[(usize, Outcome)]) -> Vec<
     let mut seen = std::collections::HashSet::new();
     outcomes
         .iter()
-        .filter(|(_, o)| matches!(o, Outcome::Applied | Outcome::Superseded))
+        .filter(|(_, o)| o.is_listed())
         .filter_map(|(at, _)| by_index.get(at).and_then(|c| c.trace))
         .map(|t| t.trace_id_hex())
         .filter(|id| seen.insert(id.clone()))
@@ -408,16 +441,21 @@ fn apply(
         files.files[i].text = Ok(text);
         files.files[i].dirty = true;
     }
-    changes.push(Change {
-        service: service.to_owned(),
+    changes.push(change(env, c, old_image));
+    Outcome::Applied
+}
+
+/// The message's view of an intent.
+fn change(env: &Environment, c: &Checked, old_image: Option<String>) -> Change {
+    Change {
+        service: c.intent.service.clone(),
         environment: env.name.clone(),
         old_image,
         new_image: c.image.reference(),
         action: c.intent.action.as_str(),
         reason: c.intent.reason.clone(),
         intent_id: c.intent.intent_id.clone(),
-    });
-    Outcome::Applied
+    }
 }
 
 fn no_marker(files: &EnvFiles, env: &Environment, service: &str) -> String {
@@ -659,6 +697,78 @@ mod tests {
         );
         assert_eq!(plan.outcomes[0].1, Outcome::AlreadyApplied);
         assert!(plan.changes.is_empty() && plan.trailer_ids.is_empty());
+    }
+
+    /// A gate's retry of a failed sync of `image`.
+    fn retry(id: &str, image: &str) -> Delivery {
+        let mut d = delivery(id, "deploy", "api", image);
+        let mut value: serde_json::Value = serde_json::from_str(&d.value).unwrap();
+        value["reason"] = "retry 1 of 2 after failed sync".into();
+        value["reason_code"] = "retry".into();
+        d.value = value.to_string();
+        d
+    }
+
+    #[test]
+    fn a_retry_of_the_image_in_place_makes_an_empty_change_listed_in_the_trailers() {
+        let config = CommitConfig::parse("c.toml", CONFIG).unwrap();
+        let dir = repo();
+        let r = check(&retry("r", "api:v1"), &config).unwrap();
+        let plan = plan_branch(
+            dir.path(),
+            &config.environments,
+            &[(0, &r)],
+            &nothing_committed(),
+        );
+        assert_eq!(plan.outcomes, [(0, Outcome::Retried)]);
+        assert!(plan.commits() && plan.changes.is_empty(), "{plan:?}");
+        assert_eq!(plan.trailer_ids, ["r"]);
+        assert_eq!(plan.retries.len(), 1);
+        let (old, new) = (&plan.retries[0].old_image, &plan.retries[0].new_image);
+        assert_eq!((old.as_deref(), new.as_str()), (Some("api:v1"), "api:v1"));
+        assert!(
+            plan.files.iter().flat_map(|f| &f.files).all(|f| !f.dirty),
+            "no file is written"
+        );
+        // Redelivered after its commit: nothing again.
+        let plan = plan_branch(
+            dir.path(),
+            &config.environments,
+            &[(0, &r)],
+            &Committed(|id: &str| id == "r"),
+        );
+        assert_eq!(plan.outcomes, [(0, Outcome::AlreadyCommitted)]);
+        assert!(!plan.commits());
+    }
+
+    #[test]
+    fn a_retry_of_another_image_writes_it_and_a_later_intent_supersedes_a_retry() {
+        let config = CommitConfig::parse("c.toml", CONFIG).unwrap();
+        let dir = repo();
+        let r = check(&retry("r", "api:v2"), &config).unwrap();
+        let plan = plan_branch(
+            dir.path(),
+            &config.environments,
+            &[(0, &r)],
+            &nothing_committed(),
+        );
+        assert_eq!(plan.outcomes, [(0, Outcome::Applied)]);
+        assert_eq!(plan.changes.len(), 1);
+        assert!(plan.retries.is_empty());
+
+        let r = check(&retry("r", "api:v1"), &config).unwrap();
+        let back = check(&delivery("b", "rollback", "api", "api:v0"), &config).unwrap();
+        let plan = plan_branch(
+            dir.path(),
+            &config.environments,
+            &[(0, &r), (1, &back)],
+            &nothing_committed(),
+        );
+        let labels: Vec<_> = plan.outcomes.iter().map(|(_, o)| o.label()).collect();
+        assert_eq!(labels, ["superseded", "applied"]);
+        assert!(plan.retries.is_empty());
+        assert_eq!(plan.trailer_ids, ["r", "b"]);
+        assert_eq!(plan.superseded_by, HashMap::from([(0, 1)]));
     }
 
     /// A branch that records `api` in `prod` up to `newest`, and no ids.

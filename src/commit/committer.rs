@@ -1,8 +1,7 @@
 //! The committer loop: collect a batch within the window, plan it per
 //! branch, commit, push fast-forward only (fetch and rebuild on rejection),
-//! send dead letters, then acknowledge the source.
+//! send dead letters and reports, then acknowledge the source.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,14 +9,18 @@ use std::time::{Duration, Instant};
 
 use super::batch::{check, plan_branch, BranchPlan, Checked, Delivery, Outcome};
 use super::config::CommitConfig;
+pub use super::counters::Counters;
 use super::dead_letter::{DeadLetterError, DeadLetters};
 use super::git::{BranchClone, GitError, PushOutcome, Remote};
-use super::message::{commit_message, Templates};
+use super::index::CommitRef;
+use super::message::{commit_message, Contents, Templates};
 use super::metrics::CommitMetrics;
 use super::push::{Backoff, PushLimiter};
+use super::report::{branch_reports, ReportError, Reports};
 use super::source::{IntentSource, Next, SourceError};
+use super::spans::{BatchSpans, Label};
 use crate::record::TraceContext;
-use crate::telemetry::trace::{Kind as SpanKind, Span, Tracing};
+use crate::telemetry::trace::{Kind as SpanKind, Tracing};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -27,6 +30,8 @@ pub enum CommitError {
     Source(#[from] SourceError),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
+    #[error(transparent)]
+    Report(#[from] ReportError),
     #[error("work directory {path}: {cause}")]
     WorkDir { path: String, cause: std::io::Error },
     #[error("branch {branch} does not exist in {url}: create it first (the committer never creates branches)")]
@@ -40,63 +45,6 @@ pub enum CommitError {
         seconds: f64,
         last: String,
     },
-}
-
-/// What happened to the intents so far, by outcome, and to the pushes.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Counters {
-    pub received: u64,
-    pub applied: u64,
-    pub superseded: u64,
-    pub already_committed: u64,
-    pub already_applied: u64,
-    pub outdated: u64,
-    pub held: u64,
-    pub dead_letters: u64,
-    /// Dead letters by the kind of refusal (`no_marker`, `invalid_image`, ...).
-    pub refusals: BTreeMap<&'static str, u64>,
-    pub batches: u64,
-    pub commits: u64,
-    pub rejected_pushes: u64,
-    pub failed_pushes: u64,
-}
-
-impl Counters {
-    fn count(&mut self, outcome: &Outcome) {
-        match outcome {
-            Outcome::Applied => self.applied += 1,
-            Outcome::Superseded => self.superseded += 1,
-            Outcome::AlreadyCommitted => self.already_committed += 1,
-            Outcome::AlreadyApplied => self.already_applied += 1,
-            Outcome::Outdated => self.outdated += 1,
-            Outcome::Held => self.held += 1,
-            Outcome::DeadLetter(r) => {
-                self.dead_letters += 1;
-                *self.refusals.entry(r.kind.as_str()).or_default() += 1;
-            }
-        }
-    }
-
-    /// One line for humans.
-    pub fn render(&self) -> String {
-        format!(
-            "{} intents: {} applied, {} superseded, {} already committed, {} already applied, {} held, {} dead letters, {} outdated; {} batches, {} commits pushed, {} pushes rejected (remote moved), {} pushes failed",
-            self.received, self.applied, self.superseded, self.already_committed, self.already_applied,
-            self.held, self.dead_letters, self.outdated, self.batches, self.commits, self.rejected_pushes, self.failed_pushes
-        ) + &self.render_refusals()
-    }
-
-    fn render_refusals(&self) -> String {
-        if self.refusals.is_empty() {
-            return String::new();
-        }
-        let kinds: Vec<String> = self
-            .refusals
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        format!(" (dead letters: {})", kinds.join(", "))
-    }
 }
 
 /// How a run ends and what it reports.
@@ -119,6 +67,8 @@ pub struct Committer<'r> {
     tracing: Tracing,
     /// The span of the batch being applied, parent of its pushes.
     batch_span: Option<TraceContext>,
+    /// Where reports go; none unless configured.
+    reports: Option<Box<dyn Reports>>,
     /// Held for the committer's lifetime: one committer per work directory.
     _lock: File,
 }
@@ -152,6 +102,7 @@ impl<'r> Committer<'r> {
             metrics: None,
             tracing: Tracing::off(),
             batch_span: None,
+            reports: None,
             _lock: lock,
         })
     }
@@ -165,6 +116,12 @@ impl<'r> Committer<'r> {
     /// Continues the traces of the intents it commits from now on.
     pub fn with_tracing(mut self, tracing: Tracing) -> Self {
         self.tracing = tracing;
+        self
+    }
+
+    /// Reports what each push did to `reports` from now on.
+    pub fn with_reports(mut self, reports: Box<dyn Reports>) -> Self {
+        self.reports = Some(reports);
         self
     }
 
@@ -213,6 +170,11 @@ impl<'r> Committer<'r> {
             let (batch, ended) = self.collect(source, first, opts.stop)?;
             self.process(&batch, dead)?;
             dead.flush()?;
+            if let Some(reports) = &mut self.reports {
+                reports.flush()?;
+            }
+            // Test builds only: a kill here redelivers reported intents.
+            crate::fault::reached("commit.after-report");
             if let Err(e) = source.commit() {
                 // The intents come again; their trailers make that harmless.
                 tracing::warn!(error = %e, "offsets not committed");
@@ -247,7 +209,8 @@ impl<'r> Committer<'r> {
     }
 
     /// Applies one batch: every branch is pushed (or gives up with an error)
-    /// before any dead letter is sent.
+    /// before any dead letter is sent; each branch's reports are queued once
+    /// it is pushed.
     pub fn process(
         &mut self,
         batch: &[Delivery],
@@ -275,7 +238,8 @@ impl<'r> Committer<'r> {
             if items.is_empty() {
                 continue;
             }
-            let plan = self.process_branch(b, &items)?;
+            let (plan, pushed) = self.process_branch(b, &items)?;
+            self.send_reports(b, &items, &plan, pushed)?;
             for (i, o) in plan.outcomes {
                 outcomes[i] = Some(o);
             }
@@ -298,6 +262,28 @@ impl<'r> Committer<'r> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "batch done"
         );
+        Ok(())
+    }
+
+    /// Queues the reports of one branch's plan: what its pushed commit (if
+    /// any) lists, and the intents it found committed before.
+    fn send_reports(
+        &mut self,
+        b: usize,
+        items: &[(usize, &Checked)],
+        plan: &BranchPlan,
+        pushed: Option<(CommitRef, u64)>,
+    ) -> Result<(), CommitError> {
+        let Some(sink) = self.reports.as_mut() else {
+            return Ok(());
+        };
+        let clone = &self.clones[b];
+        let committed = |id: &str| clone.commit_of(id);
+        let pushed = pushed.as_ref().map(|(c, at)| (c, *at));
+        for report in branch_reports(items, plan, clone.branch(), pushed, &committed) {
+            sink.send(&report)?;
+            self.counters.reports += 1;
+        }
         Ok(())
     }
 
@@ -330,6 +316,9 @@ impl<'r> Committer<'r> {
             Outcome::Applied => {
                 tracing::debug!(origin = %d.origin, intent_id = %id, service = %service, environment = %env, "intent applied")
             }
+            Outcome::Retried => {
+                tracing::info!(origin = %d.origin, intent_id = %id, service = %service, environment = %env, "retry of a failed sync committed (no file changes)")
+            }
             _ => {
                 tracing::info!(origin = %d.origin, intent_id = %id, service = %service, environment = %env, outcome = outcome.label(), "intent skipped")
             }
@@ -339,11 +328,12 @@ impl<'r> Committer<'r> {
 
     /// Plans, commits and pushes one branch's intents, rebuilding on the
     /// new tip whenever the push is rejected, until pushed or out of time.
+    /// Returns the plan, and the commit pushed with when (ms), if any.
     fn process_branch(
         &mut self,
         b: usize,
         items: &[(usize, &Checked)],
-    ) -> Result<BranchPlan, CommitError> {
+    ) -> Result<(BranchPlan, Option<(CommitRef, u64)>), CommitError> {
         let started = Instant::now();
         let mut backoff = Backoff::new(&self.config.push);
         let mut attempts = 0u32;
@@ -356,15 +346,15 @@ impl<'r> Committer<'r> {
                 clone.recorded(),
             );
             if !plan.commits() {
-                return Ok(plan);
+                return Ok((plan, None));
             }
             attempts += 1;
             let (last, failed) = match self.commit_and_push(b, &mut plan) {
-                Ok(PushOutcome::Pushed) => {
+                Ok(Attempt::Pushed(commit)) => {
                     self.note_pushed(b, items, &plan);
-                    return Ok(plan);
+                    return Ok((plan, Some((commit, now_ms()))));
                 }
-                Ok(PushOutcome::Rejected(why)) => {
+                Ok(Attempt::Rejected(why)) => {
                     self.note_push("rejected");
                     self.counters.rejected_pushes += 1;
                     tracing::debug!(branch = self.clones[b].branch(), why = %why, "push rejected, rebuilding on the new tip");
@@ -431,11 +421,7 @@ impl<'r> Committer<'r> {
         }
     }
 
-    fn commit_and_push(
-        &mut self,
-        b: usize,
-        plan: &mut BranchPlan,
-    ) -> Result<PushOutcome, GitError> {
+    fn commit_and_push(&mut self, b: usize, plan: &mut BranchPlan) -> Result<Attempt, GitError> {
         let clone = &self.clones[b];
         let mut paths = Vec::new();
         for files in &mut plan.files {
@@ -452,16 +438,17 @@ impl<'r> Committer<'r> {
             subject: &self.config.batch.subject,
             multi_subject: &self.config.batch.multi_subject,
             line: &self.config.batch.line,
+            retry_subject: &self.config.batch.retry_subject,
         };
         let ids: Vec<&str> = plan.trailer_ids.iter().map(String::as_str).collect();
-        let message = commit_message(
-            &templates,
-            clone.branch(),
-            &plan.changes,
-            &ids,
-            &plan.trace_ids,
-            &plan.records,
-        );
+        let contents = Contents {
+            changes: &plan.changes,
+            retries: &plan.retries,
+            intent_ids: &ids,
+            trace_ids: &plan.trace_ids,
+            records: &plan.records,
+        };
+        let message = commit_message(&templates, clone.branch(), &contents);
         let started = Instant::now();
         clone.commit(&paths, &message)?;
         let commit_ms = started.elapsed().as_millis() as u64;
@@ -483,25 +470,43 @@ impl<'r> Committer<'r> {
             Err(e) => span.set_error(e.to_string()),
         }
         drop(span);
-        let outcome = outcome?;
         let push_ms = started.elapsed().as_millis() as u64;
-        if outcome == PushOutcome::Pushed {
-            self.clones[b].pushed(&ids, &plan.records)?;
-            self.counters.commits += 1;
-            tracing::info!(
-                branch = self.clones[b].branch(),
-                changes = plan.changes.len(),
-                intents = ids.len(),
-                rate_limited_ms = waited.as_millis() as u64,
-                commit_ms,
-                push_ms,
-                "pushed"
-            );
-            // Test builds only: a kill here leaves the push unacknowledged.
-            crate::fault::reached("commit.after-push");
+        if let PushOutcome::Rejected(why) = outcome? {
+            return Ok(Attempt::Rejected(why));
         }
-        Ok(outcome)
+        let commit = self.clones[b].pushed(&ids, &plan.records)?;
+        self.counters.commits += 1;
+        tracing::info!(
+            branch = self.clones[b].branch(),
+            commit = %commit.sha,
+            changes = plan.changes.len(),
+            retries = plan.retries.len(),
+            intents = ids.len(),
+            rate_limited_ms = waited.as_millis() as u64,
+            commit_ms,
+            push_ms,
+            "pushed"
+        );
+        // Test builds only: a kill here leaves the push unacknowledged and
+        // unreported.
+        crate::fault::reached("commit.after-push");
+        Ok(Attempt::Pushed(commit))
     }
+}
+
+/// What one commit-and-push attempt did.
+enum Attempt {
+    /// The commit is on the remote.
+    Pushed(CommitRef),
+    /// The remote branch moved: fetch, rebuild, try again.
+    Rejected(String),
+}
+
+/// Now, in ms since the epoch: when a push returned.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Opens a branch's clone, retrying an unreachable remote or refused
@@ -547,65 +552,6 @@ fn open_clone<'r>(
 fn is_missing_branch(e: &GitError) -> bool {
     matches!(e, GitError::Failed { message, .. }
         if message.contains("not found in upstream") || message.contains("couldn't find remote ref"))
-}
-
-/// The spans of one batch: the batch's own, linking every intent's trace,
-/// and one per traced intent in that intent's trace, so that each trace
-/// runs from the webhook to the commit.
-struct BatchSpans {
-    batch: Span,
-    intents: Vec<Option<Span>>,
-}
-
-impl BatchSpans {
-    fn start(tracing: &Tracing, batch: &[Delivery]) -> Self {
-        if !tracing.is_on() {
-            return BatchSpans {
-                batch: tracing.start("sluice.commit batch", SpanKind::Internal, None, &[]),
-                intents: Vec::new(),
-            };
-        }
-        let mut links: Vec<TraceContext> = batch.iter().filter_map(|d| d.trace).collect();
-        links.dedup();
-        let mut span = tracing.start("sluice.commit batch", SpanKind::Internal, None, &links);
-        span.set_attribute("sluice.intents", batch.len() as i64);
-        let me: Vec<TraceContext> = span.context().into_iter().collect();
-        let intents = batch
-            .iter()
-            .map(|d| {
-                let parent = d.trace?;
-                let mut s = tracing.start(
-                    "sluice.commit intent",
-                    SpanKind::Consumer,
-                    Some(&parent),
-                    &me,
-                );
-                s.set_attribute("sluice.origin", d.origin.clone());
-                Some(s)
-            })
-            .collect();
-        BatchSpans {
-            batch: span,
-            intents,
-        }
-    }
-
-    fn outcome(&mut self, i: usize, outcome: &Outcome) {
-        if let Some(Some(span)) = self.intents.get_mut(i) {
-            span.set_attribute("sluice.outcome", outcome.label());
-        }
-    }
-}
-
-/// The fields of an intent that logs name it by.
-#[derive(Default, serde::Deserialize)]
-struct Label {
-    #[serde(default)]
-    intent_id: String,
-    #[serde(default)]
-    service: String,
-    #[serde(default)]
-    environment: String,
 }
 
 /// Takes an exclusive lock on `work_dir/lock`, so that two committers never

@@ -129,9 +129,24 @@ impl DeadLetters for FileDeadLetters {
 }
 
 /// Counts records the broker did not take, so that `flush` can fail.
-#[derive(Default)]
-struct Deliveries {
+pub(super) struct Deliveries {
     failed: AtomicU64,
+    /// What the records are, for the log: `dead letter`, `report`.
+    what: &'static str,
+}
+
+impl Deliveries {
+    pub(super) fn new(what: &'static str) -> Deliveries {
+        Deliveries {
+            failed: AtomicU64::new(0),
+            what,
+        }
+    }
+
+    /// How many records failed since the last call.
+    pub(super) fn take_failed(&self) -> u64 {
+        self.failed.swap(0, Ordering::Relaxed)
+    }
 }
 
 impl ClientContext for Deliveries {}
@@ -141,7 +156,7 @@ impl ProducerContext for Deliveries {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = result {
-            tracing::warn!(error = %e, "dead letter not delivered");
+            tracing::warn!(error = %e, what = self.what, "record not delivered");
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -157,7 +172,7 @@ impl KafkaDeadLetters {
     pub fn new(mut config: ClientConfig, topic: &str) -> Result<KafkaDeadLetters, DeadLetterError> {
         let producer = config
             .set("enable.idempotence", "true")
-            .create_with_context(Deliveries::default())
+            .create_with_context(Deliveries::new("dead letter"))
             .map_err(|cause| DeadLetterError::Kafka {
                 topic: topic.to_owned(),
                 cause,
@@ -199,7 +214,7 @@ impl DeadLetters for KafkaDeadLetters {
         self.producer
             .flush(Duration::from_secs(30))
             .map_err(|cause| self.err(cause))?;
-        match self.producer.context().failed.swap(0, Ordering::Relaxed) {
+        match self.producer.context().take_failed() {
             0 => Ok(()),
             n => Err(DeadLetterError::Undelivered {
                 topic: self.topic.clone(),

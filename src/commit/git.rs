@@ -19,7 +19,7 @@ use regex::Regex;
 
 use super::batch::Recorded;
 use super::config::{Author, Credentials, RepositoryConfig, Signing, SigningFormat};
-use super::index::{log_format, now_secs, IndexLimits, Newest, TrailerIndex};
+use super::index::{log_format, now_secs, CommitRef, IndexLimits, Newest, TrailerIndex};
 use crate::topology::kafka::Secret;
 
 /// A git operation that failed. Messages are scrubbed of credentials.
@@ -359,6 +359,11 @@ impl<'r> BranchClone<'r> {
         self.index.len()
     }
 
+    /// The newest indexed commit whose trailers list `intent_id`.
+    pub fn commit_of(&self, intent_id: &str) -> Option<CommitRef> {
+        self.index.commit_of(intent_id)
+    }
+
     /// Fetches the branch, resets the work tree to it and reads the trailers
     /// of every commit not seen before.
     pub fn fetch(&mut self) -> Result<(), GitError> {
@@ -397,6 +402,17 @@ impl<'r> BranchClone<'r> {
         )?;
         self.run("clean", &["clean", "--quiet", "-d", "--force"])
             .map(drop)
+    }
+
+    /// HEAD with its committer time, as the index reads commits from the
+    /// log (`now` if git prints no time).
+    fn head_commit(&self, now: i64) -> Result<CommitRef, GitError> {
+        let out = self.run("log", &["log", "-1", "--format=%H %ct", "HEAD"])?;
+        let (sha, time) = out.trim().split_once(' ').unwrap_or((out.trim(), ""));
+        Ok(CommitRef {
+            sha: sha.into(),
+            time: time.parse().unwrap_or(now),
+        })
     }
 
     pub fn head(&self) -> Result<String, GitError> {
@@ -498,11 +514,13 @@ impl<'r> BranchClone<'r> {
     }
 
     /// After a successful push: the pushed commit's trailers are committed.
-    pub fn pushed(&mut self, ids: &[&str], records: &[Newest]) -> Result<(), GitError> {
+    /// Returns the commit.
+    pub fn pushed(&mut self, ids: &[&str], records: &[Newest]) -> Result<CommitRef, GitError> {
         let now = now_secs();
         let ids = ids.iter().map(|s| (*s).to_owned()).collect();
-        self.index.add_commit(now, ids, records, now);
-        self.indexed_tip = self.head()?;
+        let commit = self.head_commit(now)?;
+        self.index.add_commit(commit.clone(), ids, records, now);
+        self.indexed_tip = commit.sha.to_string();
         self.pushes_since_gc += 1;
         if self.pushes_since_gc >= GC_EVERY {
             self.pushes_since_gc = 0;
@@ -521,7 +539,7 @@ impl<'r> BranchClone<'r> {
                 tracing::warn!(branch = %self.branch, error = %e, "git gc failed");
             }
         }
-        Ok(())
+        Ok(commit)
     }
 }
 

@@ -14,8 +14,12 @@
 //! pushed later push the oldest out, so neither start-up time nor memory
 //! grows with the repository's age. The cost: an intent redelivered after
 //! its commit left the window is judged by the files alone.
+//!
+//! It also knows which commit lists an id ([`TrailerIndex::commit_of`]), so
+//! that a redelivered intent's report names the commit that holds it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::batch::Recorded;
@@ -70,11 +74,27 @@ impl Newest {
     }
 }
 
-/// One indexed commit: when it was made and the ids it lists.
-struct Entry {
+/// A commit that lists an intent id: its object name and committer time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRef {
+    /// The full hex object name.
+    pub sha: Arc<str>,
     /// Committer time, seconds since the epoch.
-    time: i64,
+    pub time: i64,
+}
+
+/// One indexed commit and the ids it lists.
+struct Entry {
+    commit: CommitRef,
     ids: Vec<String>,
+}
+
+/// How often an id is listed in the indexed commits, and the newest of them.
+struct Listed {
+    count: u32,
+    /// Eviction drops the oldest commits first, so the newest listing stays
+    /// while any does.
+    newest: CommitRef,
 }
 
 /// The bounded trailer index of one branch.
@@ -82,18 +102,18 @@ pub struct TrailerIndex {
     limits: IndexLimits,
     /// Oldest first.
     commits: VecDeque<Entry>,
-    /// Id -> how many indexed commits list it.
-    ids: HashMap<String, u32>,
+    /// Id -> the indexed commits that list it.
+    ids: HashMap<String, Listed>,
     /// (environment, service) -> newest recorded intent time. Kept for the
     /// whole run: it has one entry per service that was ever applied.
     newest: HashMap<(String, String), u64>,
 }
 
 /// The `git log` format [`TrailerIndex::add_log`] reads: per commit, a record
-/// separator, the committer time, then the two trailer lists.
+/// separator, the object name, the committer time, then the two trailer lists.
 pub fn log_format() -> String {
     format!(
-        "--format=%x1e%ct%x00%(trailers:key={TRAILER},valueonly,separator=%x1f)%x00%(trailers:key={NEWEST_TRAILER},valueonly,separator=%x1f)"
+        "--format=%x1e%H%x00%ct%x00%(trailers:key={TRAILER},valueonly,separator=%x1f)%x00%(trailers:key={NEWEST_TRAILER},valueonly,separator=%x1f)"
     )
 }
 
@@ -122,6 +142,11 @@ impl TrailerIndex {
         self.ids.contains_key(id)
     }
 
+    /// The newest indexed commit that lists `id`.
+    pub fn commit_of(&self, id: &str) -> Option<CommitRef> {
+        self.ids.get(id).map(|l| l.newest.clone())
+    }
+
     /// The newest intent time recorded for `service` in `environment`.
     pub fn newest(&self, environment: &str, service: &str) -> Option<u64> {
         self.newest
@@ -142,7 +167,8 @@ impl TrailerIndex {
     pub fn add_log(&mut self, log: &str, now: i64) {
         let commits: Vec<&str> = log.split('\x1e').filter(|c| !c.is_empty()).collect();
         for commit in commits.into_iter().rev() {
-            let mut fields = commit.splitn(3, '\0');
+            let mut fields = commit.splitn(4, '\0');
+            let sha = fields.next().unwrap_or("").trim();
             let time = fields
                 .next()
                 .and_then(|t| t.trim().parse().ok())
@@ -152,12 +178,22 @@ impl TrailerIndex {
                 .iter()
                 .filter_map(|v| Newest::parse(v))
                 .collect();
-            self.add_commit(time, ids, &records, now);
+            let commit = CommitRef {
+                sha: sha.into(),
+                time,
+            };
+            self.add_commit(commit, ids, &records, now);
         }
     }
 
     /// Adds one commit (oldest first), then drops what fell out of the window.
-    pub fn add_commit(&mut self, time: i64, ids: Vec<String>, records: &[Newest], now: i64) {
+    pub fn add_commit(
+        &mut self,
+        commit: CommitRef,
+        ids: Vec<String>,
+        records: &[Newest],
+        now: i64,
+    ) {
         for r in records {
             let slot = self
                 .newest
@@ -166,25 +202,34 @@ impl TrailerIndex {
             *slot = (*slot).max(r.ts);
         }
         for id in &ids {
-            *self.ids.entry(id.clone()).or_default() += 1;
+            self.ids
+                .entry(id.clone())
+                .and_modify(|l| {
+                    l.count += 1;
+                    l.newest = commit.clone();
+                })
+                .or_insert_with(|| Listed {
+                    count: 1,
+                    newest: commit.clone(),
+                });
         }
-        self.commits.push_back(Entry { time, ids });
+        self.commits.push_back(Entry { commit, ids });
         self.evict(now);
     }
 
     fn evict(&mut self, now: i64) {
         let oldest_kept = now.saturating_sub(self.limits.max_age.as_secs() as i64);
         while let Some(front) = self.commits.front() {
-            if self.commits.len() <= self.limits.max_commits && front.time >= oldest_kept {
+            if self.commits.len() <= self.limits.max_commits && front.commit.time >= oldest_kept {
                 break;
             }
             let Some(entry) = self.commits.pop_front() else {
                 break;
             };
             for id in entry.ids {
-                if let Some(n) = self.ids.get_mut(&id) {
-                    *n -= 1;
-                    if *n == 0 {
+                if let Some(l) = self.ids.get_mut(&id) {
+                    l.count -= 1;
+                    if l.count == 0 {
                         self.ids.remove(&id);
                     }
                 }
@@ -240,12 +285,19 @@ mod tests {
         assert_eq!(Newest::parse("prod svc soon"), None);
     }
 
+    fn commit(sha: &str, time: i64) -> CommitRef {
+        CommitRef {
+            sha: sha.into(),
+            time,
+        }
+    }
+
     #[test]
     fn the_log_is_read_newest_first_and_the_maximum_time_wins() {
         let mut index = TrailerIndex::new(IndexLimits::default());
         let now = 1_000_000;
         let log = format!(
-            "\x1e{}\0b\x1fc\0prod api 20\n\x1e{}\0a\0prod api 30\x1fprod web 5\n",
+            "\x1ec2\0{}\0b\x1fc\0prod api 20\n\x1ec1\0{}\0a\x1fb\0prod api 30\x1fprod web 5\n",
             now - 10,
             now - 20
         );
@@ -254,6 +306,30 @@ mod tests {
         assert_eq!(index.newest("prod", "api"), Some(30));
         assert_eq!(index.newest("prod", "web"), Some(5));
         assert_eq!(index.newest("dev", "api"), None);
+        assert_eq!(index.commit_of("a"), Some(commit("c1", now - 20)));
+        assert_eq!(
+            index.commit_of("b"),
+            Some(commit("c2", now - 10)),
+            "listed twice: the newest commit"
+        );
+        assert_eq!(index.commit_of("nope"), None);
+    }
+
+    #[test]
+    fn an_id_listed_twice_keeps_its_newest_commit_when_the_oldest_leaves() {
+        let limits = IndexLimits {
+            max_commits: 2,
+            max_age: Duration::from_secs(100),
+        };
+        let mut index = TrailerIndex::new(limits);
+        let now = 1_000;
+        index.add_commit(commit("c1", now), vec!["a".into()], &[], now);
+        index.add_commit(commit("c2", now), vec!["a".into(), "b".into()], &[], now);
+        index.add_commit(commit("c3", now), vec!["c".into()], &[], now);
+        assert_eq!(index.commit_of("a"), Some(commit("c2", now)), "c1 left");
+        assert_eq!(index.commit_of("b"), Some(commit("c2", now)));
+        index.add_commit(commit("c4", now), vec![], &[], now);
+        assert_eq!(index.commit_of("a"), None, "c2 left too");
     }
 
     #[test]
@@ -266,7 +342,7 @@ mod tests {
         let now = 1_000;
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             index.add_commit(
-                now,
+                commit(id, now),
                 vec![(*id).into()],
                 &[newest("prod", id, i as u64)],
                 now,
@@ -275,7 +351,7 @@ mod tests {
         assert!(!index.is_committed("a"), "the oldest of three left");
         assert!(index.is_committed("b") && index.is_committed("c"));
         assert_eq!(index.newest("prod", "a"), Some(0), "newest times stay");
-        index.add_commit(now + 150, vec!["d".into()], &[], now + 150);
+        index.add_commit(commit("d", now + 150), vec!["d".into()], &[], now + 150);
         assert!(
             !index.is_committed("b") && !index.is_committed("c"),
             "too old"

@@ -1,6 +1,7 @@
-//! Commit messages: a subject from a template, one line per change, a
-//! `Sluice-Intent:` trailer for every intent the commit accounts for, and a
-//! `Sluice-Newest:` trailer per service and environment (see [`super::index`]).
+//! Commit messages: a subject from a template, one line per change (and per
+//! retry), a `Sluice-Intent:` trailer for every intent the commit accounts
+//! for, and a `Sluice-Newest:` trailer per service and environment (see
+//! [`super::index`]).
 
 use std::fmt::Write as _;
 
@@ -126,23 +127,44 @@ pub struct Templates<'a> {
     pub subject: &'a Template,
     pub multi_subject: &'a Template,
     pub line: &'a Template,
+    /// The subject of a commit that only retries one failed sync.
+    pub retry_subject: &'a Template,
 }
 
-/// Builds a commit message: subject, a line per change, then the trailers.
-/// `intent_ids` holds every intent the commit accounts for, including the
-/// ones superseded by a newer intent for the same service and environment;
-/// `records` the newest intent times the branch does not record yet. With
-/// no change, the commit only records (a fixed subject says so).
-pub fn commit_message(
-    templates: &Templates<'_>,
-    branch: &str,
-    changes: &[Change],
-    intent_ids: &[&str],
-    trace_ids: &[String],
-    records: &[Newest],
-) -> String {
-    let count = changes.len().to_string();
-    let mut environments: Vec<&str> = changes.iter().map(|c| c.environment.as_str()).collect();
+/// What one commit holds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Contents<'a> {
+    /// The image changes, one per service and environment.
+    pub changes: &'a [Change],
+    /// Retries of failed syncs whose image the files already hold: each
+    /// gets a line, but changes no file.
+    pub retries: &'a [Change],
+    /// Every intent the commit accounts for, including the ones superseded
+    /// by a newer intent for the same service and environment.
+    pub intent_ids: &'a [&'a str],
+    /// The traces of those intents.
+    pub trace_ids: &'a [String],
+    /// The newest intent times the branch does not record yet.
+    pub records: &'a [Newest],
+}
+
+/// Builds a commit message: subject, a line per change and per retry, then
+/// the trailers. With neither, the commit only records (a fixed subject
+/// says so).
+pub fn commit_message(templates: &Templates<'_>, branch: &str, contents: &Contents<'_>) -> String {
+    let Contents {
+        changes,
+        retries,
+        intent_ids,
+        trace_ids,
+        records,
+    } = *contents;
+    let count = (changes.len() + retries.len()).to_string();
+    let mut environments: Vec<&str> = changes
+        .iter()
+        .chain(retries)
+        .map(|c| c.environment.as_str())
+        .collect();
     environments.sort_unstable();
     environments.dedup();
     let environments = environments.join(",");
@@ -159,12 +181,13 @@ pub fn commit_message(
             _ => count.clone(),
         }
     };
-    let mut msg = match changes {
-        [] => format!(
+    let mut msg = match (changes, retries) {
+        ([], []) => format!(
             "Record {} intents on {branch}: the files already hold their images",
             intent_ids.len().max(records.len())
         ),
-        [one] => templates.subject.render(|v| change_value(one, v)),
+        ([one], []) => templates.subject.render(|v| change_value(one, v)),
+        ([], [one]) => templates.retry_subject.render(|v| change_value(one, v)),
         _ => templates.multi_subject.render(|v| match v {
             "branch" => branch.into(),
             "environment" => environments.clone(),
@@ -172,10 +195,12 @@ pub fn commit_message(
         }),
     };
     msg.push_str("\n\n");
-    if changes.is_empty() {
-        msg.push_str("No image changes: these trailers only record what was already in place,\nso that an older intent can never be applied after a newer one.\n");
+    match (changes, retries) {
+        ([], []) => msg.push_str("No image changes: these trailers only record what was already in place,\nso that an older intent can never be applied after a newer one.\n"),
+        ([], _) => msg.push_str("No file changes: a new revision, so that Argo CD or Flux syncs again\nafter a failed sync.\n"),
+        _ => {}
     }
-    for c in changes {
+    for c in changes.iter().chain(retries) {
         msg.push_str(&templates.line.render(|v| change_value(c, v)));
         msg.push('\n');
     }
@@ -217,7 +242,7 @@ mod tests {
         }
     }
 
-    fn templates() -> (Template, Template, Template) {
+    fn templates() -> (Template, Template, Template, Template) {
         (
             Template::parse(
                 "{action} {service} to {new_image} ({environment})",
@@ -234,7 +259,21 @@ mod tests {
                 Template::CHANGE,
             )
             .unwrap(),
+            Template::parse(
+                "{reason}: {action} {service} ({environment}) {new_image}",
+                Template::CHANGE,
+            )
+            .unwrap(),
         )
+    }
+
+    fn with<'a>((s, m, l, r): &'a (Template, Template, Template, Template)) -> Templates<'a> {
+        Templates {
+            subject: s,
+            multi_subject: m,
+            line: l,
+            retry_subject: r,
+        }
     }
 
     proptest::proptest! {
@@ -263,20 +302,14 @@ mod tests {
 
     #[test]
     fn one_change_uses_the_subject_and_lists_every_intent_as_a_trailer() {
-        let (s, m, l) = templates();
-        let t = Templates {
-            subject: &s,
-            multi_subject: &m,
-            line: &l,
+        let all = templates();
+        let t = with(&all);
+        let contents = Contents {
+            changes: &[change("api", "new image")],
+            intent_ids: &["i0", "i1"],
+            ..Contents::default()
         };
-        let msg = commit_message(
-            &t,
-            "main",
-            &[change("api", "new image")],
-            &["i0", "i1"],
-            &[],
-            &[],
-        );
+        let msg = commit_message(&t, "main", &contents);
         assert_eq!(
             msg,
             "deploy api to api:v2 (prod)\n\n- api: api:v1 -> api:v2, new image\n\nSluice-Intent: i0\nSluice-Intent: i1\n"
@@ -285,23 +318,18 @@ mod tests {
 
     #[test]
     fn intent_text_cannot_forge_lines_or_trailers() {
-        let (s, m, l) = templates();
-        let t = Templates {
-            subject: &s,
-            multi_subject: &m,
-            line: &l,
+        let all = templates();
+        let t = with(&all);
+        let changes = [
+            change("api", "x\n\nSluice-Intent: forged"),
+            change("web", "y"),
+        ];
+        let contents = Contents {
+            changes: &changes,
+            intent_ids: &["i1"],
+            ..Contents::default()
         };
-        let msg = commit_message(
-            &t,
-            "main",
-            &[
-                change("api", "x\n\nSluice-Intent: forged"),
-                change("web", "y"),
-            ],
-            &["i1"],
-            &[],
-            &[],
-        );
+        let msg = commit_message(&t, "main", &contents);
         assert!(msg.starts_with("2 images on main: prod\n"), "{msg}");
         assert_eq!(
             msg.lines()
@@ -317,29 +345,63 @@ mod tests {
 
     #[test]
     fn newest_times_follow_the_intent_trailers_and_a_record_only_commit_says_so() {
-        let (s, m, l) = templates();
-        let t = Templates {
-            subject: &s,
-            multi_subject: &m,
-            line: &l,
-        };
+        let all = templates();
+        let t = with(&all);
         let newest = Newest {
             environment: "prod".into(),
             service: "api".into(),
             ts: 20,
         };
         let traces = ["4bf92f3577b34da6a3ce929d0e0e4736".to_owned()];
-        let msg = commit_message(
-            &t,
-            "main",
-            &[],
-            &["a"],
-            &traces,
-            std::slice::from_ref(&newest),
-        );
+        let contents = Contents {
+            intent_ids: &["a"],
+            trace_ids: &traces,
+            records: std::slice::from_ref(&newest),
+            ..Contents::default()
+        };
+        let msg = commit_message(&t, "main", &contents);
         assert!(msg.starts_with("Record 1 intents on main: "), "{msg}");
         assert!(
             msg.ends_with("\n\nSluice-Intent: a\nSluice-Trace: 4bf92f3577b34da6a3ce929d0e0e4736\nSluice-Newest: prod api 20\n"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_retry_alone_has_its_own_subject_and_a_line_and_with_changes_it_counts_as_one() {
+        let all = templates();
+        let t = with(&all);
+        let mut retry = change("api", "retry 1 of 3 after failed sync");
+        retry.old_image = Some("api:v2".into());
+        let contents = Contents {
+            retries: std::slice::from_ref(&retry),
+            intent_ids: &["r1"],
+            ..Contents::default()
+        };
+        let msg = commit_message(&t, "main", &contents);
+        assert_eq!(
+            msg,
+            "retry 1 of 3 after failed sync: deploy api (prod) api:v2\n\n\
+             No file changes: a new revision, so that Argo CD or Flux syncs again\n\
+             after a failed sync.\n\
+             - api: api:v2 -> api:v2, retry 1 of 3 after failed sync\n\n\
+             Sluice-Intent: r1\n"
+        );
+        let mut web = change("web", "new image");
+        web.environment = "dev".into();
+        let contents = Contents {
+            changes: std::slice::from_ref(&web),
+            retries: std::slice::from_ref(&retry),
+            intent_ids: &["w1", "r1"],
+            ..Contents::default()
+        };
+        let msg = commit_message(&t, "main", &contents);
+        assert!(
+            msg.starts_with("2 images on main: dev,prod\n\n- web: "),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("\n- api: api:v2 -> api:v2, retry 1 of 3 after failed sync\n"),
             "{msg}"
         );
     }

@@ -17,6 +17,7 @@ const OUTCOMES: &[&str] = &[
     "superseded",
     "already_committed",
     "already_applied",
+    "retried",
     "outdated",
     "held",
     "dead_letter",

@@ -12,12 +12,15 @@
 //! - [`push`]: the per-repository push rate limit and the retry backoff.
 //! - [`committer`]: the loop that ties them together.
 //! - [`dead_letter`]: refused intents, with their reason.
+//! - [`report`]: what each push did, one record per intent, for lining up
+//!   intents, commits and deployment statuses.
 //! - [`metrics`]: outcomes, commits, pushes and latencies for Prometheus.
 
 pub mod batch;
 pub mod bench;
 pub mod committer;
 pub mod config;
+mod counters;
 pub mod dead_letter;
 pub mod edit;
 pub mod files;
@@ -27,5 +30,7 @@ pub mod intent;
 pub mod message;
 pub mod metrics;
 pub mod push;
+pub mod report;
 pub mod source;
+mod spans;
 pub mod url;

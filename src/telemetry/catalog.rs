@@ -259,7 +259,7 @@ pub const DEAD_LETTERS: Def = counter(
 
 pub const COMMITTER_INTENTS: Def = counter(
     "sluice_committer_intents",
-    "Intents the committer handled, by outcome (applied, superseded, already_committed, already_applied, outdated, held, dead_letter).",
+    "Intents the committer handled, by outcome (applied, superseded, already_committed, already_applied, retried, outdated, held, dead_letter).",
     &["outcome"],
 );
 pub const COMMITTER_REFUSALS: Def = counter(

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use toml_span::value::Value;
 
-use super::{BatchConfig, DEFAULT_LINE, DEFAULT_MULTI_SUBJECT, DEFAULT_SUBJECT};
+use super::{
+    BatchConfig, DEFAULT_LINE, DEFAULT_MULTI_SUBJECT, DEFAULT_RETRY_SUBJECT, DEFAULT_SUBJECT,
+};
 use crate::commit::message::Template;
 use crate::topology::reader::TableReader;
 
@@ -17,6 +19,7 @@ pub(super) fn default_batch() -> Option<BatchConfig> {
         subject: Template::parse(DEFAULT_SUBJECT, Template::CHANGE).ok()?,
         multi_subject: Template::parse(DEFAULT_MULTI_SUBJECT, Template::COMMIT).ok()?,
         line: Template::parse(DEFAULT_LINE, Template::CHANGE).ok()?,
+        retry_subject: Template::parse(DEFAULT_RETRY_SUBJECT, Template::CHANGE).ok()?,
     })
 }
 
@@ -34,12 +37,14 @@ pub(super) fn read_batch(t: &mut TableReader<'_, '_, '_>) -> Option<BatchConfig>
     let subject = template(t, "subject", Template::CHANGE, defaults.subject);
     let multi_subject = template(t, "multi_subject", Template::COMMIT, defaults.multi_subject);
     let line = template(t, "line", Template::CHANGE, defaults.line);
+    let retry_subject = template(t, "retry_subject", Template::CHANGE, defaults.retry_subject);
     Some(BatchConfig {
         window: window?,
         max_intents: max_intents?,
         subject: subject?,
         multi_subject: multi_subject?,
         line: line?,
+        retry_subject: retry_subject?,
     })
 }
 

@@ -22,6 +22,7 @@
 //!
 //! [batch]
 //! window = "2s"
+//! retry_subject = "{reason}: {action} {service} ({environment}) {new_image}"
 //!
 //! [push]
 //! per_second = 5
@@ -34,6 +35,7 @@
 //! brokers = "kafka-1:9092"
 //! topic = "deploy-intents"
 //! group = "sluice-committer"
+//! report_topic = "deploy-reports"            # optional: what each push did
 //!
 //! [[environments]]
 //! name = "prod"
@@ -155,8 +157,13 @@ pub struct BatchConfig {
     /// `multi_subject`: the subject when a commit changes several services
     /// (only {branch} {count} and {environment}, the environments joined by `,`).
     pub multi_subject: Template,
-    /// `line`: one body line per change, same placeholders as `subject`.
+    /// `line`: one body line per change (and per retry), same placeholders
+    /// as `subject`.
     pub line: Template,
+    /// `retry_subject`: the subject of a commit that only retries one failed
+    /// sync (an empty commit, see the README's committer section), same
+    /// placeholders as `subject`.
+    pub retry_subject: Template,
 }
 
 /// `[push]`: pushing and retrying.
@@ -185,6 +192,11 @@ pub struct SourceConfig {
     pub group: String,
     /// `dead_letter_topic`: default `<group>.dead-letter`.
     pub dead_letter_topic: String,
+    /// `report_topic`: where a record per intent a pushed commit accounts
+    /// for goes (see [`crate::commit::report`]); none when absent. Not the
+    /// intents or dead-letter topic. With `--input`, `--report FILE` takes
+    /// the records instead, and this names their topic there.
+    pub report_topic: Option<String>,
     /// `format`: `json` (default) or `protobuf` (`sluice.v1.DeploymentIntent`).
     pub format: Format,
     /// `[kafka.properties]` and `[kafka.secrets]`, as in topologies.
@@ -216,6 +228,7 @@ pub const DEFAULT_SUBJECT: &str = "{action} {service} to {new_image} in {environ
 pub const DEFAULT_MULTI_SUBJECT: &str = "Update {count} images on {branch} ({environment})";
 pub const DEFAULT_LINE: &str =
     "- {action} {service} in {environment}: {old_image} -> {new_image} ({reason})";
+pub const DEFAULT_RETRY_SUBJECT: &str = "{reason}: {action} {service} ({environment}) {new_image}";
 
 impl CommitConfig {
     pub fn load(path: &Path) -> Result<CommitConfig, CommitConfigError> {

@@ -121,7 +121,7 @@ fn environments_own_distinct_directories() {
     );
 }
 
-const FULL: &str = "work_dir = \"/w\"\ndead_letter_file = \"d.jsonl\"\n[repository]\nurl = \"ssh://git@git.example.com/d.git\"\nssh_key_file = \"/k\"\n[author]\nname = \"S\"\nemail = \"s@example.com\"\n[signing]\nformat = \"ssh\"\nkey = \"/s\"\n[batch]\nwindow = \"2s\"\nmax_intents = 5\nsubject = \"{service}\"\nmulti_subject = \"{count}\"\nline = \"{reason}\"\n[push]\nper_second = 3\nmin_backoff = \"10ms\"\nmax_backoff = \"1s\"\ngive_up_after = \"1m\"\n[index]\nmax_commits = 9\nmax_age = \"1d\"\n[kafka]\nbrokers = \"b:9092\"\ntopic = \"t\"\ngroup = \"g\"\ndead_letter_topic = \"dl\"\nformat = \"protobuf\"\n[kafka.properties]\n\"client.id\" = \"c\"\n[kafka.secrets]\n\"sasl.password\" = { env = \"P\" }\n[[environments]]\nname = \"prod\"\nbranch = \"main\"\ndirectory = \"envs/prod\"\n";
+const FULL: &str = "work_dir = \"/w\"\ndead_letter_file = \"d.jsonl\"\n[repository]\nurl = \"ssh://git@git.example.com/d.git\"\nssh_key_file = \"/k\"\n[author]\nname = \"S\"\nemail = \"s@example.com\"\n[signing]\nformat = \"ssh\"\nkey = \"/s\"\n[batch]\nwindow = \"2s\"\nmax_intents = 5\nsubject = \"{service}\"\nmulti_subject = \"{count}\"\nline = \"{reason}\"\nretry_subject = \"retry {service}\"\n[push]\nper_second = 3\nmin_backoff = \"10ms\"\nmax_backoff = \"1s\"\ngive_up_after = \"1m\"\n[index]\nmax_commits = 9\nmax_age = \"1d\"\n[kafka]\nbrokers = \"b:9092\"\ntopic = \"t\"\ngroup = \"g\"\ndead_letter_topic = \"dl\"\nreport_topic = \"rep\"\nformat = \"protobuf\"\n[kafka.properties]\n\"client.id\" = \"c\"\n[kafka.secrets]\n\"sasl.password\" = { env = \"P\" }\n[[environments]]\nname = \"prod\"\nbranch = \"main\"\ndirectory = \"envs/prod\"\n";
 
 #[test]
 fn every_key_is_read_and_no_mutation_panics() {
@@ -129,6 +129,11 @@ fn every_key_is_read_and_no_mutation_panics() {
     assert_eq!(c.kafka.format, Format::Protobuf);
     assert_eq!(c.push.give_up_after, Duration::from_secs(60));
     assert!(c.signing.is_some() && c.work_dir.is_some() && c.dead_letter_file.is_some());
+    assert_eq!(c.kafka.report_topic.as_deref(), Some("rep"));
+    assert_eq!(
+        c.batch.retry_subject.render(|v| format!("<{v}>")),
+        "retry <service>"
+    );
     let lines: Vec<&str> = FULL.lines().collect();
     for i in 0..lines.len() {
         let mut without = lines.clone();
@@ -152,4 +157,45 @@ fn templates_are_checked() {
     assert!(errors(&src).contains("unknown placeholder {servce}"));
     let src = format!("{MINIMAL}[batch]\nwindow = \"0s\"\nmax_intents = 0\n");
     assert!(errors(&src).contains("must be at least 1"));
+}
+
+#[test]
+fn a_report_topic_is_optional_and_must_be_a_topic_of_its_own() {
+    let c = CommitConfig::parse("c.toml", MINIMAL).unwrap();
+    assert_eq!(c.kafka.report_topic, None, "no reports unless asked");
+    let kafka = |body: &str| format!("{MINIMAL}[kafka]\n{body}");
+    let c = CommitConfig::parse("c.toml", &kafka("report_topic = \"deploy-reports\"\n")).unwrap();
+    assert_eq!(c.kafka.report_topic.as_deref(), Some("deploy-reports"));
+    let text = errors(&kafka("topic = \"intents\"\nreport_topic = \"intents\"\n"));
+    assert!(
+        text.contains("c.toml:12:17: `kafka.report_topic`: `intents` is the intents topic (`topic`): reports need a topic of their own"),
+        "{text}"
+    );
+    let text = errors(&kafka("report_topic = \"sluice-committer.dead-letter\"\n"));
+    assert!(
+        text.contains("c.toml:11:17: `kafka.report_topic`: `sluice-committer.dead-letter` is the dead-letter topic"),
+        "{text}"
+    );
+    let text = errors(&kafka("report_topic = \" \"\n"));
+    assert!(
+        text.contains("c.toml:11:17: `kafka.report_topic`: must not be empty"),
+        "{text}"
+    );
+    let text = errors(&kafka("report_topic = 3\n"));
+    assert!(text.contains("`kafka.report_topic`"), "{text}");
+}
+
+#[test]
+fn the_retry_subject_defaults_and_is_checked_like_the_other_templates() {
+    let c = CommitConfig::parse("c.toml", MINIMAL).unwrap();
+    assert_eq!(
+        c.batch.retry_subject.render(|v| format!("<{v}>")),
+        "<reason>: <action> <service> (<environment>) <new_image>"
+    );
+    let src = format!("{MINIMAL}[batch]\nretry_subject = \"{{count}} {{nope}}\"\n");
+    let text = errors(&src);
+    assert!(
+        text.contains("c.toml:11:18: `batch.retry_subject`: unknown placeholder {nope}"),
+        "{text}"
+    );
 }

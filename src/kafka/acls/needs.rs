@@ -117,7 +117,7 @@ fn internal_topic_acls(app_id: &str, plan: &Plan) -> Vec<Acl> {
 pub fn for_commit(config: &CommitConfig, principal: &str) -> Result<AclSet, AclsError> {
     check_principal(principal)?;
     let k = &config.kafka;
-    let acls = vec![
+    let mut acls = vec![
         Acl::topic(
             &k.topic,
             Operation::Read,
@@ -136,6 +136,13 @@ pub fn for_commit(config: &CommitConfig, principal: &str) -> Result<AclSet, Acls
             "dead letters: produce (the topic must exist)".into(),
         ),
     ];
+    if let Some(topic) = &k.report_topic {
+        acls.push(Acl::topic(
+            topic,
+            Operation::Write,
+            "reports: produce (the topic must exist)".into(),
+        ));
+    }
     Ok(AclSet {
         principal: principal.to_owned(),
         acls,
@@ -248,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn the_committer_reads_its_topic_and_group_and_writes_its_dead_letters() {
+    fn the_committer_reads_its_topic_and_group_and_writes_its_dead_letters_and_reports() {
         let config = CommitConfig::parse(
             "c.toml",
             "[repository]\nurl = \"file:///srv/deploy.git\"\n[author]\nname = \"S\"\nemail = \"s@example.com\"\n\
@@ -264,6 +271,19 @@ mod tests {
                 "Group Literal g Read",
                 "Topic Literal g.dead-letter Write"
             ]
+        );
+        let with_reports = CommitConfig::parse(
+            "c.toml",
+            "[repository]\nurl = \"file:///srv/deploy.git\"\n[author]\nname = \"S\"\nemail = \"s@example.com\"\n\
+             [kafka]\ntopic = \"t\"\ngroup = \"g\"\nreport_topic = \"r\"\n\
+             [[environments]]\nname = \"prod\"\nbranch = \"main\"\ndirectory = \"envs/prod\"\n",
+        )
+        .unwrap();
+        let set = for_commit(&with_reports, "User:committer").unwrap();
+        assert_eq!(
+            entries(&set)[3..],
+            ["Topic Literal r Write"],
+            "the report topic, when there is one"
         );
     }
 
