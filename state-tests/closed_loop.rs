@@ -67,7 +67,14 @@ fn setup() -> Loop {
         format!("{app}-control"),
         format!("{app}-intents"),
     );
-    create_topics(&[(&images, 2), (&flux, 2), (&control, 2), (&intents, 2)]);
+    let reports = format!("{intents}.reports");
+    create_topics(&[
+        (&images, 2),
+        (&flux, 2),
+        (&control, 2),
+        (&intents, 2),
+        (&reports, 1),
+    ]);
     let bare = repo(d);
     let port = free_port();
     std::fs::write(
@@ -109,7 +116,7 @@ fn setup() -> Loop {
         format!(
             "[repository]\nurl = \"file://{}\"\n\n[author]\nname = \"Sluice\"\nemail = \"sluice@example.com\"\n\n\
              [batch]\nwindow = \"200ms\"\n\n\
-             [kafka]\ntopic = \"{intents}\"\ngroup = \"{app}-committer\"\ndead_letter_topic = \"{intents}.dead\"\n\n{envs}",
+             [kafka]\ntopic = \"{intents}\"\ngroup = \"{app}-committer\"\ndead_letter_topic = \"{intents}.dead\"\nreport_topic = \"{intents}.reports\"\n\n{envs}",
             bare.display()
         ),
     )
@@ -434,6 +441,38 @@ fn statuses_and_commands_close_the_loop_across_two_instances() {
         Duration::from_secs(60),
         || deployed(&l, "worker", "prod") == image("worker", "v2"),
     );
+
+    // The committer reported each api/dev intent with the commit that holds it.
+    let reports: Vec<serde_json::Value> = read_topic(
+        &brokers,
+        &format!("{}.reports", l.intents),
+        "read_committed",
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+        |_| false,
+    )
+    .iter()
+    .filter_map(|r| serde_json::from_slice(&r.value).ok())
+    .collect();
+    let api: Vec<&serde_json::Value> = reports
+        .iter()
+        .filter(|r| r["service"] == "api" && r["environment"] == "dev")
+        .collect();
+    let outcomes: Vec<&str> = api.iter().filter_map(|r| r["outcome"].as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["applied", "applied", "retried", "retried", "applied"],
+        "{api:?}\n{}",
+        logs(&l)
+    );
+    for r in &api {
+        let commit = r["commit"].as_str().unwrap();
+        git(
+            &l.bare,
+            &["cat-file", "-e", &format!("{commit}^{{commit}}")],
+        );
+        assert_eq!(r["branch"], "main");
+    }
 
     for child in [&mut ingest, &mut a, &mut b, &mut commit] {
         assert!(terminate(child).success(), "{}", logs(&l));

@@ -147,6 +147,8 @@ pub enum ReportError {
     },
     #[error("report topic {topic}: {count} reports were not delivered")]
     Undelivered { topic: String, count: u64 },
+    #[error("report topic {0} does not exist: create it (the committer creates no topic)")]
+    Missing(String),
 }
 
 /// Where reports go.
@@ -226,6 +228,7 @@ impl KafkaReports {
                 topic: topic.to_owned(),
                 cause,
             })?;
+        check_topic_exists(&producer, topic)?;
         Ok(KafkaReports {
             producer,
             topic: topic.to_owned(),
@@ -237,6 +240,27 @@ impl KafkaReports {
             topic: self.topic.clone(),
             cause,
         }
+    }
+}
+
+/// Refuses a report topic that does not exist at the start, rather than
+/// after the first push (reports are never created as a side effect).
+fn check_topic_exists(producer: &BaseProducer<Deliveries>, topic: &str) -> Result<(), ReportError> {
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .map_err(|cause| ReportError::Kafka {
+            topic: topic.to_owned(),
+            cause,
+        })?;
+    let known = metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    if known {
+        Ok(())
+    } else {
+        Err(ReportError::Missing(topic.to_owned()))
     }
 }
 
