@@ -60,14 +60,7 @@ impl Setup {
 
     /// The lines with their topics renamed to this test's topics.
     fn renamed(&self, lines: &[Line]) -> Vec<Line> {
-        let topics = self.topics();
-        lines
-            .iter()
-            .map(|l| Line {
-                topic: topics[l.topic.as_str()].clone(),
-                ..l.clone()
-            })
-            .collect()
+        renamed(lines, &self.topics())
     }
 
     /// The app id (the topology file is named after it).
@@ -552,13 +545,7 @@ fn the_run_carries_on_by_itself_across_a_broker_restart() {
         ("docker-events", images.clone()),
         ("alert-events", alerts.clone()),
     ]);
-    let renamed: Vec<Line> = lines
-        .iter()
-        .map(|l| Line {
-            topic: topics[l.topic.as_str()].clone(),
-            ..l.clone()
-        })
-        .collect();
+    let renamed = renamed(&lines, &topics);
     let input = dir.path().join("input.jsonl");
     write_lines(&input, &renamed);
     let expected = sorted(replay_intents(&topology, &input, &sink));

@@ -186,13 +186,7 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
         ("docker-events", images.clone()),
         ("alert-events", alerts.clone()),
     ]);
-    let renamed: Vec<Line> = lines
-        .iter()
-        .map(|l| Line {
-            topic: topics[l.topic.as_str()].clone(),
-            ..l.clone()
-        })
-        .collect();
+    let renamed = renamed(&lines, &topics);
     let input = dir.path().join("input.jsonl");
     write_lines(&input, &renamed);
     let expected = super::sorted(replay_intents(&topology, &input, &sink));

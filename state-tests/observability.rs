@@ -42,13 +42,7 @@ fn run_metrics_count_what_replay_counts() {
         ("docker-events", images.clone()),
         ("alert-events", alerts.clone()),
     ]);
-    let renamed: Vec<Line> = lines
-        .iter()
-        .map(|l| Line {
-            topic: topics[l.topic.as_str()].clone(),
-            ..l.clone()
-        })
-        .collect();
+    let renamed = renamed(&lines, &topics);
     let input = dir.path().join("input.jsonl");
     write_lines(&input, &renamed);
     let stats = dir.path().join("replay-stats.json");

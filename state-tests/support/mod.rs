@@ -154,6 +154,18 @@ pub fn write_lines(path: &Path, lines: &[Line]) {
     std::fs::write(path, text).unwrap();
 }
 
+/// `lines` with their topics renamed through `topics`, as a test's
+/// topology reads them.
+pub fn renamed(lines: &[Line], topics: &HashMap<&str, String>) -> Vec<Line> {
+    lines
+        .iter()
+        .map(|l| Line {
+            topic: topics[l.topic.as_str()].clone(),
+            ..l.clone()
+        })
+        .collect()
+}
+
 /// Produces `lines` (topics renamed through `topics`), keyed and stamped as
 /// given; `partition` pins a line to a partition when it returns Some.
 pub fn produce(
