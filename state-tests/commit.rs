@@ -999,6 +999,11 @@ mod kafka {
         fixture_with(Some(report_topic))
     }
 
+    /// A report topic the config names but nobody created.
+    pub(super) fn fixture_with_a_missing_report_topic() -> Fixture {
+        fixture_with(Some(unique("no-such-reports")))
+    }
+
     fn fixture_with(report_topic: Option<String>) -> Fixture {
         let topic = unique("intents");
         let dead_topic = format!("{topic}.dead");

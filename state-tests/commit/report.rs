@@ -499,3 +499,23 @@ fn a_redelivery_within_a_run_reports_the_commit_this_run_pushed() {
     );
     assert_eq!(lines[1]["value"]["pushed_at"], committed_at * 1000);
 }
+
+/// A report topic that does not exist stops the committer at its start,
+/// naming the topic, before any commit: reports are never lost to a push
+/// the committer cannot report.
+#[test]
+fn a_missing_report_topic_is_refused_at_the_start() {
+    use super::kafka::{fixture_with_a_missing_report_topic, run, Fixture};
+    let Fixture {
+        repo, config, work, ..
+    } = fixture_with_a_missing_report_topic();
+    let before = repo.commit_count();
+    let out = run(&config, &work, None);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no-such-reports") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert_eq!(repo.commit_count(), before, "nothing was pushed");
+}
