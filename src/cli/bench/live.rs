@@ -141,7 +141,11 @@ pub fn bench_live(args: &LiveArgs) -> Result<()> {
     }
     println!("\n| figure | target | median | runs |\n|---|---|---|---|");
     for (name, target, runs, unit) in rows {
-        let precision = usize::from(unit == "ms");
+        let precision = match unit {
+            "ms" => 1,
+            "x" => 3,
+            _ => 0,
+        };
         println!(
             "| {name} | {target} | {:.precision$} {unit} | {} |",
             median(runs.clone()),
