@@ -157,6 +157,7 @@ pub fn run_live(args: RunArgs) -> Result<ExitCode> {
             if let Some(path) = args.stats_json {
                 let mut json = serde_json::to_value(&summary)?;
                 json["peak_rss_bytes"] = crate::cli::bench::peak_rss_bytes().into();
+                json["cpu_seconds"] = sluice::telemetry::process::cpu_seconds().into();
                 std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }

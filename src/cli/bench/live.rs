@@ -89,15 +89,29 @@ pub fn bench_live(args: &LiveArgs) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut last_rows = Vec::new();
     if wants(Figure::Throughput) {
-        let (eos, alo, rss) = bench.throughput(args)?;
+        let t = bench.throughput(args)?;
         rows.push(row(
             "sustained ev/s, exactly_once",
             "≥ 100,000",
-            &eos,
+            &t.eos,
             "ev/s",
         ));
-        rows.push(row("sustained ev/s, at_least_once", "", &alo, "ev/s"));
-        last_rows.push(row("peak RSS, throughput runs", "< 256 MiB", &rss, "MiB"));
+        rows.push(row("sustained ev/s, at_least_once", "", &t.alo, "ev/s"));
+        rows.push(row(
+            "process CPU-s per 1,000,000 events, exactly_once",
+            "",
+            &t.cpu_eos,
+            "s",
+        ));
+        rows.push(row(
+            "process CPU-s per 1,000,000 events, at_least_once",
+            "",
+            &t.cpu_alo,
+            "s",
+        ));
+        rows.push(row("commit p50, exactly_once", "", &t.commit_p50, "ms"));
+        rows.push(row("commit p99, exactly_once", "", &t.commit_p99, "ms"));
+        last_rows.push(row("peak RSS, throughput runs", "< 256 MiB", &t.rss, "MiB"));
     }
     if wants(Figure::Latency) {
         let (p50, p99) = bench.latency(args)?;
@@ -142,7 +156,7 @@ pub fn bench_live(args: &LiveArgs) -> Result<()> {
     println!("\n| figure | target | median | runs |\n|---|---|---|---|");
     for (name, target, runs, unit) in rows {
         let precision = match unit {
-            "ms" => 1,
+            "ms" | "s" => 1,
             "x" => 3,
             _ => 0,
         };
@@ -223,7 +237,7 @@ impl Bench {
     }
 
     /// Runs a flood through cicd.toml under both guarantees, alternating.
-    fn throughput(&self, args: &LiveArgs) -> Result<(Figures, Figures, Figures)> {
+    fn throughput(&self, args: &LiveArgs) -> Result<Throughput> {
         let (images, alerts) = (
             format!("{}-images", self.tag),
             format!("{}-alerts", self.tag),
@@ -248,7 +262,7 @@ impl Bench {
         ]);
         eprintln!("producing {} events to {images} and {alerts}", args.events);
         produce_flood(&self.producer()?, &flood, &renames)?;
-        let (mut eos, mut alo, mut rss) = (vec![], vec![], vec![]);
+        let mut t = Throughput::default();
         for run in 0..args.runs {
             for guarantee in ["exactly_once", "at_least_once"] {
                 let app = format!("{}-{guarantee}-{run}", self.tag);
@@ -283,15 +297,20 @@ impl Bench {
                         args.events
                     );
                 }
+                let cpu_per_million = stats.cpu_seconds / stats.processed.max(1) as f64 * 1e6;
                 if guarantee == "exactly_once" {
-                    eos.push(rate)
+                    t.eos.push(rate);
+                    t.cpu_eos.push(cpu_per_million);
+                    t.commit_p50.push(stats.commit_ms_p50);
+                    t.commit_p99.push(stats.commit_ms_p99);
                 } else {
-                    alo.push(rate)
+                    t.alo.push(rate);
+                    t.cpu_alo.push(cpu_per_million);
                 }
-                rss.push(peak);
+                t.rss.push(peak);
             }
         }
-        Ok((eos, alo, rss))
+        Ok(t)
     }
 
     /// Runs `sluice run` to its idle exit; returns its stats and peak RSS (MiB).
@@ -553,6 +572,25 @@ pub(super) struct Stats {
     restore_ms: u64,
     pub(super) active_ms: u64,
     pub(super) peak_rss_bytes: u64,
+    /// The run's CPU time, user and system, for the whole process.
+    #[serde(default)]
+    pub(super) cpu_seconds: f64,
+    #[serde(default)]
+    pub(super) commit_ms_p50: f64,
+    #[serde(default)]
+    pub(super) commit_ms_p99: f64,
+}
+
+/// The throughput runs' figures, one value per run.
+#[derive(Default)]
+struct Throughput {
+    eos: Figures,
+    alo: Figures,
+    rss: Figures,
+    cpu_eos: Figures,
+    cpu_alo: Figures,
+    commit_p50: Figures,
+    commit_p99: Figures,
 }
 
 pub(super) const CICD: &str = include_str!("../../../topologies/cicd.toml");

@@ -590,6 +590,7 @@ impl Inner {
         if let (Some(first), Some(last)) = (self.first_record, self.last_commit_done) {
             summary.active_ms = last.saturating_duration_since(first).as_millis() as u64;
         }
+        summary.finish_percentiles();
         summary
     }
 }

@@ -177,6 +177,32 @@ pub struct RunSummary {
     /// Milliseconds from the first record processed to the last commit.
     pub active_ms: u64,
     pub commit_ms_max: u64,
+    /// The median and 99th percentile of the commits' durations.
+    pub commit_ms_p50: f64,
+    pub commit_ms_p99: f64,
+    /// Each commit's duration in ms (the first [`COMMIT_SAMPLES`]).
+    #[serde(skip)]
+    pub commit_ms: Vec<u32>,
+}
+
+/// Commit durations a run keeps for its percentiles.
+pub const COMMIT_SAMPLES: usize = 1_000_000;
+
+impl RunSummary {
+    /// Fills in the percentiles from the durations kept.
+    pub fn finish_percentiles(&mut self) {
+        let mut ms = self.commit_ms.clone();
+        ms.sort_unstable();
+        let pick = |q: f64| -> f64 {
+            if ms.is_empty() {
+                return 0.0;
+            }
+            let at = ((ms.len() - 1) as f64 * q).round() as usize;
+            f64::from(ms[at.min(ms.len() - 1)])
+        };
+        self.commit_ms_p50 = pick(0.5);
+        self.commit_ms_p99 = pick(0.99);
+    }
 }
 
 /// Runs the topology until `stop` is set (or it has been idle long enough).

@@ -124,6 +124,11 @@ impl Inner {
         let ms = started.elapsed().as_millis() as u64;
         self.summary.commits += 1;
         self.summary.commit_ms_max = self.summary.commit_ms_max.max(ms);
+        if self.summary.commit_ms.len() < super::COMMIT_SAMPLES {
+            self.summary
+                .commit_ms
+                .push(u32::try_from(ms).unwrap_or(u32::MAX));
+        }
         self.last_commit_done = Some(Instant::now());
         Ok(())
     }
