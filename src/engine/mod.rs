@@ -96,12 +96,12 @@ pub fn restore<'e>(
     for (store, key, value) in entries {
         let id = backend.open_store(store)?;
         match value {
-            Some(v) => batch.put(id, key.to_vec(), v.to_vec()),
-            None => batch.delete(id, key.to_vec()),
+            Some(v) => batch.put(id, key, v),
+            None => batch.delete(id, key),
         }
     }
     let n = batch.len();
-    backend.write(batch)?;
+    backend.write(&batch)?;
     Ok(n)
 }
 
@@ -137,6 +137,8 @@ pub struct Engine {
     /// Timers fired since the engine was opened: lets a driver tell whether
     /// anything changed since its last commit.
     timers_fired: u64,
+    /// The last commit's batch, kept for its memory.
+    spare_batch: WriteBatch,
 }
 
 impl Engine {
@@ -187,6 +189,7 @@ impl Engine {
             timer_store,
             stats,
             timers_fired: 0,
+            spare_batch: WriteBatch::default(),
         };
         engine.record_identity()?;
         Ok(engine)
@@ -194,17 +197,9 @@ impl Engine {
 
     fn record_identity(&mut self) -> Result<(), EngineError> {
         let mut batch = WriteBatch::default();
-        batch.put(
-            self.meta,
-            b"app_id".to_vec(),
-            self.topo.app_id.as_bytes().to_vec(),
-        );
-        batch.put(
-            self.meta,
-            b"format".to_vec(),
-            STATE_FORMAT.to_be_bytes().to_vec(),
-        );
-        self.backend.write(batch)?;
+        batch.put(self.meta, b"app_id", self.topo.app_id.as_bytes());
+        batch.put(self.meta, b"format", &STATE_FORMAT.to_be_bytes());
+        self.backend.write(&batch)?;
         Ok(())
     }
 
@@ -274,7 +269,7 @@ impl Engine {
     /// the state reflects) to a commit, in the engine's meta store. It is
     /// written with the commit but is not a changelog entry.
     pub fn note_in_commit(&self, changes: &mut Changes, key: &[u8], value: Vec<u8>) {
-        changes.local.put(self.meta, key.to_vec(), value);
+        changes.local.put(self.meta, key, &value);
     }
 
     /// Reads a driver's bookkeeping entry from a backend's meta store
@@ -296,8 +291,8 @@ impl Engine {
     ) -> Result<(), StateError> {
         let meta = backend.open_store(META_STORE)?;
         let mut batch = WriteBatch::default();
-        batch.put(meta, key.to_vec(), value);
-        backend.write(batch)
+        batch.put(meta, key, &value);
+        backend.write(&batch)
     }
 
     /// Whether a changelog record of `store` is one the store can hold: a
@@ -394,21 +389,20 @@ impl Engine {
     /// engine and opens a new one on the store, which is still at the last
     /// commit, so no aborted write ever reaches it.
     pub fn prepare_commit(&mut self) -> Result<Changes, EngineError> {
-        let mut batch = WriteBatch::default();
+        // The last commit's batch, emptied: its memory is reused, not
+        // allocated (and faulted in) afresh on every commit.
+        let mut batch = std::mem::take(&mut self.spare_batch);
+        batch.clear();
         for op in &mut self.ops {
             op.commit(self.clock, self.backend.as_ref(), &mut batch)?;
         }
         self.timers
             .commit(&mut batch, self.timer_store, &self.op_names)?;
+        batch.put(self.meta, b"clock", &self.clock.to_be_bytes());
         batch.put(
             self.meta,
-            b"clock".to_vec(),
-            self.clock.to_be_bytes().to_vec(),
-        );
-        batch.put(
-            self.meta,
-            b"timer_seq".to_vec(),
-            self.timers.next_seq().to_be_bytes().to_vec(),
+            b"timer_seq",
+            &self.timers.next_seq().to_be_bytes(),
         );
         Ok(Changes {
             batch,
@@ -419,8 +413,9 @@ impl Engine {
     /// Writes changes collected by [`Engine::prepare_commit`].
     pub fn apply_commit(&mut self, changes: Changes) -> Result<(), EngineError> {
         let Changes { mut batch, local } = changes;
-        batch.ops.extend(local.ops);
-        self.backend.write(batch)?;
+        batch.append(&local);
+        self.backend.write(&batch)?;
+        self.spare_batch = batch;
         Ok(())
     }
 
@@ -429,13 +424,10 @@ impl Engine {
         &'c self,
         changes: &'c Changes,
     ) -> impl Iterator<Item = (&'c str, &'c [u8], Option<&'c [u8]>)> + 'c {
-        changes.batch.ops.iter().map(|(store, key, value)| {
-            (
-                self.backend.store_name(*store),
-                key.as_slice(),
-                value.as_deref(),
-            )
-        })
+        changes
+            .batch
+            .iter()
+            .map(|(store, key, change)| (self.backend.store_name(store), key, change.value()))
     }
 
     /// Commits and makes the state durable.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use hashbrown::HashMap;
 
-use crate::state::{show_key, StateBackend, StateError, StoreId, WriteBatch};
+use crate::state::{show_key, StateBackend, StateError, StoreId, Stored, WriteBatch};
 
 /// The timers of one operator, by key: where each sits in the queue, and
 /// whether it changed since the last commit. A cancelled or fired timer keeps
@@ -21,7 +21,7 @@ struct TimerSlot {
     at: Option<(u64, u64)>,
     dirty: bool,
     /// Whether the store holds this timer as of the last commit.
-    stored: bool,
+    stored: Stored,
 }
 
 #[derive(Debug, Default)]
@@ -54,7 +54,7 @@ impl TimerQueue {
         let slot = self.operator(op).entry_ref(key).or_insert(TimerSlot {
             at: None,
             dirty: false,
-            stored: false,
+            stored: Stored::No,
         });
         let old = slot.at.replace((deadline, seq));
         slot.dirty = true;
@@ -115,16 +115,15 @@ impl TimerQueue {
         ops: &[String],
     ) -> Result<(), StateError> {
         let mut failure = None;
+        let mut raw_key = Vec::new();
         for (op, timers) in self.by_key.iter_mut().enumerate() {
             timers.retain(|key, slot| {
                 if slot.dirty {
                     slot.dirty = false;
+                    encode_key_into(&mut raw_key, &ops[op], key);
                     match slot.at {
-                        Some(at) => match postcard::to_stdvec(&at) {
-                            Ok(value) => {
-                                batch.put(store, encode_key(&ops[op], key), value);
-                                slot.stored = true;
-                            }
+                        Some(at) => match batch.put_encoded(store, &raw_key, &at) {
+                            Ok(()) => slot.stored = slot.stored.put(),
                             Err(cause) => {
                                 failure = Some(StateError::Encode {
                                     store: "sluice/timers".into(),
@@ -133,11 +132,10 @@ impl TimerQueue {
                             }
                         },
                         // A timer armed and gone between two commits was never written.
-                        None if slot.stored => {
-                            batch.delete(store, encode_key(&ops[op], key));
-                            slot.stored = false;
+                        None => {
+                            slot.stored.delete(batch, store, &raw_key);
+                            slot.stored = Stored::No;
                         }
-                        None => {}
                     }
                 }
                 slot.at.is_some()
@@ -175,7 +173,7 @@ impl TimerQueue {
                         TimerSlot {
                             at: Some((deadline, seq)),
                             dirty: false,
-                            stored: true,
+                            stored: Stored::Yes,
                         },
                     );
                     queue.next_seq = queue.next_seq.max(seq.saturating_add(1));
@@ -194,12 +192,11 @@ impl TimerQueue {
     }
 }
 
-fn encode_key(op: &str, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + op.len() + key.len());
+fn encode_key_into(out: &mut Vec<u8>, op: &str, key: &[u8]) {
+    out.clear();
     out.extend_from_slice(&(op.len() as u32).to_be_bytes());
     out.extend_from_slice(op.as_bytes());
     out.extend_from_slice(key);
-    out
 }
 
 /// Whether a timer store entry is one [`TimerQueue::load`] can read.
@@ -277,7 +274,7 @@ mod tests {
         q.cancel(0, b"gone");
         let mut batch = WriteBatch::default();
         q.commit(&mut batch, store, &names).unwrap();
-        backend.write(batch).unwrap();
+        backend.write(&batch).unwrap();
         let mut loaded = TimerQueue::load(&backend, store, &names, 0).unwrap();
         assert_eq!(
             loaded.next_seq(),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use super::{StateBackend, StateError, StoreId, Visit, VisitWhile, WriteBatch};
+use super::{Change, StateBackend, StateError, StoreId, Visit, VisitWhile, WriteBatch};
 
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
@@ -58,12 +58,16 @@ impl StateBackend for MemoryBackend {
         Ok(self.stores[store].is_empty())
     }
 
-    fn write(&mut self, batch: WriteBatch) -> Result<(), StateError> {
-        for (store, key, value) in batch.ops {
-            match value {
-                Some(v) => self.stores[store].insert(key, v),
-                None => self.stores[store].remove(&key),
-            };
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), StateError> {
+        for (store, key, change) in batch.iter() {
+            match change {
+                Change::Put(v) => {
+                    self.stores[store].insert(key.to_vec(), v.to_vec());
+                }
+                Change::Delete | Change::SingleDelete => {
+                    self.stores[store].remove(key);
+                }
+            }
         }
         Ok(())
     }

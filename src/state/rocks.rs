@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
-use super::{StateBackend, StateError, StoreId, Visit, VisitWhile, WriteBatch};
+use super::{Change, StateBackend, StateError, StoreId, Visit, VisitWhile, WriteBatch};
 
 /// Memory that several databases of one process share: the live runtime
 /// opens one store per task, and their memtables and block caches together
@@ -27,6 +27,14 @@ impl SharedMemory {
             ),
         }
     }
+}
+
+/// Bytes a RocksDB write batch adds to each change: a tag, a column family
+/// id and two varint lengths.
+const WRITE_BATCH_OVERHEAD: usize = 12;
+
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).expect("a commit holds fewer than 4 billion changes")
 }
 
 pub struct RocksBackend {
@@ -220,13 +228,30 @@ impl StateBackend for RocksBackend {
         }
     }
 
-    fn write(&mut self, batch: WriteBatch) -> Result<(), StateError> {
-        let mut wb = rocksdb::WriteBatch::default();
-        for (store, key, value) in &batch.ops {
-            let cf = self.cf(*store)?;
-            match value {
-                Some(v) => wb.put_cf(cf, key, v),
-                None => wb.delete_cf(cf, key),
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), StateError> {
+        let cfs = (0..self.names.len())
+            .map(|store| self.cf(store))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Sorted by store and key, each memtable takes its keys in order, and
+        // RocksDB's skip list inserts a key next to the previous one without
+        // searching for its place. The sort is stable: later changes of a key
+        // still come after earlier ones.
+        let mut order: Vec<u32> = (0..len_u32(batch.len())).collect();
+        order.sort_by(|&a, &b| {
+            let (sa, ka, _) = batch.get(a as usize);
+            let (sb, kb, _) = batch.get(b as usize);
+            (sa, ka).cmp(&(sb, kb))
+        });
+        let mut wb = rocksdb::WriteBatch::with_capacity_bytes(
+            batch.bytes_len() + batch.len() * WRITE_BATCH_OVERHEAD,
+        );
+        for i in order {
+            let (store, key, change) = batch.get(i as usize);
+            let cf = cfs[store];
+            match change {
+                Change::Put(v) => wb.put_cf(cf, key, v),
+                Change::Delete => wb.delete_cf(cf, key),
+                Change::SingleDelete => wb.single_delete_cf(cf, key),
             }
         }
         let mut opts = WriteOptions::default();
@@ -280,9 +305,9 @@ mod tests {
         let store = backend.open_store("dedup").unwrap();
         let mut batch = WriteBatch::default();
         for n in 0..1_000u32 {
-            batch.put(store, n.to_be_bytes().to_vec(), vec![7; 100]);
+            batch.put(store, &n.to_be_bytes(), &[7; 100]);
         }
-        backend.write(batch).unwrap();
+        backend.write(&batch).unwrap();
         backend.sync().unwrap();
         store
     }
@@ -297,6 +322,61 @@ mod tests {
             Some(vec![7; 100])
         );
         assert_eq!(wal_bytes(dir.path()), 0, "no write-ahead log");
+    }
+
+    #[test]
+    fn a_batch_is_written_in_key_order_but_later_changes_of_a_key_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = RocksBackend::open(dir.path()).unwrap();
+        let a = db.open_store("a").unwrap();
+        let b = db.open_store("b").unwrap();
+        let mut batch = WriteBatch::default();
+        batch.put(b, b"z", b"1");
+        batch.put(a, b"k", b"first");
+        batch.put(b, b"a", b"2");
+        batch.delete(a, b"k");
+        batch.put(a, b"k", b"last");
+        batch.put(a, b"gone", b"x");
+        batch.single_delete(a, b"gone");
+        db.write(&batch).unwrap();
+        assert_eq!(db.get(a, b"k").unwrap().as_deref(), Some(&b"last"[..]));
+        assert_eq!(db.get(a, b"gone").unwrap(), None);
+        assert_eq!(db.get(b, b"a").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(db.get(b, b"z").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    /// Why a table single-deletes only an entry it put once since the key
+    /// was absent: a single delete cancels the one put it meets, and an
+    /// older put below would come back. The pattern a table does write, put
+    /// twice (deleted with a tombstone), then put once and single-deleted,
+    /// leaves the key absent, even when the last put and its single delete
+    /// vanish together in a flush.
+    #[test]
+    fn a_single_delete_cancels_one_put_and_the_tombstone_below_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = RocksBackend::open(dir.path()).unwrap();
+        let s = db.open_store("s").unwrap();
+        let write = |db: &mut RocksBackend, change: &dyn Fn(&mut WriteBatch)| {
+            let mut batch = WriteBatch::default();
+            change(&mut batch);
+            db.write(&batch).unwrap();
+        };
+        let flush = |db: &RocksBackend| db.db.flush_cf(db.cf(s).unwrap()).unwrap();
+        write(&mut db, &|w| w.put(s, b"k", b"1"));
+        flush(&db);
+        let cf = db.cf(s).unwrap();
+        db.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        write(&mut db, &|w| w.put(s, b"k", b"2"));
+        flush(&db);
+        write(&mut db, &|w| w.delete(s, b"k"));
+        flush(&db);
+        write(&mut db, &|w| w.put(s, b"k", b"3"));
+        write(&mut db, &|w| w.single_delete(s, b"k"));
+        flush(&db);
+        assert_eq!(db.get(s, b"k").unwrap(), None, "after the flush");
+        let cf = db.cf(s).unwrap();
+        db.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        assert_eq!(db.get(s, b"k").unwrap(), None, "after a full compaction");
     }
 
     #[test]
