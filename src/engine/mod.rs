@@ -139,6 +139,8 @@ pub struct Engine {
     timers_fired: u64,
     /// The last commit's batch, kept for its memory.
     spare_batch: WriteBatch,
+    /// The key of the timer firing, reused from one to the next.
+    timer_key: Vec<u8>,
 }
 
 impl Engine {
@@ -190,6 +192,7 @@ impl Engine {
             stats,
             timers_fired: 0,
             spare_batch: WriteBatch::default(),
+            timer_key: Vec::new(),
         };
         engine.record_identity()?;
         Ok(engine)
@@ -445,7 +448,8 @@ impl Engine {
 
     fn fire_due(&mut self, limit: u64, out: &mut dyn Output) -> Result<(), EngineError> {
         let topo = Arc::clone(&self.topo);
-        while let Some(timer) = self.timers.pop_due(limit) {
+        let mut key = std::mem::take(&mut self.timer_key);
+        while let Some(timer) = self.timers.pop_due(limit, &mut key) {
             self.timers_fired += 1;
             self.clock = self.clock.max(timer.deadline);
             let node = topo.operators[timer.op].node;
@@ -459,10 +463,11 @@ impl Engine {
                     out: &mut emitted,
                     stats: &mut self.stats[node],
                 };
-                self.ops[timer.op].on_timer(&timer.key, &mut cx)?;
+                self.ops[timer.op].on_timer(&key, &mut cx)?;
             }
             self.forward(&topo, node, emitted, None, out)?;
         }
+        self.timer_key = key;
         Ok(())
     }
 

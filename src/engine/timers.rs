@@ -5,102 +5,219 @@
 //! place in the sequence. The whole queue is kept in memory (it holds one entry
 //! per key with pending work) and written back to its store on commit.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
 
-use hashbrown::HashMap;
+use hashbrown::HashTable;
 
 use crate::state::{show_key, StateBackend, StateError, StoreId, Stored, WriteBatch};
 
-/// The timers of one operator, by key: where each sits in the queue, and
-/// whether it changed since the last commit. A cancelled or fired timer keeps
-/// its slot (with no deadline) until the commit has recorded its deletion.
-type OperatorTimers = HashMap<Vec<u8>, TimerSlot>;
-
-#[derive(Debug, Clone, Copy)]
-struct TimerSlot {
+/// One (operator, key) with a timer now or since the last commit. A
+/// cancelled or fired timer keeps its slot (with no deadline) until the
+/// commit has recorded its deletion; then the slot is free for another key.
+#[derive(Debug)]
+struct Slot {
+    op: usize,
+    /// Kept when the slot is freed, so that the next key reuses its memory.
+    key: Vec<u8>,
+    hash: u64,
+    /// (deadline, arming sequence) of the armed timer.
     at: Option<(u64, u64)>,
     dirty: bool,
     /// Whether the store holds this timer as of the last commit.
     stored: Stored,
 }
 
+/// A timer's place in the queue. Re-arming or cancelling leaves the old
+/// entry behind: it no longer matches its slot's `at` and is skipped when it
+/// comes up (sequences are never reused, so it never matches again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Queued {
+    deadline: u64,
+    seq: u64,
+    slot: u32,
+}
+
 #[derive(Debug, Default)]
 pub struct TimerQueue {
-    queue: BTreeMap<(u64, u64), (usize, Vec<u8>)>,
-    by_key: Vec<OperatorTimers>,
+    queue: BinaryHeap<Reverse<Queued>>,
+    slots: Vec<Slot>,
+    /// Slots free for new keys.
+    free: Vec<u32>,
+    /// Slot ids by (operator, key).
+    index: HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    /// Slots changed since the last commit.
+    dirty: Vec<u32>,
+    /// Armed timers.
+    armed: usize,
     next_seq: u64,
 }
 
-/// A timer taken off the queue because it is due.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A timer taken off the queue because it is due; its key is in the buffer
+/// handed to [`TimerQueue::pop_due`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DueTimer {
     pub deadline: u64,
     pub op: usize,
-    pub key: Vec<u8>,
 }
 
+/// Stale entries the queue may hold beyond its armed timers before it is
+/// rebuilt from them.
+const STALE_SLACK: usize = 4_096;
+
 impl TimerQueue {
-    fn operator(&mut self, op: usize) -> &mut OperatorTimers {
-        if self.by_key.len() <= op {
-            self.by_key.resize_with(op + 1, HashMap::new);
+    fn hash(&self, op: usize, key: &[u8]) -> u64 {
+        self.hasher.hash_one((op, key))
+    }
+
+    fn find(&self, op: usize, key: &[u8]) -> Option<u32> {
+        let hash = self.hash(op, key);
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&id| {
+                let s = &slots[id as usize];
+                s.op == op && s.key == key
+            })
+            .copied()
+    }
+
+    /// The slot of (op, key), made if there is none.
+    fn slot_for(&mut self, op: usize, key: &[u8]) -> u32 {
+        if let Some(id) = self.find(op, key) {
+            return id;
         }
-        &mut self.by_key[op]
+        let hash = self.hash(op, key);
+        let fresh = Slot {
+            op,
+            key: Vec::new(),
+            hash,
+            at: None,
+            dirty: false,
+            stored: Stored::No,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                let slot = &mut self.slots[id as usize];
+                let mut reused = std::mem::take(&mut slot.key);
+                reused.clear();
+                *slot = Slot {
+                    key: reused,
+                    ..fresh
+                };
+                id
+            }
+            None => {
+                self.slots.push(fresh);
+                u32::try_from(self.slots.len() - 1).expect("fewer than 4 billion timer keys")
+            }
+        };
+        self.slots[id as usize].key.extend_from_slice(key);
+        let slots = &self.slots;
+        self.index
+            .insert_unique(hash, id, |&i| slots[i as usize].hash);
+        id
+    }
+
+    fn mark_dirty(&mut self, id: u32) {
+        let slot = &mut self.slots[id as usize];
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(id);
+        }
     }
 
     /// Arms the timer of operator `op` for `key`, replacing any older one.
     pub fn arm(&mut self, op: usize, key: &[u8], deadline: u64) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let slot = self.operator(op).entry_ref(key).or_insert(TimerSlot {
-            at: None,
-            dirty: false,
-            stored: Stored::No,
-        });
-        let old = slot.at.replace((deadline, seq));
-        slot.dirty = true;
-        if let Some(old) = old {
-            self.queue.remove(&old);
+        let id = self.slot_for(op, key);
+        let old = self.slots[id as usize].at.replace((deadline, seq));
+        if old.is_none() {
+            self.armed += 1;
         }
-        self.queue.insert((deadline, seq), (op, key.to_vec()));
+        self.mark_dirty(id);
+        self.queue.push(Reverse(Queued {
+            deadline,
+            seq,
+            slot: id,
+        }));
+        self.tidy();
     }
 
     pub fn cancel(&mut self, op: usize, key: &[u8]) {
-        let Some(slot) = self.by_key.get_mut(op).and_then(|m| m.get_mut(key)) else {
+        let Some(id) = self.find(op, key) else {
             return;
         };
-        if let Some(old) = slot.at.take() {
-            slot.dirty = true;
-            self.queue.remove(&old);
+        if self.slots[id as usize].at.take().is_some() {
+            self.armed -= 1;
+            self.mark_dirty(id);
+            self.tidy();
         }
     }
 
-    /// Takes the first timer whose deadline is at or before `limit`.
-    pub fn pop_due(&mut self, limit: u64) -> Option<DueTimer> {
-        let (&(deadline, seq), _) = self.queue.first_key_value()?;
-        if deadline > limit {
-            return None;
+    /// Whether a queue entry is the armed timer of its slot.
+    fn is_live(&self, q: &Queued) -> bool {
+        self.slots[q.slot as usize].at == Some((q.deadline, q.seq))
+    }
+
+    /// Drops stale entries from the front, so that the first entry is always
+    /// an armed timer, and rebuilds the queue when stale entries pile up.
+    fn tidy(&mut self) {
+        while let Some(Reverse(first)) = self.queue.peek() {
+            if self.is_live(first) {
+                break;
+            }
+            self.queue.pop();
         }
-        let (op, key) = self
-            .queue
-            .remove(&(deadline, seq))
-            .expect("first entry exists");
-        if let Some(slot) = self.by_key.get_mut(op).and_then(|m| m.get_mut(&key)) {
-            slot.at = None;
-            slot.dirty = true;
+        if self.queue.len() > 2 * self.armed + STALE_SLACK {
+            let live: Vec<Reverse<Queued>> = std::mem::take(&mut self.queue)
+                .into_vec()
+                .into_iter()
+                .filter(|Reverse(q)| self.is_live(q))
+                .collect();
+            self.queue = BinaryHeap::from(live);
         }
-        Some(DueTimer { deadline, op, key })
+    }
+
+    /// Takes the first timer whose deadline is at or before `limit`,
+    /// writing its key into `key`.
+    pub fn pop_due(&mut self, limit: u64, key: &mut Vec<u8>) -> Option<DueTimer> {
+        let first = loop {
+            let Reverse(first) = *self.queue.peek()?;
+            if first.deadline > limit {
+                return None;
+            }
+            self.queue.pop();
+            if self.is_live(&first) {
+                break first;
+            }
+        };
+        let slot = &mut self.slots[first.slot as usize];
+        slot.at = None;
+        key.clear();
+        key.extend_from_slice(&slot.key);
+        let op = slot.op;
+        self.armed -= 1;
+        self.mark_dirty(first.slot);
+        self.tidy();
+        Some(DueTimer {
+            deadline: first.deadline,
+            op,
+        })
     }
 
     pub fn next_deadline(&self) -> Option<u64> {
-        self.queue.first_key_value().map(|(&(d, _), _)| d)
+        self.queue.peek().map(|Reverse(q)| q.deadline)
     }
 
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.armed
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.armed == 0
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -114,34 +231,42 @@ impl TimerQueue {
         store: StoreId,
         ops: &[String],
     ) -> Result<(), StateError> {
-        let mut failure = None;
         let mut raw_key = Vec::new();
-        for (op, timers) in self.by_key.iter_mut().enumerate() {
-            timers.retain(|key, slot| {
-                if slot.dirty {
-                    slot.dirty = false;
-                    encode_key_into(&mut raw_key, &ops[op], key);
-                    match slot.at {
-                        Some(at) => match batch.put_encoded(store, &raw_key, &at) {
-                            Ok(()) => slot.stored = slot.stored.put(),
-                            Err(cause) => {
-                                failure = Some(StateError::Encode {
-                                    store: "sluice/timers".into(),
-                                    cause,
-                                })
-                            }
-                        },
-                        // A timer armed and gone between two commits was never written.
-                        None => {
-                            slot.stored.delete(batch, store, &raw_key);
-                            slot.stored = Stored::No;
+        let dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            let slot = &mut self.slots[id as usize];
+            slot.dirty = false;
+            encode_key_into(&mut raw_key, &ops[slot.op], &slot.key);
+            match slot.at {
+                Some(at) => {
+                    batch.put_encoded(store, &raw_key, &at).map_err(|cause| {
+                        StateError::Encode {
+                            store: "sluice/timers".into(),
+                            cause,
                         }
-                    }
+                    })?;
+                    slot.stored = slot.stored.put();
                 }
-                slot.at.is_some()
-            });
+                // A timer armed and gone between two commits was never written.
+                None => {
+                    slot.stored.delete(batch, store, &raw_key);
+                    slot.stored = Stored::No;
+                    self.release(id);
+                }
+            }
         }
-        failure.map_or(Ok(()), Err)
+        self.dirty = dirty;
+        self.dirty.clear();
+        Ok(())
+    }
+
+    /// Frees the slot of a timer that is gone and whose deletion is written.
+    fn release(&mut self, id: u32) {
+        let hash = self.slots[id as usize].hash;
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i == id) {
+            entry.remove();
+        }
+        self.free.push(id);
     }
 
     /// Loads the timers of the operators named in `ops`. Timers of operators
@@ -167,15 +292,16 @@ impl TimerQueue {
                 postcard::from_bytes(raw_value).map_err(|_| corrupt())?;
             match ops.iter().position(|n| n.as_bytes() == name) {
                 Some(op) => {
-                    queue.queue.insert((deadline, seq), (op, key.to_vec()));
-                    queue.operator(op).insert(
-                        key.to_vec(),
-                        TimerSlot {
-                            at: Some((deadline, seq)),
-                            dirty: false,
-                            stored: Stored::Yes,
-                        },
-                    );
+                    let id = queue.slot_for(op, key);
+                    let slot = &mut queue.slots[id as usize];
+                    slot.at = Some((deadline, seq));
+                    slot.stored = Stored::Yes;
+                    queue.armed += 1;
+                    queue.queue.push(Reverse(Queued {
+                        deadline,
+                        seq,
+                        slot: id,
+                    }));
                     queue.next_seq = queue.next_seq.max(seq.saturating_add(1));
                 }
                 None => orphans += 1,
@@ -220,15 +346,19 @@ mod tests {
     use super::*;
     use crate::state::MemoryBackend;
 
+    /// The next due timer as (deadline, operator, key).
+    fn pop(q: &mut TimerQueue, limit: u64) -> Option<(u64, usize, Vec<u8>)> {
+        let mut key = Vec::new();
+        q.pop_due(limit, &mut key).map(|t| (t.deadline, t.op, key))
+    }
+
     #[test]
     fn fires_by_deadline_then_arming_order() {
         let mut q = TimerQueue::default();
         q.arm(1, b"b", 10);
         q.arm(0, b"a", 10);
         q.arm(0, b"c", 5);
-        let order: Vec<_> = std::iter::from_fn(|| q.pop_due(10))
-            .map(|t| (t.deadline, t.op, t.key))
-            .collect();
+        let order: Vec<_> = std::iter::from_fn(|| pop(&mut q, 10)).collect();
         assert_eq!(
             order,
             vec![
@@ -246,9 +376,9 @@ mod tests {
         q.arm(0, b"b", 10);
         q.arm(0, b"a", 10);
         assert_eq!(q.len(), 2);
-        assert_eq!(q.pop_due(10).unwrap().key, b"b");
-        assert_eq!(q.pop_due(10).unwrap().key, b"a");
-        assert_eq!(q.pop_due(u64::MAX), None);
+        assert_eq!(pop(&mut q, 10).unwrap().2, b"b");
+        assert_eq!(pop(&mut q, 10).unwrap().2, b"a");
+        assert_eq!(pop(&mut q, u64::MAX), None);
     }
 
     #[test]
@@ -256,10 +386,78 @@ mod tests {
         let mut q = TimerQueue::default();
         q.arm(0, b"a", 10);
         q.arm(0, b"b", 11);
-        assert_eq!(q.pop_due(9), None);
+        assert_eq!(pop(&mut q, 9), None);
         q.cancel(0, b"a");
-        assert_eq!(q.pop_due(10), None);
-        assert_eq!(q.next_deadline(), Some(11));
+        assert_eq!(
+            q.next_deadline(),
+            Some(11),
+            "the cancelled timer is not next"
+        );
+        assert_eq!(pop(&mut q, 10), None);
+        q.arm(0, b"b", 20);
+        assert_eq!(
+            q.next_deadline(),
+            Some(20),
+            "nor is a re-armed one's old deadline"
+        );
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn the_same_key_of_two_operators_is_two_timers() {
+        let mut q = TimerQueue::default();
+        q.arm(0, b"k", 10);
+        q.arm(1, b"k", 5);
+        q.cancel(1, b"k");
+        assert_eq!(pop(&mut q, 100), Some((10, 0, b"k".to_vec())));
+    }
+
+    #[test]
+    fn re_arming_again_and_again_keeps_the_queue_bounded() {
+        let mut q = TimerQueue::default();
+        for i in 0..100_000u64 {
+            q.arm(0, &(i % 10).to_le_bytes(), 1_000_000 + i);
+        }
+        assert_eq!(q.len(), 10);
+        assert!(
+            q.queue.len() <= 2 * 10 + STALE_SLACK + 1,
+            "{} queue entries for 10 timers",
+            q.queue.len()
+        );
+        let fired: Vec<u64> = std::iter::from_fn(|| pop(&mut q, u64::MAX))
+            .map(|t| t.0)
+            .collect();
+        assert_eq!(
+            fired,
+            (99_990..100_000).map(|i| 1_000_000 + i).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn commits_write_only_what_changed_and_free_the_slots_of_gone_timers() {
+        let mut backend = MemoryBackend::new();
+        let store = backend.open_store("sluice/timers").unwrap();
+        let names = vec!["x".to_owned()];
+        let mut q = TimerQueue::default();
+        let mut commit = |q: &mut TimerQueue| {
+            let mut batch = WriteBatch::default();
+            q.commit(&mut batch, store, &names).unwrap();
+            backend.write(&batch).unwrap();
+            batch.len()
+        };
+        q.arm(0, b"a", 10);
+        q.arm(0, b"b", 10);
+        q.arm(0, b"c", 10);
+        q.cancel(0, b"c");
+        assert_eq!(commit(&mut q), 2, "c came and went: nothing to write");
+        assert_eq!(commit(&mut q), 0, "nothing changed");
+        assert!(pop(&mut q, 10).is_some());
+        assert_eq!(commit(&mut q), 1, "the fired timer's deletion");
+        assert_eq!(q.slots.len() - q.free.len(), 1, "only b keeps a slot");
+        q.arm(0, b"d", 12);
+        assert_eq!(q.slots.len(), 3, "d reuses a freed slot");
+        assert_eq!(pop(&mut q, 20).map(|t| t.2), Some(b"b".to_vec()));
+        assert_eq!(pop(&mut q, 20).map(|t| t.2), Some(b"d".to_vec()));
     }
 
     #[test]
@@ -281,8 +479,8 @@ mod tests {
             q.next_seq() - 1,
             "next sequence follows the newest stored timer"
         );
-        assert_eq!(loaded.pop_due(20).unwrap().op, 1);
-        assert_eq!(loaded.pop_due(20).unwrap().op, 0);
+        assert_eq!(pop(&mut loaded, 20).unwrap().1, 1);
+        assert_eq!(pop(&mut loaded, 20).unwrap().1, 0);
         assert!(loaded.is_empty());
     }
 }
