@@ -2,6 +2,8 @@
 //! under a virtual clock, like Kafka Streams' TopologyTestDriver, from the
 //! command line and with no broker.
 
+mod json;
+
 use std::borrow::Cow;
 use std::io::{BufRead, Read, Write};
 use std::time::{Duration, Instant};
@@ -108,9 +110,14 @@ impl<W: Write> JsonLinesOutput<W> {
 
     fn write_line<V: Serialize>(&mut self, line: &OutputLine<'_, V>) -> Result<(), OutputError> {
         let start = self.pending.len();
-        if let Err(e) = serde_json::to_writer(&mut self.pending, line) {
+        if json::write(&mut self.pending, line).is_err() {
+            // Something the fast writer leaves to serde_json: the line is
+            // written again, whole, by serde_json.
             self.pending.truncate(start);
-            return Err(e.into());
+            if let Err(e) = serde_json::to_writer(&mut self.pending, line) {
+                self.pending.truncate(start);
+                return Err(e.into());
+            }
         }
         self.pending.push(b'\n');
         if self.pending.len() >= OUTPUT_CHUNK {
