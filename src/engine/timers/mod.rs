@@ -5,11 +5,12 @@
 //! place in the sequence. The whole queue is kept in memory (it holds one entry
 //! per key with pending work) and written back to its store on commit.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+mod runs;
+
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
+use runs::{Queued, Runs};
 
 use crate::state::{show_key, StateBackend, StateError, StoreId, Stored, WriteBatch};
 
@@ -29,19 +30,12 @@ struct Slot {
     stored: Stored,
 }
 
-/// A timer's place in the queue. Re-arming or cancelling leaves the old
-/// entry behind: it no longer matches its slot's `at` and is skipped when it
-/// comes up (sequences are never reused, so it never matches again).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Queued {
-    deadline: u64,
-    seq: u64,
-    slot: u32,
-}
-
 #[derive(Debug, Default)]
 pub struct TimerQueue {
-    queue: BinaryHeap<Reverse<Queued>>,
+    /// A timer's place in the order. Re-arming or cancelling leaves the old
+    /// entry behind: it no longer matches its slot's `at` and is skipped when
+    /// it comes up (sequences are never reused, so it never matches again).
+    queue: Runs,
     slots: Vec<Slot>,
     /// Slots free for new keys.
     free: Vec<u32>,
@@ -138,11 +132,11 @@ impl TimerQueue {
             self.armed += 1;
         }
         self.mark_dirty(id);
-        self.queue.push(Reverse(Queued {
+        self.queue.push(Queued {
             deadline,
             seq,
             slot: id,
-        }));
+        });
         self.tidy();
     }
 
@@ -165,19 +159,16 @@ impl TimerQueue {
     /// Drops stale entries from the front, so that the first entry is always
     /// an armed timer, and rebuilds the queue when stale entries pile up.
     fn tidy(&mut self) {
-        while let Some(Reverse(first)) = self.queue.peek() {
-            if self.is_live(first) {
+        while let Some(first) = self.queue.peek() {
+            if self.is_live(&first) {
                 break;
             }
             self.queue.pop();
         }
         if self.queue.len() > 2 * self.armed + STALE_SLACK {
-            let live: Vec<Reverse<Queued>> = std::mem::take(&mut self.queue)
-                .into_vec()
-                .into_iter()
-                .filter(|Reverse(q)| self.is_live(q))
-                .collect();
-            self.queue = BinaryHeap::from(live);
+            let slots = &self.slots;
+            self.queue
+                .retain(|q| slots[q.slot as usize].at == Some((q.deadline, q.seq)));
         }
     }
 
@@ -185,7 +176,7 @@ impl TimerQueue {
     /// writing its key into `key`.
     pub fn pop_due(&mut self, limit: u64, key: &mut Vec<u8>) -> Option<DueTimer> {
         let first = loop {
-            let Reverse(first) = *self.queue.peek()?;
+            let first = self.queue.peek()?;
             if first.deadline > limit {
                 return None;
             }
@@ -209,7 +200,7 @@ impl TimerQueue {
     }
 
     pub fn next_deadline(&self) -> Option<u64> {
-        self.queue.peek().map(|Reverse(q)| q.deadline)
+        self.queue.peek().map(|q| q.deadline)
     }
 
     pub fn len(&self) -> usize {
@@ -282,6 +273,7 @@ impl TimerQueue {
             ..Self::default()
         };
         let mut orphans = 0u64;
+        let mut loaded = Vec::new();
         backend.scan(store, &mut |raw_key, raw_value| {
             let corrupt = || StateError::Corrupt {
                 dir: "sluice/timers".into(),
@@ -297,17 +289,22 @@ impl TimerQueue {
                     slot.at = Some((deadline, seq));
                     slot.stored = Stored::Yes;
                     queue.armed += 1;
-                    queue.queue.push(Reverse(Queued {
+                    loaded.push(Queued {
                         deadline,
                         seq,
                         slot: id,
-                    }));
+                    });
                     queue.next_seq = queue.next_seq.max(seq.saturating_add(1));
                 }
                 None => orphans += 1,
             }
             Ok(())
         })?;
+        // In order, they make one run.
+        loaded.sort_unstable();
+        for q in loaded {
+            queue.queue.push(q);
+        }
         if orphans > 0 {
             tracing::warn!(
                 orphans,
