@@ -380,9 +380,24 @@ impl Engine {
     }
 
     /// Writes all state changed since the last commit, the timers and the clock, atomically.
+    ///
+    /// State that nothing reads after this process (see
+    /// [`StateBackend::is_scratch`]) takes the commit store by store: the
+    /// batch then never holds more than one store's changes.
     pub fn commit(&mut self) -> Result<(), EngineError> {
-        let changes = self.prepare_commit()?;
-        self.apply_commit(changes)
+        if !self.backend.is_scratch() {
+            let changes = self.prepare_commit()?;
+            return self.apply_commit(changes);
+        }
+        let mut batch = std::mem::take(&mut self.spare_batch);
+        batch.clear();
+        self.collect_changes(&mut batch, &mut |backend, part| {
+            backend.write(part)?;
+            part.clear();
+            Ok(())
+        })?;
+        self.spare_batch = batch;
+        Ok(())
     }
 
     /// Collects every change since the last commit (operator stores, timers,
@@ -396,21 +411,37 @@ impl Engine {
         // allocated (and faulted in) afresh on every commit.
         let mut batch = std::mem::take(&mut self.spare_batch);
         batch.clear();
+        self.collect_changes(&mut batch, &mut |_, _| Ok(()))?;
+        Ok(Changes {
+            batch,
+            local: WriteBatch::default(),
+        })
+    }
+
+    /// Adds the changes of each store to `batch` in turn, calling
+    /// `after_store` after each.
+    fn collect_changes(
+        &mut self,
+        batch: &mut WriteBatch,
+        after_store: &mut dyn FnMut(
+            &mut dyn StateBackend,
+            &mut WriteBatch,
+        ) -> Result<(), StateError>,
+    ) -> Result<(), EngineError> {
         for op in &mut self.ops {
-            op.commit(self.clock, self.backend.as_ref(), &mut batch)?;
+            op.commit(self.clock, self.backend.as_ref(), batch)?;
+            after_store(self.backend.as_mut(), batch)?;
         }
         self.timers
-            .commit(&mut batch, self.timer_store, &self.op_names)?;
+            .commit(batch, self.timer_store, &self.op_names)?;
         batch.put(self.meta, b"clock", &self.clock.to_be_bytes());
         batch.put(
             self.meta,
             b"timer_seq",
             &self.timers.next_seq().to_be_bytes(),
         );
-        Ok(Changes {
-            batch,
-            local: WriteBatch::default(),
-        })
+        after_store(self.backend.as_mut(), batch)?;
+        Ok(())
     }
 
     /// Writes changes collected by [`Engine::prepare_commit`].

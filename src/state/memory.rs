@@ -102,6 +102,10 @@ impl StateBackend for MemoryBackend {
         Ok(())
     }
 
+    fn is_scratch(&self) -> bool {
+        true
+    }
+
     fn store_name(&self, store: StoreId) -> &str {
         &self.names[store]
     }

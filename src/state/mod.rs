@@ -61,6 +61,15 @@ pub trait StateBackend: Send {
     /// Makes everything written so far durable.
     fn sync(&mut self) -> Result<(), StateError>;
 
+    /// Whether nothing reads this state after the process ends (the
+    /// in-memory backend, a replay's temporary RocksDB state). A commit may
+    /// then reach it in several writes: a commit is atomic so that a crash
+    /// leaves the state at a commit point, and after a crash there is no
+    /// state to look at.
+    fn is_scratch(&self) -> bool {
+        false
+    }
+
     /// The name of a store, for diagnostics.
     fn store_name(&self, store: StoreId) -> &str;
 

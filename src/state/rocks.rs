@@ -33,6 +33,9 @@ impl SharedMemory {
 /// id and two varint lengths.
 const WRITE_BATCH_OVERHEAD: usize = 12;
 
+/// Bytes of RocksDB write batch a scratch database takes in one write.
+const SCRATCH_SLICE_BYTES: usize = 4 << 20;
+
 fn len_u32(len: usize) -> u32 {
     u32::try_from(len).expect("a commit holds fewer than 4 billion changes")
 }
@@ -129,6 +132,23 @@ impl RocksBackend {
         table.set_cache_index_and_filter_blocks(true);
         opts.set_block_based_table_factory(&table);
         opts
+    }
+
+    fn write_rocks(&self, wb: rocksdb::WriteBatch) -> Result<(), StateError> {
+        if wb.is_empty() {
+            return Ok(());
+        }
+        let mut opts = WriteOptions::default();
+        // Durability comes from the WAL, synced in `sync` at the points that need it.
+        opts.set_sync(false);
+        opts.disable_wal(!self.wal);
+        self.db
+            .write_opt(wb, &opts)
+            .map_err(|cause| StateError::Rocks {
+                store: "(batch)".into(),
+                op: "write",
+                cause,
+            })
     }
 
     fn cf(&self, store: StoreId) -> Result<&rocksdb::ColumnFamily, StateError> {
@@ -236,16 +256,23 @@ impl StateBackend for RocksBackend {
         // RocksDB's skip list inserts a key next to the previous one without
         // searching for its place. The sort is stable: later changes of a key
         // still come after earlier ones.
-        let mut order: Vec<u32> = (0..len_u32(batch.len())).collect();
-        order.sort_by(|&a, &b| {
-            let (sa, ka, _) = batch.get(a as usize);
-            let (sb, kb, _) = batch.get(b as usize);
-            (sa, ka).cmp(&(sb, kb))
-        });
-        let mut wb = rocksdb::WriteBatch::with_capacity_bytes(
-            batch.bytes_len() + batch.len() * WRITE_BATCH_OVERHEAD,
-        );
-        for i in order {
+        let mut order: Vec<(StoreId, &[u8], u32)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (store, key, _))| (store, key, len_u32(i)))
+            .collect();
+        order.sort_unstable();
+        // Scratch state takes a large commit in slices: no copy of the whole
+        // commit in RocksDB's format, and no memtable far past its size.
+        let slice = if self.wal {
+            usize::MAX
+        } else {
+            SCRATCH_SLICE_BYTES
+        };
+        let capacity = (batch.bytes_len() + batch.len() * WRITE_BATCH_OVERHEAD)
+            .min(slice.saturating_add(4096));
+        let mut wb = rocksdb::WriteBatch::with_capacity_bytes(capacity);
+        for (_, _, i) in order {
             let (store, key, change) = batch.get(i as usize);
             let cf = cfs[store];
             match change {
@@ -253,18 +280,17 @@ impl StateBackend for RocksBackend {
                 Change::Delete => wb.delete_cf(cf, key),
                 Change::SingleDelete => wb.single_delete_cf(cf, key),
             }
+            if wb.size_in_bytes() >= slice {
+                let full =
+                    std::mem::replace(&mut wb, rocksdb::WriteBatch::with_capacity_bytes(capacity));
+                self.write_rocks(full)?;
+            }
         }
-        let mut opts = WriteOptions::default();
-        // Durability comes from the WAL, synced in `sync` at the points that need it.
-        opts.set_sync(false);
-        opts.disable_wal(!self.wal);
-        self.db
-            .write_opt(wb, &opts)
-            .map_err(|cause| StateError::Rocks {
-                store: "(batch)".into(),
-                op: "write",
-                cause,
-            })
+        self.write_rocks(wb)
+    }
+
+    fn is_scratch(&self) -> bool {
+        !self.wal
     }
 
     fn sync(&mut self) -> Result<(), StateError> {
@@ -377,6 +403,29 @@ mod tests {
         let cf = db.cf(s).unwrap();
         db.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         assert_eq!(db.get(s, b"k").unwrap(), None, "after a full compaction");
+    }
+
+    #[test]
+    fn a_scratch_database_takes_a_large_batch_in_slices_and_keeps_all_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scratch = RocksBackend::open_scratch(dir.path()).unwrap();
+        let store = scratch.open_store("big").unwrap();
+        let mut batch = WriteBatch::default();
+        for n in 0..12_000u32 {
+            batch.put(store, &n.to_be_bytes(), &[n as u8; 1_000]);
+        }
+        assert!(batch.bytes_len() > 2 * SCRATCH_SLICE_BYTES);
+        scratch.write(&batch).unwrap();
+        let mut seen = 0u32;
+        scratch
+            .scan(store, &mut |key, value| {
+                assert_eq!(key, seen.to_be_bytes());
+                assert_eq!(value, [seen as u8; 1_000]);
+                seen += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, 12_000);
     }
 
     #[test]
