@@ -3,6 +3,7 @@
 //! command line and with no broker.
 
 mod json;
+mod line;
 
 use std::borrow::Cow;
 use std::io::{BufRead, Read, Write};
@@ -328,6 +329,9 @@ pub fn is_array_line(text: &str) -> bool {
 /// Public for the fuzz targets (state-tests/fuzz).
 pub fn parse_line(text: &[u8]) -> Result<InputLine<'_>, String> {
     let text = std::str::from_utf8(text).map_err(|e| format!("not UTF-8 text: {e}"))?;
+    if let Some(line) = line::parse(text) {
+        return Ok(line);
+    }
     if is_array_line(text) {
         return Err("not a replay record: a JSON array, expected an object".into());
     }
