@@ -31,10 +31,12 @@ pub(super) struct Runs {
     runs: Vec<VecDeque<Queued>>,
     heap: BinaryHeap<Reverse<Queued>>,
     len: usize,
+    /// The smallest entry and where it is, kept up to date.
+    first: Option<(Queued, Front)>,
 }
 
 /// Where the smallest entry is.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Front {
     Run(usize),
     Heap,
@@ -58,14 +60,27 @@ impl Runs {
             .max()
             .map(|(_, i)| i)
             .or_else(|| self.runs.iter().position(VecDeque::is_empty));
-        match best {
-            Some(i) => self.runs[i].push_back(q),
-            None if self.runs.len() < MAX_RUNS => self.runs.push(VecDeque::from([q])),
-            None => self.heap.push(Reverse(q)),
+        let at = match best {
+            Some(i) => {
+                self.runs[i].push_back(q);
+                Front::Run(i)
+            }
+            None if self.runs.len() < MAX_RUNS => {
+                self.runs.push(VecDeque::from([q]));
+                Front::Run(self.runs.len() - 1)
+            }
+            None => {
+                self.heap.push(Reverse(q));
+                Front::Heap
+            }
+        };
+        if self.first.is_none_or(|(f, _)| q < f) {
+            self.first = Some((q, at));
         }
     }
 
-    fn front(&self) -> Option<(Queued, Front)> {
+    /// Finds the smallest entry: the front of a run or the top of the heap.
+    fn find_first(&self) -> Option<(Queued, Front)> {
         let mut best = self.heap.peek().map(|Reverse(q)| (*q, Front::Heap));
         for (i, run) in self.runs.iter().enumerate() {
             if let Some(&q) = run.front() {
@@ -79,12 +94,12 @@ impl Runs {
 
     /// The smallest entry.
     pub fn peek(&self) -> Option<Queued> {
-        self.front().map(|(q, _)| q)
+        self.first.map(|(q, _)| q)
     }
 
     /// Takes the smallest entry.
     pub fn pop(&mut self) -> Option<Queued> {
-        let (q, at) = self.front()?;
+        let (q, at) = self.first?;
         match at {
             Front::Run(i) => {
                 self.runs[i].pop_front();
@@ -94,6 +109,7 @@ impl Runs {
             }
         }
         self.len -= 1;
+        self.first = self.find_first();
         Some(q)
     }
 
@@ -104,6 +120,7 @@ impl Runs {
         }
         self.heap.retain(|Reverse(q)| keep(q));
         self.len = self.runs.iter().map(VecDeque::len).sum::<usize>() + self.heap.len();
+        self.first = self.find_first();
     }
 }
 
