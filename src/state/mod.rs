@@ -8,6 +8,7 @@
 //! which is what makes a state directory consistent at every commit point.
 
 mod batch;
+mod key;
 mod memory;
 mod rocks;
 mod table;

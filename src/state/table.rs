@@ -5,6 +5,7 @@ use hashbrown::HashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::key::Key;
 use super::{show_key, StateBackend, StateError, StoreId, WriteBatch};
 
 /// Entries of one store, decoded, cached and written back on commit.
@@ -22,7 +23,7 @@ use super::{show_key, StateBackend, StateError, StoreId, WriteBatch};
 pub struct Table<V> {
     store: StoreId,
     name: String,
-    cache: HashMap<Vec<u8>, Slot<V>>,
+    cache: HashMap<Key, Slot<V>>,
     capacity: usize,
     complete: bool,
     /// The last stored key the previous sweep looked at: the next one resumes
@@ -106,11 +107,14 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
                 } else {
                     Stored::No
                 };
-                Ok(e.insert(Slot {
-                    value,
-                    dirty: false,
-                    stored,
-                }))
+                Ok(e.insert_with_key(
+                    Key::from(key),
+                    Slot {
+                        value,
+                        dirty: false,
+                        stored,
+                    },
+                ))
             }
         }
     }
@@ -194,7 +198,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         self.sweep_cursor = stopped_at;
         for key in expired {
             self.cache.insert(
-                key,
+                Key::from(&key[..]),
                 Slot {
                     value: None,
                     dirty: true,
@@ -213,7 +217,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
             if slot.dirty && failure.is_none() {
                 slot.dirty = false;
                 match &slot.value {
-                    Some(v) => match batch.put_encoded(store, key, v) {
+                    Some(v) => match batch.put_encoded(store, key.as_slice(), v) {
                         Ok(()) => slot.stored = slot.stored.put(),
                         Err(cause) => {
                             failure = Some(StateError::Encode {
@@ -223,7 +227,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
                         }
                     },
                     None => {
-                        slot.stored.delete(batch, store, key);
+                        slot.stored.delete(batch, store, key.as_slice());
                         slot.stored = Stored::No;
                     }
                 }
