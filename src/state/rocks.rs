@@ -36,6 +36,15 @@ const WRITE_BATCH_OVERHEAD: usize = 12;
 /// Bytes of RocksDB write batch a scratch database takes in one write.
 const SCRATCH_SLICE_BYTES: usize = 4 << 20;
 
+/// The first 16 bytes of a key as a number that orders as the bytes do:
+/// most comparisons of a sort end there, without reading the key itself.
+fn key_prefix(key: &[u8]) -> u128 {
+    let mut head = [0u8; 16];
+    let n = key.len().min(16);
+    head[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(head)
+}
+
 fn len_u32(len: usize) -> u32 {
     u32::try_from(len).expect("a commit holds fewer than 4 billion changes")
 }
@@ -254,12 +263,12 @@ impl StateBackend for RocksBackend {
             .collect::<Result<Vec<_>, _>>()?;
         // Sorted by store and key, each memtable takes its keys in order, and
         // RocksDB's skip list inserts a key next to the previous one without
-        // searching for its place. The sort is stable: later changes of a key
-        // still come after earlier ones.
-        let mut order: Vec<(StoreId, &[u8], u32)> = batch
+        // searching for its place. Changes of one key keep their order (the
+        // index breaks the tie): later ones still win.
+        let mut order: Vec<(StoreId, u128, &[u8], u32)> = batch
             .iter()
             .enumerate()
-            .map(|(i, (store, key, _))| (store, key, len_u32(i)))
+            .map(|(i, (store, key, _))| (store, key_prefix(key), key, len_u32(i)))
             .collect();
         order.sort_unstable();
         // Scratch state takes a large commit in slices: no copy of the whole
@@ -272,7 +281,7 @@ impl StateBackend for RocksBackend {
         let capacity = (batch.bytes_len() + batch.len() * WRITE_BATCH_OVERHEAD)
             .min(slice.saturating_add(4096));
         let mut wb = rocksdb::WriteBatch::with_capacity_bytes(capacity);
-        for (_, _, i) in order {
+        for (_, _, _, i) in order {
             let (store, key, change) = batch.get(i as usize);
             let cf = cfs[store];
             match change {
@@ -426,6 +435,17 @@ mod tests {
             })
             .unwrap();
         assert_eq!(seen, 12_000);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn keys_sort_by_their_prefix_number_as_by_their_bytes(keys in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24), 0..40)) {
+            let mut by_bytes = keys.clone();
+            by_bytes.sort();
+            let mut by_prefix = keys;
+            by_prefix.sort_by(|a, b| (key_prefix(a), a).cmp(&(key_prefix(b), b)));
+            proptest::prop_assert_eq!(by_prefix, by_bytes);
+        }
     }
 
     #[test]
