@@ -33,6 +33,11 @@ impl SharedMemory {
 /// id and two varint lengths.
 const WRITE_BATCH_OVERHEAD: usize = 12;
 
+/// Memtable bytes of all column families of a database that shares no
+/// budget with others (replay's): RocksDB flushes the largest memtable when
+/// they exceed it.
+const OWN_MEMTABLE_BYTES: usize = 24 << 20;
+
 /// Bytes of RocksDB write batch a scratch database takes in one write.
 const SCRATCH_SLICE_BYTES: usize = 4 << 20;
 
@@ -53,8 +58,8 @@ pub struct RocksBackend {
     db: DB,
     /// One block cache shared by all column families.
     cache: rocksdb::Cache,
-    /// Set when the memtable budget is shared with other databases.
-    write_buffers: Option<rocksdb::WriteBufferManager>,
+    /// The memtable budget, this database's own or shared with others.
+    write_buffers: rocksdb::WriteBufferManager,
     dir: PathBuf,
     names: Vec<String>,
     /// False for a scratch database, whose writes skip the write-ahead log.
@@ -64,7 +69,7 @@ pub struct RocksBackend {
 impl RocksBackend {
     /// Opens (creating if needed) the database in `dir`, with every column family it already has.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        Self::open_with(dir, None)
+        Self::open_with(dir, None, false)
     }
 
     /// Opens a scratch database in `dir`, one that is thrown away when the
@@ -72,23 +77,32 @@ impl RocksBackend {
     /// write-ahead log, which exists only to recover after a crash, and
     /// `sync` does nothing. Never for state that must outlive the process.
     pub fn open_scratch(dir: &Path) -> Result<Self, StateError> {
-        let mut backend = Self::open_with(dir, None)?;
-        backend.wal = false;
-        Ok(backend)
+        Self::open_with(dir, None, true)
     }
 
     /// Opens the database in `dir` within a memory budget shared with others.
     pub fn open_shared(dir: &Path, shared: &SharedMemory) -> Result<Self, StateError> {
-        Self::open_with(dir, Some(shared))
+        Self::open_with(dir, Some(shared), false)
     }
 
-    fn open_with(dir: &Path, shared: Option<&SharedMemory>) -> Result<Self, StateError> {
+    fn open_with(
+        dir: &Path,
+        shared: Option<&SharedMemory>,
+        scratch: bool,
+    ) -> Result<Self, StateError> {
         let cache = shared.map_or_else(
             || rocksdb::Cache::new_lru_cache(8 << 20),
             |s| s.cache.clone(),
         );
-        let write_buffers = shared.map(|s| s.write_buffers.clone());
-        let opts = Self::options(&cache, write_buffers.as_ref());
+        // One budget for the memtables of all column families: each store's
+        // memtable would otherwise fill up to its own size and stay there,
+        // however little the store is written, and a long run would hold
+        // them all.
+        let write_buffers = shared.map_or_else(
+            || rocksdb::WriteBufferManager::new_write_buffer_manager(OWN_MEMTABLE_BYTES, false),
+            |s| s.write_buffers.clone(),
+        );
+        let opts = Self::options(&cache, &write_buffers, scratch);
         let open_err = |cause| StateError::Open {
             dir: dir.to_owned(),
             cause,
@@ -99,7 +113,7 @@ impl RocksBackend {
             vec!["default".to_owned()]
         };
         let cfs = existing.iter().map(|name| {
-            ColumnFamilyDescriptor::new(name, Self::options(&cache, write_buffers.as_ref()))
+            ColumnFamilyDescriptor::new(name, Self::options(&cache, &write_buffers, scratch))
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(open_err)?;
         Ok(RocksBackend {
@@ -108,7 +122,7 @@ impl RocksBackend {
             write_buffers,
             dir: dir.to_owned(),
             names: Vec::new(),
-            wal: true,
+            wal: !scratch,
         })
     }
 
@@ -120,18 +134,22 @@ impl RocksBackend {
     // so that a process stays well under its RSS budget.
     fn options(
         cache: &rocksdb::Cache,
-        write_buffers: Option<&rocksdb::WriteBufferManager>,
+        write_buffers: &rocksdb::WriteBufferManager,
+        scratch: bool,
     ) -> Options {
         let mut opts = Options::default();
-        if let Some(wbm) = write_buffers {
-            opts.set_write_buffer_manager(wbm);
-        }
+        opts.set_write_buffer_manager(write_buffers);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_write_buffer_size(8 << 20);
         opts.set_max_write_buffer_number(2);
         opts.set_max_background_jobs(1);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Scratch state is removed at the end: compressing it only costs time.
+        opts.set_compression_type(if scratch {
+            rocksdb::DBCompressionType::None
+        } else {
+            rocksdb::DBCompressionType::Lz4
+        });
         opts.set_keep_log_file_num(2);
         // Reads are for keys missing from a table's cache, often absent from the
         // store as well: a bloom filter answers those without touching a block.
@@ -178,7 +196,7 @@ impl StateBackend for RocksBackend {
             self.db
                 .create_cf(
                     name,
-                    &Self::options(&self.cache, self.write_buffers.as_ref()),
+                    &Self::options(&self.cache, &self.write_buffers, !self.wal),
                 )
                 .map_err(|cause| StateError::Rocks {
                     store: name.to_owned(),
