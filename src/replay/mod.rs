@@ -175,8 +175,12 @@ impl Default for ReplayOptions {
         ReplayOptions {
             drain: false,
             // Hot keys are written once per commit, so a longer interval writes
-            // less; the state stays consistent at every commit point either way.
-            commit_every: 100_000,
+            // less; but a commit's changes are all in memory at once, and state
+            // waiting for a commit's sweep (expired entries) stays there until
+            // it. 50,000 lines keep a high-survival flood under 256 MiB (100,000
+            // took 270 MiB) for about 6% of the throughput. The state stays
+            // consistent at every commit point either way.
+            commit_every: 50_000,
         }
     }
 }
