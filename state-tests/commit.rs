@@ -3,6 +3,10 @@
 //! refuses credentials, and (with SLUICE_TEST_BROKERS) a real Kafka broker.
 //! Nothing is mocked; every test drives the binary.
 
+// Some helpers serve only the tests that inject faults (`--features
+// fault-injection`, which `.ci/test` enables); without it they are unused.
+#![cfg_attr(not(feature = "fault-injection"), allow(dead_code, unused_imports))]
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

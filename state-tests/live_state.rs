@@ -2,6 +2,10 @@
 //! by `.ci/test`): restores, changelogs, at-least-once after kills, the
 //! repartition path with protobuf, and the byte budget of the input buffers.
 
+// Some helpers serve only the tests that inject faults (`--features
+// fault-injection`, which `.ci/test` enables); without it they are unused.
+#![cfg_attr(not(feature = "fault-injection"), allow(dead_code, unused_imports))]
+
 mod support;
 
 use std::collections::HashMap;
@@ -311,6 +315,7 @@ fn a_restore_longer_than_max_poll_interval_keeps_the_member() {
     assert_same_intents(&expected, &got, "no duplicate output");
 }
 
+#[cfg(feature = "fault-injection")]
 fn high_watermark(topic: &str, partition: i32) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -414,6 +419,7 @@ fn at_least_once_loses_no_intent_across_kill_9() {
 }
 
 /// The expected intents that `got` lacks, counted as multisets.
+#[cfg(feature = "fault-injection")]
 fn missing_from(expected: &[IntentFields], got: &[IntentFields]) -> Vec<IntentFields> {
     let mut counts: HashMap<&IntentFields, i64> = HashMap::new();
     for g in got {
