@@ -593,7 +593,12 @@ fn the_run_carries_on_by_itself_across_a_broker_restart() {
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(still_running, "the run gave up:\n{log}");
     let got = sorted(read_intents(&reads));
-    assert_same_intents(&expected, &got, &log[log.len().saturating_sub(3000)..]);
+    let context = format!(
+        "{}\n--- the run's own lines ---\n{}",
+        &log[log.len().saturating_sub(3000)..],
+        own_lines_of(&log, 150)
+    );
+    assert_same_intents(&expected, &got, &context);
 }
 
 #[test]

@@ -8,6 +8,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use sluice::kafka::run::state_http::path_segment;
+
 #[derive(clap::Args)]
 pub struct StatusArgs {
     service: String,
@@ -24,8 +26,8 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
     let url = format!(
         "{}/v1/state/{}/{}",
         args.url.trim_end_matches('/'),
-        segment(&args.service),
-        segment(&args.environment)
+        path_segment(&args.service),
+        path_segment(&args.environment)
     );
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -48,17 +50,6 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         render(&body)
     };
     super::print_stdout(&text)
-}
-
-fn segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A time in ms since the epoch, as RFC 3339.

@@ -469,6 +469,18 @@ pub fn warnings_of(log: &str, max: usize) -> String {
     lines[lines.len().saturating_sub(max)..].join("\n")
 }
 
+/// The run's own log lines (not librdkafka's, which carry `fac=`) at info
+/// and above, at most `max` of the last ones: what the run did, in order,
+/// for a failure message that librdkafka's reconnect noise would bury.
+pub fn own_lines_of(log: &str, max: usize) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains(" fac=\""))
+        .filter(|l| l.contains(" INFO ") || l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    lines[lines.len().saturating_sub(max)..].join("\n")
+}
+
 /// Waits until `needle` occurs `count` times in the log at `path`; fails
 /// with the log after `timeout`.
 pub fn wait_for_log(path: &Path, needle: &str, count: usize, timeout: Duration) {

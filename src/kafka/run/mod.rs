@@ -205,13 +205,24 @@ impl RunSummary {
     }
 }
 
+/// librdkafka's periodic metadata refresh (see [`run`]).
+const METADATA_REFRESH: &str = "topic.metadata.refresh.interval.ms";
+
 /// Runs the topology until `stop` is set (or it has been idle long enough).
 pub fn run(
     topo: Arc<Topology>,
     opts: RunOptions,
     stop: &'static AtomicBool,
 ) -> Result<RunSummary, RunError> {
-    let base = crate::kafka::client_config(&topo.kafka, &opts.brokers)?;
+    let mut base = crate::kafka::client_config(&topo.kafka, &opts.brokers)?;
+    if base.get(METADATA_REFRESH).is_none() {
+        // librdkafka refreshes metadata every 5 minutes by default, and
+        // right after a broker restart it can cache a topic's partitions
+        // without a leader (or without partitions): a client that relies on
+        // that cache then waits for the next refresh. 10 s bounds the wait
+        // for one small request per client.
+        base.set(METADATA_REFRESH, "10000");
+    }
     let stores = store_names(&topo, &opts.engine)?;
     let plan = topics::Plan::new(&topo, &stores)?;
     let layout = topics::prepare(&base, &topo, &plan)?;

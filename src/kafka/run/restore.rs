@@ -302,6 +302,10 @@ const RESTORE_BATCH: usize = 20_000;
 /// How often a long restore lets the run serve the group.
 const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(500);
 
+/// How long a restore may see neither a record nor the end of a changelog
+/// before it asks for the changelog's metadata again.
+const STALL_REFRESH: Duration = Duration::from_secs(5);
+
 /// The reading of partition `id` of one changelog.
 struct Reading<'a> {
     changelog: &'a Changelog,
@@ -378,10 +382,19 @@ impl Reading<'_> {
         let deadline_idle = RESTORE_PATIENCE;
         let mut last_progress = Instant::now();
         let mut last_keep_alive = Instant::now();
+        let mut last_refresh = Instant::now();
         loop {
             if last_keep_alive.elapsed() >= KEEP_ALIVE_EVERY {
                 (env.keep_alive)()?;
                 last_keep_alive = Instant::now();
+            }
+            // No record and no end for a while: after a broker restart the
+            // restorer may hold metadata without the partition's leader, and
+            // would fetch nothing until its next periodic refresh.
+            if last_progress.elapsed() >= STALL_REFRESH && last_refresh.elapsed() >= STALL_REFRESH {
+                tracing::debug!(topic = %self.changelog.topic, "restore stalled; refreshing metadata");
+                refresh_metadata(env.restorer, &self.changelog.topic);
+                last_refresh = Instant::now();
             }
             match env.restorer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {

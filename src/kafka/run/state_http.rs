@@ -205,8 +205,8 @@ async fn forward(
     }
 }
 
-/// Percent-encodes a path segment.
-fn path_segment(text: &str) -> String {
+/// Percent-encodes a path segment (of a state query's URL).
+pub fn path_segment(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
