@@ -1,7 +1,7 @@
 //! Alerts: firing (and the rollback it may cause), resolved, expired, and
 //! the unparking that the end of a blocking alert brings.
 
-use super::image::{Effects, GateRules, Incoming, KeyCx};
+use super::image::{consequence_causes, Effects, GateRules, Incoming, KeyCx};
 use super::state::{GateState, Hold};
 use crate::operators::Ctx;
 use crate::record::origin::add_cause;
@@ -88,11 +88,7 @@ impl GateRules {
         let Some((target, age)) = self.recent_previous(st, now) else {
             return;
         };
-        let mut causes = Vec::new();
-        add_cause(&mut causes, origin);
-        for c in &st.current_causes {
-            add_cause(&mut causes, c);
-        }
+        let causes = consequence_causes(origin, st);
         let reason = format!(
             "rollback: alert {} ({}) fired {age} ms after deploy",
             alert.identity(),
@@ -158,9 +154,9 @@ impl GateRules {
         cx: &mut Ctx<'_>,
         effects: &mut Effects,
     ) {
-        if st.parked_by == Some(Hold::Alert) && self.blocking(st).is_none() {
+        if self.blocking(st).is_none() {
             let reason = "released: no blocking alert remains".to_owned();
-            self.unpark(k, st, ended, reason, cx, effects);
+            self.unpark_held_by(k, st, Hold::Alert, ended, reason, cx, effects);
         }
     }
 

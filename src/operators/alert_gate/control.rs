@@ -2,15 +2,10 @@
 //! environment), pin and unpin, approve; and the ends of freezes (`until`,
 //! a freeze window closing).
 
-use super::image::{Effects, GateRules, KeyCx};
+use super::image::{who, Effects, GateRules, KeyCx};
 use super::state::{Freeze, GateState, Hold, Pin};
 use crate::operators::Ctx;
 use crate::record::{ControlAction, ControlEvent, Origin};
-
-fn by_whom(by: &Option<String>) -> String {
-    by.as_deref()
-        .map_or_else(String::new, |by| format!(" by {by}"))
-}
 
 impl GateRules {
     /// A command for one key (it names a service).
@@ -23,7 +18,7 @@ impl GateRules {
         cx: &mut Ctx<'_>,
         effects: &mut Effects,
     ) {
-        let by = by_whom(&c.by);
+        let by = who(&c.by);
         match c.action {
             ControlAction::Freeze => st.freeze = Some(freeze_of(c, origin)),
             ControlAction::Unfreeze => {

@@ -114,9 +114,21 @@ pub(super) fn rfc3339(ms: u64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
-fn who(by: &Option<String>) -> String {
+/// " by NAME" when a command names who gave it, else nothing.
+pub(super) fn who(by: &Option<String>) -> String {
     by.as_deref()
         .map_or_else(String::new, |by| format!(" by {by}"))
+}
+
+/// The records behind a consequence: the record that triggered it, then
+/// those behind the image the key runs.
+pub(super) fn consequence_causes(trigger: &Origin, st: &GateState) -> Vec<Origin> {
+    let mut causes = Vec::new();
+    add_cause(&mut causes, trigger);
+    for c in &st.current_causes {
+        add_cause(&mut causes, c);
+    }
+    causes
 }
 
 impl GateRules {

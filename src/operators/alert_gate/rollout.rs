@@ -2,7 +2,7 @@
 //! promotion), degraded (and rolls back), or failed (and is retried, then
 //! rolled back); and the retry and soak timers.
 
-use super::image::{Effects, GateRules, Incoming, KeyCx};
+use super::image::{consequence_causes, Effects, GateRules, Incoming, KeyCx};
 use super::state::GateState;
 use crate::operators::Ctx;
 use crate::record::origin::add_cause;
@@ -66,12 +66,7 @@ impl GateRules {
 
     /// The records behind a status's consequence: the status, then the image's.
     fn status_causes(st: &GateState) -> Vec<Origin> {
-        let mut causes = Vec::new();
-        add_cause(&mut causes, &st.rollout.status_origin);
-        for c in &st.current_causes {
-            add_cause(&mut causes, c);
-        }
-        causes
+        consequence_causes(&st.rollout.status_origin, st)
     }
 
     /// Within `rollback_window` of the deploy: roll back as a `rollback_on`
