@@ -3,7 +3,9 @@
 //! failed produce aborts and rewinds to the last commit.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+
+use crate::duration::now_ms;
 
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Message, OwnedMessage};
@@ -69,6 +71,8 @@ impl Inner {
             .is_on()
             .then(|| traceparent(m))
             .flatten()
+            // An unsampled parent's child records nothing: skip building it.
+            .filter(|parent| parent.sampled())
             .map(|parent| process_span(tracing, &parent, m));
         let mut out = KafkaOutput {
             producer: &self.producer,
@@ -183,11 +187,4 @@ fn process_span(tracing: &Tracing, parent: &TraceContext, m: &OwnedMessage) -> S
     span.set_attribute("messaging.kafka.partition", i64::from(m.partition()));
     span.set_attribute("messaging.kafka.offset", m.offset());
     span
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
