@@ -1,6 +1,14 @@
 //! Durations as written in topology files: one or more `<integer><unit>` groups.
 
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The wall clock in milliseconds since the epoch (0 before 1970).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// A non-zero span of time in whole milliseconds.
 ///

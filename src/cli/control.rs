@@ -14,7 +14,9 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use sluice::duration::now_ms;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -72,12 +74,6 @@ pub struct ControlArgs {
     /// --output: the line's time (the replay clock), as --until; default: now.
     #[arg(long)]
     ts: Option<String>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `+2h` from now, or a point in time as `sluice record` reads one.

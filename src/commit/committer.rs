@@ -352,7 +352,7 @@ impl<'r> Committer<'r> {
             let (last, failed) = match self.commit_and_push(b, &mut plan) {
                 Ok(Attempt::Pushed(commit)) => {
                     self.note_pushed(b, items, &plan);
-                    return Ok((plan, Some((commit, now_ms()))));
+                    return Ok((plan, Some((commit, crate::duration::now_ms()))));
                 }
                 Ok(Attempt::Rejected(why)) => {
                     self.note_push("rejected");
@@ -503,12 +503,6 @@ enum Attempt {
 }
 
 /// Now, in ms since the epoch: when a push returned.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Opens a branch's clone, retrying an unreachable remote or refused
 /// credentials with backoff until `give_up_after`.
 fn open_clone<'r>(

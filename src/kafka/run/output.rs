@@ -183,7 +183,8 @@ impl Output for KafkaOutput<'_> {
         self.producer.poll(std::time::Duration::ZERO);
         self.counts.records += 1;
         self.txn_counts.sink_record(record);
-        self.metrics.sink_record(&sink.name, record, wall_ms());
+        self.metrics
+            .sink_record(&sink.name, record, crate::duration::now_ms());
         Ok(())
     }
 
@@ -204,12 +205,6 @@ impl Output for KafkaOutput<'_> {
         tracing::debug!(node = letter.node, error = letter.error, "dead letter");
         Ok(())
     }
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

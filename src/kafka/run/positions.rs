@@ -4,7 +4,7 @@
 //! and when it last reflected a commit (its checkpoint). Under at-least-once
 //! each changelog record also carries the input positions it follows from.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+pub(super) use crate::duration::now_ms;
 
 /// The meta entry saying a store was restored and its positions are kept.
 pub(super) const READY_NOTE: &[u8] = b"changelog:ready";
@@ -72,13 +72,6 @@ pub fn position_entry(topic: &str, next_offset: i64, transactional: bool) -> (Ve
 /// The meta entry stamping a store with the time it reflects its changelogs.
 pub fn checkpoint_entry() -> (Vec<u8>, Vec<u8>) {
     (CHECKPOINT_NOTE.to_vec(), now_ms().to_be_bytes().to_vec())
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The `sluice.inputs` header value for some (topic, next offset) pairs.
