@@ -207,6 +207,8 @@ impl RunSummary {
 
 /// librdkafka's periodic metadata refresh (see [`run`]).
 const METADATA_REFRESH: &str = "topic.metadata.refresh.interval.ms";
+/// How long librdkafka trusts cached metadata (see [`run`]).
+const METADATA_MAX_AGE: &str = "metadata.max.age.ms";
 
 /// Runs the topology until `stop` is set (or it has been idle long enough).
 pub fn run(
@@ -222,6 +224,14 @@ pub fn run(
         // that cache then waits for the next refresh. 10 s bounds the wait
         // for one small request per client.
         base.set(METADATA_REFRESH, "10000");
+        if base.get(METADATA_MAX_AGE).is_none() {
+            // Its default follows the refresh (3 times it): 30 s would let
+            // the cache expire during a broker outage, and a producer whose
+            // topic expired holds its records unpartitioned until
+            // message.timeout.ms (5 minutes without transactions). Keep
+            // librdkafka's own default, 15 minutes.
+            base.set(METADATA_MAX_AGE, "900000");
+        }
     }
     let stores = store_names(&topo, &opts.engine)?;
     let plan = topics::Plan::new(&topo, &stores)?;
