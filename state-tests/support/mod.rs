@@ -65,10 +65,49 @@ pub fn producer_on(brokers: &str) -> BaseProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
+        // The topics must hold the lines in the order replay reads them:
+        // without idempotence a batch retried across a broker restart can
+        // land after the next one, or twice.
+        .set("enable.idempotence", "true")
         // The Java clients' partitioner: keys land where Kafka Streams would put them.
         .set("partitioner", "murmur2_random")
         .create()
         .expect("producer")
+}
+
+/// [`producer_on`], once it knows a leader for every partition of `topics`.
+/// Right after a broker (re)start a fresh producer learns each topic's
+/// leaders separately, and holds a topic's records until it has them: the
+/// records of one `produce` call would reach the topics seconds apart.
+pub fn ready_producer_on(brokers: &str, topics: &[&str]) -> BaseProducer {
+    let p = producer_on(brokers);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for topic in topics {
+        loop {
+            let led = p
+                .client()
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .ok()
+                .and_then(|m| {
+                    let t = m.topics().first()?;
+                    let all = t.error().is_none()
+                        && !t.partitions().is_empty()
+                        && t.partitions()
+                            .iter()
+                            .all(|p| p.error().is_none() && p.leader() >= 0);
+                    all.then_some(())
+                });
+            if led.is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: no leader for every partition in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    p
 }
 
 pub fn producer() -> BaseProducer {
@@ -198,6 +237,64 @@ pub fn produce(
         p.poll(Duration::ZERO);
     }
     p.flush(Duration::from_secs(60)).expect("flushed");
+}
+
+/// Whether `topic` holds `lines` (those of `line_topic`) as produced: each
+/// key's records once each, in the order of the lines. `None` when it
+/// does, else what differs. A broker restart mid-produce must not change
+/// the input that a live run is compared with replay on.
+pub fn input_as_produced(
+    brokers: &str,
+    topic: &str,
+    line_topic: &str,
+    lines: &[Line],
+) -> Option<String> {
+    let wanted: Vec<&Line> = lines.iter().filter(|l| l.topic == line_topic).collect();
+    let reads = read_topic(
+        brokers,
+        topic,
+        "read_uncommitted",
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+        |r| r.len() >= wanted.len(),
+    );
+    let mut by_key: HashMap<Option<String>, Vec<(i64, String)>> = HashMap::new();
+    for l in &wanted {
+        by_key
+            .entry(l.key.clone())
+            .or_default()
+            .push((l.ts, l.value.clone()));
+    }
+    let mut read_by_key: HashMap<Option<String>, Vec<(i64, String)>> = HashMap::new();
+    let mut sorted_reads = reads.clone();
+    sorted_reads.sort_by_key(|r| (r.partition, r.offset));
+    for r in sorted_reads {
+        read_by_key
+            .entry(r.key.clone())
+            .or_default()
+            .push((r.ts, String::from_utf8_lossy(&r.value).into_owned()));
+    }
+    let mut differing: Vec<String> = by_key
+        .iter()
+        .filter(|(k, v)| read_by_key.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            format!(
+                "{k:?} ({} lines, {} records)",
+                v.len(),
+                read_by_key.get(k).map_or(0, Vec::len)
+            )
+        })
+        .collect();
+    differing.sort();
+    (reads.len() != wanted.len() || !differing.is_empty()).then(|| {
+        format!(
+            "{topic}: {} records for {} lines; {} keys differ in content or order, among them {}",
+            reads.len(),
+            wanted.len(),
+            differing.len(),
+            differing[..differing.len().min(8)].join(", ")
+        )
+    })
 }
 
 /// A record read back from a topic.

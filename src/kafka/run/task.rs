@@ -195,6 +195,7 @@ impl Task {
         self.fired_seen = self.engine.timers_fired();
         self.dirty = !self.superseded.is_empty();
         self.prepared = None;
+        self.idle_since = None;
         // The reopened engine counts from zero; what was counted stays published.
         self.processed = 0;
         self.counted.clear();
@@ -247,9 +248,16 @@ impl Task {
     /// `max.task.idle.ms`: records produced to several topics at once do
     /// not reach the consumer at once. Under wall-clock time any buffered
     /// record may go.
+    ///
+    /// A wait lasts while some input holds records: once none does, the
+    /// next one begins afresh. A wait that outlived its cause (all buffers
+    /// drained, a broker outage, a rewind) would otherwise be found expired
+    /// when the next records come, and a task would take one input's new
+    /// records without waiting at all for the other's.
     pub fn next_queue(&mut self, event_time: bool, max_idle: std::time::Duration) -> Option<usize> {
         let mut best: Option<(i64, usize)> = None;
         let mut caught_up_empty = false;
+        let mut fetching = false;
         for (i, q) in self.queues.iter().enumerate() {
             match q.buffer.front() {
                 Some(m) => {
@@ -258,9 +266,16 @@ impl Task {
                         best = Some((ts, i));
                     }
                 }
-                None if event_time && !q.caught_up => return None,
+                None if event_time && !q.caught_up => fetching = true,
                 None => caught_up_empty = true,
             }
+        }
+        if best.is_none() {
+            self.idle_since = None;
+            return None;
+        }
+        if fetching {
+            return None;
         }
         let best = best.map(|(_, i)| i);
         if !(event_time && caught_up_empty && best.is_some()) || max_idle.is_zero() {
@@ -366,16 +381,18 @@ mod tests {
     use super::*;
     use crate::state::MemoryBackend;
 
-    fn task() -> Task {
-        let topo = Topology::parse(
-            "t.toml",
-            "[app]\nid = \"t\"\n[[sources]]\nname = \"images\"\ntopic = \"images\"\nkind = \"image\"\n\
+    const TOPOLOGY: &str =
+        "[app]\nid = \"t\"\n[[sources]]\nname = \"images\"\ntopic = \"images\"\nkind = \"image\"\n\
              [[sources]]\nname = \"alerts\"\ntopic = \"alerts\"\nkind = \"alert\"\n\
-             [[sinks]]\nname = \"out\"\ninput = \"images\"\ntopic = \"out\"\n",
-        )
-        .unwrap();
+             [[sinks]]\nname = \"out\"\ninput = \"images\"\ntopic = \"out\"\n";
+
+    fn topology() -> Arc<Topology> {
+        Arc::new(Topology::parse("t.toml", TOPOLOGY).unwrap())
+    }
+
+    fn task() -> Task {
         let engine = Engine::open(
-            Arc::new(topo),
+            topology(),
             Box::new(MemoryBackend::default()),
             &EngineOptions::default(),
         )
@@ -458,6 +475,48 @@ mod tests {
             t.next_queue(true, idle),
             Some(0),
             "then the task goes on without it"
+        );
+    }
+
+    /// CI, 2026-12-06: a wait begun before a broker outage, with the images
+    /// drained meanwhile but never seen to their end, was found expired when
+    /// the next images came; they went before the alerts produced with them.
+    #[test]
+    fn a_wait_ends_once_no_input_holds_records() {
+        let idle = Duration::from_millis(200);
+        let mut t = task();
+        t.queues[0].push(record("images", 0, 20));
+        t.queues[1].caught_up = true;
+        assert_eq!(t.next_queue(true, idle), None, "the wait begins");
+        std::thread::sleep(idle);
+        assert_eq!(t.next_queue(true, idle), Some(0), "and expires");
+        t.queues[0].pop();
+        // The images' end is not known yet (the broker went away).
+        assert_eq!(t.next_queue(true, idle), None);
+        t.queues[0].push(record("images", 1, 30));
+        assert_eq!(
+            t.next_queue(true, idle),
+            None,
+            "new images wait afresh for the alerts"
+        );
+    }
+
+    #[test]
+    fn a_reset_ends_the_wait() {
+        let idle = Duration::from_millis(200);
+        let mut t = task();
+        t.queues[0].push(record("images", 0, 20));
+        t.queues[1].caught_up = true;
+        assert_eq!(t.next_queue(true, idle), None, "the wait begins");
+        std::thread::sleep(idle);
+        t.reset(&topology(), &EngineOptions::default()).unwrap();
+        // Refetched after the rewind: the images first, the alerts caught up.
+        t.queues[0].push(record("images", 0, 20));
+        t.queues[1].caught_up = true;
+        assert_eq!(
+            t.next_queue(true, idle),
+            None,
+            "the wait from before the reset is over"
         );
     }
 }
