@@ -478,18 +478,25 @@ mod tests {
         );
     }
 
+    /// A task that held an image while the caught-up alerts were empty
+    /// for longer than `idle`: its wait for them has expired.
+    fn task_past_its_wait(idle: Duration) -> Task {
+        let mut t = task();
+        t.queues[0].push(record("images", 0, 20));
+        t.queues[1].caught_up = true;
+        assert_eq!(t.next_queue(true, idle), None, "the wait begins");
+        std::thread::sleep(idle);
+        t
+    }
+
     /// CI, 2026-12-06: a wait begun before a broker outage, with the images
     /// drained meanwhile but never seen to their end, was found expired when
     /// the next images came; they went before the alerts produced with them.
     #[test]
     fn a_wait_ends_once_no_input_holds_records() {
         let idle = Duration::from_millis(200);
-        let mut t = task();
-        t.queues[0].push(record("images", 0, 20));
-        t.queues[1].caught_up = true;
-        assert_eq!(t.next_queue(true, idle), None, "the wait begins");
-        std::thread::sleep(idle);
-        assert_eq!(t.next_queue(true, idle), Some(0), "and expires");
+        let mut t = task_past_its_wait(idle);
+        assert_eq!(t.next_queue(true, idle), Some(0), "the wait expired");
         t.queues[0].pop();
         // The images' end is not known yet (the broker went away).
         assert_eq!(t.next_queue(true, idle), None);
@@ -504,11 +511,7 @@ mod tests {
     #[test]
     fn a_reset_ends_the_wait() {
         let idle = Duration::from_millis(200);
-        let mut t = task();
-        t.queues[0].push(record("images", 0, 20));
-        t.queues[1].caught_up = true;
-        assert_eq!(t.next_queue(true, idle), None, "the wait begins");
-        std::thread::sleep(idle);
+        let mut t = task_past_its_wait(idle);
         t.reset(&topology(), &EngineOptions::default()).unwrap();
         // Refetched after the rewind: the images first, the alerts caught up.
         t.queues[0].push(record("images", 0, 20));
