@@ -502,7 +502,6 @@ enum Attempt {
     Rejected(String),
 }
 
-/// Now, in ms since the epoch: when a push returned.
 /// Opens a branch's clone, retrying an unreachable remote or refused
 /// credentials with backoff until `give_up_after`.
 fn open_clone<'r>(
