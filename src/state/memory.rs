@@ -145,7 +145,7 @@ mod tests {
         let mut after = Vec::new();
         m.scan_after(s, Some(b"ab"), &mut |k, _| {
             after.push(k.to_vec());
-            Ok(after.len() < 1)
+            Ok(after.is_empty())
         })
         .unwrap();
         assert_eq!(
