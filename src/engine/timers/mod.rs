@@ -498,4 +498,110 @@ mod tests {
         assert_eq!(pop(&mut loaded, 20).unwrap().1, 0);
         assert!(loaded.is_empty());
     }
+
+    mod model {
+        use std::collections::BTreeMap;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::state::MemoryBackend;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Arm(usize, u8, u64),
+            Cancel(usize, u8),
+            Pop(u64),
+            Commit,
+            Reload,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0usize..2, 0u8..6, 0u64..40).prop_map(|(o, k, d)| Op::Arm(o, k, d)),
+                1 => (0usize..2, 0u8..6).prop_map(|(o, k)| Op::Cancel(o, k)),
+                2 => (0u64..40).prop_map(Op::Pop),
+                2 => Just(Op::Commit),
+                1 => Just(Op::Reload),
+            ]
+        }
+
+        fn stored(backend: &MemoryBackend, store: StoreId) -> BTreeMap<Vec<u8>, Vec<u8>> {
+            let mut m = BTreeMap::new();
+            backend
+                .scan(store, &mut |k, v| {
+                    m.insert(k.to_vec(), v.to_vec());
+                    Ok(())
+                })
+                .unwrap();
+            m
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+            #[test]
+            fn the_queue_fires_and_stores_what_a_plain_map_does(ops in prop::collection::vec(op(), 1..120)) {
+                let mut backend = MemoryBackend::new();
+                let store = backend.open_store("sluice/timers").unwrap();
+                let names = vec!["x".to_owned(), "y".to_owned()];
+                let mut q = TimerQueue::default();
+                // (op, key) -> (deadline, seq)
+                let mut model: BTreeMap<(usize, Vec<u8>), (u64, u64)> = BTreeMap::new();
+                let mut committed = model.clone();
+                let mut seq = 0u64;
+                let mut committed_seq = 0u64;
+                for o in ops {
+                    match o {
+                        Op::Arm(op, k, d) => {
+                            q.arm(op, &[k], d);
+                            model.insert((op, vec![k]), (d, seq));
+                            seq += 1;
+                        }
+                        Op::Cancel(op, k) => {
+                            q.cancel(op, &[k]);
+                            model.remove(&(op, vec![k]));
+                        }
+                        Op::Pop(limit) => loop {
+                            let first = model
+                                .iter()
+                                .map(|(k, at)| (*at, k.clone()))
+                                .min()
+                                .filter(|(at, _)| at.0 <= limit);
+                            let mut key = Vec::new();
+                            let got = q.pop_due(limit, &mut key).map(|t| (t.deadline, t.op, key));
+                            let want = first.map(|((d, _), (op, key))| (d, op, key));
+                            prop_assert_eq!(&got, &want);
+                            match want {
+                                Some((_, op, key)) => {
+                                    model.remove(&(op, key));
+                                }
+                                None => break,
+                            }
+                        },
+                        Op::Commit => {
+                            let mut batch = WriteBatch::default();
+                            q.commit(&mut batch, store, &names).unwrap();
+                            backend.write(&batch).unwrap();
+                            let mut want = BTreeMap::new();
+                            for ((op, key), at) in &model {
+                                let mut raw = Vec::new();
+                                encode_key_into(&mut raw, &names[*op], key);
+                                want.insert(raw, postcard::to_stdvec(at).unwrap());
+                            }
+                            prop_assert_eq!(stored(&backend, store), want);
+                            committed = model.clone();
+                            committed_seq = seq;
+                        }
+                        Op::Reload => {
+                            q = TimerQueue::load(&backend, store, &names, committed_seq).unwrap();
+                            model = committed.clone();
+                            seq = committed_seq;
+                        }
+                    }
+                    prop_assert_eq!(q.len(), model.len());
+                    prop_assert_eq!(q.next_deadline(), model.values().map(|a| a.0).min());
+                }
+            }
+        }
+    }
 }
