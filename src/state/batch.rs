@@ -39,11 +39,12 @@ enum Kind {
 pub enum Change<'a> {
     Put(&'a [u8]),
     Delete,
-    /// A deletion of a key that was put exactly once since it was last
-    /// absent, by the writer of this batch. A backend may use a cheaper
-    /// deletion for it (RocksDB's `SingleDelete`, which vanishes together
-    /// with the put it meets, instead of a tombstone kept until the bottom
-    /// level); it means the same as [`Change::Delete`].
+    /// A deletion of a key that was put exactly once since its previous
+    /// single delete (or ever), a plain [`Change::Delete`] in between not
+    /// counting as one: RocksDB's `SingleDelete`, which vanishes together
+    /// with the put it meets instead of a tombstone kept until the bottom
+    /// level. Otherwise an older put may come back (see the RocksDB
+    /// backend's tests); tables and timers never write it for that reason.
     SingleDelete,
 }
 
@@ -128,8 +129,8 @@ impl WriteBatch {
         self.push_deletion(store, key, Kind::Delete);
     }
 
-    /// Deletes a key that the batch's writer put exactly once since the key
-    /// was last absent from the store (see [`Change::SingleDelete`]).
+    /// Deletes a key put exactly once since its previous single delete
+    /// (see [`Change::SingleDelete`] for why that is rarely known).
     pub fn single_delete(&mut self, store: StoreId, key: &[u8]) {
         self.push_deletion(store, key, Kind::SingleDelete);
     }
