@@ -5,9 +5,9 @@
 //! entries go through the store), must print exactly the output whose
 //! SHA-256 is recorded below.
 //!
-//! The digests were recorded from main's binary at `a0bdc79` (whose intents
-//! already carry `reason_code` and `caused_by`), the baseline of issue 12's
-//! performance work (`sluice flood --events 6000 --services 150
+//! The digests were recorded from main's binary just before the performance
+//! work of issue 12 was merged (`a0bdc79`, whose intents already carry
+//! `reason_code` and `caused_by`: `sluice flood --events 6000 --services 150
 //! --seed 1 --invalid-per-mille 20 --profile P | sluice replay --input -
 //! --drain | sha256sum`). Cache size and commit interval never change
 //! output, so one digest per profile covers every run.

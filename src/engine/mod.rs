@@ -134,12 +134,12 @@ pub fn restore<'e>(
     for (store, key, value) in entries {
         let id = backend.open_store(store)?;
         match value {
-            Some(v) => batch.put(id, key.to_vec(), v.to_vec()),
-            None => batch.delete(id, key.to_vec()),
+            Some(v) => batch.put(id, key, v),
+            None => batch.delete(id, key),
         }
     }
     let n = batch.len();
-    backend.write(batch)?;
+    backend.write(&batch)?;
     Ok(n)
 }
 
@@ -184,6 +184,10 @@ pub struct Engine {
     /// Timers fired since the engine was opened: lets a driver tell whether
     /// anything changed since its last commit.
     timers_fired: u64,
+    /// The last commit's batch, kept for its memory.
+    spare_batch: WriteBatch,
+    /// The key of the timer firing, reused from one to the next.
+    timer_key: Vec<u8>,
 }
 
 impl Engine {
@@ -234,6 +238,8 @@ impl Engine {
             timer_store,
             stats,
             timers_fired: 0,
+            spare_batch: WriteBatch::default(),
+            timer_key: Vec::new(),
         };
         engine.record_identity()?;
         Ok(engine)
@@ -241,17 +247,9 @@ impl Engine {
 
     fn record_identity(&mut self) -> Result<(), EngineError> {
         let mut batch = WriteBatch::default();
-        batch.put(
-            self.meta,
-            b"app_id".to_vec(),
-            self.topo.app_id.as_bytes().to_vec(),
-        );
-        batch.put(
-            self.meta,
-            b"format".to_vec(),
-            STATE_FORMAT.to_be_bytes().to_vec(),
-        );
-        self.backend.write(batch)?;
+        batch.put(self.meta, b"app_id", self.topo.app_id.as_bytes());
+        batch.put(self.meta, b"format", &STATE_FORMAT.to_be_bytes());
+        self.backend.write(&batch)?;
         Ok(())
     }
 
@@ -338,7 +336,7 @@ impl Engine {
     /// the state reflects) to a commit, in the engine's meta store. It is
     /// written with the commit but is not a changelog entry.
     pub fn note_in_commit(&self, changes: &mut Changes, key: &[u8], value: Vec<u8>) {
-        changes.local.put(self.meta, key.to_vec(), value);
+        changes.local.put(self.meta, key, &value);
     }
 
     /// Reads a driver's bookkeeping entry from a backend's meta store
@@ -360,8 +358,8 @@ impl Engine {
     ) -> Result<(), StateError> {
         let meta = backend.open_store(META_STORE)?;
         let mut batch = WriteBatch::default();
-        batch.put(meta, key.to_vec(), value);
-        backend.write(batch)
+        batch.put(meta, key, &value);
+        backend.write(&batch)
     }
 
     /// Whether a changelog record of `store` is one the store can hold: a
@@ -446,9 +444,24 @@ impl Engine {
     }
 
     /// Writes all state changed since the last commit, the timers and the clock, atomically.
+    ///
+    /// State that nothing reads after this process (see
+    /// [`StateBackend::is_scratch`]) takes the commit store by store: the
+    /// batch then never holds more than one store's changes.
     pub fn commit(&mut self) -> Result<(), EngineError> {
-        let changes = self.prepare_commit()?;
-        self.apply_commit(changes)
+        if !self.backend.is_scratch() {
+            let changes = self.prepare_commit()?;
+            return self.apply_commit(changes);
+        }
+        let mut batch = std::mem::take(&mut self.spare_batch);
+        batch.clear();
+        self.collect_changes(&mut batch, &mut |backend, part| {
+            backend.write(part)?;
+            part.clear();
+            Ok(())
+        })?;
+        self.spare_batch = batch;
+        Ok(())
     }
 
     /// Collects every change since the last commit (operator stores, timers,
@@ -458,33 +471,49 @@ impl Engine {
     /// engine and opens a new one on the store, which is still at the last
     /// commit, so no aborted write ever reaches it.
     pub fn prepare_commit(&mut self) -> Result<Changes, EngineError> {
-        let mut batch = WriteBatch::default();
-        for op in &mut self.ops {
-            op.commit(self.clock, self.backend.as_ref(), &mut batch)?;
-        }
-        self.timers
-            .commit(&mut batch, self.timer_store, &self.op_names)?;
-        batch.put(
-            self.meta,
-            b"clock".to_vec(),
-            self.clock.to_be_bytes().to_vec(),
-        );
-        batch.put(
-            self.meta,
-            b"timer_seq".to_vec(),
-            self.timers.next_seq().to_be_bytes().to_vec(),
-        );
+        // The last commit's batch, emptied: its memory is reused, not
+        // allocated (and faulted in) afresh on every commit.
+        let mut batch = std::mem::take(&mut self.spare_batch);
+        batch.clear();
+        self.collect_changes(&mut batch, &mut |_, _| Ok(()))?;
         Ok(Changes {
             batch,
             local: WriteBatch::default(),
         })
     }
 
+    /// Adds the changes of each store to `batch` in turn, calling
+    /// `after_store` after each.
+    fn collect_changes(
+        &mut self,
+        batch: &mut WriteBatch,
+        after_store: &mut dyn FnMut(
+            &mut dyn StateBackend,
+            &mut WriteBatch,
+        ) -> Result<(), StateError>,
+    ) -> Result<(), EngineError> {
+        for op in &mut self.ops {
+            op.commit(self.clock, self.backend.as_ref(), batch)?;
+            after_store(self.backend.as_mut(), batch)?;
+        }
+        self.timers
+            .commit(batch, self.timer_store, &self.op_names)?;
+        batch.put(self.meta, b"clock", &self.clock.to_be_bytes());
+        batch.put(
+            self.meta,
+            b"timer_seq",
+            &self.timers.next_seq().to_be_bytes(),
+        );
+        after_store(self.backend.as_mut(), batch)?;
+        Ok(())
+    }
+
     /// Writes changes collected by [`Engine::prepare_commit`].
     pub fn apply_commit(&mut self, changes: Changes) -> Result<(), EngineError> {
         let Changes { mut batch, local } = changes;
-        batch.ops.extend(local.ops);
-        self.backend.write(batch)?;
+        batch.append(&local);
+        self.backend.write(&batch)?;
+        self.spare_batch = batch;
         Ok(())
     }
 
@@ -493,13 +522,10 @@ impl Engine {
         &'c self,
         changes: &'c Changes,
     ) -> impl Iterator<Item = (&'c str, &'c [u8], Option<&'c [u8]>)> + 'c {
-        changes.batch.ops.iter().map(|(store, key, value)| {
-            (
-                self.backend.store_name(*store),
-                key.as_slice(),
-                value.as_deref(),
-            )
-        })
+        changes
+            .batch
+            .iter()
+            .map(|(store, key, change)| (self.backend.store_name(store), key, change.value()))
     }
 
     /// Commits and makes the state durable.
@@ -517,7 +543,8 @@ impl Engine {
 
     fn fire_due(&mut self, limit: u64, out: &mut dyn Output) -> Result<(), EngineError> {
         let topo = Arc::clone(&self.topo);
-        while let Some(timer) = self.timers.pop_due(limit) {
+        let mut key = std::mem::take(&mut self.timer_key);
+        while let Some(timer) = self.timers.pop_due(limit, &mut key) {
             self.timers_fired += 1;
             self.clock = self.clock.max(timer.deadline);
             let node = topo.operators[timer.op].node;
@@ -531,10 +558,11 @@ impl Engine {
                     out: &mut emitted,
                     stats: &mut self.stats[node],
                 };
-                self.ops[timer.op].on_timer(&timer.key, &mut cx)?;
+                self.ops[timer.op].on_timer(&key, &mut cx)?;
             }
             self.forward(&topo, node, emitted, None, out)?;
         }
+        self.timer_key = key;
         Ok(())
     }
 

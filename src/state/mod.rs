@@ -7,14 +7,18 @@
 //! A commit therefore moves every store, the timers and the clock together,
 //! which is what makes a state directory consistent at every commit point.
 
+mod batch;
+mod key;
 mod memory;
 mod rocks;
 mod table;
 
 use std::path::PathBuf;
 
+pub use batch::{Change, WriteBatch};
 pub use memory::MemoryBackend;
 pub use rocks::{RocksBackend, SharedMemory};
+pub(crate) use table::Stored;
 pub use table::Table;
 
 /// A visitor of store entries, for [`StateBackend::scan`].
@@ -25,30 +29,6 @@ pub type VisitWhile<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StateError> + 
 
 /// Identifies a store (one per operator, plus the engine's own) within a backend.
 pub type StoreId = usize;
-
-/// Changes to apply atomically: `(store, key, Some(value))` puts, `None` deletes.
-#[derive(Debug, Default)]
-pub struct WriteBatch {
-    pub ops: Vec<(StoreId, Vec<u8>, Option<Vec<u8>>)>,
-}
-
-impl WriteBatch {
-    pub fn put(&mut self, store: StoreId, key: Vec<u8>, value: Vec<u8>) {
-        self.ops.push((store, key, Some(value)));
-    }
-
-    pub fn delete(&mut self, store: StoreId, key: Vec<u8>) {
-        self.ops.push((store, key, None));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-}
 
 /// A key-value state backend with named stores.
 ///
@@ -87,11 +67,20 @@ pub trait StateBackend: Send {
         Ok(n)
     }
 
-    /// Applies `batch` atomically.
-    fn write(&mut self, batch: WriteBatch) -> Result<(), StateError>;
+    /// Applies `batch` atomically. Later changes of a key override earlier ones.
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), StateError>;
 
     /// Makes everything written so far durable.
     fn sync(&mut self) -> Result<(), StateError>;
+
+    /// Whether nothing reads this state after the process ends (the
+    /// in-memory backend, a replay's temporary RocksDB state). A commit may
+    /// then reach it in several writes: a commit is atomic so that a crash
+    /// leaves the state at a commit point, and after a crash there is no
+    /// state to look at.
+    fn is_scratch(&self) -> bool {
+        false
+    }
 
     /// The name of a store, for diagnostics.
     fn store_name(&self, store: StoreId) -> &str;

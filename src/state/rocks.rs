@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
-use super::{StateBackend, StateError, StoreId, Visit, VisitWhile, WriteBatch};
+use super::{Change, StateBackend, StateError, StoreId, Visit, VisitWhile, WriteBatch};
 
 /// Memory that several databases of one process share: the live runtime
 /// opens one store per task, and their memtables and block caches together
@@ -29,12 +29,37 @@ impl SharedMemory {
     }
 }
 
+/// Bytes a RocksDB write batch adds to each change: a tag, a column family
+/// id and two varint lengths.
+const WRITE_BATCH_OVERHEAD: usize = 12;
+
+/// Memtable bytes of all column families of a database that shares no
+/// budget with others (replay's): RocksDB flushes the largest memtable when
+/// they exceed it.
+const OWN_MEMTABLE_BYTES: usize = 24 << 20;
+
+/// Bytes of RocksDB write batch a scratch database takes in one write.
+const SCRATCH_SLICE_BYTES: usize = 4 << 20;
+
+/// The first 16 bytes of a key as a number that orders as the bytes do:
+/// most comparisons of a sort end there, without reading the key itself.
+fn key_prefix(key: &[u8]) -> u128 {
+    let mut head = [0u8; 16];
+    let n = key.len().min(16);
+    head[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(head)
+}
+
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).expect("a commit holds fewer than 4 billion changes")
+}
+
 pub struct RocksBackend {
     db: DB,
     /// One block cache shared by all column families.
     cache: rocksdb::Cache,
-    /// Set when the memtable budget is shared with other databases.
-    write_buffers: Option<rocksdb::WriteBufferManager>,
+    /// The memtable budget, this database's own or shared with others.
+    write_buffers: rocksdb::WriteBufferManager,
     dir: PathBuf,
     names: Vec<String>,
     /// False for a scratch database, whose writes skip the write-ahead log.
@@ -44,7 +69,7 @@ pub struct RocksBackend {
 impl RocksBackend {
     /// Opens (creating if needed) the database in `dir`, with every column family it already has.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        Self::open_with(dir, None)
+        Self::open_with(dir, None, false)
     }
 
     /// Opens a scratch database in `dir`, one that is thrown away when the
@@ -52,23 +77,32 @@ impl RocksBackend {
     /// write-ahead log, which exists only to recover after a crash, and
     /// `sync` does nothing. Never for state that must outlive the process.
     pub fn open_scratch(dir: &Path) -> Result<Self, StateError> {
-        let mut backend = Self::open_with(dir, None)?;
-        backend.wal = false;
-        Ok(backend)
+        Self::open_with(dir, None, true)
     }
 
     /// Opens the database in `dir` within a memory budget shared with others.
     pub fn open_shared(dir: &Path, shared: &SharedMemory) -> Result<Self, StateError> {
-        Self::open_with(dir, Some(shared))
+        Self::open_with(dir, Some(shared), false)
     }
 
-    fn open_with(dir: &Path, shared: Option<&SharedMemory>) -> Result<Self, StateError> {
+    fn open_with(
+        dir: &Path,
+        shared: Option<&SharedMemory>,
+        scratch: bool,
+    ) -> Result<Self, StateError> {
         let cache = shared.map_or_else(
             || rocksdb::Cache::new_lru_cache(8 << 20),
             |s| s.cache.clone(),
         );
-        let write_buffers = shared.map(|s| s.write_buffers.clone());
-        let opts = Self::options(&cache, write_buffers.as_ref());
+        // One budget for the memtables of all column families: each store's
+        // memtable would otherwise fill up to its own size and stay there,
+        // however little the store is written, and a long run would hold
+        // them all.
+        let write_buffers = shared.map_or_else(
+            || rocksdb::WriteBufferManager::new_write_buffer_manager(OWN_MEMTABLE_BYTES, false),
+            |s| s.write_buffers.clone(),
+        );
+        let opts = Self::options(&cache, &write_buffers, scratch);
         let open_err = |cause| StateError::Open {
             dir: dir.to_owned(),
             cause,
@@ -79,7 +113,7 @@ impl RocksBackend {
             vec!["default".to_owned()]
         };
         let cfs = existing.iter().map(|name| {
-            ColumnFamilyDescriptor::new(name, Self::options(&cache, write_buffers.as_ref()))
+            ColumnFamilyDescriptor::new(name, Self::options(&cache, &write_buffers, scratch))
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(open_err)?;
         Ok(RocksBackend {
@@ -88,7 +122,7 @@ impl RocksBackend {
             write_buffers,
             dir: dir.to_owned(),
             names: Vec::new(),
-            wal: true,
+            wal: !scratch,
         })
     }
 
@@ -100,18 +134,22 @@ impl RocksBackend {
     // so that a process stays well under its RSS budget.
     fn options(
         cache: &rocksdb::Cache,
-        write_buffers: Option<&rocksdb::WriteBufferManager>,
+        write_buffers: &rocksdb::WriteBufferManager,
+        scratch: bool,
     ) -> Options {
         let mut opts = Options::default();
-        if let Some(wbm) = write_buffers {
-            opts.set_write_buffer_manager(wbm);
-        }
+        opts.set_write_buffer_manager(write_buffers);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_write_buffer_size(8 << 20);
         opts.set_max_write_buffer_number(2);
         opts.set_max_background_jobs(1);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Scratch state is removed at the end: compressing it only costs time.
+        opts.set_compression_type(if scratch {
+            rocksdb::DBCompressionType::None
+        } else {
+            rocksdb::DBCompressionType::Lz4
+        });
         opts.set_keep_log_file_num(2);
         // Reads are for keys missing from a table's cache, often absent from the
         // store as well: a bloom filter answers those without touching a block.
@@ -121,6 +159,23 @@ impl RocksBackend {
         table.set_cache_index_and_filter_blocks(true);
         opts.set_block_based_table_factory(&table);
         opts
+    }
+
+    fn write_rocks(&self, wb: rocksdb::WriteBatch) -> Result<(), StateError> {
+        if wb.is_empty() {
+            return Ok(());
+        }
+        let mut opts = WriteOptions::default();
+        // Durability comes from the WAL, synced in `sync` at the points that need it.
+        opts.set_sync(false);
+        opts.disable_wal(!self.wal);
+        self.db
+            .write_opt(wb, &opts)
+            .map_err(|cause| StateError::Rocks {
+                store: "(batch)".into(),
+                op: "write",
+                cause,
+            })
     }
 
     fn cf(&self, store: StoreId) -> Result<&rocksdb::ColumnFamily, StateError> {
@@ -141,7 +196,7 @@ impl StateBackend for RocksBackend {
             self.db
                 .create_cf(
                     name,
-                    &Self::options(&self.cache, self.write_buffers.as_ref()),
+                    &Self::options(&self.cache, &self.write_buffers, !self.wal),
                 )
                 .map_err(|cause| StateError::Rocks {
                     store: name.to_owned(),
@@ -232,26 +287,49 @@ impl StateBackend for RocksBackend {
         }
     }
 
-    fn write(&mut self, batch: WriteBatch) -> Result<(), StateError> {
-        let mut wb = rocksdb::WriteBatch::default();
-        for (store, key, value) in &batch.ops {
-            let cf = self.cf(*store)?;
-            match value {
-                Some(v) => wb.put_cf(cf, key, v),
-                None => wb.delete_cf(cf, key),
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), StateError> {
+        let cfs = (0..self.names.len())
+            .map(|store| self.cf(store))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Sorted by store and key, each memtable takes its keys in order, and
+        // RocksDB's skip list inserts a key next to the previous one without
+        // searching for its place. Changes of one key keep their order (the
+        // index breaks the tie): later ones still win.
+        let mut order: Vec<(StoreId, u128, &[u8], u32)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (store, key, _))| (store, key_prefix(key), key, len_u32(i)))
+            .collect();
+        order.sort_unstable();
+        // Scratch state takes a large commit in slices: no copy of the whole
+        // commit in RocksDB's format, and no memtable far past its size.
+        let slice = if self.wal {
+            usize::MAX
+        } else {
+            SCRATCH_SLICE_BYTES
+        };
+        let capacity = (batch.bytes_len() + batch.len() * WRITE_BATCH_OVERHEAD)
+            .min(slice.saturating_add(4096));
+        let mut wb = rocksdb::WriteBatch::with_capacity_bytes(capacity);
+        for (_, _, _, i) in order {
+            let (store, key, change) = batch.get(i as usize);
+            let cf = cfs[store];
+            match change {
+                Change::Put(v) => wb.put_cf(cf, key, v),
+                Change::Delete => wb.delete_cf(cf, key),
+                Change::SingleDelete => wb.single_delete_cf(cf, key),
+            }
+            if wb.size_in_bytes() >= slice {
+                let full =
+                    std::mem::replace(&mut wb, rocksdb::WriteBatch::with_capacity_bytes(capacity));
+                self.write_rocks(full)?;
             }
         }
-        let mut opts = WriteOptions::default();
-        // Durability comes from the WAL, synced in `sync` at the points that need it.
-        opts.set_sync(false);
-        opts.disable_wal(!self.wal);
-        self.db
-            .write_opt(wb, &opts)
-            .map_err(|cause| StateError::Rocks {
-                store: "(batch)".into(),
-                op: "write",
-                cause,
-            })
+        self.write_rocks(wb)
+    }
+
+    fn is_scratch(&self) -> bool {
+        !self.wal
     }
 
     fn sync(&mut self) -> Result<(), StateError> {
@@ -292,9 +370,9 @@ mod tests {
         let store = backend.open_store("dedup").unwrap();
         let mut batch = WriteBatch::default();
         for n in 0..1_000u32 {
-            batch.put(store, n.to_be_bytes().to_vec(), vec![7; 100]);
+            batch.put(store, &n.to_be_bytes(), &[7; 100]);
         }
-        backend.write(batch).unwrap();
+        backend.write(&batch).unwrap();
         backend.sync().unwrap();
         store
     }
@@ -309,6 +387,92 @@ mod tests {
             Some(vec![7; 100])
         );
         assert_eq!(wal_bytes(dir.path()), 0, "no write-ahead log");
+    }
+
+    #[test]
+    fn a_batch_is_written_in_key_order_but_later_changes_of_a_key_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = RocksBackend::open(dir.path()).unwrap();
+        let a = db.open_store("a").unwrap();
+        let b = db.open_store("b").unwrap();
+        let mut batch = WriteBatch::default();
+        batch.put(b, b"z", b"1");
+        batch.put(a, b"k", b"first");
+        batch.put(b, b"a", b"2");
+        batch.delete(a, b"k");
+        batch.put(a, b"k", b"last");
+        batch.put(a, b"gone", b"x");
+        batch.single_delete(a, b"gone");
+        db.write(&batch).unwrap();
+        assert_eq!(db.get(a, b"k").unwrap().as_deref(), Some(&b"last"[..]));
+        assert_eq!(db.get(a, b"gone").unwrap(), None);
+        assert_eq!(db.get(b, b"a").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(db.get(b, b"z").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    /// Why a deletion after a plain delete can never be a single delete:
+    /// RocksDB's contract counts the puts since the previous *single*
+    /// delete, and a plain delete in between does not hold the older puts
+    /// down. Flushed together, the single delete cancels the last put, and
+    /// the tombstone, hidden behind them, is dropped; the put flushed before
+    /// comes back. (A restore writes a changelog's deletions as plain ones.)
+    #[test]
+    fn a_single_delete_after_a_plain_delete_brings_an_older_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = RocksBackend::open(dir.path()).unwrap();
+        let s = db.open_store("s").unwrap();
+        let write = |db: &mut RocksBackend, change: &dyn Fn(&mut WriteBatch)| {
+            let mut batch = WriteBatch::default();
+            change(&mut batch);
+            db.write(&batch).unwrap();
+        };
+        let flush = |db: &RocksBackend| db.db.flush_cf(db.cf(s).unwrap()).unwrap();
+        write(&mut db, &|w| w.put(s, b"k", b"old"));
+        flush(&db);
+        write(&mut db, &|w| w.delete(s, b"k"));
+        write(&mut db, &|w| w.put(s, b"k", b"new"));
+        write(&mut db, &|w| w.single_delete(s, b"k"));
+        assert_eq!(db.get(s, b"k").unwrap(), None, "before the flush");
+        flush(&db);
+        assert_eq!(
+            db.get(s, b"k").unwrap().as_deref(),
+            Some(&b"old"[..]),
+            "after the flush, the put below the tombstone is back"
+        );
+    }
+
+    #[test]
+    fn a_scratch_database_takes_a_large_batch_in_slices_and_keeps_all_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scratch = RocksBackend::open_scratch(dir.path()).unwrap();
+        let store = scratch.open_store("big").unwrap();
+        let mut batch = WriteBatch::default();
+        for n in 0..12_000u32 {
+            batch.put(store, &n.to_be_bytes(), &[n as u8; 1_000]);
+        }
+        assert!(batch.bytes_len() > 2 * SCRATCH_SLICE_BYTES);
+        scratch.write(&batch).unwrap();
+        let mut seen = 0u32;
+        scratch
+            .scan(store, &mut |key, value| {
+                assert_eq!(key, seen.to_be_bytes());
+                assert_eq!(value, [seen as u8; 1_000]);
+                seen += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, 12_000);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn keys_sort_by_their_prefix_number_as_by_their_bytes(keys in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24), 0..40)) {
+            let mut by_bytes = keys.clone();
+            by_bytes.sort();
+            let mut by_prefix = keys;
+            by_prefix.sort_by(|a, b| (key_prefix(a), a).cmp(&(key_prefix(b), b)));
+            proptest::prop_assert_eq!(by_prefix, by_bytes);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use hashbrown::HashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::key::Key;
 use super::{show_key, StateBackend, StateError, StoreId, WriteBatch};
 
 /// Entries of one store, decoded, cached and written back on commit.
@@ -22,7 +23,7 @@ use super::{show_key, StateBackend, StateError, StoreId, WriteBatch};
 pub struct Table<V> {
     store: StoreId,
     name: String,
-    cache: HashMap<Vec<u8>, Slot<V>>,
+    cache: HashMap<Key, Slot<V>>,
     capacity: usize,
     complete: bool,
     /// The last stored key the previous sweep looked at: the next one resumes
@@ -45,7 +46,41 @@ struct Slot<V> {
     dirty: bool,
     /// Whether the backend holds an entry for the key as of the last commit:
     /// an entry created and deleted between two commits costs no write at all.
-    stored: bool,
+    stored: Stored,
+}
+
+/// What the backend holds for a key as of the last commit.
+///
+/// Its deletion is always a plain [`WriteBatch::delete`], never a single
+/// delete: RocksDB's `SingleDelete` is defined only when the key was put
+/// once since its previous *single* delete, and no writer here can know
+/// that. A key absent now may have been deleted with a plain tombstone
+/// (a restore writes a changelog's deletions so, and so does a table for an
+/// entry it loaded or overwrote), with older puts still below it; a flush
+/// or compaction drops such a tombstone behind a newer put or single
+/// delete, and the single delete, cancelling only the newest put, brings
+/// the older value back (see the RocksDB backend's tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// Nothing.
+    No,
+    /// An entry.
+    Yes,
+}
+
+impl Stored {
+    /// After a put of the key.
+    pub(crate) fn put(self) -> Stored {
+        Stored::Yes
+    }
+
+    /// Writes the deletion of `key` that this state calls for, if any.
+    pub(crate) fn delete(self, batch: &mut WriteBatch, store: StoreId, key: &[u8]) {
+        match self {
+            Stored::No => {}
+            Stored::Yes => batch.delete(store, key),
+        }
+    }
 }
 
 impl<V: Serialize + DeserializeOwned> Table<V> {
@@ -70,12 +105,19 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
                 } else {
                     decode(backend, self.store, &self.name, key)?
                 };
-                let stored = value.is_some();
-                Ok(e.insert(Slot {
-                    value,
-                    dirty: false,
-                    stored,
-                }))
+                let stored = if value.is_some() {
+                    Stored::Yes
+                } else {
+                    Stored::No
+                };
+                Ok(e.insert_with_key(
+                    Key::from(key),
+                    Slot {
+                        value,
+                        dirty: false,
+                        stored,
+                    },
+                ))
             }
         }
     }
@@ -159,11 +201,11 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         self.sweep_cursor = stopped_at;
         for key in expired {
             self.cache.insert(
-                key,
+                Key::from(&key[..]),
                 Slot {
                     value: None,
                     dirty: true,
-                    stored: true,
+                    stored: Stored::Yes,
                 },
             );
         }
@@ -178,11 +220,8 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
             if slot.dirty && failure.is_none() {
                 slot.dirty = false;
                 match &slot.value {
-                    Some(v) => match postcard::to_stdvec(v) {
-                        Ok(bytes) => {
-                            batch.put(store, key.clone(), bytes);
-                            slot.stored = true;
-                        }
+                    Some(v) => match batch.put_encoded(store, key.as_slice(), v) {
+                        Ok(()) => slot.stored = slot.stored.put(),
                         Err(cause) => {
                             failure = Some(StateError::Encode {
                                 store: name.clone(),
@@ -190,11 +229,10 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
                             })
                         }
                     },
-                    None if slot.stored => {
-                        batch.delete(store, key.clone());
-                        slot.stored = false;
+                    None => {
+                        slot.stored.delete(batch, store, key.as_slice());
+                        slot.stored = Stored::No;
                     }
-                    None => {}
                 }
             }
             // A deleted entry is known absent without a slot while the cache is
@@ -238,7 +276,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         })?;
         for (key, slot) in &self.cache {
             if let Some(value) = slot.value.as_ref().filter(|v| pick(v)) {
-                found.push((key.clone(), value.clone()));
+                found.push((key.as_slice().to_vec(), value.clone()));
             }
         }
         Ok(found)
@@ -301,7 +339,7 @@ mod tests {
         let mut batch = WriteBatch::default();
         table.commit(&mut batch).unwrap();
         let n = batch.len();
-        backend.write(batch).unwrap();
+        backend.write(&batch).unwrap();
         n
     }
 
@@ -336,8 +374,8 @@ mod tests {
         let store = backend.open_store("t").unwrap();
         // Something the table must not see while it believes the store empty.
         let mut batch = WriteBatch::default();
-        batch.put(store, b"x".to_vec(), postcard::to_stdvec(&1u64).unwrap());
-        backend.write(batch).unwrap();
+        batch.put(store, b"x", &postcard::to_stdvec(&1u64).unwrap());
+        backend.write(&batch).unwrap();
         let mut table: Table<u64> = Table::new(store, "t", 10, true);
         assert_eq!(table.get(&backend, b"x").unwrap(), None);
         *table.get_mut(&backend, b"y").unwrap() = Some(1);
@@ -371,6 +409,58 @@ mod tests {
         );
     }
 
+    /// The kinds of deletion a commit writes, in order.
+    fn deletions<V: Serialize + DeserializeOwned>(
+        table: &mut Table<V>,
+        backend: &mut MemoryBackend,
+    ) -> Vec<crate::state::Change<'static>> {
+        let mut batch = WriteBatch::default();
+        table.commit(&mut batch).unwrap();
+        backend.write(&batch).unwrap();
+        batch
+            .iter()
+            .filter_map(|(_, _, c)| match c {
+                crate::state::Change::Put(_) => None,
+                crate::state::Change::Delete => Some(crate::state::Change::Delete),
+                crate::state::Change::SingleDelete => Some(crate::state::Change::SingleDelete),
+            })
+            .collect()
+    }
+
+    /// The pattern that brought deleted entries back after a restore: put
+    /// twice, deleted (a plain tombstone), put once more and deleted again.
+    /// A single delete for the last deletion would cancel only the last put
+    /// and, once a flush drops the tombstone between, uncover the first ones.
+    #[test]
+    fn every_deletion_is_a_plain_delete() {
+        use crate::state::Change::Delete;
+        let mut backend = MemoryBackend::new();
+        let store = backend.open_store("t").unwrap();
+        let mut table: Table<u64> = Table::new(store, "t", 10, true);
+        *table.get_mut(&backend, b"once").unwrap() = Some(1);
+        *table.get_mut(&backend, b"twice").unwrap() = Some(1);
+        commit(&mut table, &mut backend);
+        *table.get_mut(&backend, b"twice").unwrap() = Some(2);
+        commit(&mut table, &mut backend);
+        *table.get_mut(&backend, b"once").unwrap() = None;
+        assert_eq!(deletions(&mut table, &mut backend), [Delete]);
+        *table.get_mut(&backend, b"twice").unwrap() = None;
+        assert_eq!(deletions(&mut table, &mut backend), [Delete]);
+        *table.get_mut(&backend, b"twice").unwrap() = Some(3);
+        commit(&mut table, &mut backend);
+        *table.get_mut(&backend, b"twice").unwrap() = None;
+        assert_eq!(
+            deletions(&mut table, &mut backend),
+            [Delete],
+            "put once since a plain delete: the older puts may still be below it"
+        );
+        *table.get_mut(&backend, b"loaded").unwrap() = Some(4);
+        commit(&mut table, &mut backend);
+        let mut reopened: Table<u64> = Table::new(store, "t", 10, false);
+        *reopened.get_mut(&backend, b"loaded").unwrap() = None;
+        assert_eq!(deletions(&mut reopened, &mut backend), [Delete]);
+    }
+
     #[test]
     fn sweep_deletes_cached_and_eventually_stored_entries() {
         let mut backend = MemoryBackend::new();
@@ -401,8 +491,8 @@ mod tests {
         let mut backend = MemoryBackend::new();
         let store = backend.open_store("op/x").unwrap();
         let mut batch = WriteBatch::default();
-        batch.put(store, b"k".to_vec(), vec![0xff; 12]);
-        backend.write(batch).unwrap();
+        batch.put(store, b"k", &[0xff; 12]);
+        backend.write(&batch).unwrap();
         let mut table: Table<(u64, String)> = Table::new(store, "op/x", 10, false);
         let err = table.get(&backend, b"k").unwrap_err().to_string();
         assert!(err.contains("op/x") && err.contains('k'), "{err}");
@@ -446,7 +536,7 @@ mod tests {
         fn is_empty(&self, store: StoreId) -> Result<bool, StateError> {
             self.inner.is_empty(store)
         }
-        fn write(&mut self, batch: WriteBatch) -> Result<(), StateError> {
+        fn write(&mut self, batch: &WriteBatch) -> Result<(), StateError> {
             self.inner.write(batch)
         }
         fn sync(&mut self) -> Result<(), StateError> {
@@ -471,9 +561,9 @@ mod tests {
         let mut batch = WriteBatch::default();
         for i in 0..KEYS {
             let key = format!("k{i:06}").into_bytes();
-            batch.put(store, key, postcard::to_stdvec(&i).unwrap());
+            batch.put(store, &key, &postcard::to_stdvec(&i).unwrap());
         }
-        backend.write(batch).unwrap();
+        backend.write(&batch).unwrap();
         let stored = |b: &Counting| {
             let mut n = 0;
             b.inner
@@ -494,7 +584,7 @@ mod tests {
             most = most.max(backend.visited.get());
             let mut batch = WriteBatch::default();
             table.commit(&mut batch).unwrap();
-            backend.write(batch).unwrap();
+            backend.write(&batch).unwrap();
             sweeps += 1;
             assert!(sweeps <= 64, "expired entries left after {sweeps} sweeps");
         }

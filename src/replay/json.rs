@@ -1,0 +1,749 @@
+//! A JSON writer for output lines that produces exactly the bytes
+//! `serde_json::to_writer` produces, faster on what output lines hold.
+//!
+//! Replay writes hundreds of megabytes of JSON: every intent repeats its
+//! image reference twice, and `serde_json` looks at each byte of a string
+//! for characters to escape and hands each piece of a line to the writer
+//! separately. Here a string that needs no escaping (all of them, in
+//! practice) is checked eight bytes at a time and copied whole, numbers are
+//! formatted on the stack, and everything goes into one `Vec`.
+//!
+//! It covers what output lines are made of: structs, strings, integers,
+//! booleans, options, unit variants, sequences, maps with string keys and
+//! `serde_json`'s `RawValue`. Anything else (a float, say) is
+//! [`Unsupported`], and the caller writes that line with `serde_json`
+//! instead, so the output never depends on which writer wrote it. A string
+//! that does need escaping is escaped by `serde_json` itself.
+
+use std::fmt::Display;
+
+use serde::ser::{self, Serialize};
+
+/// The name under which `serde_json` serializes a `RawValue`: a struct of
+/// that name with one field holding the JSON text, written as it is.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// A value this writer does not write; the line goes through `serde_json`.
+#[derive(Debug)]
+pub struct Unsupported;
+
+impl Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not written by the fast JSON writer")
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+impl ser::Error for Unsupported {
+    fn custom<T: Display>(_msg: T) -> Self {
+        Unsupported
+    }
+}
+
+/// Appends `value` as compact JSON to `out`. On an error `out` may hold a
+/// partial value: the caller truncates it.
+pub fn write<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), Unsupported> {
+    value.serialize(Writer { out })
+}
+
+/// Whether any byte of `bytes` is a control character, `"` or `\`: the
+/// bytes JSON strings escape.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A byte of `x` is below `n` (n <= 128) when this sets its high bit;
+    // the answer for the word as a whole is exact.
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGHS;
+    let zero_byte = |x: u64| below(x, 1);
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_ne_bytes(chunk.try_into().expect("chunks of eight"));
+        let hits = below(x, 0x20)
+            | zero_byte(x ^ (ONES * u64::from(b'"')))
+            | zero_byte(x ^ (ONES * u64::from(b'\\')));
+        if hits != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    if needs_escape(s.as_bytes()) {
+        // Writing into a Vec cannot fail, and serde_json escapes exactly as it always has.
+        let _ = serde_json::to_writer(&mut *out, s);
+        return;
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+fn write_i64(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    write_u64(out, n.unsigned_abs());
+}
+
+struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+/// A struct, map or sequence being written: whether a separator comes
+/// before the next element, and what closes it.
+pub struct Compound<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+    /// Closing bytes: `}`, `]`, or `]}` / `}}` for a variant's contents.
+    close: &'static [u8],
+    raw: bool,
+}
+
+impl<'a> Compound<'a> {
+    fn open(out: &'a mut Vec<u8>, open: &[u8], close: &'static [u8]) -> Self {
+        out.extend_from_slice(open);
+        Compound {
+            out,
+            first: true,
+            close,
+            raw: false,
+        }
+    }
+
+    fn separate(&mut self) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+    }
+
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        self.separate();
+        value.serialize(Writer { out: self.out })
+    }
+
+    fn field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Unsupported> {
+        if self.raw {
+            return if key == RAW_VALUE_TOKEN {
+                value.serialize(RawText { out: self.out })
+            } else {
+                Err(Unsupported)
+            };
+        }
+        self.separate();
+        write_str(self.out, key);
+        self.out.push(b':');
+        value.serialize(Writer { out: self.out })
+    }
+
+    fn close(self) -> Result<(), Unsupported> {
+        self.out.extend_from_slice(self.close);
+        Ok(())
+    }
+}
+
+/// Opens `{"variant":`; the caller writes the contents and closes them.
+fn open_variant(out: &mut Vec<u8>, variant: &str) {
+    out.push(b'{');
+    write_str(out, variant);
+    out.push(b':');
+}
+
+impl<'a> ser::Serializer for Writer<'a> {
+    type Ok = ();
+    type Error = Unsupported;
+    type SerializeSeq = Compound<'a>;
+    type SerializeTuple = Compound<'a>;
+    type SerializeTupleStruct = Compound<'a>;
+    type SerializeTupleVariant = Compound<'a>;
+    type SerializeMap = Compound<'a>;
+    type SerializeStruct = Compound<'a>;
+    type SerializeStructVariant = Compound<'a>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), Unsupported> {
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+
+    fn serialize_i8(self, v: i8) -> Result<(), Unsupported> {
+        self.serialize_i64(v.into())
+    }
+
+    fn serialize_i16(self, v: i16) -> Result<(), Unsupported> {
+        self.serialize_i64(v.into())
+    }
+
+    fn serialize_i32(self, v: i32) -> Result<(), Unsupported> {
+        self.serialize_i64(v.into())
+    }
+
+    fn serialize_i64(self, v: i64) -> Result<(), Unsupported> {
+        write_i64(self.out, v);
+        Ok(())
+    }
+
+    fn serialize_u8(self, v: u8) -> Result<(), Unsupported> {
+        self.serialize_u64(v.into())
+    }
+
+    fn serialize_u16(self, v: u16) -> Result<(), Unsupported> {
+        self.serialize_u64(v.into())
+    }
+
+    fn serialize_u32(self, v: u32) -> Result<(), Unsupported> {
+        self.serialize_u64(v.into())
+    }
+
+    fn serialize_u64(self, v: u64) -> Result<(), Unsupported> {
+        write_u64(self.out, v);
+        Ok(())
+    }
+
+    fn serialize_f32(self, _v: f32) -> Result<(), Unsupported> {
+        Err(Unsupported)
+    }
+
+    fn serialize_f64(self, _v: f64) -> Result<(), Unsupported> {
+        Err(Unsupported)
+    }
+
+    fn serialize_char(self, v: char) -> Result<(), Unsupported> {
+        write_str(self.out, v.encode_utf8(&mut [0; 4]));
+        Ok(())
+    }
+
+    fn serialize_str(self, v: &str) -> Result<(), Unsupported> {
+        write_str(self.out, v);
+        Ok(())
+    }
+
+    fn serialize_bytes(self, _v: &[u8]) -> Result<(), Unsupported> {
+        Err(Unsupported)
+    }
+
+    fn serialize_none(self) -> Result<(), Unsupported> {
+        self.out.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Unsupported> {
+        value.serialize(self)
+    }
+
+    fn serialize_unit(self) -> Result<(), Unsupported> {
+        self.serialize_none()
+    }
+
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Unsupported> {
+        self.serialize_none()
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), Unsupported> {
+        write_str(self.out, variant);
+        Ok(())
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), Unsupported> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), Unsupported> {
+        open_variant(self.out, variant);
+        value.serialize(Writer {
+            out: &mut *self.out,
+        })?;
+        self.out.push(b'}');
+        Ok(())
+    }
+
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Compound<'a>, Unsupported> {
+        Ok(Compound::open(self.out, b"[", b"]"))
+    }
+
+    fn serialize_tuple(self, len: usize) -> Result<Compound<'a>, Unsupported> {
+        self.serialize_seq(Some(len))
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        len: usize,
+    ) -> Result<Compound<'a>, Unsupported> {
+        self.serialize_seq(Some(len))
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Compound<'a>, Unsupported> {
+        open_variant(self.out, variant);
+        Ok(Compound::open(self.out, b"[", b"]}"))
+    }
+
+    fn serialize_map(self, _len: Option<usize>) -> Result<Compound<'a>, Unsupported> {
+        Ok(Compound::open(self.out, b"{", b"}"))
+    }
+
+    fn serialize_struct(
+        self,
+        name: &'static str,
+        _len: usize,
+    ) -> Result<Compound<'a>, Unsupported> {
+        if name == RAW_VALUE_TOKEN {
+            return Ok(Compound {
+                out: self.out,
+                first: true,
+                close: b"",
+                raw: true,
+            });
+        }
+        Ok(Compound::open(self.out, b"{", b"}"))
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Compound<'a>, Unsupported> {
+        open_variant(self.out, variant);
+        Ok(Compound::open(self.out, b"{", b"}}"))
+    }
+}
+
+impl ser::SerializeSeq for Compound<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+impl ser::SerializeTuple for Compound<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleStruct for Compound<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleVariant for Compound<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+impl ser::SerializeMap for Compound<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Unsupported> {
+        self.separate();
+        key.serialize(MapKey { out: self.out })?;
+        self.out.push(b':');
+        Ok(())
+    }
+
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        value.serialize(Writer { out: self.out })
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+impl ser::SerializeStruct for Compound<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Unsupported> {
+        self.field(key, value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+impl ser::SerializeStructVariant for Compound<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Unsupported> {
+        self.field(key, value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+/// Writes a map key: strings only (`serde_json` quotes numbers and other
+/// keys in ways not worth repeating here).
+struct MapKey<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+/// Writes the text of a `RawValue` as it is.
+struct RawText<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+/// The parts of a serializer that write nothing this writer handles:
+/// everything but strings is [`Unsupported`].
+macro_rules! only_strings {
+    ($t:ident, $write:expr) => {
+        impl ser::Serializer for $t<'_> {
+            type Ok = ();
+            type Error = Unsupported;
+            type SerializeSeq = ser::Impossible<(), Unsupported>;
+            type SerializeTuple = ser::Impossible<(), Unsupported>;
+            type SerializeTupleStruct = ser::Impossible<(), Unsupported>;
+            type SerializeTupleVariant = ser::Impossible<(), Unsupported>;
+            type SerializeMap = ser::Impossible<(), Unsupported>;
+            type SerializeStruct = ser::Impossible<(), Unsupported>;
+            type SerializeStructVariant = ser::Impossible<(), Unsupported>;
+
+            fn serialize_str(self, v: &str) -> Result<(), Unsupported> {
+                let write: fn(&mut Vec<u8>, &str) = $write;
+                write(self.out, v);
+                Ok(())
+            }
+
+            fn serialize_bool(self, _v: bool) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_i8(self, _v: i8) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_i16(self, _v: i16) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_i32(self, _v: i32) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_i64(self, _v: i64) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_u8(self, _v: u8) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_u16(self, _v: u16) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_u32(self, _v: u32) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_u64(self, _v: u64) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_f32(self, _v: f32) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_f64(self, _v: f64) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_char(self, _v: char) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_bytes(self, _v: &[u8]) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_none(self) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_some<T: Serialize + ?Sized>(self, _v: &T) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_unit(self) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_unit_variant(
+                self,
+                _name: &'static str,
+                _index: u32,
+                _variant: &'static str,
+            ) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_newtype_struct<T: Serialize + ?Sized>(
+                self,
+                _name: &'static str,
+                _v: &T,
+            ) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_newtype_variant<T: Serialize + ?Sized>(
+                self,
+                _name: &'static str,
+                _index: u32,
+                _variant: &'static str,
+                _v: &T,
+            ) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_tuple(self, _len: usize) -> Result<Self::SerializeTuple, Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_tuple_struct(
+                self,
+                _name: &'static str,
+                _len: usize,
+            ) -> Result<Self::SerializeTupleStruct, Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_tuple_variant(
+                self,
+                _name: &'static str,
+                _index: u32,
+                _variant: &'static str,
+                _len: usize,
+            ) -> Result<Self::SerializeTupleVariant, Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_struct(
+                self,
+                _name: &'static str,
+                _len: usize,
+            ) -> Result<Self::SerializeStruct, Unsupported> {
+                Err(Unsupported)
+            }
+            fn serialize_struct_variant(
+                self,
+                _name: &'static str,
+                _index: u32,
+                _variant: &'static str,
+                _len: usize,
+            ) -> Result<Self::SerializeStructVariant, Unsupported> {
+                Err(Unsupported)
+            }
+        }
+    };
+}
+
+only_strings!(MapKey, write_str);
+only_strings!(RawText, |out, text| out.extend_from_slice(text.as_bytes()));
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use serde::Serialize;
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::record::{Action, AlertEvent, AlertStatus, ImageEvent, Intent, Origin, Payload};
+    use crate::replay::{DeadLetterValue, OutputLine};
+
+    /// What the fast writer and serde_json make of `value`: the same bytes,
+    /// or the fast writer declines.
+    fn same_as_serde_json<T: Serialize>(value: &T) -> Result<String, String> {
+        let expected = serde_json::to_string(value).unwrap();
+        let mut out = Vec::new();
+        match write(&mut out, value) {
+            Ok(()) => {
+                let actual = String::from_utf8(out).unwrap();
+                if actual == expected {
+                    Ok(actual)
+                } else {
+                    Err(format!("fast {actual}\nserde_json {expected}"))
+                }
+            }
+            Err(Unsupported) => Err("unsupported".into()),
+        }
+    }
+
+    fn image(text: &str) -> Payload {
+        Payload::Image(Box::new(ImageEvent {
+            service: text.into(),
+            repository: "registry.example.com/team-1/a".into(),
+            tag: Some("v1.2.3".into()),
+            digest: None,
+            environment: Some("prod".into()),
+        }))
+    }
+
+    #[test]
+    fn output_lines_of_every_kind_come_out_as_serde_json_writes_them() {
+        let intent = Payload::Intent(Box::new(Intent {
+            action: Action::Rollback,
+            service: "svc-1".into(),
+            environment: "prod".into(),
+            image: "r/a:v1@sha256:00".into(),
+            previous_image: None,
+            reason: "rollback: alert \"X\" (critical) fired 5 ms after deploy".into(),
+            reason_code: "alert_after_deploy".into(),
+            intent_id: "0123456789abcdef".into(),
+            caused_by: vec![Origin::line(7), Origin::kafka("alerts\n", 2, 41)],
+        }));
+        let alert = Payload::Alert(Box::new(AlertEvent {
+            service: "a".into(),
+            alertname: "HighLatency".into(),
+            severity: "warning".into(),
+            status: AlertStatus::Resolved,
+            environment: "staging".into(),
+            fingerprint: Some("ab\u{1}c".into()),
+        }));
+        for payload in [intent, alert, image("svc-é-\\-\u{7f}")] {
+            let line = OutputLine {
+                topic: "deploy-intents",
+                ts: u64::MAX,
+                key: Some("svc-1/prod"),
+                value: payload.json(),
+            };
+            same_as_serde_json(&line).unwrap();
+        }
+        let raw = RawValue::from_string(r#"{"x": [1, 2.5, "y"] }"#.into()).unwrap();
+        let letter = OutputLine {
+            topic: "cicd.dead-letter",
+            ts: 0,
+            key: None,
+            value: DeadLetterValue {
+                error: "value: expected a JSON object",
+                node: "images",
+                topic: None,
+                value: &raw,
+                truncated_from_bytes: Some(12),
+            },
+        };
+        let text = same_as_serde_json(&letter).unwrap();
+        assert!(
+            text.contains(r#""value":{"x": [1, 2.5, "y"] }"#),
+            "raw text kept: {text}"
+        );
+    }
+
+    #[derive(Serialize)]
+    enum Shape {
+        Unit,
+        Newtype(u8),
+        Tuple(i32, bool),
+        Struct { a: Vec<u16>, b: Option<char> },
+    }
+
+    #[test]
+    fn containers_variants_and_numbers_match_too() {
+        same_as_serde_json(&(Shape::Unit, Shape::Newtype(7), Shape::Tuple(-42, false))).unwrap();
+        same_as_serde_json(&Shape::Struct {
+            a: vec![],
+            b: Some('"'),
+        })
+        .unwrap();
+        same_as_serde_json(&Shape::Struct {
+            a: vec![1, 65_535],
+            b: None,
+        })
+        .unwrap();
+        let map: BTreeMap<&str, Vec<i64>> =
+            [("k", vec![i64::MIN, 0, i64::MAX]), ("", vec![])].into();
+        same_as_serde_json(&map).unwrap();
+        same_as_serde_json(&((), [0u8; 0], "", u64::MAX)).unwrap();
+    }
+
+    #[test]
+    fn floats_and_other_map_keys_are_left_to_serde_json() {
+        assert_eq!(same_as_serde_json(&1.5f64), Err("unsupported".into()));
+        let map: BTreeMap<u32, u32> = [(1, 2)].into();
+        assert_eq!(same_as_serde_json(&map), Err("unsupported".into()));
+    }
+
+    proptest! {
+        #[test]
+        fn any_string_is_written_as_serde_json_writes_it(s in any::<String>(), t in "[ -~\\x00-\\x1f]{0,40}") {
+            prop_assert!(same_as_serde_json(&(&s, &t, &[&s, &t])).is_ok());
+        }
+    }
+}
