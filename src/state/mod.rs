@@ -73,6 +73,19 @@ pub trait StateBackend: Send {
     /// Makes everything written so far durable.
     fn sync(&mut self) -> Result<(), StateError>;
 
+    /// From now on writes may skip the write-ahead log, until
+    /// [`StateBackend::end_unlogged`]: for writes that can be made again
+    /// from elsewhere after a crash (a restore, from its changelog), where
+    /// the log only costs time.
+    fn begin_unlogged(&mut self) {}
+
+    /// Makes the writes since [`StateBackend::begin_unlogged`] durable
+    /// (RocksDB flushes them to table files) and logs writes again. Call it
+    /// before writing anything that says those writes happened.
+    fn end_unlogged(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
+
     /// Whether nothing reads this state after the process ends (the
     /// in-memory backend, a replay's temporary RocksDB state). A commit may
     /// then reach it in several writes: a commit is atomic so that a crash

@@ -64,6 +64,9 @@ pub struct RocksBackend {
     names: Vec<String>,
     /// False for a scratch database, whose writes skip the write-ahead log.
     wal: bool,
+    /// Stores written without the write-ahead log since `begin_unlogged`
+    /// (`None` outside of it).
+    unlogged: Option<Vec<StoreId>>,
 }
 
 impl RocksBackend {
@@ -123,6 +126,7 @@ impl RocksBackend {
             dir: dir.to_owned(),
             names: Vec::new(),
             wal: !scratch,
+            unlogged: None,
         })
     }
 
@@ -168,7 +172,7 @@ impl RocksBackend {
         let mut opts = WriteOptions::default();
         // Durability comes from the WAL, synced in `sync` at the points that need it.
         opts.set_sync(false);
-        opts.disable_wal(!self.wal);
+        opts.disable_wal(!self.wal || self.unlogged.is_some());
         self.db
             .write_opt(wb, &opts)
             .map_err(|cause| StateError::Rocks {
@@ -288,6 +292,13 @@ impl StateBackend for RocksBackend {
     }
 
     fn write(&mut self, batch: &WriteBatch) -> Result<(), StateError> {
+        if let Some(stores) = self.unlogged.as_mut() {
+            for (store, _, _) in batch.iter() {
+                if !stores.contains(&store) {
+                    stores.push(store);
+                }
+            }
+        }
         let cfs = (0..self.names.len())
             .map(|store| self.cf(store))
             .collect::<Result<Vec<_>, _>>()?;
@@ -330,6 +341,34 @@ impl StateBackend for RocksBackend {
 
     fn is_scratch(&self) -> bool {
         !self.wal
+    }
+
+    fn begin_unlogged(&mut self) {
+        if self.wal {
+            self.unlogged.get_or_insert_with(Vec::new);
+        }
+    }
+
+    fn end_unlogged(&mut self) -> Result<(), StateError> {
+        let Some(stores) = self.unlogged.take() else {
+            return Ok(());
+        };
+        let cfs = stores
+            .iter()
+            .map(|&store| self.cf(store))
+            .collect::<Result<Vec<_>, _>>()?;
+        if cfs.is_empty() {
+            return Ok(());
+        }
+        let mut wait = rocksdb::FlushOptions::default();
+        wait.set_wait(true);
+        self.db
+            .flush_cfs_opt(&cfs, &wait)
+            .map_err(|cause| StateError::Rocks {
+                store: "(unlogged writes)".into(),
+                op: "flush",
+                cause,
+            })
     }
 
     fn sync(&mut self) -> Result<(), StateError> {
@@ -473,6 +512,39 @@ mod tests {
             by_prefix.sort_by(|a, b| (key_prefix(a), a).cmp(&(key_prefix(b), b)));
             proptest::prop_assert_eq!(by_prefix, by_bytes);
         }
+    }
+
+    fn table_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "sst"))
+            .count()
+    }
+
+    #[test]
+    fn unlogged_writes_are_in_table_files_once_they_end_and_later_ones_are_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lasting = RocksBackend::open(dir.path()).unwrap();
+        lasting.begin_unlogged();
+        let store = write_some(&mut lasting);
+        assert!(
+            wal_bytes(dir.path()) < 1_000,
+            "unlogged writes stay out of the log"
+        );
+        assert_eq!(table_files(dir.path()), 0, "still in the memtable");
+        lasting.end_unlogged().unwrap();
+        assert_eq!(
+            table_files(dir.path()),
+            1,
+            "flushed when the unlogged writes end"
+        );
+        write_some(&mut lasting);
+        assert!(wal_bytes(dir.path()) > 100_000, "later writes are logged");
+        assert_eq!(
+            lasting.get(store, &7u32.to_be_bytes()).unwrap(),
+            Some(vec![7; 100])
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use self::writer::{BatchWriter, WriterGone};
 use super::clients::RestoreContext;
 use super::positions::{
     checkpoint_entry, decode_inputs, now_ms, position_note, Position, CHECKPOINT_NOTE,
@@ -35,8 +36,10 @@ use super::positions::{
 use super::task::TaskSetup;
 use super::topics::Changelog;
 use super::RunError;
-use crate::engine::{self, Engine};
+use crate::engine::Engine;
 use crate::state::{MemoryBackend, RocksBackend, StateBackend};
+
+mod writer;
 
 /// How long a changelog read may go without progress (a broker outage)
 /// before the restore gives up.
@@ -297,8 +300,6 @@ struct ChangelogRead {
     was_read: bool,
 }
 
-/// Entries written per RocksDB batch during a restore.
-const RESTORE_BATCH: usize = 20_000;
 /// How often a long restore lets the run serve the group.
 const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(500);
 
@@ -311,6 +312,71 @@ struct Reading<'a> {
     changelog: &'a Changelog,
     id: i32,
     checker: &'a Checker,
+}
+
+/// Whether a changelog read goes on after an error.
+enum Flow {
+    Go,
+    End,
+}
+
+/// Records between two readings of the clock while records flow: reading it
+/// for every record cost a tenth of a restore's time.
+const RECORDS_PER_CLOCK_READ: u32 = 256;
+
+/// The times a restore keeps, read once per [`RECORDS_PER_CLOCK_READ`]
+/// records, and before every poll while none come.
+struct Clock {
+    last_progress: Instant,
+    last_keep_alive: Instant,
+    last_refresh: Instant,
+    /// Records since the clock was last read.
+    unread: u32,
+    /// Whether a record came since the clock was last read.
+    progressed: bool,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let now = Instant::now();
+        Clock {
+            last_progress: now,
+            last_keep_alive: now,
+            last_refresh: now,
+            unread: 0,
+            progressed: false,
+        }
+    }
+
+    /// The time, when it is due to be read.
+    fn due(&mut self) -> Option<Instant> {
+        self.unread += 1;
+        if self.unread < RECORDS_PER_CLOCK_READ {
+            return None;
+        }
+        Some(self.read())
+    }
+
+    fn read(&mut self) -> Instant {
+        self.unread = 0;
+        let now = Instant::now();
+        if std::mem::take(&mut self.progressed) {
+            self.last_progress = now;
+        }
+        now
+    }
+
+    fn progressed(&mut self) {
+        self.progressed = true;
+    }
+
+    /// How long since the last record (or the start). The next
+    /// [`Clock::due`] reads the clock again.
+    fn idle(&mut self) -> Duration {
+        let now = self.read();
+        self.unread = RECORDS_PER_CLOCK_READ;
+        now - self.last_progress
+    }
 }
 
 /// What to do with one changelog record.
@@ -346,9 +412,20 @@ impl Reading<'_> {
         env.restorer
             .assign(&tpl)
             .map_err(|e| RunError::kafka("assign a changelog partition", e))?;
-        let result = self.read_to_end(backend, env);
+        let store = backend.open_store(&self.changelog.store)?;
+        // The changelog can give every record again: no need to log them.
+        backend.begin_unlogged();
+        let result = std::thread::scope(|scope| {
+            let mut writer = BatchWriter::start(scope, &mut *backend, store);
+            let read = self.read_to_end(&mut writer, env);
+            // The writer's error, if it stopped, is the cause of the read's.
+            let written = writer.finish();
+            written.map_err(RestoreError::from).and(read)
+        });
         let _ = env.restorer.unassign();
         let (read, next) = result?;
+        // Durable before the position says they are there.
+        backend.end_unlogged()?;
         // Nothing read: the recorded position stands as it is.
         if let Some(next) = next {
             let position = Position {
@@ -365,10 +442,9 @@ impl Reading<'_> {
     /// restore judges those again until a commit has written over them.
     fn read_to_end(
         &self,
-        backend: &mut dyn StateBackend,
+        writer: &mut BatchWriter<'_>,
         env: &mut RestoreEnv<'_>,
     ) -> Result<(ChangelogRead, Option<i64>), RestoreError> {
-        let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(RESTORE_BATCH);
         let mut read = ChangelogRead {
             was_read: true,
             ..ChangelogRead::default()
@@ -376,99 +452,127 @@ impl Reading<'_> {
         let mut next = None;
         let mut first_skipped = None;
         let mut skipped_keys = HashSet::new();
-        // As patient as a producer rebuild: a restore that meets a broker
-        // outage (a reopen after a rebuild, a rebalance as the broker comes
-        // back) waits it out, so the run carries on by itself.
-        let deadline_idle = RESTORE_PATIENCE;
-        let mut last_progress = Instant::now();
-        let mut last_keep_alive = Instant::now();
-        let mut last_refresh = Instant::now();
+        let mut clock = Clock::new();
         loop {
-            if last_keep_alive.elapsed() >= KEEP_ALIVE_EVERY {
-                (env.keep_alive)()?;
-                last_keep_alive = Instant::now();
+            if let Some(now) = clock.due() {
+                self.look_after(&mut clock, now, env)?;
             }
-            // No record and no end for a while: after a broker restart the
-            // restorer may hold metadata without the partition's leader, and
-            // would fetch nothing until its next periodic refresh.
-            if last_progress.elapsed() >= STALL_REFRESH && last_refresh.elapsed() >= STALL_REFRESH {
-                tracing::debug!(topic = %self.changelog.topic, "restore stalled; refreshing metadata");
-                refresh_metadata(env.restorer, &self.changelog.topic);
-                last_refresh = Instant::now();
-            }
-            match env.restorer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    last_progress = Instant::now();
-                    next = Some(m.offset() + 1);
-                    let _ = crate::fault::reached("restore.record");
-                    match self.judge(&m, env.committed.as_ref()) {
-                        Verdict::Apply => {
-                            let key = m.key().unwrap_or_default().to_vec();
-                            pending.push((key, m.payload().map(<[u8]>::to_vec)));
-                            read.applied += 1;
-                        }
-                        Verdict::Malformed(reason) => {
-                            read.malformed += 1;
-                            tracing::error!(
-                                topic = %self.changelog.topic,
-                                partition = self.id,
-                                offset = m.offset(),
-                                reason = %reason,
-                                "malformed changelog record skipped"
-                            );
-                        }
-                        Verdict::Uncommitted => {
-                            first_skipped.get_or_insert(m.offset());
-                            let key = m.key().unwrap_or_default().to_vec();
-                            if skipped_keys.insert(key.clone()) {
-                                read.uncommitted.push(key);
-                            }
-                        }
+            let polled = env.restorer.poll(Duration::from_millis(100));
+            let Some(Ok(m)) = polled else {
+                // Nothing new or an error: the clock is read now, for the
+                // patience below, and again before the next poll.
+                let idle = clock.idle();
+                match polled {
+                    Some(Err(e)) => match self.answer(e, idle)? {
+                        Flow::End => break,
+                        Flow::Go => {}
+                    },
+                    None if idle > RESTORE_PATIENCE => {
+                        return Err(RunError::Setup(format!(
+                            "changelog `{}` gave no record and no end for {RESTORE_PATIENCE:?}",
+                            self.changelog.topic
+                        ))
+                        .into());
                     }
-                    if pending.len() >= RESTORE_BATCH {
-                        flush(backend, &self.changelog.store, &mut pending)?;
-                    }
+                    None | Some(Ok(_)) => {}
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) if is_out_of_range(&e) => return Err(RestoreError::OutOfRange),
-                // The restorer's group is never used (see RestoreContext).
-                Some(Err(e))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed) => {}
-                Some(Err(e)) if crate::kafka::acls::authorization_code(&e).is_some() => {
-                    let denied = crate::kafka::acls::topic_denied(
-                        crate::kafka::acls::Operation::Read,
-                        &self.changelog.topic,
-                        &e,
+                continue;
+            };
+            clock.progressed();
+            next = Some(m.offset() + 1);
+            let _ = crate::fault::reached("restore.record");
+            match self.judge(&m, env.committed.as_ref()) {
+                Verdict::Apply => {
+                    let key = m.key().unwrap_or_default();
+                    let written = match m.payload() {
+                        Some(value) => writer.put(key, value),
+                        None => writer.delete(key),
+                    };
+                    // The writer's error is the answer (see `restore`).
+                    if let Err(WriterGone) = written {
+                        break;
+                    }
+                    read.applied += 1;
+                }
+                Verdict::Malformed(reason) => {
+                    read.malformed += 1;
+                    tracing::error!(
+                        topic = %self.changelog.topic,
+                        partition = self.id,
+                        offset = m.offset(),
+                        reason = %reason,
+                        "malformed changelog record skipped"
                     );
-                    return Err(RunError::from(denied).into());
                 }
-                // Connection trouble (a broker restarting): librdkafka
-                // reconnects by itself, with its own backoff. No sleep here:
-                // the long-lived restorer queues an error per failed connect
-                // during an outage, and a pause for each of that backlog
-                // kept a restore after a 60 s outage waiting 76 s more.
-                Some(Err(e)) if last_progress.elapsed() < deadline_idle => {
-                    let kind = format!("changelog read {}: {e}", self.changelog.topic);
-                    if let Some(held_back) = super::repeats::CLIENT_ERRORS.admit(&kind) {
-                        tracing::warn!(topic = %self.changelog.topic, error = %e, held_back, "changelog read error; retrying");
+                Verdict::Uncommitted => {
+                    first_skipped.get_or_insert(m.offset());
+                    let key = m.key().unwrap_or_default().to_vec();
+                    if skipped_keys.insert(key.clone()) {
+                        read.uncommitted.push(key);
                     }
                 }
-                Some(Err(e)) => {
-                    return Err(RunError::kafka("read a changelog", e).into());
-                }
-                None if last_progress.elapsed() > deadline_idle => {
-                    return Err(RunError::Setup(format!(
-                        "changelog `{}` gave no record and no end for {deadline_idle:?}",
-                        self.changelog.topic
-                    ))
-                    .into());
-                }
-                None => {}
             }
         }
-        flush(backend, &self.changelog.store, &mut pending)?;
         Ok((read, first_skipped.or(next)))
+    }
+
+    /// What a long restore does every little while: lets the run serve the
+    /// group, and asks for metadata again when nothing comes.
+    fn look_after(
+        &self,
+        clock: &mut Clock,
+        now: Instant,
+        env: &mut RestoreEnv<'_>,
+    ) -> Result<(), RunError> {
+        if now - clock.last_keep_alive >= KEEP_ALIVE_EVERY {
+            (env.keep_alive)()?;
+            clock.last_keep_alive = now;
+        }
+        // No record and no end for a while: after a broker restart the
+        // restorer may hold metadata without the partition's leader, and
+        // would fetch nothing until its next periodic refresh.
+        if now - clock.last_progress >= STALL_REFRESH && now - clock.last_refresh >= STALL_REFRESH {
+            tracing::debug!(topic = %self.changelog.topic, "restore stalled; refreshing metadata");
+            refresh_metadata(env.restorer, &self.changelog.topic);
+            clock.last_refresh = now;
+        }
+        Ok(())
+    }
+
+    /// The answer to an error of the changelog read, `idle` after its last
+    /// record: the end of the partition, one to wait out, or a failure.
+    fn answer(&self, e: KafkaError, idle: Duration) -> Result<Flow, RestoreError> {
+        match e {
+            KafkaError::PartitionEOF(_) => Ok(Flow::End),
+            e if is_out_of_range(&e) => Err(RestoreError::OutOfRange),
+            // The restorer's group is never used (see RestoreContext).
+            e if e.rdkafka_error_code()
+                == Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed) =>
+            {
+                Ok(Flow::Go)
+            }
+            e if crate::kafka::acls::authorization_code(&e).is_some() => {
+                let denied = crate::kafka::acls::topic_denied(
+                    crate::kafka::acls::Operation::Read,
+                    &self.changelog.topic,
+                    &e,
+                );
+                Err(RunError::from(denied).into())
+            }
+            // Connection trouble (a broker restarting): librdkafka
+            // reconnects by itself, with its own backoff. No sleep here:
+            // the long-lived restorer queues an error per failed connect
+            // during an outage, and a pause for each of that backlog
+            // kept a restore after a 60 s outage waiting 76 s more.
+            e if idle < RESTORE_PATIENCE => {
+                let kind = format!("changelog read {}: {e}", self.changelog.topic);
+                if let Some(held_back) = super::repeats::CLIENT_ERRORS.admit(&kind) {
+                    tracing::warn!(topic = %self.changelog.topic, error = %e, held_back, "changelog read error; retrying");
+                }
+                Ok(Flow::Go)
+            }
+            e => Err(RunError::kafka("read a changelog", e).into()),
+        }
     }
 
     fn judge(
@@ -515,17 +619,4 @@ impl Reading<'_> {
 fn is_out_of_range(e: &KafkaError) -> bool {
     e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange)
         || e.to_string().contains("out of range")
-}
-
-fn flush(
-    backend: &mut dyn StateBackend,
-    store: &str,
-    pending: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
-) -> Result<(), RestoreError> {
-    let entries = pending
-        .iter()
-        .map(|(k, v)| (store, k.as_slice(), v.as_deref()));
-    engine::restore(backend, entries)?;
-    pending.clear();
-    Ok(())
 }
