@@ -261,3 +261,34 @@ fn record_ends_on_a_transactional_topic_and_leaves_aborted_records_out() {
         "committed records in time order, aborted ones left out"
     );
 }
+
+/// A commit waits for every record it sent (`drain`), so it sends what
+/// `linger.ms` still holds back at once instead of waiting out the linger.
+#[test]
+fn a_drain_sends_at_once_what_linger_holds_back() {
+    use sluice::kafka::run::producer::{drain, Deliveries, TxnProducer};
+    let topic = unique("drain");
+    create_topics(&[(&topic, 1)]);
+    let linger = Duration::from_secs(5);
+    let producer: TxnProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", linger.as_millis().to_string())
+        .create_with_context(Deliveries::new(Vec::<String>::new()))
+        .expect("producer");
+    // The first delivery also waits for metadata and the producer id.
+    for round in 0..3 {
+        let key = format!("k{round}");
+        producer
+            .send(BaseRecord::<str, str>::to(&topic).key(&key).payload("v"))
+            .expect("queued");
+        let started = std::time::Instant::now();
+        drain(&producer).expect("drained");
+        let took = started.elapsed();
+        assert!(
+            took < linger / 2,
+            "round {round}: the drain took {took:?}, as if it waited for the {linger:?} linger"
+        );
+        assert_eq!(producer.in_flight_count(), 0);
+    }
+}

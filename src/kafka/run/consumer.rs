@@ -129,6 +129,11 @@ enum Enqueued {
 /// How often the loop logs its counters.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
+/// How long an idle loop waits in the main queue's poll. Records come
+/// through the partitions' own queues, which do not wake that poll: a record
+/// arriving in an idle run waits up to this long before it is processed.
+const IDLE_POLL: Duration = Duration::from_millis(1);
+
 /// Records processed per task before the loop serves the consumer again.
 pub(super) const PROCESS_BUDGET: usize = 2_000;
 /// Test seam: `fetch.hold.<topic>=fail` leaves a topic's fetched records
@@ -191,10 +196,10 @@ impl Runtime {
         let mut next_report = Instant::now() + PROGRESS_EVERY;
         let mut busy = false;
         while !stop.load(Ordering::Relaxed) {
-            let wait = if busy {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(5)
+            // Idle: wait for input, but not past the next commit's due time.
+            let wait = match busy {
+                true => Duration::ZERO,
+                false => IDLE_POLL.min(next_commit.saturating_duration_since(Instant::now())),
             };
             let mut stray = self.poll_main(wait)?;
             self.open_assigned(&mut stray)?;

@@ -216,11 +216,28 @@ pub fn drain(producer: &TxnProducer) -> Result<(), RunError> {
             );
             next_note = Instant::now() + CALL_TIMEOUT;
         }
-        producer.poll(Duration::from_millis(1));
+        send_lingering(producer);
+        producer.poll(Duration::ZERO);
     }
     match producer.context().denied() {
         Some(denied) => Err(denied.into()),
         None => Ok(()),
+    }
+}
+
+/// Waits up to a millisecond for the deliveries in flight, and meanwhile has
+/// the broker threads send what `linger.ms` still holds back: a commit waits
+/// for every record, so batching longer only delays it (the changelog
+/// records, produced as the commit starts, waited the whole linger).
+/// librdkafka ignores `linger.ms` while a flush runs; rust-rdkafka's `flush`
+/// calls it with no time to wait, and the broker threads may not have woken
+/// before it returns. The delivery reports are events here, which the
+/// flush never serves: the caller polls for them.
+fn send_lingering(producer: &TxnProducer) {
+    // SAFETY: the handle is valid while `producer` lives; rd_kafka_flush is
+    // thread-safe and only wakes broker threads and waits.
+    unsafe {
+        rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 1);
     }
 }
 
