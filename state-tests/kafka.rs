@@ -277,6 +277,14 @@ fn a_drain_sends_at_once_what_linger_holds_back() {
         .create_with_context(Deliveries::new(Vec::<String>::new()))
         .expect("producer");
     // The first delivery also waits for metadata and the producer id.
+    producer
+        .send(
+            BaseRecord::<str, str>::to(&topic)
+                .key("warm-up")
+                .payload("v"),
+        )
+        .expect("queued");
+    producer.flush(Duration::from_secs(30)).expect("warmed up");
     for round in 0..3 {
         let key = format!("k{round}");
         producer

@@ -170,7 +170,8 @@ impl RocksBackend {
             return Ok(());
         }
         let mut opts = WriteOptions::default();
-        // Durability comes from the WAL, synced in `sync` at the points that need it.
+        // Durability comes from the WAL, synced in `sync` at the points that
+        // need it; unlogged writes get theirs from `end_unlogged`'s flush.
         opts.set_sync(false);
         opts.disable_wal(!self.wal || self.unlogged.is_some());
         self.db

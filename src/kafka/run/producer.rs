@@ -205,7 +205,7 @@ where
 /// A write the broker refused for lack of an ACL ends the run here.
 pub fn drain(producer: &TxnProducer) -> Result<(), RunError> {
     let mut next_note = Instant::now() + CALL_TIMEOUT;
-    while producer.in_flight_count() > 0 {
+    loop {
         if let Some(denied) = producer.context().denied() {
             return Err(denied.into());
         }
@@ -216,8 +216,11 @@ pub fn drain(producer: &TxnProducer) -> Result<(), RunError> {
             );
             next_note = Instant::now() + CALL_TIMEOUT;
         }
-        send_lingering(producer);
-        producer.poll(Duration::ZERO);
+        let delivered = send_lingering(producer);
+        serve_ready(producer);
+        if delivered {
+            break;
+        }
     }
     match producer.context().denied() {
         Some(denied) => Err(denied.into()),
@@ -225,20 +228,36 @@ pub fn drain(producer: &TxnProducer) -> Result<(), RunError> {
     }
 }
 
-/// Waits up to a millisecond for the deliveries in flight, and meanwhile has
-/// the broker threads send what `linger.ms` still holds back: a commit waits
-/// for every record, so batching longer only delays it (the changelog
-/// records, produced as the commit starts, waited the whole linger).
-/// librdkafka ignores `linger.ms` while a flush runs; rust-rdkafka's `flush`
-/// calls it with no time to wait, and the broker threads may not have woken
-/// before it returns. The delivery reports are events here, which the
-/// flush never serves: the caller polls for them.
-fn send_lingering(producer: &TxnProducer) {
+/// Serves every event that is ready, without waiting: a poll with no time
+/// to wait serves one event, and there is a delivery report per partition
+/// and produce request.
+fn serve_ready(producer: &TxnProducer) {
+    loop {
+        let before = producer.in_flight_count();
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() >= before {
+            return;
+        }
+    }
+}
+
+/// Has the broker threads send what `linger.ms` still holds back, and waits
+/// up to a millisecond for the messages in flight; true once every message
+/// is delivered and its report served. A commit waits for every record, so
+/// batching longer only delays it: the changelog records, produced as the
+/// commit starts, waited the whole linger.
+///
+/// librdkafka ignores `linger.ms` while a flush runs; rust-rdkafka's
+/// `flush` calls it with no time to wait, and the broker threads may not
+/// wake before it returns. The delivery reports are events here, which only
+/// a poll serves, so the wait runs out while any is due. The end is the
+/// flush's answer, not the queue's length: that counts librdkafka's log
+/// lines too, and with its debug logging on, each flush logs one.
+fn send_lingering(producer: &TxnProducer) -> bool {
     // SAFETY: the handle is valid while `producer` lives; rd_kafka_flush is
     // thread-safe and only wakes broker threads and waits.
-    unsafe {
-        rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 1);
-    }
+    let answer = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 1) };
+    answer == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
 }
 
 /// Aborts the open transaction. Delivery reports are served first: librdkafka

@@ -27,6 +27,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use self::clock::Clock;
 use self::writer::{BatchWriter, WriterGone};
 use super::clients::RestoreContext;
 use super::positions::{
@@ -39,6 +40,7 @@ use super::RunError;
 use crate::engine::Engine;
 use crate::state::{MemoryBackend, RocksBackend, StateBackend};
 
+mod clock;
 mod writer;
 
 /// How long a changelog read may go without progress (a broker outage)
@@ -320,65 +322,6 @@ enum Flow {
     End,
 }
 
-/// Records between two readings of the clock while records flow: reading it
-/// for every record cost a tenth of a restore's time.
-const RECORDS_PER_CLOCK_READ: u32 = 256;
-
-/// The times a restore keeps, read once per [`RECORDS_PER_CLOCK_READ`]
-/// records, and before every poll while none come.
-struct Clock {
-    last_progress: Instant,
-    last_keep_alive: Instant,
-    last_refresh: Instant,
-    /// Records since the clock was last read.
-    unread: u32,
-    /// Whether a record came since the clock was last read.
-    progressed: bool,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        let now = Instant::now();
-        Clock {
-            last_progress: now,
-            last_keep_alive: now,
-            last_refresh: now,
-            unread: 0,
-            progressed: false,
-        }
-    }
-
-    /// The time, when it is due to be read.
-    fn due(&mut self) -> Option<Instant> {
-        self.unread += 1;
-        if self.unread < RECORDS_PER_CLOCK_READ {
-            return None;
-        }
-        Some(self.read())
-    }
-
-    fn read(&mut self) -> Instant {
-        self.unread = 0;
-        let now = Instant::now();
-        if std::mem::take(&mut self.progressed) {
-            self.last_progress = now;
-        }
-        now
-    }
-
-    fn progressed(&mut self) {
-        self.progressed = true;
-    }
-
-    /// How long since the last record (or the start). The next
-    /// [`Clock::due`] reads the clock again.
-    fn idle(&mut self) -> Duration {
-        let now = self.read();
-        self.unread = RECORDS_PER_CLOCK_READ;
-        now - self.last_progress
-    }
-}
-
 /// What to do with one changelog record.
 enum Verdict {
     Apply,
@@ -416,16 +359,20 @@ impl Reading<'_> {
         // The changelog can give every record again: no need to log them.
         backend.begin_unlogged();
         let result = std::thread::scope(|scope| {
-            let mut writer = BatchWriter::start(scope, &mut *backend, store);
+            let mut writer = BatchWriter::start(scope, &mut *backend, store).map_err(|e| {
+                RunError::Setup(format!("cannot start the restore's writing thread: {e}"))
+            })?;
             let read = self.read_to_end(&mut writer, env);
             // The writer's error, if it stopped, is the cause of the read's.
             let written = writer.finish();
             written.map_err(RestoreError::from).and(read)
         });
         let _ = env.restorer.unassign();
+        // Durable before the position says they are there; and on a failed
+        // read too, so that the backend logs its writes again.
+        let ended = backend.end_unlogged();
         let (read, next) = result?;
-        // Durable before the position says they are there.
-        backend.end_unlogged()?;
+        ended?;
         // Nothing read: the recorded position stands as it is.
         if let Some(next) = next {
             let position = Position {

@@ -35,7 +35,7 @@ impl<'scope> BatchWriter<'scope> {
         scope: &'scope Scope<'scope, 'env>,
         backend: &'scope mut dyn StateBackend,
         store: StoreId,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let (to_writer, full) = mpsc::sync_channel::<WriteBatch>(1);
         let (give_back, emptied) = mpsc::sync_channel::<WriteBatch>(2);
         give_back
@@ -43,15 +43,14 @@ impl<'scope> BatchWriter<'scope> {
             .expect("the receiver is held right here");
         let writer = std::thread::Builder::new()
             .name("sluice-restore-write".into())
-            .spawn_scoped(scope, move || write_batches(backend, &full, &give_back))
-            .expect("spawn the restore's writing thread");
-        BatchWriter {
+            .spawn_scoped(scope, move || write_batches(backend, &full, &give_back))?;
+        Ok(BatchWriter {
             store,
             filling: WriteBatch::default(),
             to_writer: Some(to_writer),
             emptied,
             writer,
-        }
+        })
     }
 
     pub(super) fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), WriterGone> {
@@ -128,7 +127,7 @@ mod tests {
         let store = backend.open_store("s")?;
         let mut model = BTreeMap::new();
         std::thread::scope(|scope| {
-            let mut writer = BatchWriter::start(scope, backend, store);
+            let mut writer = BatchWriter::start(scope, backend, store).expect("spawn");
             for i in 0..n {
                 let done = match i % 3 {
                     2 => {
