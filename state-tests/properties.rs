@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use sluice::engine::{Engine, EngineOptions, SourceInput};
+use sluice::engine::{Changes, Engine, EngineOptions, SourceInput};
 use sluice::flood::{write_flood, FloodConfig, Profile};
 use sluice::record::{parse_alert, parse_image};
 use sluice::replay::{replay, JsonLinesOutput, ReplayOptions};
@@ -242,6 +242,33 @@ proptest! {
 /// the JSON output and every changelog entry the commits produced.
 type ChangelogEntry = (String, Vec<u8>, Option<Vec<u8>>);
 
+/// Feeds one line of the replay format to `engine`.
+fn process_line(engine: &mut Engine, line: &str, out: &mut JsonLinesOutput<Vec<u8>>) {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let value = v["value"].to_string();
+    let input = SourceInput {
+        topic: v["topic"].as_str().unwrap(),
+        key: v["key"].as_str(),
+        value: &value,
+        decoded: false,
+        origin: Default::default(),
+    };
+    engine
+        .process(input, v["ts"].as_u64().unwrap(), out)
+        .unwrap();
+}
+
+/// Prepares a commit and appends its changelog entries to `log`.
+fn prepare_logged(engine: &mut Engine, log: &mut Vec<ChangelogEntry>) -> Changes {
+    let changes = engine.prepare_commit().unwrap();
+    log.extend(
+        engine
+            .changelog(&changes)
+            .map(|(s, k, v)| (s.to_owned(), k.to_vec(), v.map(<[u8]>::to_vec))),
+    );
+    changes
+}
+
 fn run_with_changelog(
     engine: &mut Engine,
     lines: &[&str],
@@ -252,27 +279,11 @@ fn run_with_changelog(
     let mut out = JsonLinesOutput::new(Vec::new(), topo.dead_letter_topic());
     let mut log = Vec::new();
     let commit = |engine: &mut Engine, log: &mut Vec<ChangelogEntry>| {
-        let changes = engine.prepare_commit().unwrap();
-        log.extend(
-            engine
-                .changelog(&changes)
-                .map(|(s, k, v)| (s.to_owned(), k.to_vec(), v.map(<[u8]>::to_vec))),
-        );
+        let changes = prepare_logged(engine, log);
         engine.apply_commit(changes).unwrap();
     };
     for (i, line) in lines.iter().enumerate() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let value = v["value"].to_string();
-        let input = SourceInput {
-            topic: v["topic"].as_str().unwrap(),
-            key: v["key"].as_str(),
-            value: &value,
-            decoded: false,
-            origin: Default::default(),
-        };
-        engine
-            .process(input, v["ts"].as_u64().unwrap(), &mut out)
-            .unwrap();
+        process_line(engine, line, &mut out);
         if (i + 1) % every == 0 {
             commit(engine, &mut log);
         }
@@ -491,18 +502,7 @@ fn crash_run(run: &CrashRun, fates: &[Fate]) -> Result<(), TestCaseError> {
         let end = (done + run.every).min(lines.len());
         let mut out = JsonLinesOutput::new(Vec::new(), topo.dead_letter_topic());
         for line in &lines[done..end] {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let value = v["value"].to_string();
-            let input = SourceInput {
-                topic: v["topic"].as_str().unwrap(),
-                key: v["key"].as_str(),
-                value: &value,
-                decoded: false,
-                origin: Default::default(),
-            };
-            engine
-                .process(input, v["ts"].as_u64().unwrap(), &mut out)
-                .unwrap();
+            process_line(&mut engine, line, &mut out);
         }
         let last = end == lines.len();
         if last {
@@ -522,13 +522,8 @@ fn crash_run(run: &CrashRun, fates: &[Fate]) -> Result<(), TestCaseError> {
             engine = open(&mut kept, owner, positions[owner], &changelog);
             continue;
         }
-        let changes = engine.prepare_commit().unwrap();
+        let changes = prepare_logged(&mut engine, &mut changelog);
         let records = changes.len();
-        changelog.extend(
-            engine
-                .changelog(&changes)
-                .map(|(s, k, v)| (s.to_owned(), k.to_vec(), v.map(<[u8]>::to_vec))),
-        );
         output += &String::from_utf8(out.into_inner()).unwrap();
         done = end;
         if let Fate::KillAfterCommit = fate {

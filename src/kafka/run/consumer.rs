@@ -129,9 +129,8 @@ enum Enqueued {
 /// How often the loop logs its counters.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-/// How long an idle loop waits in the main queue's poll. Records come
-/// through the partitions' own queues, which do not wake that poll: a record
-/// arriving in an idle run waits up to this long before it is processed.
+/// How long an idle loop waits in the main queue's poll, which records (on
+/// the partitions' own queues) do not wake: the most a record waits there.
 const IDLE_POLL: Duration = Duration::from_millis(1);
 
 /// Records processed per task before the loop serves the consumer again.
