@@ -661,6 +661,8 @@ fn input_buffers_stay_under_the_byte_budget_while_a_co_partition_lags() {
         &[
             "--clock",
             "event",
+            "--threads",
+            "2",
             "--max-buffer-bytes",
             &budget_arg,
             "--stats-json",
@@ -668,12 +670,15 @@ fn input_buffers_stay_under_the_byte_budget_while_a_co_partition_lags() {
         ],
         &[(sluice::fault::ENV, &format!("{hold}=fail@1+"))],
     );
-    // Until the images fill the buffers (progress lines come every 10 s).
-    wait_for_progress(
+    // Until the images fill the buffers (progress lines come every 10 s):
+    // each thread has one task and half the budget, so its images' queue
+    // may hold a quarter of it, 10 records.
+    wait_for_progress_of_threads(
         &a.path("run.log"),
-        "20 records buffered",
+        "10 records buffered",
+        2,
         Duration::from_secs(90),
-        |field| field("buffered") >= 20,
+        |field| field("buffered") >= 10,
     );
     assert!(
         terminate(&mut run).success(),
@@ -686,7 +691,10 @@ fn input_buffers_stay_under_the_byte_budget_while_a_co_partition_lags() {
         peak > 1 << 20,
         "the lagging alerts should make the images wait in the buffers: peak {peak}"
     );
-    assert!(peak <= budget, "buffered {peak} bytes, budget {budget}");
+    assert!(
+        peak <= budget,
+        "buffered {peak} bytes by both threads, budget {budget}"
+    );
     eprintln!("peak buffered: {peak} bytes of a {budget}-byte budget");
     assert_eq!(summary["processed"], 0, "nothing can go while alerts lag");
 }

@@ -54,6 +54,12 @@ pub struct RunArgs {
     /// each input partition may buffer its share, then its fetching pauses.
     #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_buffer_bytes: u64,
+    /// Processing threads (Kafka Streams' num.stream.threads): each is a
+    /// member of the group with its own transactional producer, and the
+    /// tasks are spread over them. Default: the number of cores; never more
+    /// than the tasks (input partitions).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// Write the run's summary as JSON to this file when it ends.
     #[arg(long)]
     stats_json: Option<PathBuf>,
@@ -87,6 +93,11 @@ pub(super) fn parse_guarantee(text: &str) -> Result<Guarantee, String> {
     }
 }
 
+/// One processing thread per core.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn request_stop(_: libc::c_int) {
@@ -109,14 +120,13 @@ pub fn run_live(args: RunArgs) -> Result<ExitCode> {
         .brokers
         .or_else(|| topo.kafka.brokers.clone())
         .context("no brokers: pass --brokers or set brokers in the topology's [kafka] table")?;
-    let (service, queries) = StateService::new();
+    let service = StateService::new();
     let telemetry = args.telemetry.start("run", Some(service.router()))?;
     let observe = run::Observe::from_telemetry(&telemetry, args.telemetry.metrics_on());
     let state_query = match telemetry.bound_address() {
         None => None,
         Some(bound) => Some(StateQuerying {
             service,
-            queries: Arc::new(std::sync::Mutex::new(Some(queries))),
             advertise: advertised(args.advertise_addr.as_deref(), bound)?,
         }),
     };
@@ -137,6 +147,7 @@ pub fn run_live(args: RunArgs) -> Result<ExitCode> {
             Duration::from_millis(topo.kafka.max_task_idle.map_or(0, |d| d.as_ms()))
         }),
         max_value_bytes: args.max_value_bytes,
+        threads: args.threads.map_or_else(default_threads, usize::from),
         max_buffer_bytes: usize::try_from(args.max_buffer_bytes).unwrap_or(usize::MAX),
         engine: EngineOptions::default(),
     };

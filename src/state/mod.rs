@@ -145,6 +145,21 @@ pub enum StateError {
     Corrupt { dir: String, message: String },
 }
 
+impl StateError {
+    /// Whether opening failed because another owner holds the directory's
+    /// lock (RocksDB's `LOCK` file): another thread of this process that
+    /// has not closed the store yet, or another process.
+    pub fn is_lock_held(&self) -> bool {
+        match self {
+            StateError::Open { cause, .. } => {
+                cause.kind() == rocksdb::ErrorKind::IOError
+                    && cause.as_ref().to_ascii_lowercase().contains("lock")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Renders a binary key for an error message.
 pub(crate) fn show_key(key: &[u8]) -> String {
     let text = String::from_utf8_lossy(key);

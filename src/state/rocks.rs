@@ -418,6 +418,31 @@ mod tests {
     }
 
     #[test]
+    fn a_store_open_elsewhere_in_the_process_reports_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RocksBackend::open(dir.path()).unwrap();
+        let second = RocksBackend::open(dir.path());
+        assert!(
+            second.as_ref().err().is_some_and(StateError::is_lock_held),
+            "{:?}",
+            second.err()
+        );
+        drop(first);
+        assert!(RocksBackend::open(dir.path()).is_ok(), "free once closed");
+        let other = StateError::Open {
+            dir: dir.path().to_owned(),
+            cause: RocksBackend::open(&dir.path().join("CURRENT").join("x"))
+                .err()
+                .and_then(|e| match e {
+                    StateError::Open { cause, .. } => Some(cause),
+                    _ => None,
+                })
+                .unwrap(),
+        };
+        assert!(!other.is_lock_held(), "{other}");
+    }
+
+    #[test]
     fn a_scratch_database_reads_its_writes_and_logs_none_of_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut scratch = RocksBackend::open_scratch(dir.path()).unwrap();

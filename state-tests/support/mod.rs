@@ -605,6 +605,26 @@ pub fn wait_for_progress(
     });
 }
 
+/// [`wait_for_progress`] for each of a run's `threads` processing threads:
+/// a progress line of every thread (its `member{thread=K}` span) passes `ok`.
+pub fn wait_for_progress_of_threads(
+    path: &Path,
+    what: &str,
+    threads: usize,
+    timeout: Duration,
+    ok: impl Fn(&dyn Fn(&str) -> u64) -> bool,
+) {
+    let what = format!("a progress line of each of {threads} threads with {what}");
+    wait_for_log_text(path, &what, timeout, |log| {
+        (0..threads).all(|k| {
+            let span = format!("member{{thread={k}}}");
+            log.lines()
+                .filter(|l| l.contains(" progress ") && l.contains(&span))
+                .any(|line| ok(&|name: &str| progress_field(line, name)))
+        })
+    });
+}
+
 /// Reads the log at `path` until `done` accepts its text; fails with the
 /// log after `timeout`.
 fn wait_for_log_text(path: &Path, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) {

@@ -55,6 +55,10 @@ pub struct LiveArgs {
     /// Timed commits per commit-latency run.
     #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
     pub(super) commits: u32,
+    /// `sluice run --threads` of the throughput and latency runs (default:
+    /// run's own, one per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(super) threads: Option<u16>,
     /// Figures to measure, comma separated (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Figure>,
@@ -82,6 +86,7 @@ pub fn bench_live(args: &LiveArgs) -> Result<()> {
         brokers,
         dir: dir.path().to_owned(),
         tag: format!("bench-{}", now_ms()),
+        threads: args.threads,
     };
     let wants =
         |f: Figure| (args.only.is_empty() && f != Figure::Telemetry) || args.only.contains(&f);
@@ -178,11 +183,20 @@ pub(super) struct Bench {
     pub(super) brokers: String,
     pub(super) dir: PathBuf,
     pub(super) tag: String,
+    /// `--threads` for the runs, when given.
+    pub(super) threads: Option<u16>,
 }
 
 pub(super) type Figures = Vec<f64>;
 
 impl Bench {
+    /// `--threads N` when the bench was given it.
+    fn threads_arg(&self) -> Vec<String> {
+        self.threads
+            .map(|n| vec!["--threads".to_owned(), n.to_string()])
+            .unwrap_or_default()
+    }
+
     fn config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
@@ -345,6 +359,7 @@ impl Bench {
             .arg(self.dir.join(format!("{name}.state")))
             .arg("--stats-json")
             .arg(&stats_path)
+            .args(self.threads_arg())
             .args(extra)
             .spawn()
             .context("cannot start sluice run")?;
@@ -391,6 +406,7 @@ impl Bench {
                 .arg("run")
                 .arg(&topology)
                 .args(["--brokers", &self.brokers, "--clock", "wall"])
+                .args(self.threads_arg())
                 .arg("--state-dir")
                 .arg(self.dir.join(format!("{app}.state")))
                 .spawn()?;

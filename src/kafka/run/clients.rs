@@ -67,7 +67,7 @@ pub(super) fn create_consumer(shared: &Shared) -> Result<BaseConsumer<RunContext
         config.set("group.instance.id", id);
     }
     config
-        .create_with_context(RunContext::new())
+        .create_with_context(RunContext::new(shared.thread))
         .map_err(|e| RunError::kafka("create the consumer", e))
 }
 

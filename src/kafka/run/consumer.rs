@@ -26,6 +26,7 @@ use super::purge::Purger;
 use super::rebalance::{current_strays, RunContext, SplitQueue, Stray};
 use super::restore::RestoreEnv;
 use super::task::{self, Task, TaskSetup};
+use super::threads::Idle;
 use super::topics::{Layout, Plan};
 use super::transaction::{self, OpenTxn};
 use super::{ClockMode, RunError, RunOptions, RunSummary};
@@ -44,8 +45,15 @@ pub struct Shared {
     pub instance: String,
     pub opts: RunOptions,
     pub memory: SharedMemory,
-    /// Set when the run is asked to stop: also ends waits on an absent cluster.
-    pub stop: &'static AtomicBool,
+    /// Set when the run is asked to stop (or a sibling thread failed): also
+    /// ends waits on an absent cluster.
+    pub stop: Arc<AtomicBool>,
+    /// This thread's index among the instance's processing threads.
+    pub thread: usize,
+    /// Readiness and the idle exit, shared by the instance's threads.
+    pub board: Arc<super::threads::Board>,
+    /// The instance's entry in the directory (with `state_query`).
+    pub directory: Option<Arc<super::directory::Publisher>>,
 }
 
 impl Shared {
@@ -66,7 +74,7 @@ impl Shared {
             state_root: &self.state_root,
             engine_options: &self.opts.engine,
             memory: &self.memory,
-            stop: self.stop,
+            stop: &self.stop,
         }
     }
 }
@@ -107,10 +115,8 @@ pub(super) struct Inner {
     pub(super) last_commit_done: Option<Instant>,
     /// Deletes consumed records of repartition topics (none without them).
     pub(super) purger: Option<Purger>,
-    /// State queries waiting for the loop, and this instance's directory
-    /// entry (with `state_query`).
+    /// State queries waiting for the loop (with `state_query`).
     pub(super) queries: Option<super::state_http::StateQueries>,
-    pub(super) directory: Option<super::directory::Publisher>,
 }
 
 pub struct Runtime {
@@ -169,9 +175,8 @@ impl Runtime {
             last_commit_done: None,
             purger: Purger::new(&shared)?,
             queries: None,
-            directory: None,
         };
-        inner.start_state_query()?;
+        inner.start_state_query();
         *consumer.context().lock() = Some(inner);
         let topics = shared.plan.subscriptions();
         consumer
@@ -183,7 +188,7 @@ impl Runtime {
     /// The loop; returns when a stop is asked for, when idle long enough, or on an
     /// error it cannot handle in place.
     pub fn run(self) -> Result<RunSummary, RunError> {
-        let result = self.run_loop(self.shared.stop);
+        let result = self.run_loop(&self.shared.stop);
         let summary = self.shutdown(result.is_ok());
         result.map(|()| summary)
     }
@@ -233,8 +238,11 @@ impl Runtime {
                 // block (a restore through an outage) one line, not a burst.
                 next_report = Instant::now() + PROGRESS_EVERY;
             }
-            if inner.idle_done(last_activity.elapsed()) {
-                tracing::info!("idle: everything committed; exiting");
+            if inner.idle_exit(last_activity.elapsed()) {
+                tracing::info!(
+                    thread = self.shared.thread,
+                    "idle: everything committed; exiting"
+                );
                 break;
             }
         }
@@ -572,12 +580,23 @@ impl Inner {
         }
     }
 
-    fn idle_done(&self, idle: Duration) -> bool {
+    /// Whether the instance exits for idleness (`--exit-after-idle`): once
+    /// every thread has been idle long enough and one of them has tasks.
+    fn idle_exit(&self, idle: Duration) -> bool {
         let Some(limit) = self.shared.opts.exit_after_idle else {
             return false;
         };
-        idle >= limit
-            && !self.tasks.is_empty()
+        let state = match idle >= limit {
+            false => Idle::Busy,
+            true if self.tasks.is_empty() && self.assigned.is_none() => Idle::Empty,
+            true if self.all_committed() => Idle::Done,
+            true => Idle::Busy,
+        };
+        self.shared.board.idle(self.shared.thread, state)
+    }
+
+    fn all_committed(&self) -> bool {
+        !self.tasks.is_empty()
             && !self.txn_open.is_open()
             && !self.raw_dirty
             && self.raw_waiting.is_empty()

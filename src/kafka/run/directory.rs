@@ -65,10 +65,13 @@ impl Directory {
     }
 }
 
-/// The thread that keeps the directory and publishes this instance's entry.
+/// The thread that keeps the directory and publishes this instance's entry:
+/// the partitions of all its processing threads.
 pub struct Publisher {
     tx: Option<mpsc::Sender<Vec<i32>>>,
     thread: Option<JoinHandle<()>>,
+    /// Each processing thread's partitions, as it last said.
+    owned: std::sync::Mutex<std::collections::BTreeMap<usize, Vec<i32>>>,
 }
 
 impl Publisher {
@@ -116,13 +119,20 @@ impl Publisher {
         Ok(Publisher {
             tx: Some(tx),
             thread: Some(thread),
+            owned: Default::default(),
         })
     }
 
-    /// This instance now owns `partitions` (empty while rebalancing).
-    pub fn publish(&self, partitions: Vec<i32>) {
+    /// Processing thread `thread` now owns `partitions` (empty while
+    /// rebalancing); the entry says what all the threads own.
+    pub fn publish(&self, thread: usize, partitions: Vec<i32>) {
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        owned.insert(thread, partitions);
+        let mut all: Vec<i32> = owned.values().flatten().copied().collect();
+        all.sort_unstable();
+        all.dedup();
         if let Some(tx) = &self.tx {
-            let _ = tx.send(partitions);
+            let _ = tx.send(all);
         }
     }
 }

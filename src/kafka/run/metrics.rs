@@ -67,7 +67,8 @@ struct Totals {
     commits: u64,
     /// Each open task's operator gauges, refreshed every few seconds.
     tasks: BTreeMap<i32, Vec<OperatorGauges>>,
-    lag: BTreeMap<(String, i32), i64>,
+    /// By processing thread: each consumer reports its own partitions.
+    lag: BTreeMap<usize, BTreeMap<(String, i32), i64>>,
 }
 
 /// The instruments of a run and the totals they read.
@@ -208,8 +209,8 @@ impl RunMetrics {
     }
 
     /// Consumer lag per input partition, from librdkafka's statistics.
-    pub fn lag(&self, lag: BTreeMap<(String, i32), i64>) {
-        lock(&self.totals).lag = lag;
+    pub fn lag(&self, thread: usize, lag: BTreeMap<(String, i32), i64>) {
+        lock(&self.totals).lag.insert(thread, lag);
     }
 }
 
@@ -319,7 +320,7 @@ fn register_observables(meter: &Meter, totals: &Arc<Mutex<Totals>>) {
     }
     let t = Arc::clone(totals);
     observable_gauge(meter, &c::CONSUMER_LAG, move |o| {
-        for ((topic, partition), lag) in &lock(&t).lag {
+        for ((topic, partition), lag) in lock(&t).lag.values().flatten() {
             o.observe(
                 *lag as f64,
                 &[

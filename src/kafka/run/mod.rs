@@ -13,6 +13,8 @@
 //! Work is split into tasks, one per input partition number; each task owns
 //! an engine, a RocksDB store under `--state-dir`, and partition `p` of every
 //! changelog. The engine is the one replay uses: only the clock differs.
+//! An instance runs its tasks on `--threads` processing threads, each a
+//! member of the group of its own ([`threads`]).
 
 mod clients;
 mod consumer;
@@ -32,6 +34,7 @@ mod repeats;
 mod restore;
 pub mod state_http;
 pub mod task;
+pub mod threads;
 pub mod topics;
 mod transaction;
 
@@ -79,6 +82,8 @@ pub struct RunOptions {
     /// Under event time, how long a task waits for an input that is caught
     /// up but empty while another has records (see `KafkaConfig`).
     pub max_task_idle: Duration,
+    /// Processing threads (at least 1; no more than the tasks are used).
+    pub threads: usize,
     pub engine: EngineOptions,
     /// Metrics, traces and readiness.
     pub observe: Observe,
@@ -180,6 +185,10 @@ pub struct RunSummary {
     /// The median and 99th percentile of the commits' durations.
     pub commit_ms_p50: f64,
     pub commit_ms_p99: f64,
+    /// Processing threads that ran.
+    pub threads: usize,
+    /// Records processed by each thread.
+    pub thread_processed: Vec<u64>,
     /// Each commit's duration in ms (the first [`COMMIT_SAMPLES`]).
     #[serde(skip)]
     pub commit_ms: Vec<u32>,
@@ -214,7 +223,7 @@ const METADATA_MAX_AGE: &str = "metadata.max.age.ms";
 pub fn run(
     topo: Arc<Topology>,
     opts: RunOptions,
-    stop: &'static AtomicBool,
+    outside_stop: &'static AtomicBool,
 ) -> Result<RunSummary, RunError> {
     let mut base = crate::kafka::client_config(&topo.kafka, &opts.brokers)?;
     if base.get(METADATA_REFRESH).is_none() {
@@ -247,29 +256,62 @@ pub fn run(
     // One cache budget for all tasks, not one per task.
     let per_task = opts.engine.cache_capacity / layout.tasks.max(1) as usize;
     opts.engine.cache_capacity = per_task.max(20_000);
+    let threads = thread_count(opts.threads, layout.tasks);
+    // One buffer budget for the instance: each thread takes its share.
+    opts.max_buffer_bytes = (opts.max_buffer_bytes / threads).max(1);
     let instance = match &opts.instance_id {
         Some(id) => id.clone(),
         None => clients::stored_instance_id(&state_root)?,
     };
-    tracing::info!(app = %topo.app_id, instance = %instance, tasks = layout.tasks, guarantee = ?opts.guarantee, clock = ?opts.clock, "starting");
+    tracing::info!(app = %topo.app_id, instance = %instance, tasks = layout.tasks, threads, guarantee = ?opts.guarantee, clock = ?opts.clock, "starting");
     let sinks: Vec<String> = topo.sinks.iter().map(|s| s.name.clone()).collect();
     let metrics = metrics::RunMetrics::new(&opts.observe.meter, &sinks);
-    opts.observe
-        .health
-        .set_unready("joining the consumer group");
-    let shared = consumer::Shared {
-        metrics,
-        topo,
-        plan,
-        layout,
-        state_root,
-        base,
-        instance,
-        opts,
-        memory: SharedMemory::new(16 << 20, 48 << 20),
-        stop,
-    };
-    consumer::Runtime::new(Arc::new(shared))?.run()
+    let board = Arc::new(threads::Board::new(
+        threads,
+        Arc::clone(&opts.observe.health),
+    ));
+    let directory = observe::start_directory(&base, &topo.app_id, &instance, &layout, &opts)?;
+    let memory = SharedMemory::new(16 << 20, 48 << 20);
+    let stop = Arc::new(AtomicBool::new(
+        outside_stop.load(std::sync::atomic::Ordering::SeqCst),
+    ));
+    let members = (0..threads)
+        .map(|k| {
+            let mut opts = opts.clone();
+            opts.instance_id = opts.instance_id.map(|id| threads::member_name(&id, k));
+            consumer::Shared {
+                metrics: Arc::clone(&metrics),
+                topo: Arc::clone(&topo),
+                plan: plan.clone(),
+                layout: layout.clone(),
+                state_root: state_root.clone(),
+                base: base.clone(),
+                instance: threads::member_name(&instance, k),
+                opts,
+                memory: memory.clone(),
+                stop: Arc::clone(&stop),
+                thread: k,
+                board: Arc::clone(&board),
+                directory: directory.clone(),
+            }
+        })
+        .collect();
+    threads::run_all(members, outside_stop)
+}
+
+/// The threads a run starts: as asked, but no more than there are tasks
+/// (a thread the group gives no partition to would only idle).
+fn thread_count(asked: usize, tasks: i32) -> usize {
+    let tasks = usize::try_from(tasks).unwrap_or(1).max(1);
+    let threads = asked.clamp(1, tasks);
+    if threads < asked {
+        tracing::info!(
+            asked,
+            threads,
+            "fewer processing threads than asked: one per task at most"
+        );
+    }
+    threads
 }
 
 fn store_names(topo: &Arc<Topology>, opts: &EngineOptions) -> Result<Vec<String>, RunError> {

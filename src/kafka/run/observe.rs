@@ -2,6 +2,7 @@
 //! state gauges, the state query's answers and this instance's entry in
 //! the directory.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::consumer::Inner;
@@ -11,26 +12,36 @@ use super::RunError;
 /// How often the state gauges of the metrics are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
+/// With `state_query`: starts the instance's entry in the directory (one
+/// for all its threads) and tells the HTTP side how to route.
+pub(super) fn start_directory(
+    base: &rdkafka::ClientConfig,
+    app_id: &str,
+    instance: &str,
+    layout: &super::topics::Layout,
+    opts: &super::RunOptions,
+) -> Result<Option<Arc<Publisher>>, RunError> {
+    let Some(q) = &opts.state_query else {
+        return Ok(None);
+    };
+    let directory = Directory::default();
+    let publisher = Publisher::start(
+        base,
+        app_id,
+        instance,
+        q.advertise.clone(),
+        directory.clone(),
+    )?;
+    q.service.route(layout.tasks, instance, directory);
+    Ok(Some(Arc::new(publisher)))
+}
+
 impl Inner {
-    /// With `state_query`: starts this instance's directory entry and takes
-    /// the loop's end of the queries.
-    pub(super) fn start_state_query(&mut self) -> Result<(), RunError> {
-        let shared = std::sync::Arc::clone(&self.shared);
-        let Some(q) = &shared.opts.state_query else {
-            return Ok(());
-        };
-        let directory = Directory::default();
-        self.directory = Some(Publisher::start(
-            &shared.base,
-            &shared.topo.app_id,
-            &shared.instance,
-            q.advertise.clone(),
-            directory.clone(),
-        )?);
-        q.service
-            .route(shared.layout.tasks, &shared.instance, directory);
-        self.queries = q.queries.lock().ok().and_then(|mut r| r.take());
-        Ok(())
+    /// With `state_query`: attaches this thread to the state queries.
+    pub(super) fn start_state_query(&mut self) {
+        if let Some(q) = &self.shared.opts.state_query {
+            self.queries = Some(q.service.attach());
+        }
     }
 
     /// Answers the state queries waiting (with `state_query`).
@@ -41,21 +52,18 @@ impl Inner {
         }
     }
 
-    /// Tells the directory which partitions this instance now owns.
+    /// Tells the directory which partitions this thread now owns.
     pub(super) fn publish_partitions(&self) {
-        if let Some(d) = &self.directory {
-            d.publish(self.tasks.keys().copied().collect());
+        if let Some(d) = &self.shared.directory {
+            d.publish(self.shared.thread, self.tasks.keys().copied().collect());
         }
     }
 
     /// Readiness for `/readyz` and the `sluice_ready` gauge.
     pub(super) fn set_ready(&self, ready: bool, reason: &str) {
-        let health = &self.shared.opts.observe.health;
-        if ready {
-            health.set_ready();
-        } else {
-            health.set_unready(reason);
-        }
+        self.shared
+            .board
+            .set_ready(self.shared.thread, ready, reason);
     }
 
     /// Every few seconds after a commit: each task's timers pending, store

@@ -34,6 +34,8 @@ pub struct RunContext {
     /// Revocations served so far, readable without the lock: each record
     /// taken from the main queue is stamped with it (see [`Stray`]).
     revocations: AtomicU64,
+    /// The processing thread this consumer serves (its lag is reported apart).
+    thread: usize,
 }
 
 impl RunContext {
@@ -104,7 +106,7 @@ impl ClientContext for RunContext {
                 }
             }
         }
-        metrics.lag(lag);
+        metrics.lag(self.thread, lag);
     }
 }
 
@@ -167,8 +169,9 @@ impl ConsumerContext for RunContext {
 }
 
 impl RunContext {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(thread: usize) -> Self {
         RunContext {
+            thread,
             inner: Mutex::new(None),
             consumer: OnceLock::new(),
             metrics: OnceLock::new(),
@@ -208,7 +211,7 @@ impl Inner {
             tpl.add_partition(topic, *p);
         }
         let committed =
-            super::retry_kafka("fetch the committed offsets", self.shared.stop, || {
+            super::retry_kafka("fetch the committed offsets", &self.shared.stop, || {
                 consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT)
             })?;
         for e in committed.elements() {

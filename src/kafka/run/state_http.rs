@@ -30,25 +30,25 @@ struct Routing {
 }
 
 struct Service {
-    requests: Mutex<mpsc::Sender<QueryRequest>>,
+    /// One sender per processing thread: each answers for its own tasks.
+    requests: Mutex<Vec<mpsc::Sender<QueryRequest>>>,
     routing: OnceLock<Routing>,
     client: reqwest::Client,
 }
 
-/// The state query: the HTTP side, and the receiver the run loop answers.
+/// The state query's HTTP side; the run's processing threads attach to it.
 #[derive(Clone)]
 pub struct StateService(Arc<Service>);
 
-/// The loop's end of the state query.
+/// A processing thread's end of the state query.
 pub struct StateQueries(pub(super) mpsc::Receiver<QueryRequest>);
 
 /// What a run needs to serve the state query: the service (whose routes the
-/// listener serves), the loop's end, and the address other instances
-/// reach this one's listener at.
+/// listener serves) and the address other instances reach this one's
+/// listener at.
 #[derive(Clone)]
 pub struct StateQuerying {
     pub service: StateService,
-    pub queries: Arc<Mutex<Option<StateQueries>>>,
     pub advertise: String,
 }
 
@@ -67,17 +67,27 @@ impl std::fmt::Debug for StateService {
 }
 
 impl StateService {
-    pub fn new() -> (StateService, StateQueries) {
-        let (tx, rx) = mpsc::channel();
+    pub fn new() -> StateService {
         let service = Service {
-            requests: Mutex::new(tx),
+            requests: Mutex::new(Vec::new()),
             routing: OnceLock::new(),
             client: reqwest::Client::builder()
                 .timeout(ANSWER_TIMEOUT + Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
         };
-        (StateService(Arc::new(service)), StateQueries(rx))
+        StateService(Arc::new(service))
+    }
+
+    /// A processing thread's end: the questions it answers from its tasks.
+    pub(super) fn attach(&self) -> StateQueries {
+        let (tx, rx) = mpsc::channel();
+        self.0
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        StateQueries(rx)
     }
 
     /// The routes to add to the telemetry listener.
@@ -96,29 +106,58 @@ impl StateService {
         });
     }
 
+    /// Asks every processing thread; the one with the partition's task
+    /// answers, the others say it is not theirs.
     async fn ask_loop(&self, service: &str, environment: &str, partition: i32) -> QueryReply {
-        let (reply, answer) = oneshot::channel();
-        let request = QueryRequest {
-            service: service.to_owned(),
-            environment: environment.to_owned(),
-            partition,
-            reply,
-        };
-        let sent = self
-            .0
-            .requests
-            .lock()
-            .map(|tx| tx.send(request).is_ok())
-            .unwrap_or(false);
-        if !sent {
+        let mut answers = Vec::new();
+        {
+            let senders = self.0.requests.lock().unwrap_or_else(|p| p.into_inner());
+            for tx in senders.iter() {
+                let (reply, answer) = oneshot::channel();
+                let request = QueryRequest {
+                    service: service.to_owned(),
+                    environment: environment.to_owned(),
+                    partition,
+                    reply,
+                };
+                if tx.send(request).is_ok() {
+                    answers.push(answer);
+                }
+            }
+        }
+        if answers.is_empty() {
             return QueryReply::Failed("the run has stopped".into());
         }
-        match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => QueryReply::Failed("the run has stopped".into()),
-            Err(_) => QueryReply::Failed("the run did not answer in time (busy restoring?)".into()),
+        // The threads answer at once, each between two of its records: one
+        // deadline for all of them.
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+        let mut replies = Vec::with_capacity(answers.len());
+        for answer in answers {
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(reply)) => replies.push(reply),
+                Ok(Err(_)) => replies.push(QueryReply::Failed("the run has stopped".into())),
+                Err(_) => {
+                    return QueryReply::Failed(
+                        "the run did not answer in time (busy restoring?)".into(),
+                    )
+                }
+            }
+        }
+        pick_reply(replies.into_iter())
+    }
+}
+
+/// The threads' answers as one: the owner's, else a failure, else "not here".
+fn pick_reply(replies: impl Iterator<Item = QueryReply>) -> QueryReply {
+    let mut best = QueryReply::NotHere;
+    for reply in replies {
+        match (&best, reply) {
+            (_, found @ QueryReply::Found(_)) => return found,
+            (QueryReply::NotHere, failed @ QueryReply::Failed(_)) => best = failed,
+            _ => {}
         }
     }
+    best
 }
 
 #[derive(serde::Deserialize, Default)]

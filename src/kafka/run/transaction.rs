@@ -238,7 +238,7 @@ impl Inner {
         // The output is out already: rewinding now would repeat it. Retry
         // through a broker outage; a rebalance (the generation moved on)
         // refuses the commit for good, and then the batch is processed again.
-        super::retry_kafka("commit the offsets", self.shared.stop, || {
+        super::retry_kafka("commit the offsets", &self.shared.stop, || {
             consumer.commit(offsets, CommitMode::Sync)
         })
         .map_err(TxnFailure::abortable)
@@ -344,7 +344,7 @@ impl Inner {
             return Ok(());
         }
         let committed =
-            super::retry_kafka("fetch the committed offsets", self.shared.stop, || {
+            super::retry_kafka("fetch the committed offsets", &self.shared.stop, || {
                 consumer.committed_offsets(assigned.clone(), CALL_TIMEOUT)
             })?;
         let mut seek = TopicPartitionList::new();
@@ -363,7 +363,7 @@ impl Inner {
             let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
         }
         let result =
-            super::retry_kafka("rewind to the committed offsets", self.shared.stop, || {
+            super::retry_kafka("rewind to the committed offsets", &self.shared.stop, || {
                 consumer.seek_partitions(seek.clone(), CALL_TIMEOUT)
             })?;
         for e in result.elements() {

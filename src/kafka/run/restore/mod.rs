@@ -94,6 +94,42 @@ pub struct Restored {
     pub superseded: Vec<(String, Vec<u8>)>,
 }
 
+/// How long a task waits for its store's lock: the thread of this instance
+/// that owned the task before a rebalance closes it at its next poll, or
+/// after the commit it is in (a lost assignment).
+const LOCK_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Opens task `id`'s store, waiting (and keeping the member in its group)
+/// while another thread of this instance still holds it.
+fn open_store(
+    dir: &Path,
+    id: i32,
+    setup: &TaskSetup<'_>,
+    env: &mut RestoreEnv<'_>,
+) -> Result<RocksBackend, RunError> {
+    let give_up = Instant::now() + LOCK_PATIENCE;
+    let mut logged = false;
+    loop {
+        match RocksBackend::open_shared(dir, setup.memory) {
+            Err(e)
+                if e.is_lock_held()
+                    && Instant::now() < give_up
+                    && !setup.stop.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                if !std::mem::replace(&mut logged, true) {
+                    tracing::info!(
+                        task = id,
+                        "the store is still open elsewhere; waiting for it"
+                    );
+                }
+                (env.keep_alive)()?;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result.map_err(RunError::from),
+        }
+    }
+}
+
 /// Opens the store in `dir` and brings it to the end of its changelogs:
 /// from the positions it recorded at its last commit when it has them and
 /// they are safe to use, else from an empty store and the beginning.
@@ -104,14 +140,13 @@ pub fn restore_store(
     env: &mut RestoreEnv<'_>,
 ) -> Result<Restored, RunError> {
     let started = Instant::now();
-    let open = || RocksBackend::open_shared(dir, setup.memory);
-    let mut backend: Box<dyn StateBackend> = Box::new(open()?);
+    let mut backend: Box<dyn StateBackend> = Box::new(open_store(dir, id, setup, env)?);
     let ends = changelog_ends(setup, id, env.restorer)?;
     let from_beginning = Engine::read_note(backend.as_mut(), READY_NOTE)?.is_none();
     if from_beginning {
         drop(backend);
         wipe(dir)?;
-        backend = Box::new(open()?);
+        backend = Box::new(open_store(dir, id, setup, env)?);
     }
     let stale = match from_beginning {
         true => None,
