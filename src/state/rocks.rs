@@ -54,6 +54,24 @@ fn len_u32(len: usize) -> u32 {
     u32::try_from(len).expect("a commit holds fewer than 4 billion changes")
 }
 
+/// A column family's memtable size, outside of a bulk load.
+const WRITE_BUFFER_BYTES: usize = 8 << 20;
+/// RocksDB's defaults, set explicitly so that a bulk load can put them back.
+const L0_SLOWDOWN: i32 = 20;
+const L0_STOP: i32 = 36;
+
+/// A column family's options while unlogged writes load it (a restore), as
+/// RocksDB's `PrepareForBulkLoad` and Kafka Streams' restore do: no
+/// compaction (it would rewrite what is still being loaded; it runs once
+/// the load ends), so no stall on the level-0 file count, and larger
+/// memtables (fewer, larger level-0 files; the shared write-buffer budget
+/// still bounds them all).
+const BULK_LOAD: [(&str, &str); 3] = [
+    ("disable_auto_compactions", "true"),
+    ("level0_slowdown_writes_trigger", "1000000"),
+    ("level0_stop_writes_trigger", "1000000"),
+];
+
 pub struct RocksBackend {
     db: DB,
     /// One block cache shared by all column families.
@@ -145,8 +163,10 @@ impl RocksBackend {
         opts.set_write_buffer_manager(write_buffers);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        opts.set_write_buffer_size(8 << 20);
+        opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
         opts.set_max_write_buffer_number(2);
+        opts.set_level_zero_slowdown_writes_trigger(L0_SLOWDOWN);
+        opts.set_level_zero_stop_writes_trigger(L0_STOP);
         opts.set_max_background_jobs(1);
         // Scratch state is removed at the end: compressing it only costs time.
         opts.set_compression_type(if scratch {
@@ -179,6 +199,17 @@ impl RocksBackend {
             .map_err(|cause| StateError::Rocks {
                 store: "(batch)".into(),
                 op: "write",
+                cause,
+            })
+    }
+
+    /// Sets mutable options of `store`'s column family.
+    fn tune(&self, store: StoreId, options: &[(&str, &str)]) -> Result<(), StateError> {
+        self.db
+            .set_options_cf(self.cf(store)?, options)
+            .map_err(|cause| StateError::Rocks {
+                store: self.names[store].clone(),
+                op: "set options",
                 cause,
             })
     }
@@ -294,10 +325,15 @@ impl StateBackend for RocksBackend {
 
     fn write(&mut self, batch: &WriteBatch) -> Result<(), StateError> {
         if let Some(stores) = self.unlogged.as_mut() {
+            let mut loading = Vec::new();
             for (store, _, _) in batch.iter() {
                 if !stores.contains(&store) {
                     stores.push(store);
+                    loading.push(store);
                 }
+            }
+            for store in loading {
+                self.tune(store, &BULK_LOAD)?;
             }
         }
         let cfs = (0..self.names.len())
@@ -363,13 +399,27 @@ impl StateBackend for RocksBackend {
         }
         let mut wait = rocksdb::FlushOptions::default();
         wait.set_wait(true);
-        self.db
+        let flushed = self
+            .db
             .flush_cfs_opt(&cfs, &wait)
             .map_err(|cause| StateError::Rocks {
                 store: "(unlogged writes)".into(),
                 op: "flush",
                 cause,
-            })
+            });
+        // Compaction takes up what the load left in level 0 from now on.
+        let write_buffer = WRITE_BUFFER_BYTES.to_string();
+        let (slowdown, stop) = (L0_SLOWDOWN.to_string(), L0_STOP.to_string());
+        let normal = [
+            ("disable_auto_compactions", "false"),
+            ("level0_slowdown_writes_trigger", slowdown.as_str()),
+            ("level0_stop_writes_trigger", stop.as_str()),
+            ("write_buffer_size", write_buffer.as_str()),
+        ];
+        for store in stores {
+            self.tune(store, &normal)?;
+        }
+        flushed
     }
 
     fn sync(&mut self) -> Result<(), StateError> {
@@ -569,6 +619,42 @@ mod tests {
         assert!(wal_bytes(dir.path()) > 100_000, "later writes are logged");
         assert_eq!(
             lasting.get(store, &7u32.to_be_bytes()).unwrap(),
+            Some(vec![7; 100])
+        );
+    }
+
+    fn level0_files(db: &RocksBackend, store: StoreId) -> u64 {
+        let cf = db.cf(store).unwrap();
+        db.db
+            .property_int_value_cf(cf, "rocksdb.num-files-at-level0")
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_bulk_load_compacts_nothing_until_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = RocksBackend::open(dir.path()).unwrap();
+        db.begin_unlogged();
+        let mut store = 0;
+        // More level-0 files than the compaction trigger (4).
+        for _ in 0..6 {
+            store = write_some(&mut db);
+            db.db.flush_cf(db.cf(store).unwrap()).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(level0_files(&db, store), 6, "no compaction while loading");
+        db.end_unlogged().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while level0_files(&db, store) >= 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "compaction should take up level 0 once the load ends"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(
+            db.get(store, &7u32.to_be_bytes()).unwrap(),
             Some(vec![7; 100])
         );
     }
