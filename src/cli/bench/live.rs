@@ -139,6 +139,14 @@ pub fn bench_live(args: &LiveArgs) -> Result<()> {
             &rss,
             "MiB",
         ));
+        let (rate, per_task) = bench.restore_tasks(args)?;
+        rows.push(row(
+            "restore of cicd.toml's tasks (6 changelogs each), records/s",
+            "",
+            &rate,
+            "rec/s",
+        ));
+        rows.push(row("restore, ms per task", "", &per_task, "ms"));
     }
     rows.extend(last_rows);
     if wants(Figure::Telemetry) {
@@ -586,8 +594,8 @@ impl Bench {
 pub(super) struct Stats {
     pub(super) processed: u64,
     pub(super) commits: u64,
-    restored_records: u64,
-    restore_ms: u64,
+    pub(super) restored_records: u64,
+    pub(super) restore_ms: u64,
     pub(super) active_ms: u64,
     pub(super) peak_rss_bytes: u64,
     /// The run's CPU time, user and system, for the whole process.
@@ -694,7 +702,7 @@ fn poll_seq(consumer: &BaseConsumer) -> Option<u64> {
     image.rsplit_once(":t")?.1.parse().ok()
 }
 
-fn produce_flood(
+pub(super) fn produce_flood(
     producer: &BaseProducer,
     flood: &[u8],
     topics: &HashMap<&str, &str>,

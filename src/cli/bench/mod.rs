@@ -14,6 +14,7 @@ mod decode;
 mod http;
 mod ingest;
 mod live;
+mod restore_tasks;
 mod telemetry;
 
 #[derive(Subcommand)]

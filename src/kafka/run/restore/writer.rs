@@ -17,7 +17,6 @@ pub(super) const BATCH_ENTRIES: usize = 20_000;
 /// emptied batches back to fill again (two in all, so one is filled while
 /// the other is written).
 pub(super) struct BatchWriter<'scope> {
-    store: StoreId,
     filling: WriteBatch,
     to_writer: Option<SyncSender<WriteBatch>>,
     emptied: Receiver<WriteBatch>,
@@ -30,11 +29,10 @@ pub(super) struct BatchWriter<'scope> {
 pub(super) struct WriterGone;
 
 impl<'scope> BatchWriter<'scope> {
-    /// Starts the writing thread on `backend`, for store `store`.
+    /// Starts the writing thread on `backend`.
     pub(super) fn start<'env>(
         scope: &'scope Scope<'scope, 'env>,
         backend: &'scope mut dyn StateBackend,
-        store: StoreId,
     ) -> std::io::Result<Self> {
         let (to_writer, full) = mpsc::sync_channel::<WriteBatch>(1);
         let (give_back, emptied) = mpsc::sync_channel::<WriteBatch>(2);
@@ -45,7 +43,6 @@ impl<'scope> BatchWriter<'scope> {
             .name("sluice-restore-write".into())
             .spawn_scoped(scope, move || write_batches(backend, &full, &give_back))?;
         Ok(BatchWriter {
-            store,
             filling: WriteBatch::default(),
             to_writer: Some(to_writer),
             emptied,
@@ -53,13 +50,18 @@ impl<'scope> BatchWriter<'scope> {
         })
     }
 
-    pub(super) fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), WriterGone> {
-        self.filling.put(self.store, key, value);
+    pub(super) fn put(
+        &mut self,
+        store: StoreId,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), WriterGone> {
+        self.filling.put(store, key, value);
         self.hand_over_if_full()
     }
 
-    pub(super) fn delete(&mut self, key: &[u8]) -> Result<(), WriterGone> {
-        self.filling.delete(self.store, key);
+    pub(super) fn delete(&mut self, store: StoreId, key: &[u8]) -> Result<(), WriterGone> {
+        self.filling.delete(store, key);
         self.hand_over_if_full()
     }
 
@@ -127,18 +129,18 @@ mod tests {
         let store = backend.open_store("s")?;
         let mut model = BTreeMap::new();
         std::thread::scope(|scope| {
-            let mut writer = BatchWriter::start(scope, backend, store).expect("spawn");
+            let mut writer = BatchWriter::start(scope, backend).expect("spawn");
             for i in 0..n {
                 let done = match i % 3 {
                     2 => {
                         let key = format!("k{:07}", i - 1).into_bytes();
                         model.remove(&key);
-                        writer.delete(&key)
+                        writer.delete(store, &key)
                     }
                     _ => {
                         let key = format!("k{i:07}").into_bytes();
                         model.insert(key.clone(), i.to_le_bytes().to_vec());
-                        writer.put(&key, &i.to_le_bytes())
+                        writer.put(store, &key, &i.to_le_bytes())
                     }
                 };
                 if done.is_err() {
