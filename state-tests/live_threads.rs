@@ -19,32 +19,34 @@ fn restoring_threads(log: &str, task: i32) -> Vec<usize> {
         .collect()
 }
 
-#[test]
-fn two_threads_share_the_tasks_and_commit_what_replay_gives() {
-    let s = Setup::new("threads", 4);
-    let (_, expected) = flood_into(&s, 30_000, 4, 11);
+/// Runs `sluice run --threads N` to its idle exit; returns its summary.
+fn run_to_idle(s: &Setup, threads: &str) -> serde_json::Value {
     let stats = s.path("stats.json");
+    let args = [
+        "--clock",
+        "event",
+        "--exit-after-idle",
+        "3s",
+        "--threads",
+        threads,
+    ];
     let mut run = spawn_run(
         &s.topology,
         &s.path("state"),
         &s.path("run.log"),
-        &[
-            "--clock",
-            "event",
-            "--exit-after-idle",
-            "3s",
-            "--threads",
-            "2",
-            "--stats-json",
-            stats.to_str().unwrap(),
-        ],
+        &[&args[..], &["--stats-json", stats.to_str().unwrap()]].concat(),
     );
     assert!(run.wait().unwrap().success(), "{}", s.log("run.log"));
+    serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap()
+}
+
+#[test]
+fn two_threads_share_the_tasks_and_commit_what_replay_gives() {
+    let s = Setup::new("threads", 4);
+    let (_, expected) = flood_into(&s, 30_000, 4, 11);
+    let summary = run_to_idle(&s, "2");
     let got = committed_intents(&s, expected.len(), 60);
     assert_same_intents(&expected, &got, "");
-
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
     assert_eq!(summary["threads"], 2, "{summary}");
     let per_thread: Vec<u64> = summary["thread_processed"]
         .as_array()
@@ -76,25 +78,7 @@ fn two_threads_share_the_tasks_and_commit_what_replay_gives() {
 fn more_threads_than_tasks_start_one_per_task() {
     let s = Setup::new("threads-cap", 1);
     let (_, expected) = flood_into(&s, 2_000, 1, 3);
-    let stats = s.path("stats.json");
-    let mut run = spawn_run(
-        &s.topology,
-        &s.path("state"),
-        &s.path("run.log"),
-        &[
-            "--clock",
-            "event",
-            "--exit-after-idle",
-            "2s",
-            "--threads",
-            "4",
-            "--stats-json",
-            stats.to_str().unwrap(),
-        ],
-    );
-    assert!(run.wait().unwrap().success(), "{}", s.log("run.log"));
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let summary = run_to_idle(&s, "4");
     assert_eq!(summary["threads"], 1, "{summary}");
     assert_same_intents(&expected, &committed_intents(&s, expected.len(), 60), "");
 }

@@ -260,12 +260,17 @@ impl Bench {
         Ok(path)
     }
 
-    /// Runs a flood through cicd.toml under both guarantees, alternating.
-    fn throughput(&self, args: &LiveArgs) -> Result<Throughput> {
-        let (images, alerts) = (
-            format!("{}-images", self.tag),
-            format!("{}-alerts", self.tag),
-        );
+    /// Creates `<prefix>-images` and `<prefix>-alerts` with the bench's
+    /// partitions and produces a flood of `events` to them; `headers(n)`
+    /// gives the n-th record's headers. Returns the two topics.
+    pub(super) fn flood_inputs(
+        &self,
+        prefix: &str,
+        args: &LiveArgs,
+        events: u64,
+        headers: impl Fn(u64) -> Option<rdkafka::message::OwnedHeaders>,
+    ) -> Result<(String, String)> {
+        let (images, alerts) = (format!("{prefix}-images"), format!("{prefix}-alerts"));
         self.create_topics(&[
             (&images, args.partitions, false),
             (&alerts, args.partitions, false),
@@ -274,7 +279,7 @@ impl Bench {
         // Recent timestamps: Kafka 4 refuses records over an hour in the future,
         // and retention would delete ones older than a week.
         let cfg = FloodConfig {
-            events: args.events,
+            events,
             services: args.services,
             start_ts: now_ms() - 3 * 86_400_000,
             ..FloodConfig::default()
@@ -284,22 +289,33 @@ impl Bench {
             ("docker-events", images.as_str()),
             ("alert-events", alerts.as_str()),
         ]);
-        eprintln!("producing {} events to {images} and {alerts}", args.events);
-        produce_flood(&self.producer()?, &flood, &renames)?;
+        eprintln!("producing {events} events to {images} and {alerts}");
+        produce_flood_with(&self.producer()?, &flood, &renames, headers)?;
+        Ok((images, alerts))
+    }
+
+    /// `cicd.toml` as app `app`, reading `images` and `alerts`.
+    pub(super) fn cicd_topology(&self, app: &str, images: &str, alerts: &str) -> Result<PathBuf> {
+        self.topology(
+            app,
+            CICD,
+            app,
+            &[
+                ("docker-events", images),
+                ("alert-events", alerts),
+                ("deploy-intents", &format!("{app}-out")),
+            ],
+        )
+    }
+
+    /// Runs a flood through cicd.toml under both guarantees, alternating.
+    fn throughput(&self, args: &LiveArgs) -> Result<Throughput> {
+        let (images, alerts) = self.flood_inputs(&self.tag, args, args.events, |_| None)?;
         let mut t = Throughput::default();
         for run in 0..args.runs {
             for guarantee in ["exactly_once", "at_least_once"] {
                 let app = format!("{}-{guarantee}-{run}", self.tag);
-                let topology = self.topology(
-                    &app,
-                    CICD,
-                    &app,
-                    &[
-                        ("docker-events", &images),
-                        ("alert-events", &alerts),
-                        ("deploy-intents", &format!("{app}-out")),
-                    ],
-                )?;
+                let topology = self.cicd_topology(&app, &images, &alerts)?;
                 let (stats, peak) = self.sluice_run(
                     &topology,
                     &app,
@@ -700,14 +716,6 @@ fn poll_seq(consumer: &BaseConsumer) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
     let image = v["image"].as_str()?;
     image.rsplit_once(":t")?.1.parse().ok()
-}
-
-pub(super) fn produce_flood(
-    producer: &BaseProducer,
-    flood: &[u8],
-    topics: &HashMap<&str, &str>,
-) -> Result<()> {
-    produce_flood_with(producer, flood, topics, |_| None)
 }
 
 /// Produces a flood; `headers(n)` gives the n-th record's headers, if any.

@@ -4,12 +4,9 @@
 //! clock): what a restore costs when many small changelogs, not one large
 //! one, make up a task's state.
 
-use std::collections::HashMap;
-
 use anyhow::{bail, Result};
 
-use super::live::{now_ms, produce_flood, Bench, Figures, LiveArgs, CICD};
-use sluice::flood::{write_flood, FloodConfig};
+use super::live::{Bench, Figures, LiveArgs};
 
 /// Events of the flood that fills the changelogs.
 const EVENTS: u64 = 200_000;
@@ -21,34 +18,8 @@ impl Bench {
     /// milliseconds per task, one value per run.
     pub(super) fn restore_tasks(&self, args: &LiveArgs) -> Result<(Figures, Figures)> {
         let app = format!("{}-tasks", self.tag);
-        let (images, alerts) = (format!("{app}-images"), format!("{app}-alerts"));
-        self.create_topics(&[
-            (&images, args.partitions, false),
-            (&alerts, args.partitions, false),
-        ])?;
-        let cfg = FloodConfig {
-            events: EVENTS,
-            services: args.services,
-            start_ts: now_ms() - 3 * 86_400_000,
-            ..FloodConfig::default()
-        };
-        let mut flood = Vec::new();
-        write_flood(&cfg, &mut flood)?;
-        let renames = HashMap::from([
-            ("docker-events", images.as_str()),
-            ("alert-events", alerts.as_str()),
-        ]);
-        produce_flood(&self.producer()?, &flood, &renames)?;
-        let topology = self.topology(
-            &app,
-            CICD,
-            &app,
-            &[
-                ("docker-events", &images),
-                ("alert-events", &alerts),
-                ("deploy-intents", &format!("{app}-out")),
-            ],
-        )?;
+        let (images, alerts) = self.flood_inputs(&app, args, EVENTS, |_| None)?;
+        let topology = self.cicd_topology(&app, &images, &alerts)?;
         let one_thread = [
             "--clock",
             "event",

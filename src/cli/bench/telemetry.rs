@@ -6,7 +6,6 @@
 //! 0.01` would); tracing with every trace sampled. Spans go to an OTLP
 //! receiver in this process that discards them.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rdkafka::message::{Header, OwnedHeaders};
 
-use sluice::flood::{write_flood, FloodConfig};
-
-use super::live::{now_ms, produce_flood_with, Bench, LiveArgs, Row, CICD};
+use super::live::{Bench, LiveArgs, Row, CICD};
 
 /// One setting of the comparison.
 struct Setting {
@@ -101,31 +98,8 @@ pub(super) fn overhead(bench: &Bench, args: &LiveArgs) -> Result<Vec<Row>> {
 /// `traceparent` (sampled for every record, or for one in a hundred).
 fn produce(bench: &Bench, args: &LiveArgs, all_sampled: bool) -> Result<(String, String)> {
     let kind = if all_sampled { "all" } else { "some" };
-    let (images, alerts) = (
-        format!("{}-traced-{kind}-images", bench.tag),
-        format!("{}-traced-{kind}-alerts", bench.tag),
-    );
-    bench.create_topics(&[
-        (&images, args.partitions, false),
-        (&alerts, args.partitions, false),
-    ])?;
-    let cfg = FloodConfig {
-        events: args.events,
-        services: args.services,
-        start_ts: now_ms() - 3 * 86_400_000,
-        ..FloodConfig::default()
-    };
-    let mut flood = Vec::new();
-    write_flood(&cfg, &mut flood)?;
-    let renames = HashMap::from([
-        ("docker-events", images.as_str()),
-        ("alert-events", alerts.as_str()),
-    ]);
-    eprintln!(
-        "producing {} traced events to {images} and {alerts}",
-        args.events
-    );
-    produce_flood_with(&bench.producer()?, &flood, &renames, |n| {
+    let prefix = format!("{}-traced-{kind}", bench.tag);
+    bench.flood_inputs(&prefix, args, args.events, |n| {
         let sampled = all_sampled || n % 100 == 0;
         let traceparent = format!(
             "00-{:032x}-{:016x}-{}",
@@ -137,8 +111,7 @@ fn produce(bench: &Bench, args: &LiveArgs, all_sampled: bool) -> Result<(String,
             key: "traceparent",
             value: Some(traceparent.as_str()),
         }))
-    })?;
-    Ok((images, alerts))
+    })
 }
 
 fn run_once(

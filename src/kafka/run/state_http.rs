@@ -66,6 +66,12 @@ impl std::fmt::Debug for StateService {
     }
 }
 
+impl Default for StateService {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl StateService {
     pub fn new() -> StateService {
         let service = Service {
