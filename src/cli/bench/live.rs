@@ -549,61 +549,6 @@ impl Bench {
         }
         Ok((p99s, maxes))
     }
-
-    /// Fills a dedup store's changelog with `restore_keys` entries, then
-    /// times how fast fresh instances restore it.
-    fn restore(&self, args: &LiveArgs) -> Result<(Figures, Figures)> {
-        let app = format!("{}-restore", self.tag);
-        let (input, changelog) = (format!("{app}-in"), format!("{app}-dedup-changelog"));
-        self.create_topics(&[(&input, 1, false), (&changelog, 1, true)])?;
-        let producer = self.producer()?;
-        eprintln!("writing {} changelog records", args.restore_keys);
-        for i in 0..args.restore_keys {
-            let key = format!(
-                "svc-{:05}\u{0}prod\u{0}registry.example.com/team-{}/svc:v1.{i}",
-                i % 10_000,
-                i % 40
-            );
-            let value = (i as u128 * 1_000_003).to_le_bytes();
-            let record = BaseRecord::<[u8], [u8]>::to(&changelog)
-                .partition(0)
-                .key(key.as_bytes())
-                .payload(&value);
-            send_blocking(&producer, record)?;
-        }
-        producer.flush(Duration::from_secs(120))?;
-        let topology = self.topology(
-            &app,
-            &RESTORE_TOPOLOGY
-                .replace("@APP@", &app)
-                .replace("@IN@", &input),
-            &app,
-            &[],
-        )?;
-        let (mut rates, mut rss) = (vec![], vec![]);
-        for run in 0..args.runs {
-            let (stats, peak) = self.sluice_run(
-                &topology,
-                &format!("{app}-{run}"),
-                &["--exit-after-idle", "1s"],
-            )?;
-            if stats.restored_records < args.restore_keys {
-                bail!(
-                    "restored {} of {} records",
-                    stats.restored_records,
-                    args.restore_keys
-                );
-            }
-            let rate = stats.restored_records as f64 / (stats.restore_ms.max(1) as f64 / 1000.0);
-            eprintln!(
-                "restore run {run}: {} records in {} ms: {rate:.0} rec/s, peak RSS {peak:.1} MiB",
-                stats.restored_records, stats.restore_ms
-            );
-            rates.push(rate);
-            rss.push(peak);
-        }
-        Ok((rates, rss))
-    }
 }
 
 #[derive(serde::Deserialize)]
@@ -669,25 +614,6 @@ input = "gate"
 topic = "intents-out"
 "#;
 
-const RESTORE_TOPOLOGY: &str = r#"
-[app]
-id = "@APP@"
-[[sources]]
-name = "images"
-topic = "@IN@"
-kind = "image"
-[[operators]]
-name = "dedup"
-type = "dedup"
-input = "images"
-key = ["service", "environment", "image"]
-ttl = "10m"
-[[sinks]]
-name = "out"
-input = "dedup"
-topic = "@APP@-out"
-"#;
-
 fn send_image(producer: &BaseProducer, topic: &str, seq: u64) -> Result<()> {
     let service = format!("svc-{}", seq % 100);
     let value = format!(
@@ -702,7 +628,10 @@ fn send_image(producer: &BaseProducer, topic: &str, seq: u64) -> Result<()> {
 }
 
 /// Sends, serving delivery reports while the local queue is full.
-fn send_blocking<K, P>(producer: &BaseProducer, record: BaseRecord<'_, K, P>) -> Result<()>
+pub(super) fn send_blocking<K, P>(
+    producer: &BaseProducer,
+    record: BaseRecord<'_, K, P>,
+) -> Result<()>
 where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,

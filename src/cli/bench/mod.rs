@@ -14,7 +14,7 @@ mod decode;
 mod http;
 mod ingest;
 mod live;
-mod restore_tasks;
+mod restore;
 mod telemetry;
 
 #[derive(Subcommand)]

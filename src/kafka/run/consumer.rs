@@ -26,7 +26,6 @@ use super::purge::Purger;
 use super::rebalance::{current_strays, RunContext, SplitQueue, Stray};
 use super::restore::RestoreEnv;
 use super::task::{self, Task, TaskSetup};
-use super::threads::Idle;
 use super::topics::{Layout, Plan};
 use super::transaction::{self, OpenTxn};
 use super::{ClockMode, RunError, RunOptions, RunSummary};
@@ -578,32 +577,6 @@ impl Inner {
                 }
             }
         }
-    }
-
-    /// Whether the instance exits for idleness (`--exit-after-idle`): once
-    /// every thread has been idle long enough and one of them has tasks.
-    fn idle_exit(&self, idle: Duration) -> bool {
-        let Some(limit) = self.shared.opts.exit_after_idle else {
-            return false;
-        };
-        let state = match idle >= limit {
-            false => Idle::Busy,
-            true if self.tasks.is_empty() && self.assigned.is_none() => Idle::Empty,
-            true if self.all_committed() => Idle::Done,
-            true => Idle::Busy,
-        };
-        self.shared.board.idle(self.shared.thread, state)
-    }
-
-    fn all_committed(&self) -> bool {
-        !self.tasks.is_empty()
-            && !self.txn_open.is_open()
-            && !self.raw_dirty
-            && self.raw_waiting.is_empty()
-            && self
-                .tasks
-                .values()
-                .all(|t| !t.dirty && t.queues.iter().all(|q| q.caught_up && q.buffer.is_empty()))
     }
 
     fn finish_summary(&mut self) -> RunSummary {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::consumer::{Runtime, Shared};
+use super::consumer::{Inner, Runtime, Shared};
 use super::{RunError, RunSummary};
 
 /// The name thread `k` of `instance` takes in the group (its static member
@@ -116,6 +116,35 @@ impl Board {
             self.exit.store(true, Ordering::SeqCst);
         }
         self.exit.load(Ordering::SeqCst)
+    }
+}
+
+/// A thread's part in the idle exit (`--exit-after-idle`).
+impl Inner {
+    /// Whether the instance exits for idleness (`--exit-after-idle`): once
+    /// every thread has been idle long enough and one of them has tasks.
+    pub(super) fn idle_exit(&self, idle: Duration) -> bool {
+        let Some(limit) = self.shared.opts.exit_after_idle else {
+            return false;
+        };
+        let state = match idle >= limit {
+            false => Idle::Busy,
+            true if self.tasks.is_empty() && self.assigned.is_none() => Idle::Empty,
+            true if self.all_committed() => Idle::Done,
+            true => Idle::Busy,
+        };
+        self.shared.board.idle(self.shared.thread, state)
+    }
+
+    fn all_committed(&self) -> bool {
+        !self.tasks.is_empty()
+            && !self.txn_open.is_open()
+            && !self.raw_dirty
+            && self.raw_waiting.is_empty()
+            && self
+                .tasks
+                .values()
+                .all(|t| !t.dirty && t.queues.iter().all(|q| q.caught_up && q.buffer.is_empty()))
     }
 }
 
