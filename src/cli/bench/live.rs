@@ -6,19 +6,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(super) use sluice::duration::now_ms;
 
 use anyhow::{bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 
 use sluice::flood::{write_flood, FloodConfig};
 
@@ -199,13 +195,13 @@ pub(super) type Figures = Vec<f64>;
 
 impl Bench {
     /// `--threads N` when the bench was given it.
-    fn threads_arg(&self) -> Vec<String> {
+    pub(super) fn threads_arg(&self) -> Vec<String> {
         self.threads
             .map(|n| vec!["--threads".to_owned(), n.to_string()])
             .unwrap_or_default()
     }
 
-    fn config(&self) -> ClientConfig {
+    pub(super) fn config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         c
@@ -398,134 +394,6 @@ impl Bench {
         Ok((stats, peak))
     }
 
-    /// Produces unique images at a fixed rate through a topology without
-    /// debounce (so every image becomes an intent at once) and measures
-    /// from produce to the intent being readable with read_committed.
-    fn latency(&self, args: &LiveArgs) -> Result<(Figures, Figures)> {
-        let (mut p50s, mut p99s) = (vec![], vec![]);
-        for run in 0..args.runs {
-            let app = format!("{}-latency-{run}", self.tag);
-            let (images, alerts, out) = (
-                format!("{app}-images"),
-                format!("{app}-alerts"),
-                format!("{app}-out"),
-            );
-            self.create_topics(&[
-                (&images, args.partitions, false),
-                (&alerts, args.partitions, false),
-                (&out, args.partitions, false),
-            ])?;
-            let topology = self.topology(
-                &app,
-                LATENCY_TOPOLOGY,
-                &app,
-                &[
-                    ("images-in", &images),
-                    ("alerts-in", &alerts),
-                    ("intents-out", &out),
-                ],
-            )?;
-            let exe = std::env::current_exe()?;
-            let mut child = Command::new(exe)
-                .arg("run")
-                .arg(&topology)
-                .args(["--brokers", &self.brokers, "--clock", "wall"])
-                .args(self.threads_arg())
-                .arg("--state-dir")
-                .arg(self.dir.join(format!("{app}.state")))
-                .spawn()?;
-            let samples = self.measure_latency(&images, &out, args);
-            // SAFETY: a plain signal to our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
-            let mut samples = samples?;
-            samples.sort_by(f64::total_cmp);
-            let pct = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
-            eprintln!(
-                "latency run {run}: {} intents, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-                samples.len(),
-                pct(0.5),
-                pct(0.99),
-                pct(1.0)
-            );
-            p50s.push(pct(0.5));
-            p99s.push(pct(0.99));
-        }
-        Ok((p50s, p99s))
-    }
-
-    fn measure_latency(&self, images: &str, out: &str, args: &LiveArgs) -> Result<Vec<f64>> {
-        let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-        let consumer: BaseConsumer = self
-            .config()
-            .set("group.id", format!("{}-measure", self.tag))
-            .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..args.partitions {
-            tpl.add_partition_offset(out, p, Offset::Beginning)?;
-        }
-        consumer.assign(&tpl)?;
-        // Warm up: one image, then wait until its intent comes out.
-        let producer = self.producer_low_latency()?;
-        send_image(&producer, images, u64::MAX)?;
-        let warm = Instant::now();
-        while poll_seq(&consumer).is_none_or(|s| s != u64::MAX) {
-            if warm.elapsed() > Duration::from_secs(60) {
-                bail!("the latency run never produced its warm-up intent");
-            }
-        }
-        let done = Arc::new(AtomicBool::new(false));
-        let sender = {
-            let (sent, done, images) = (Arc::clone(&sent), Arc::clone(&done), images.to_owned());
-            let (rate, secs) = (args.rate as u64, args.latency_secs);
-            std::thread::spawn(move || -> Result<()> {
-                let start = Instant::now();
-                for seq in 0..rate * secs {
-                    let due = start + Duration::from_micros(seq * 1_000_000 / rate);
-                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                    sent.lock()
-                        .map_err(|_| anyhow::anyhow!("lock"))?
-                        .insert(seq, Instant::now());
-                    send_image(&producer, &images, seq)?;
-                    producer.poll(Duration::ZERO);
-                }
-                producer.flush(Duration::from_secs(30))?;
-                done.store(true, Ordering::SeqCst);
-                Ok(())
-            })
-        };
-        let expected = args.rate as u64 * args.latency_secs;
-        let mut latencies = Vec::with_capacity(expected as usize);
-        let deadline = Instant::now() + Duration::from_secs(args.latency_secs + 60);
-        while (latencies.len() as u64) < expected && Instant::now() < deadline {
-            if let Some(seq) = poll_seq(&consumer) {
-                let at = Instant::now();
-                if let Some(t) = sent.lock().map_err(|_| anyhow::anyhow!("lock"))?.get(&seq) {
-                    latencies.push(at.duration_since(*t).as_secs_f64() * 1000.0);
-                }
-            }
-        }
-        sender
-            .join()
-            .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-        if (latencies.len() as u64) < expected {
-            bail!("only {} of {expected} intents came out", latencies.len());
-        }
-        Ok(latencies)
-    }
-
-    fn producer_low_latency(&self) -> Result<BaseProducer> {
-        Ok(self
-            .config()
-            .set("linger.ms", "0")
-            .set("partitioner", "murmur2_random")
-            .create()?)
-    }
-
     /// Times the commits of a task whose dedup store holds `dedup_keys`
     /// entries, most of them only in RocksDB; returns each run's p99 and max.
     fn commit_latency(&self, args: &LiveArgs) -> Result<(Figures, Figures)> {
@@ -582,51 +450,6 @@ struct Throughput {
 
 pub(super) const CICD: &str = include_str!("../../../topologies/cicd.toml");
 
-/// Every new image is an intent at once: what end-to-end latency measures.
-const LATENCY_TOPOLOGY: &str = r#"
-[app]
-id = "cicd"
-[[sources]]
-name = "images"
-topic = "images-in"
-kind = "image"
-environment = "prod"
-[[sources]]
-name = "alerts"
-topic = "alerts-in"
-kind = "alert"
-environment = "prod"
-[[operators]]
-name = "dedup"
-type = "dedup"
-input = "images"
-key = ["service", "image"]
-ttl = "10m"
-[[operators]]
-name = "gate"
-type = "alert_gate"
-images = "dedup"
-alerts = "alerts"
-block_on = ["critical"]
-[[sinks]]
-name = "intents"
-input = "gate"
-topic = "intents-out"
-"#;
-
-fn send_image(producer: &BaseProducer, topic: &str, seq: u64) -> Result<()> {
-    let service = format!("svc-{}", seq % 100);
-    let value = format!(
-        r#"{{"service":"{service}","repository":"registry.example.com/{service}","tag":"t{seq}"}}"#
-    );
-    send_blocking(
-        producer,
-        BaseRecord::<str, str>::to(topic)
-            .key(&service)
-            .payload(&value),
-    )
-}
-
 /// Sends, serving delivery reports while the local queue is full.
 pub(super) fn send_blocking<K, P>(
     producer: &BaseProducer,
@@ -637,14 +460,6 @@ where
     P: rdkafka::message::ToBytes + ?Sized,
 {
     sluice::kafka::run::producer::send(producer, record).context("cannot produce")
-}
-
-/// The sequence number in the tag of the next intent read, if any.
-fn poll_seq(consumer: &BaseConsumer) -> Option<u64> {
-    let m = consumer.poll(Duration::from_millis(5))?.ok()?;
-    let v: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
-    let image = v["image"].as_str()?;
-    image.rsplit_once(":t")?.1.parse().ok()
 }
 
 /// Produces a flood; `headers(n)` gives the n-th record's headers, if any.

@@ -13,6 +13,7 @@ mod commit_latency;
 mod decode;
 mod http;
 mod ingest;
+mod latency;
 mod live;
 mod restore;
 mod telemetry;
