@@ -134,7 +134,10 @@ fn run(
     let mut engine = Engine::open(
         Arc::clone(topo),
         backend,
-        &EngineOptions { cache_capacity: 1 },
+        &EngineOptions {
+            cache_capacity: 1,
+            ..EngineOptions::default()
+        },
     )
     .expect("engine opens");
     let mut out = JsonLinesOutput::new(Vec::new(), topo.dead_letter_topic());

@@ -83,7 +83,10 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn replay_output_is_byte_identical_to_mains() {
-    let tiny = EngineOptions { cache_capacity: 40 };
+    let tiny = EngineOptions {
+        cache_capacity: 40,
+        ..EngineOptions::default()
+    };
     let mut wrong = Vec::new();
     for (profile, expected) in EXPECTED {
         let input = flood(profile);

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::operators::{BuildCx, Ctx, Emitted, Operator};
 use crate::record::{Origin, Record};
-use crate::state::{StateBackend, StateError, StoreId, WriteBatch};
+use crate::state::{Committed, StateBackend, StateError, StoreId, WriteBatch};
 use crate::topology::{Format, NodeRef, Sink, Topology};
 use stats::NodeStats;
 use timers::TimerQueue;
@@ -157,12 +157,19 @@ pub struct OperatorGauges {
 pub struct EngineOptions {
     /// Entries each operator table keeps in memory past a commit.
     pub cache_capacity: usize,
+    /// Scratch state (nothing ever recovers it, so its commits need not be
+    /// atomic) takes a commit in parts of about this many bytes: a commit
+    /// that rewrites every key of a large store would otherwise hold all of
+    /// it in one batch. State that is kept commits whole.
+    pub scratch_commit_part_bytes: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             cache_capacity: 200_000,
+            // RocksDB's scratch writes go in slices of this size too.
+            scratch_commit_part_bytes: 4 << 20,
         }
     }
 }
@@ -186,6 +193,8 @@ pub struct Engine {
     timers_fired: u64,
     /// The last commit's batch, kept for its memory.
     spare_batch: WriteBatch,
+    /// See [`EngineOptions::scratch_commit_part_bytes`].
+    scratch_part_bytes: usize,
     /// The key of the timer firing, reused from one to the next.
     timer_key: Vec<u8>,
 }
@@ -239,6 +248,7 @@ impl Engine {
             stats,
             timers_fired: 0,
             spare_batch: WriteBatch::default(),
+            scratch_part_bytes: opts.scratch_commit_part_bytes,
             timer_key: Vec::new(),
         };
         engine.record_identity()?;
@@ -455,6 +465,7 @@ impl Engine {
         }
         let mut batch = std::mem::take(&mut self.spare_batch);
         batch.clear();
+        batch.set_limit(Some(self.scratch_part_bytes));
         self.collect_changes(&mut batch, &mut |backend, part| {
             backend.write(part)?;
             part.clear();
@@ -475,6 +486,7 @@ impl Engine {
         // allocated (and faulted in) afresh on every commit.
         let mut batch = std::mem::take(&mut self.spare_batch);
         batch.clear();
+        batch.set_limit(None);
         self.collect_changes(&mut batch, &mut |_, _| Ok(()))?;
         Ok(Changes {
             batch,
@@ -483,7 +495,8 @@ impl Engine {
     }
 
     /// Adds the changes of each store to `batch` in turn, calling
-    /// `after_store` after each.
+    /// `after_store` after each, and whenever a store stops at the batch's
+    /// limit (only a batch that `after_store` empties has one).
     fn collect_changes(
         &mut self,
         batch: &mut WriteBatch,
@@ -493,7 +506,9 @@ impl Engine {
         ) -> Result<(), StateError>,
     ) -> Result<(), EngineError> {
         for op in &mut self.ops {
-            op.commit(self.clock, self.backend.as_ref(), batch)?;
+            while op.commit(self.clock, self.backend.as_ref(), batch)? == Committed::Partly {
+                after_store(self.backend.as_mut(), batch)?;
+            }
             after_store(self.backend.as_mut(), batch)?;
         }
         self.timers

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{dur, key_summary, view, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
 use crate::duration::DurationMs;
 use crate::record::{Kind, Record};
-use crate::state::{StateBackend, StateError, Table, WriteBatch};
+use crate::state::{Committed, StateBackend, StateError, Table, WriteBatch};
 use crate::topology::diag::{Diags, Located};
 use crate::topology::reader::TableReader;
 
@@ -174,7 +174,7 @@ impl Operator for Debounce {
         _now: u64,
         _backend: &dyn StateBackend,
         batch: &mut WriteBatch,
-    ) -> Result<(), StateError> {
+    ) -> Result<Committed, StateError> {
         self.pending.commit(batch)
     }
 }

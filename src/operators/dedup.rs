@@ -3,7 +3,7 @@
 use super::{dur, key_summary, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
 use crate::duration::DurationMs;
 use crate::record::{Kind, Record};
-use crate::state::{StateBackend, StateError, Table, WriteBatch};
+use crate::state::{Committed, StateBackend, StateError, Table, WriteBatch};
 use crate::topology::diag::{Diags, Located};
 use crate::topology::reader::TableReader;
 
@@ -127,7 +127,7 @@ impl Operator for Dedup {
         now: u64,
         backend: &dyn StateBackend,
         batch: &mut WriteBatch,
-    ) -> Result<(), StateError> {
+    ) -> Result<Committed, StateError> {
         // An entry whose ttl has run out lets the next record through, exactly as
         // no entry would: purging it at a commit changes nothing but the state size.
         let ttl = self.ttl;

@@ -18,7 +18,7 @@ use crate::duration::DurationMs;
 use crate::engine::stats::NodeStats;
 use crate::engine::timers::TimerQueue;
 use crate::record::{Field, Kind, Payload, Record};
-use crate::state::{StateBackend, StateError, WriteBatch};
+use crate::state::{Committed, StateBackend, StateError, WriteBatch};
 use crate::topology::diag::{Diags, Located};
 use crate::topology::reader::TableReader;
 
@@ -38,12 +38,15 @@ pub trait Operator: Send {
     /// Writes the state changed since the last commit into `batch`. `now` is
     /// the clock at the commit, for operators that purge expired state here
     /// rather than with a timer per key (the purge is never observable).
+    /// A batch with a limit may fill up first ([`Committed::Partly`]): the
+    /// engine writes and empties it and calls again, with the same `now`,
+    /// until the operator has written everything.
     fn commit(
         &mut self,
         now: u64,
         backend: &dyn StateBackend,
         batch: &mut WriteBatch,
-    ) -> Result<(), StateError>;
+    ) -> Result<Committed, StateError>;
 
     /// Whether `value` is an entry this operator's store can hold; a restore
     /// skips changelog records that are not. Stateless operators hold none.

@@ -4,7 +4,7 @@ use regex::{Regex, RegexBuilder};
 
 use super::{Ctx, Operator};
 use crate::record::{Field, Kind, Record};
-use crate::state::{StateBackend, StateError, WriteBatch};
+use crate::state::{Committed, StateBackend, StateError, WriteBatch};
 use crate::topology::diag::{Diags, Located};
 use crate::topology::reader::TableReader;
 
@@ -226,8 +226,8 @@ impl Operator for Route {
         _now: u64,
         _backend: &dyn StateBackend,
         _batch: &mut WriteBatch,
-    ) -> Result<(), StateError> {
-        Ok(())
+    ) -> Result<Committed, StateError> {
+        Ok(Committed::All)
     }
 }
 

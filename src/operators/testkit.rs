@@ -84,7 +84,10 @@ impl Harness {
         let engine = Engine::open(
             Arc::new(topo),
             Box::new(MemoryBackend::new()),
-            &EngineOptions { cache_capacity },
+            &EngineOptions {
+                cache_capacity,
+                ..EngineOptions::default()
+            },
         )
         .expect("engine opens on memory");
         Harness {

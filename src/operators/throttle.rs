@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{dur, key_summary, view, BuildCx, Ctx, KeyConfig, KeySpec, Operator};
 use crate::duration::DurationMs;
 use crate::record::{Kind, Record};
-use crate::state::{StateBackend, StateError, Table, WriteBatch};
+use crate::state::{Committed, StateBackend, StateError, Table, WriteBatch};
 use crate::topology::diag::{Diags, Located};
 use crate::topology::reader::TableReader;
 
@@ -256,7 +256,7 @@ impl Operator for Throttle {
         now: u64,
         backend: &dyn StateBackend,
         batch: &mut WriteBatch,
-    ) -> Result<(), StateError> {
+    ) -> Result<Committed, StateError> {
         // Once tat has passed and nothing waits, a key conforms exactly as a key
         // never seen does: its state is purged at the commit.
         self.state

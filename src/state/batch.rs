@@ -16,6 +16,10 @@ use super::StoreId;
 pub struct WriteBatch {
     bytes: Vec<u8>,
     entries: Vec<Entry>,
+    /// Bytes past which a writer that empties the batch as it goes asks for
+    /// that (see [`WriteBatch::is_full`]); `None`: the batch takes a whole
+    /// commit.
+    limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -185,7 +189,21 @@ impl WriteBatch {
         self.bytes.len()
     }
 
-    /// Empties the batch and keeps its memory for the next one.
+    /// Makes [`WriteBatch::is_full`] true past `limit` bytes of keys and
+    /// values (`None`: never). Only a committer that writes the batch and
+    /// empties it whenever a table stops at the limit may set one: a commit
+    /// then reaches the backend in parts, so it is not atomic.
+    pub fn set_limit(&mut self, limit: Option<usize>) {
+        self.limit = limit;
+    }
+
+    /// Whether the batch has reached its limit: a table's commit stops there
+    /// and goes on once the batch is written and emptied.
+    pub fn is_full(&self) -> bool {
+        self.limit.is_some_and(|limit| self.bytes.len() >= limit)
+    }
+
+    /// Empties the batch and keeps its memory (and its limit) for the next one.
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.entries.clear();

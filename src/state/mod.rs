@@ -21,6 +21,17 @@ pub use rocks::{RocksBackend, SharedMemory};
 pub(crate) use table::Stored;
 pub use table::Table;
 
+/// How far a commit of a table (or an operator's tables) went.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Every change is in the batch.
+    All,
+    /// The batch reached its limit first ([`WriteBatch::is_full`]): write and
+    /// empty it, then commit again for the rest.
+    Partly,
+}
+
 /// A visitor of store entries, for [`StateBackend::scan`].
 pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
 

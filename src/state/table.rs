@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::key::Key;
-use super::{show_key, StateBackend, StateError, StoreId, WriteBatch};
+use super::{show_key, Committed, StateBackend, StateError, StoreId, WriteBatch};
 
 /// Entries of one store, decoded, cached and written back on commit.
 ///
@@ -26,6 +26,8 @@ pub struct Table<V> {
     cache: HashMap<Key, Slot<V>>,
     capacity: usize,
     complete: bool,
+    /// A commit stopped at its batch's limit and has entries left to write.
+    commit_unfinished: bool,
     /// The last stored key the previous sweep looked at: the next one resumes
     /// after it (`None`: from the first key).
     sweep_cursor: Option<Vec<u8>>,
@@ -92,6 +94,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
             cache: HashMap::new(),
             capacity,
             complete: store_is_empty,
+            commit_unfinished: false,
             sweep_cursor: None,
         }
     }
@@ -147,11 +150,18 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     /// a time (see [`STORE_SWEEP_MIN`]), every entry within a few sweeps.
     /// Operators purge expired state this way instead of arming a timer per key;
     /// `keep` must say no only to entries that act exactly as absent ones.
+    ///
+    /// While a commit is unfinished (it stopped at its batch's limit), a
+    /// sweep does nothing: the one before that commit's first part judged
+    /// every entry, and nothing has changed since.
     pub fn sweep(
         &mut self,
         backend: &dyn StateBackend,
         mut keep: impl FnMut(&V) -> bool,
     ) -> Result<(), StateError> {
+        if self.commit_unfinished {
+            return Ok(());
+        }
         let mut changed = 0;
         for slot in self.cache.values_mut() {
             changed += usize::from(slot.dirty);
@@ -212,12 +222,23 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         Ok(())
     }
 
-    /// Writes every dirty entry into `batch` and trims the cache.
-    pub fn commit(&mut self, batch: &mut WriteBatch) -> Result<(), StateError> {
+    /// Writes every dirty entry into `batch` and trims the cache; or, once
+    /// the batch is full ([`WriteBatch::is_full`]), stops there and says so:
+    /// the caller writes and empties the batch and calls again for the rest.
+    /// Each call writes at least one entry, so a batch that is not emptied
+    /// only grows past its limit.
+    pub fn commit(&mut self, batch: &mut WriteBatch) -> Result<Committed, StateError> {
         let mut failure = None;
+        let mut stopped = false;
+        let mut written = 0usize;
         let (store, name) = (self.store, &self.name);
         self.cache.retain(|key, slot| {
-            if slot.dirty && failure.is_none() {
+            if slot.dirty && failure.is_none() && !stopped {
+                if written > 0 && batch.is_full() {
+                    stopped = true;
+                    return true;
+                }
+                written += 1;
                 slot.dirty = false;
                 match &slot.value {
                     Some(v) => match batch.put_encoded(store, key.as_slice(), v) {
@@ -242,11 +263,15 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         if let Some(err) = failure {
             return Err(err);
         }
+        self.commit_unfinished = stopped;
+        if stopped {
+            return Ok(Committed::Partly);
+        }
         if self.cache.len() > self.capacity {
             self.cache.clear();
             self.complete = false;
         }
-        Ok(())
+        Ok(Committed::All)
     }
 
     /// Every entry (uncommitted changes included) that `pick` chooses, in
@@ -328,274 +353,4 @@ fn decode<V: DeserializeOwned>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::MemoryBackend;
-
-    fn commit<V: Serialize + DeserializeOwned>(
-        table: &mut Table<V>,
-        backend: &mut MemoryBackend,
-    ) -> usize {
-        let mut batch = WriteBatch::default();
-        table.commit(&mut batch).unwrap();
-        let n = batch.len();
-        backend.write(&batch).unwrap();
-        n
-    }
-
-    #[test]
-    fn writes_back_only_on_commit_and_reloads_after_eviction() {
-        let mut backend = MemoryBackend::new();
-        let store = backend.open_store("t").unwrap();
-        let mut table: Table<u64> = Table::new(store, "t", 1, true);
-        *table.get_mut(&backend, b"a").unwrap() = Some(7);
-        *table.get_mut(&backend, b"b").unwrap() = Some(8);
-        assert_eq!(
-            backend.get(store, b"a").unwrap(),
-            None,
-            "nothing written before commit"
-        );
-        assert_eq!(commit(&mut table, &mut backend), 2);
-        assert_eq!(table.cached(), 0, "over capacity: clean entries evicted");
-        assert_eq!(
-            table.get(&backend, b"a").unwrap(),
-            Some(&7),
-            "reloaded from the backend"
-        );
-        *table.get_mut(&backend, b"a").unwrap() = None;
-        assert_eq!(commit(&mut table, &mut backend), 1);
-        assert_eq!(backend.get(store, b"a").unwrap(), None, "deleted on commit");
-        assert_eq!(table.get(&backend, b"b").unwrap(), Some(&8));
-    }
-
-    #[test]
-    fn a_complete_cache_does_not_read_the_backend_and_drops_deleted_entries() {
-        let mut backend = MemoryBackend::new();
-        let store = backend.open_store("t").unwrap();
-        // Something the table must not see while it believes the store empty.
-        let mut batch = WriteBatch::default();
-        batch.put(store, b"x", &postcard::to_stdvec(&1u64).unwrap());
-        backend.write(&batch).unwrap();
-        let mut table: Table<u64> = Table::new(store, "t", 10, true);
-        assert_eq!(table.get(&backend, b"x").unwrap(), None);
-        *table.get_mut(&backend, b"y").unwrap() = Some(1);
-        commit(&mut table, &mut backend);
-        *table.get_mut(&backend, b"y").unwrap() = None;
-        commit(&mut table, &mut backend);
-        assert_eq!(
-            table.cached(),
-            0,
-            "neither the absent x nor the deleted y keeps a slot"
-        );
-        let mut incomplete: Table<u64> = Table::new(store, "t", 10, false);
-        assert_eq!(incomplete.get(&backend, b"x").unwrap(), Some(&1));
-    }
-
-    #[test]
-    fn an_entry_born_and_deleted_between_commits_writes_nothing() {
-        let mut backend = MemoryBackend::new();
-        let store = backend.open_store("t").unwrap();
-        let mut table: Table<u64> = Table::new(store, "t", 10, true);
-        *table.get_mut(&backend, b"a").unwrap() = Some(1);
-        *table.get_mut(&backend, b"a").unwrap() = None;
-        assert_eq!(commit(&mut table, &mut backend), 0);
-        *table.get_mut(&backend, b"b").unwrap() = Some(1);
-        assert_eq!(commit(&mut table, &mut backend), 1);
-        *table.get_mut(&backend, b"b").unwrap() = None;
-        assert_eq!(
-            commit(&mut table, &mut backend),
-            1,
-            "a stored entry is deleted"
-        );
-    }
-
-    /// The kinds of deletion a commit writes, in order.
-    fn deletions<V: Serialize + DeserializeOwned>(
-        table: &mut Table<V>,
-        backend: &mut MemoryBackend,
-    ) -> Vec<crate::state::Change<'static>> {
-        let mut batch = WriteBatch::default();
-        table.commit(&mut batch).unwrap();
-        backend.write(&batch).unwrap();
-        batch
-            .iter()
-            .filter_map(|(_, _, c)| match c {
-                crate::state::Change::Put(_) => None,
-                crate::state::Change::Delete => Some(crate::state::Change::Delete),
-                crate::state::Change::SingleDelete => Some(crate::state::Change::SingleDelete),
-            })
-            .collect()
-    }
-
-    /// The pattern that brought deleted entries back after a restore: put
-    /// twice, deleted (a plain tombstone), put once more and deleted again.
-    /// A single delete for the last deletion would cancel only the last put
-    /// and, once a flush drops the tombstone between, uncover the first ones.
-    #[test]
-    fn every_deletion_is_a_plain_delete() {
-        use crate::state::Change::Delete;
-        let mut backend = MemoryBackend::new();
-        let store = backend.open_store("t").unwrap();
-        let mut table: Table<u64> = Table::new(store, "t", 10, true);
-        *table.get_mut(&backend, b"once").unwrap() = Some(1);
-        *table.get_mut(&backend, b"twice").unwrap() = Some(1);
-        commit(&mut table, &mut backend);
-        *table.get_mut(&backend, b"twice").unwrap() = Some(2);
-        commit(&mut table, &mut backend);
-        *table.get_mut(&backend, b"once").unwrap() = None;
-        assert_eq!(deletions(&mut table, &mut backend), [Delete]);
-        *table.get_mut(&backend, b"twice").unwrap() = None;
-        assert_eq!(deletions(&mut table, &mut backend), [Delete]);
-        *table.get_mut(&backend, b"twice").unwrap() = Some(3);
-        commit(&mut table, &mut backend);
-        *table.get_mut(&backend, b"twice").unwrap() = None;
-        assert_eq!(
-            deletions(&mut table, &mut backend),
-            [Delete],
-            "put once since a plain delete: the older puts may still be below it"
-        );
-        *table.get_mut(&backend, b"loaded").unwrap() = Some(4);
-        commit(&mut table, &mut backend);
-        let mut reopened: Table<u64> = Table::new(store, "t", 10, false);
-        *reopened.get_mut(&backend, b"loaded").unwrap() = None;
-        assert_eq!(deletions(&mut reopened, &mut backend), [Delete]);
-    }
-
-    #[test]
-    fn sweep_deletes_cached_and_eventually_stored_entries() {
-        let mut backend = MemoryBackend::new();
-        let store = backend.open_store("t").unwrap();
-        let mut table: Table<u64> = Table::new(store, "t", 2, true);
-        for (i, k) in [b"a", b"b", b"c"].iter().enumerate() {
-            *table.get_mut(&backend, *k).unwrap() = Some(i as u64);
-        }
-        commit(&mut table, &mut backend);
-        assert_eq!(table.cached(), 0, "evicted: the cache is incomplete now");
-        *table.get_mut(&backend, b"c").unwrap() = Some(2);
-        let mut sweeps = 0;
-        while backend.get(store, b"a").unwrap().is_some() {
-            table.sweep(&backend, |v| *v >= 1).unwrap();
-            commit(&mut table, &mut backend);
-            sweeps += 1;
-            assert!(sweeps <= 16, "stored entries are swept within 16 sweeps");
-        }
-        assert!(
-            backend.get(store, b"b").unwrap().is_some(),
-            "kept entries stay"
-        );
-        assert!(backend.get(store, b"c").unwrap().is_some());
-    }
-
-    #[test]
-    fn undecodable_entries_name_the_store_and_key() {
-        let mut backend = MemoryBackend::new();
-        let store = backend.open_store("op/x").unwrap();
-        let mut batch = WriteBatch::default();
-        batch.put(store, b"k", &[0xff; 12]);
-        backend.write(&batch).unwrap();
-        let mut table: Table<(u64, String)> = Table::new(store, "op/x", 10, false);
-        let err = table.get(&backend, b"k").unwrap_err().to_string();
-        assert!(err.contains("op/x") && err.contains('k'), "{err}");
-    }
-
-    /// The in-memory backend, counting the entries its scans hand out: how
-    /// much of the store a sweep reads on the processing thread.
-    struct Counting {
-        inner: MemoryBackend,
-        visited: std::cell::Cell<usize>,
-    }
-
-    impl StateBackend for Counting {
-        fn open_store(&mut self, name: &str) -> Result<StoreId, StateError> {
-            self.inner.open_store(name)
-        }
-        fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-            self.inner.get(store, key)
-        }
-        fn scan(
-            &self,
-            store: StoreId,
-            visit: &mut crate::state::Visit<'_>,
-        ) -> Result<(), StateError> {
-            self.inner.scan(store, &mut |k, v| {
-                self.visited.set(self.visited.get() + 1);
-                visit(k, v)
-            })
-        }
-        fn scan_after(
-            &self,
-            store: StoreId,
-            after: Option<&[u8]>,
-            visit: &mut crate::state::VisitWhile<'_>,
-        ) -> Result<(), StateError> {
-            self.inner.scan_after(store, after, &mut |k, v| {
-                self.visited.set(self.visited.get() + 1);
-                visit(k, v)
-            })
-        }
-        fn is_empty(&self, store: StoreId) -> Result<bool, StateError> {
-            self.inner.is_empty(store)
-        }
-        fn write(&mut self, batch: &WriteBatch) -> Result<(), StateError> {
-            self.inner.write(batch)
-        }
-        fn sync(&mut self) -> Result<(), StateError> {
-            Ok(())
-        }
-        fn store_name(&self, store: StoreId) -> &str {
-            self.inner.store_name(store)
-        }
-        fn location(&self) -> String {
-            self.inner.location()
-        }
-    }
-
-    #[test]
-    fn no_sweep_reads_the_whole_store_and_every_expired_entry_still_goes() {
-        const KEYS: u64 = 20_000;
-        let mut backend = Counting {
-            inner: MemoryBackend::new(),
-            visited: std::cell::Cell::new(0),
-        };
-        let store = backend.open_store("t").unwrap();
-        let mut batch = WriteBatch::default();
-        for i in 0..KEYS {
-            let key = format!("k{i:06}").into_bytes();
-            batch.put(store, &key, &postcard::to_stdvec(&i).unwrap());
-        }
-        backend.write(&batch).unwrap();
-        let stored = |b: &Counting| {
-            let mut n = 0;
-            b.inner
-                .scan(store, &mut |_, _| {
-                    n += 1;
-                    Ok(())
-                })
-                .unwrap();
-            n
-        };
-        // Entries below KEYS / 2 have expired; the cache holds a few of them.
-        let mut table: Table<u64> = Table::new(store, "t", 100, false);
-        assert_eq!(table.get(&backend, b"k000001").unwrap(), Some(&1));
-        let (mut sweeps, mut most) = (0, 0);
-        while stored(&backend) > KEYS / 2 {
-            backend.visited.set(0);
-            table.sweep(&backend, |v| *v >= KEYS / 2).unwrap();
-            most = most.max(backend.visited.get());
-            let mut batch = WriteBatch::default();
-            table.commit(&mut batch).unwrap();
-            backend.write(&batch).unwrap();
-            sweeps += 1;
-            assert!(sweeps <= 64, "expired entries left after {sweeps} sweeps");
-        }
-        assert!(
-            most <= 4_096,
-            "a sweep read {most} of the {KEYS} stored entries"
-        );
-        assert_eq!(
-            table.get(&backend, b"k019999").unwrap(),
-            Some(&19_999),
-            "kept entries stay"
-        );
-    }
-}
+mod tests;

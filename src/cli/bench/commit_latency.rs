@@ -80,6 +80,7 @@ impl CommitBench {
         let start = self.fill(&mut backend)?;
         let opts = EngineOptions {
             cache_capacity: self.cache_capacity,
+            ..EngineOptions::default()
         };
         let mut engine = Engine::open(topo, Box::new(backend), &opts)?;
         let mut latencies = Vec::with_capacity(self.commits as usize);

@@ -111,7 +111,7 @@ mod tests_loop;
 use super::view::{OperatorView, QueryCx};
 use super::{Ctx, Gauge, Operator};
 use crate::record::{Origin, Payload, Record};
-use crate::state::{StateBackend, StateError, Table, WriteBatch};
+use crate::state::{Committed, StateBackend, StateError, Table, WriteBatch};
 pub use config::AlertGateConfig;
 use image::{Effects, GateRules, Incoming, KeyCx};
 pub use query::GateView;
@@ -119,7 +119,9 @@ use state::{parse_state_key, state_key, GateState, Hold};
 
 pub struct AlertGate {
     rules: GateRules,
-    state: Table<GateState>,
+    /// Boxed: an entry is hundreds of bytes, and the table's hash map has
+    /// up to twice as many buckets as entries; a bucket holds a pointer.
+    state: Table<Box<GateState>>,
 }
 
 /// Work left for other keys once one is handled.
@@ -131,7 +133,7 @@ enum Next {
 }
 
 impl AlertGate {
-    fn new(rules: GateRules, state: Table<GateState>) -> Self {
+    fn new(rules: GateRules, state: Table<Box<GateState>>) -> Self {
         AlertGate { rules, state }
     }
 
@@ -173,7 +175,7 @@ impl AlertGate {
         let mut effects = Effects::default();
         let rules = &self.rules;
         let slot = self.state.get_mut(cx.backend(), &key)?;
-        let st = slot.get_or_insert_with(GateState::default);
+        let st: &mut GateState = slot.get_or_insert_with(Box::default);
         let armed = if fired { None } else { rules.next_deadline(st) };
         GateRules::adopt_unfired(st, cx.now());
         handle(rules, &k, st, cx, &mut effects);
@@ -220,7 +222,7 @@ impl AlertGate {
         let key = state_key("", environment);
         let rules = &self.rules;
         let slot = self.state.get_mut(cx.backend(), &key)?;
-        let env = slot.get_or_insert_with(GateState::default);
+        let env: &mut GateState = slot.get_or_insert_with(Box::default);
         let armed = if fired {
             None
         } else {
@@ -454,10 +456,11 @@ impl Operator for AlertGate {
     /// Keys with an image parked and alerts held active, as committed.
     fn gauges(&self, backend: &dyn StateBackend) -> Result<Vec<(Gauge, u64)>, StateError> {
         let (mut held, mut alerts) = (0, 0);
-        self.state.scan_committed(backend, &mut |st: &GateState| {
-            held += u64::from(st.parked.is_some());
-            alerts += st.alerts.len() as u64;
-        })?;
+        self.state
+            .scan_committed(backend, &mut |st| {
+                held += u64::from(st.parked.is_some());
+                alerts += st.alerts.len() as u64;
+            })?;
         Ok(vec![(Gauge::HeldKeys, held), (Gauge::ActiveAlerts, alerts)])
     }
 
@@ -466,7 +469,7 @@ impl Operator for AlertGate {
         _now: u64,
         _backend: &dyn StateBackend,
         batch: &mut WriteBatch,
-    ) -> Result<(), StateError> {
+    ) -> Result<Committed, StateError> {
         self.state.commit(batch)
     }
 }
