@@ -456,11 +456,10 @@ impl Operator for AlertGate {
     /// Keys with an image parked and alerts held active, as committed.
     fn gauges(&self, backend: &dyn StateBackend) -> Result<Vec<(Gauge, u64)>, StateError> {
         let (mut held, mut alerts) = (0, 0);
-        self.state
-            .scan_committed(backend, &mut |st| {
-                held += u64::from(st.parked.is_some());
-                alerts += st.alerts.len() as u64;
-            })?;
+        self.state.scan_committed(backend, &mut |st| {
+            held += u64::from(st.parked.is_some());
+            alerts += st.alerts.len() as u64;
+        })?;
         Ok(vec![(Gauge::HeldKeys, held), (Gauge::ActiveAlerts, alerts)])
     }
 
