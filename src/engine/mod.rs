@@ -511,8 +511,13 @@ impl Engine {
             }
             after_store(self.backend.as_mut(), batch)?;
         }
-        self.timers
-            .commit(batch, self.timer_store, &self.op_names)?;
+        while self
+            .timers
+            .commit(batch, self.timer_store, &self.op_names)?
+            == Committed::Partly
+        {
+            after_store(self.backend.as_mut(), batch)?;
+        }
         batch.put(self.meta, b"clock", &self.clock.to_be_bytes());
         batch.put(
             self.meta,
