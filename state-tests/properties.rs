@@ -128,10 +128,11 @@ proptest! {
 /// Every store's entries, by store name, in key order.
 type StoreContents = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
-/// Replays `input` on the in-memory backend (scratch state, whose commits
-/// may go in parts of `part_bytes`) and returns the output and the state.
+/// Replays `input` on `backend` (scratch state commits in parts of
+/// `part_bytes`) and returns the output and the state.
 fn replay_in_parts(
     topo: &Arc<Topology>,
+    backend: Box<dyn StateBackend>,
     input: &str,
     run: &Run,
     part_bytes: usize,
@@ -140,8 +141,7 @@ fn replay_in_parts(
         cache_capacity: run.cache,
         scratch_commit_part_bytes: part_bytes,
     };
-    let mut engine = Engine::open(Arc::clone(topo), Box::new(MemoryBackend::new()), &opts)
-        .expect("engine opens");
+    let mut engine = Engine::open(Arc::clone(topo), backend, &opts).expect("engine opens");
     let mut out = JsonLinesOutput::new(Vec::new(), topo.dead_letter_topic());
     let replay_opts = ReplayOptions {
         drain: run.drain,
@@ -185,17 +185,23 @@ proptest! {
     /// Scratch state takes a commit in parts (a table stops once the batch
     /// is full and goes on after it is written). Down to one entry per
     /// part, and with caches small enough that reads go to the store, the
-    /// output and every store's entries are those of whole commits.
+    /// output and every store's entries are those of kept state's atomic
+    /// commits, on both backends.
     #[test]
     fn a_replay_committed_in_parts_equals_one_committed_whole(profile in prop::sample::select(&Profile::ALL[..]), seed in any::<u64>(), events in 50u64..800, services in 1u32..20, cache in 1usize..32, commit_every in 1u64..200, part_bytes in 1usize..400) {
         let topo = cicd();
         let input = flood(profile, seed, events, services);
         let run = Run { cache, commit_every, drain: true, line_offset: 0 };
-        let (whole_out, whole_state) = replay_in_parts(&topo, &input, &run, usize::MAX);
-        let (parts_out, parts_state) = replay_in_parts(&topo, &input, &run, part_bytes);
-        assert_same(&whole_out, &parts_out, &format!("whole commits vs parts of {part_bytes} bytes"))?;
-        prop_assert!(whole_state == parts_state, "the stores differ with parts of {part_bytes} bytes");
+        let kept_dir = tempfile::tempdir().unwrap();
+        let (whole_out, whole_state) = replay_in_parts(&topo, rocks(kept_dir.path()), &input, &run, part_bytes);
         prop_assert!(whole_state.iter().any(|(_, entries)| !entries.is_empty()), "the flood leaves state");
+        let scratch_dir = tempfile::tempdir().unwrap();
+        let scratch = Box::new(RocksBackend::open_scratch(scratch_dir.path()).expect("rocksdb opens"));
+        for (name, backend) in [("memory", Box::new(MemoryBackend::new()) as Box<dyn StateBackend>), ("scratch rocksdb", scratch)] {
+            let (parts_out, parts_state) = replay_in_parts(&topo, backend, &input, &run, part_bytes);
+            assert_same(&whole_out, &parts_out, &format!("whole commits vs {name} in parts of {part_bytes} bytes"))?;
+            prop_assert!(whole_state == parts_state, "the stores differ on {} in parts of {} bytes", name, part_bytes);
+        }
     }
 }
 

@@ -158,9 +158,11 @@ pub struct EngineOptions {
     /// Entries each operator table keeps in memory past a commit.
     pub cache_capacity: usize,
     /// Scratch state (nothing ever recovers it, so its commits need not be
-    /// atomic) takes a commit in parts of about this many bytes: a commit
-    /// that rewrites every key of a large store would otherwise hold all of
-    /// it in one batch. State that is kept commits whole.
+    /// atomic) takes a commit in parts of about this many bytes of keys and
+    /// values: a commit that rewrites every key of a large store would
+    /// otherwise hold all of it in one batch. State that is kept commits
+    /// whole. Each part walks a table's cache again for its dirty entries,
+    /// so parts far smaller than the default cost time (tests use them).
     pub scratch_commit_part_bytes: usize,
 }
 
@@ -168,8 +170,9 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             cache_capacity: 200_000,
-            // RocksDB's scratch writes go in slices of this size too.
-            scratch_commit_part_bytes: 4 << 20,
+            // Under the 4 MiB slices RocksDB's scratch writes go in, which
+            // also count about 12 bytes per entry: a part is one write.
+            scratch_commit_part_bytes: 3 << 20,
         }
     }
 }
@@ -456,8 +459,10 @@ impl Engine {
     /// Writes all state changed since the last commit, the timers and the clock, atomically.
     ///
     /// State that nothing reads after this process (see
-    /// [`StateBackend::is_scratch`]) takes the commit store by store: the
-    /// batch then never holds more than one store's changes.
+    /// [`StateBackend::is_scratch`]) takes the commit in parts instead, each
+    /// written once the batch holds [`EngineOptions::scratch_commit_part_bytes`]
+    /// (a table or the timers stop there and go on after it): the batch never
+    /// holds a whole commit, and the commit is not atomic.
     pub fn commit(&mut self) -> Result<(), EngineError> {
         if !self.backend.is_scratch() {
             let changes = self.prepare_commit()?;

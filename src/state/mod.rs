@@ -6,6 +6,8 @@
 //! hands its changes to the backend in one atomic [`WriteBatch`] per commit.
 //! A commit therefore moves every store, the timers and the clock together,
 //! which is what makes a state directory consistent at every commit point.
+//! Scratch state, which nothing recovers, takes a commit in parts instead
+//! (see [`Committed`]), so that no batch holds a whole commit.
 
 mod batch;
 mod key;

@@ -260,10 +260,10 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
             // complete, and otherwise costs one read when next needed.
             slot.value.is_some() || slot.dirty
         });
+        self.commit_unfinished = stopped && failure.is_none();
         if let Some(err) = failure {
             return Err(err);
         }
-        self.commit_unfinished = stopped;
         if stopped {
             return Ok(Committed::Partly);
         }
