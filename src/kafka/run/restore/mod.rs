@@ -136,10 +136,13 @@ pub fn restore_store(
     env: &mut RestoreEnv<'_>,
 ) -> Result<Restored, RunError> {
     let started = Instant::now();
+    let created = is_missing_or_empty(dir);
     let mut backend: Box<dyn StateBackend> = Box::new(open_store(dir, id, setup, env)?);
     let ends = changelog_ends(setup, id, env.restorer)?;
     let from_beginning = Engine::read_note(backend.as_mut(), READY_NOTE)?.is_none();
-    if from_beginning {
+    // A store without the note may hold part of an interrupted restore; one
+    // this call created holds nothing, and needs no second opening.
+    if from_beginning && !created {
         drop(backend);
         wipe(dir)?;
         backend = Box::new(open_store(dir, id, setup, env)?);
@@ -235,26 +238,38 @@ fn restore_again(
     restore_store(dir, id, setup, env)
 }
 
-/// The (low, high) watermarks of partition `id` of each changelog.
+/// The (low, high) watermarks of partition `id` of each changelog, asked
+/// for all at once: each is a round trip to the broker, and a task has a
+/// changelog per store.
 fn changelog_ends(
     setup: &TaskSetup<'_>,
     id: i32,
     restorer: &BaseConsumer<RestoreContext>,
 ) -> Result<Vec<(i64, i64)>, RunError> {
-    setup
-        .plan
-        .changelogs
-        .iter()
-        .map(|c| {
-            super::retry_kafka("read a changelog's offsets", setup.stop, || {
-                let ends = restorer.fetch_watermarks(&c.topic, id, Duration::from_secs(10));
-                if ends.as_ref().is_err_and(is_unknown_partition) {
-                    refresh_metadata(restorer, &c.topic);
-                }
-                ends
-            })
+    let stop = setup.stop;
+    let ends_of = |topic: &str| {
+        super::retry_kafka("read a changelog's offsets", stop, || {
+            let ends = restorer.fetch_watermarks(topic, id, Duration::from_secs(10));
+            if ends.as_ref().is_err_and(is_unknown_partition) {
+                refresh_metadata(restorer, topic);
+            }
+            ends
         })
-        .collect()
+    };
+    std::thread::scope(|scope| {
+        let asks: Vec<_> = setup
+            .plan
+            .changelogs
+            .iter()
+            .map(|c| scope.spawn(|| ends_of(&c.topic)))
+            .collect();
+        asks.into_iter()
+            .map(|ask| {
+                ask.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 /// Whether librdkafka's metadata lacks the partition: right after a broker
@@ -304,6 +319,15 @@ fn stale_checkpoint(
     })
 }
 
+/// Whether `dir` does not exist or holds nothing (an unreadable one counts
+/// as holding something: it is wiped, as before).
+fn is_missing_or_empty(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
 fn wipe(dir: &Path) -> Result<(), RunError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -345,5 +369,23 @@ impl Checker {
             setup.engine_options,
         )?;
         Ok(Checker(probe))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_missing_or_empty;
+
+    /// Only a store that a restore creates skips the wipe: a directory
+    /// holding anything (part of an interrupted restore) is still wiped.
+    #[test]
+    fn only_a_missing_or_empty_directory_counts_as_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("task-0");
+        assert!(is_missing_or_empty(&store), "missing");
+        std::fs::create_dir(&store).unwrap();
+        assert!(is_missing_or_empty(&store), "empty");
+        std::fs::write(store.join("CURRENT"), b"MANIFEST-000001\n").unwrap();
+        assert!(!is_missing_or_empty(&store), "holds a file");
     }
 }
