@@ -15,6 +15,8 @@ pub(super) const CHECKPOINT_NOTE: &[u8] = b"changelog:checkpoint-ms";
 /// The header of at-least-once changelog records: `topic=next,...`, the
 /// task's consumed input positions at the commit that wrote the record.
 pub const INPUTS_HEADER: &str = "sluice.inputs";
+/// [`INPUTS_HEADER`] for librdkafka's header lookup.
+pub(super) const INPUTS_HEADER_C: &std::ffi::CStr = c"sluice.inputs";
 
 pub(super) fn position_note(topic: &str) -> Vec<u8> {
     format!("changelog:{topic}").into_bytes()
@@ -98,6 +100,11 @@ pub(super) fn decode_inputs(text: &str) -> Option<Vec<(&str, i64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inputs_header_has_one_name_for_rust_and_for_librdkafka() {
+        assert_eq!(INPUTS_HEADER_C.to_bytes(), INPUTS_HEADER.as_bytes());
+    }
 
     #[test]
     fn a_transactional_position_is_at_the_end_one_before_the_high_watermark() {

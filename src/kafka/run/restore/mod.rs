@@ -36,6 +36,7 @@ use crate::engine::Engine;
 use crate::state::{MemoryBackend, RocksBackend, StateBackend};
 
 mod clock;
+mod queue;
 mod reading;
 mod writer;
 

@@ -5,7 +5,8 @@
 //! changelog ended: librdkafka's carries only the partition number, the
 //! same for every changelog of a task). librdkafka fetches them in the same
 //! requests; the reading thread takes a run of records from each queue in
-//! turn, and one writing thread puts them into their stores. The stores are
+//! turn, in one call (see `queue.rs`), and one writing thread puts them into
+//! their stores. The stores are
 //! independent (one column family each), so their order does not matter,
 //! and a small store no longer waits behind a large one: each changelog's
 //! end costs one fetch wait for all of them, not one each.
@@ -13,18 +14,18 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::clock::Clock;
+use super::queue::{ChangelogQueue, Record, Run};
 use super::writer::{BatchWriter, WriterGone};
 use super::{refresh_metadata, Checker, RestoreEnv, RestoreError, RESTORE_PATIENCE};
 use crate::engine::Engine;
-use crate::kafka::run::clients::RestoreContext;
-use crate::kafka::run::positions::{decode_inputs, position_note, Position, INPUTS_HEADER};
+use crate::kafka::run::positions::{
+    decode_inputs, position_note, Position, INPUTS_HEADER, INPUTS_HEADER_C,
+};
 use crate::kafka::run::topics::Changelog;
 use crate::kafka::run::RunError;
 use crate::state::{StateBackend, StoreId};
@@ -123,14 +124,12 @@ pub(super) fn read_all(
     let queues = readings
         .iter()
         .map(|r| {
-            env.restorer
-                .split_partition_queue(&r.changelog.topic, r.id)
-                .ok_or_else(|| {
-                    RunError::Setup(format!(
-                        "cannot read partition {} of {}",
-                        r.id, r.changelog.topic
-                    ))
-                })
+            ChangelogQueue::split(env.restorer, &r.changelog.topic, r.id).ok_or_else(|| {
+                RunError::Setup(format!(
+                    "cannot read partition {} of {}",
+                    r.id, r.changelog.topic
+                ))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut tpl = TopicPartitionList::new();
@@ -155,6 +154,7 @@ pub(super) fn read_all(
             readings,
             queues: &queues,
             stores: &stores,
+            run: Run::default(),
             reads: readings.iter().map(|_| ChangelogRead::default()).collect(),
             clock: Clock::new(),
         };
@@ -190,8 +190,10 @@ pub(super) fn read_all(
 /// The reading thread's state.
 struct Reader<'r, 'a> {
     readings: &'r [Reading<'a>],
-    queues: &'r [PartitionQueue<RestoreContext>],
+    queues: &'r [ChangelogQueue],
     stores: &'r [StoreId],
+    /// The records taken last, kept for its buffer.
+    run: Run,
     reads: Vec<ChangelogRead>,
     clock: Clock,
 }
@@ -230,33 +232,34 @@ impl Reader<'_, '_> {
         writer: &mut BatchWriter<'_>,
         env: &mut RestoreEnv<'_>,
     ) -> Result<Option<usize>, RestoreError> {
+        if self.reads[i].ended {
+            return Ok(Some(0));
+        }
         let reading = &self.readings[i];
-        let mut took = 0;
-        while !self.reads[i].ended && took < RUN_PER_QUEUE {
-            let Some(polled) = self.queues[i].poll(Duration::ZERO) else {
-                break;
-            };
-            took += 1;
+        self.queues[i].take(&mut self.run, RUN_PER_QUEUE);
+        for j in 0..self.run.len() {
             if let Some(now) = self.clock.due() {
                 self.look_after(now, env)?;
             }
-            let m = match polled {
-                Ok(m) => m,
-                Err(e) => {
-                    if let Flow::End = reading.answer(e, self.clock.idle())? {
+            let record = match self.run.get(j) {
+                Ok(record) => record,
+                Err(e) => match reading.answer(e, self.clock.idle())? {
+                    // Records queued after the end are not this restore's.
+                    Flow::End => {
                         self.reads[i].ended = true;
+                        break;
                     }
-                    continue;
-                }
+                    Flow::Go => continue,
+                },
             };
             self.clock.progressed();
             let _ = crate::fault::reached("restore.record");
-            let taken = reading.take(&m, self.stores[i], writer, env, &mut self.reads[i]);
+            let taken = reading.take(&record, self.stores[i], writer, env, &mut self.reads[i]);
             if let Err(WriterGone) = taken {
                 return Ok(None);
             }
         }
-        Ok(Some(took))
+        Ok(Some(self.run.len()))
     }
 
     /// No partition had a record: serves the restorer's own queue (its
@@ -314,7 +317,7 @@ impl Reading<'_> {
     /// Applies, skips or counts one record.
     fn take(
         &self,
-        m: &BorrowedMessage<'_>,
+        m: &Record<'_>,
         store: StoreId,
         writer: &mut BatchWriter<'_>,
         env: &RestoreEnv<'_>,
@@ -387,11 +390,7 @@ impl Reading<'_> {
         }
     }
 
-    fn judge(
-        &self,
-        m: &BorrowedMessage<'_>,
-        committed: Option<&HashMap<String, Option<i64>>>,
-    ) -> Verdict {
+    fn judge(&self, m: &Record<'_>, committed: Option<&HashMap<String, Option<i64>>>) -> Verdict {
         let Some(key) = m.key().filter(|k| !k.is_empty()) else {
             return Verdict::Malformed("the record has no key".into());
         };
@@ -405,11 +404,7 @@ impl Reading<'_> {
         let Some(committed) = committed else {
             return Verdict::Apply;
         };
-        let header = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == INPUTS_HEADER))
-            .map(|h| h.value.unwrap_or_default());
-        let Some(header) = header else {
+        let Some(header) = m.header(INPUTS_HEADER_C) else {
             return Verdict::Apply; // written by exactly-once, or by an older version
         };
         let Some(inputs) = std::str::from_utf8(header).ok().and_then(decode_inputs) else {
