@@ -325,7 +325,10 @@ impl Bench {
                     ],
                 )?;
                 let rate = stats.processed as f64 / (stats.active_ms.max(1) as f64 / 1000.0);
-                eprintln!("{guarantee} run {run}: {} events in {} ms: {rate:.0} ev/s, {} commits, peak RSS {:.1} MiB", stats.processed, stats.active_ms, stats.commits, peak);
+                eprintln!(
+                    "{guarantee} run {run}: {} events in {} ms: {rate:.0} ev/s, {:.1} CPU-s, {} commits, {} rebalances, {} restored records, peak RSS {peak:.1} MiB",
+                    stats.processed, stats.active_ms, stats.cpu_seconds, stats.commits, stats.rebalances, stats.restored_records
+                );
                 if stats.processed < args.events {
                     bail!(
                         "the run processed {} of {} events",
@@ -427,6 +430,10 @@ pub(super) struct Stats {
     pub(super) restore_ms: u64,
     pub(super) active_ms: u64,
     pub(super) peak_rss_bytes: u64,
+    /// Rebalances the run's members went through (a second member joining
+    /// after the first started moves tasks, whose stores then reopen).
+    #[serde(default)]
+    pub(super) rebalances: u64,
     /// The run's CPU time, user and system, for the whole process.
     #[serde(default)]
     pub(super) cpu_seconds: f64,

@@ -213,7 +213,17 @@ pub(super) fn input_value<'m>(
             error: e.0,
             value: as_string(&String::from_utf8_lossy(bytes)),
         }),
-        None => Ok(String::from_utf8_lossy(bytes)),
+        None => Ok(text_of(bytes)),
+    }
+}
+
+/// The bytes as text, borrowed when they are valid UTF-8 (nearly always):
+/// `str::from_utf8` checks them several times faster than
+/// `String::from_utf8_lossy`, which took 2% of a live processing thread.
+fn text_of(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 

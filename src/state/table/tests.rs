@@ -175,6 +175,26 @@ fn undecodable_entries_name_the_store_and_key() {
 struct Counting {
     inner: MemoryBackend,
     visited: std::cell::Cell<usize>,
+    gets: std::cell::Cell<usize>,
+}
+
+impl Counting {
+    /// A store `t` holding `k000000`.. `k{n-1}`, each with its number.
+    fn with_keys(n: u64) -> (Counting, StoreId) {
+        let mut backend = Counting {
+            inner: MemoryBackend::new(),
+            visited: std::cell::Cell::new(0),
+            gets: std::cell::Cell::new(0),
+        };
+        let store = backend.open_store("t").unwrap();
+        let mut batch = WriteBatch::default();
+        for i in 0..n {
+            let key = format!("k{i:06}").into_bytes();
+            batch.put(store, &key, &postcard::to_stdvec(&i).unwrap());
+        }
+        backend.write(&batch).unwrap();
+        (backend, store)
+    }
 }
 
 impl StateBackend for Counting {
@@ -182,6 +202,7 @@ impl StateBackend for Counting {
         self.inner.open_store(name)
     }
     fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.gets.set(self.gets.get() + 1);
         self.inner.get(store, key)
     }
     fn scan(&self, store: StoreId, visit: &mut crate::state::Visit<'_>) -> Result<(), StateError> {
@@ -221,17 +242,7 @@ impl StateBackend for Counting {
 #[test]
 fn no_sweep_reads_the_whole_store_and_every_expired_entry_still_goes() {
     const KEYS: u64 = 20_000;
-    let mut backend = Counting {
-        inner: MemoryBackend::new(),
-        visited: std::cell::Cell::new(0),
-    };
-    let store = backend.open_store("t").unwrap();
-    let mut batch = WriteBatch::default();
-    for i in 0..KEYS {
-        let key = format!("k{i:06}").into_bytes();
-        batch.put(store, &key, &postcard::to_stdvec(&i).unwrap());
-    }
-    backend.write(&batch).unwrap();
+    let (mut backend, store) = Counting::with_keys(KEYS);
     let stored = |b: &Counting| {
         let mut n = 0;
         b.inner
@@ -319,4 +330,41 @@ fn a_commit_stops_at_the_batch_limit_and_goes_on_where_it_stopped() {
     table.sweep(&backend, |&v| v >= 50).unwrap();
     assert_eq!(commit(&mut table, &mut backend), 50);
     assert_eq!(backend.get(store, &key(49)).unwrap(), None);
+}
+
+/// A reopened store that fits the cache is loaded whole at the first
+/// access: the cache is complete again, so a miss reads nothing and a sweep
+/// walks no store.
+#[test]
+fn a_reopened_store_that_fits_the_cache_is_loaded_whole() {
+    let (mut backend, store) = Counting::with_keys(50);
+    let mut table: Table<u64> = Table::new(store, "t", 50, false);
+    assert_eq!(table.get(&backend, b"k000007").unwrap(), Some(&7));
+    assert_eq!(table.cached(), 50, "loaded whole");
+    assert_eq!(table.get(&backend, b"absent").unwrap(), None);
+    assert_eq!(backend.gets.get(), 0, "a complete cache reads nothing");
+    backend.visited.set(0);
+    table.sweep(&backend, |v| *v >= 25).unwrap();
+    assert_eq!(backend.visited.get(), 0, "no store walk once complete");
+    let mut batch = WriteBatch::default();
+    assert_eq!(table.commit(&mut batch).unwrap(), Committed::All);
+    assert_eq!(batch.len(), 25, "the swept entries are deleted");
+    backend.write(&batch).unwrap();
+    assert_eq!(table.get(&backend, b"k000049").unwrap(), Some(&49));
+    assert_eq!(table.get(&backend, b"k000001").unwrap(), None);
+}
+
+/// A reopened store larger than the cache is looked at once, up to one
+/// entry past the capacity, and then read key by key as before.
+#[test]
+fn a_reopened_store_larger_than_the_cache_is_read_key_by_key() {
+    let (backend, store) = Counting::with_keys(51);
+    let mut table: Table<u64> = Table::new(store, "t", 50, false);
+    assert_eq!(table.get(&backend, b"k000050").unwrap(), Some(&50));
+    assert_eq!(backend.visited.get(), 51, "one look, then no more");
+    assert_eq!(table.cached(), 1);
+    assert_eq!(table.get(&backend, b"absent").unwrap(), None);
+    assert_eq!(backend.gets.get(), 2, "each miss reads the store");
+    assert_eq!(table.get(&backend, b"k000003").unwrap(), Some(&3));
+    assert_eq!(backend.visited.get(), 51);
 }
