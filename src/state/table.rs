@@ -110,19 +110,23 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     /// good: every miss a backend read and every sweep a walk of the store,
     /// which took a live run's CPU per event from about 6 to 11 s per
     /// 1,000,000 events after a rebalance. A larger store costs one look at
-    /// `capacity + 1` entries, once.
+    /// `capacity + 1` entries, once, without decoding them.
     fn load_if_it_fits(&mut self, backend: &dyn StateBackend) -> Result<(), StateError> {
         if !std::mem::take(&mut self.load_pending) || self.complete {
             return Ok(());
         }
-        let mut entries = Vec::new();
-        let mut fits = true;
-        let (name, capacity) = (&self.name, self.capacity);
+        let capacity = self.capacity;
+        let mut stored = 0;
+        backend.scan_after(self.store, None, &mut |_, _| {
+            stored += 1;
+            Ok(stored <= capacity)
+        })?;
+        if stored > capacity {
+            return Ok(());
+        }
+        let mut entries = Vec::with_capacity(stored);
+        let name = &self.name;
         backend.scan_after(self.store, None, &mut |key, bytes| {
-            if entries.len() == capacity {
-                fits = false;
-                return Ok(false);
-            }
             let value: V = postcard::from_bytes(bytes).map_err(|cause| StateError::Decode {
                 store: name.clone(),
                 key: show_key(key),
@@ -131,9 +135,6 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
             entries.push((Key::from(key), value));
             Ok(true)
         })?;
-        if !fits {
-            return Ok(());
-        }
         for (key, value) in entries {
             // A slot already cached (a sweep's deletion) is newer than the store.
             self.cache.entry(key).or_insert(Slot {

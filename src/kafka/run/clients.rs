@@ -73,7 +73,21 @@ pub(super) fn create_consumer(shared: &Shared) -> Result<BaseConsumer<RunContext
 
 /// The restore consumer's context: logs through tracing; reaching the end
 /// of a changelog is the expected outcome, not an error.
-pub struct RestoreContext;
+#[derive(Default)]
+pub struct RestoreContext {
+    /// A refused read of a changelog, for the restore to answer: librdkafka
+    /// reports it on the partition's own queue, and the batch call the
+    /// restore reads with (`restore/queue.rs`) hands such errors to this
+    /// callback instead of returning them.
+    refused: std::sync::Mutex<Option<KafkaError>>,
+}
+
+impl RestoreContext {
+    /// The refusal reported since the last call, if any.
+    pub fn take_refusal(&self) -> Option<KafkaError> {
+        self.refused.lock().ok()?.take()
+    }
+}
 
 impl ClientContext for RestoreContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -89,6 +103,11 @@ impl ClientContext for RestoreContext {
             tracing::debug!(client = "restore", error = %error, reason, "restore group not authorized (not needed)");
         } else if !is_end_of_partition(&error) {
             super::repeats::client_error("restore", &error, reason);
+            if crate::kafka::acls::authorization_code(&error).is_some() {
+                if let Ok(mut refused) = self.refused.lock() {
+                    *refused = Some(error);
+                }
+            }
         }
     }
 }
@@ -115,7 +134,7 @@ pub(super) fn create_restorer(shared: &Shared) -> Result<BaseConsumer<RestoreCon
         .set("queued.max.messages.kbytes", "16384")
         .set_log_level(super::librdkafka_log_level());
     config
-        .create_with_context(RestoreContext)
+        .create_with_context(RestoreContext::default())
         .map_err(|e| RunError::kafka("create the restore consumer", e))
 }
 

@@ -93,7 +93,7 @@ impl Publisher {
             .set("group.id", format!("{app_id}-restore"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .create_with_context(RestoreContext)
+            .create_with_context(RestoreContext::default())
             .map_err(|e| RunError::kafka("create the directory consumer", e))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, 0, Offset::Beginning)

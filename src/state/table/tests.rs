@@ -368,3 +368,34 @@ fn a_reopened_store_larger_than_the_cache_is_read_key_by_key() {
     assert_eq!(table.get(&backend, b"k000003").unwrap(), Some(&3));
     assert_eq!(backend.visited.get(), 51);
 }
+
+/// A sweep as the first access loads the store too, and judges its entries.
+#[test]
+fn a_reopened_table_swept_first_deletes_the_expired_stored_entries() {
+    let (mut backend, store) = Counting::with_keys(50);
+    let mut table: Table<u64> = Table::new(store, "t", 50, false);
+    table.sweep(&backend, |v| *v >= 25).unwrap();
+    let mut batch = WriteBatch::default();
+    assert_eq!(table.commit(&mut batch).unwrap(), Committed::All);
+    assert_eq!(batch.len(), 25);
+    backend.write(&batch).unwrap();
+    assert_eq!(table.get(&backend, b"k000001").unwrap(), None);
+    assert_eq!(table.get(&backend, b"k000030").unwrap(), Some(&30));
+    assert_eq!(backend.gets.get(), 0, "complete: no read");
+}
+
+/// A loaded table that grows past its capacity is emptied at the commit, as
+/// any other, and reads the store again.
+#[test]
+fn a_loaded_table_that_outgrows_the_cache_reads_the_store_again() {
+    let (mut backend, store) = Counting::with_keys(50);
+    let mut table: Table<u64> = Table::new(store, "t", 50, false);
+    *table.get_mut(&backend, b"new").unwrap() = Some(99);
+    let mut batch = WriteBatch::default();
+    assert_eq!(table.commit(&mut batch).unwrap(), Committed::All);
+    backend.write(&batch).unwrap();
+    assert_eq!(table.cached(), 0, "over capacity: emptied");
+    assert_eq!(table.get(&backend, b"k000010").unwrap(), Some(&10));
+    assert_eq!(table.get(&backend, b"new").unwrap(), Some(&99));
+    assert_eq!(backend.gets.get(), 2, "each read from the store again");
+}

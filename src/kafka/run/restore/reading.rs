@@ -120,6 +120,8 @@ pub(super) fn read_all(
     if readings.is_empty() {
         return Ok(Vec::new());
     }
+    // A refusal reported before this restore is not about its reads.
+    let _ = env.restorer.context().take_refusal();
     // Split before the assignment: no record may reach the restorer's queue.
     let queues = readings
         .iter()
@@ -274,6 +276,9 @@ impl Reader<'_, '_> {
         // No partition of the restorer reaches its own queue: only errors.
         if let Some(Err(e)) = env.restorer.poll(IDLE_WAIT) {
             waiting.answer(e, self.clock.idle())?;
+        }
+        if let Some(refused) = env.restorer.context().take_refusal() {
+            waiting.answer(refused, self.clock.idle())?;
         }
         let idle = self.clock.idle();
         if idle > RESTORE_PATIENCE {
