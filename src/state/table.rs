@@ -110,11 +110,10 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     /// good: every miss a backend read and every sweep a walk of the store,
     /// which took a live run's CPU per event from about 6 to 11 s per
     /// 1,000,000 events after a rebalance. A larger store costs one look at
-    /// `capacity + 1` entries, once, without decoding them.
+    /// `capacity + 1` entries, once, without decoding them. Called once,
+    /// at the first access (`load_pending`; the table is incomplete then).
     fn load_if_it_fits(&mut self, backend: &dyn StateBackend) -> Result<(), StateError> {
-        if !std::mem::take(&mut self.load_pending) || self.complete {
-            return Ok(());
-        }
+        self.load_pending = false;
         let capacity = self.capacity;
         let mut stored = 0;
         backend.scan_after(self.store, None, &mut |_, _| {
