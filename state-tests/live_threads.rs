@@ -72,6 +72,16 @@ fn two_threads_share_the_tasks_and_commit_what_replay_gives() {
             "thread {k} should log in its span:\n{log}"
         );
     }
+    // The test broker gathers no joins (group.initial.rebalance.delay.ms=0),
+    // so a thread that joined first would be given every task, and half of
+    // them would move on when the other joined: each opened (restored) twice.
+    for task in 0..4 {
+        assert_eq!(
+            restoring_threads(&log, task).len(),
+            1,
+            "task {task} should be opened once, by the thread it stays with:\n{log}"
+        );
+    }
 }
 
 #[test]

@@ -52,7 +52,7 @@ pub struct RunArgs {
     max_value_bytes: usize,
     /// One budget for the input records buffered by all tasks, in bytes:
     /// each input partition may buffer its share, then its fetching pauses.
-    #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_buffer_bytes: u64,
     /// Processing threads (Kafka Streams' num.stream.threads): each is a
     /// member of the group with its own transactional producer, and the

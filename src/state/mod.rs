@@ -18,6 +18,7 @@ mod table;
 use std::path::PathBuf;
 
 pub use batch::{Change, WriteBatch};
+pub(crate) use key::Key;
 pub use memory::MemoryBackend;
 pub use rocks::{RocksBackend, SharedMemory};
 pub(crate) use table::Stored;

@@ -326,8 +326,9 @@ impl Bench {
                 )?;
                 let rate = stats.processed as f64 / (stats.active_ms.max(1) as f64 / 1000.0);
                 eprintln!(
-                    "{guarantee} run {run}: {} events in {} ms: {rate:.0} ev/s, {:.1} CPU-s, {} commits, {} rebalances, {} restored records, peak RSS {peak:.1} MiB",
-                    stats.processed, stats.active_ms, stats.cpu_seconds, stats.commits, stats.rebalances, stats.restored_records
+                    "{guarantee} run {run}: {} events in {} ms: {rate:.0} ev/s, {:.1} CPU-s, {} commits, {} rebalances, {} restored records, input buffered at most {:.1} MiB, peak RSS {peak:.1} MiB",
+                    stats.processed, stats.active_ms, stats.cpu_seconds, stats.commits, stats.rebalances, stats.restored_records,
+                    stats.max_buffered_bytes as f64 / 1_048_576.0
                 );
                 if stats.processed < args.events {
                     bail!(
@@ -441,6 +442,9 @@ pub(super) struct Stats {
     pub(super) commit_ms_p50: f64,
     #[serde(default)]
     pub(super) commit_ms_p99: f64,
+    /// The most input the run's tasks buffered at once.
+    #[serde(default)]
+    pub(super) max_buffered_bytes: u64,
 }
 
 /// The throughput runs' figures, one value per run.

@@ -5,6 +5,7 @@
 //! place in the sequence. The whole queue is kept in memory (it holds one entry
 //! per key with pending work) and written back to its store on commit.
 
+mod dary;
 mod runs;
 
 use std::hash::BuildHasher;
@@ -12,7 +13,9 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 use runs::{Queued, Runs};
 
-use crate::state::{show_key, Committed, StateBackend, StateError, StoreId, Stored, WriteBatch};
+use crate::state::{
+    show_key, Committed, Key, StateBackend, StateError, StoreId, Stored, WriteBatch,
+};
 
 /// One (operator, key) with a timer now or since the last commit. A
 /// cancelled or fired timer keeps its slot (with no deadline) until the
@@ -20,8 +23,9 @@ use crate::state::{show_key, Committed, StateBackend, StateError, StoreId, Store
 #[derive(Debug)]
 struct Slot {
     op: usize,
-    /// Kept when the slot is freed, so that the next key reuses its memory.
-    key: Vec<u8>,
+    /// Inline when short (most keys): a lookup that finds the slot reads no
+    /// other memory.
+    key: Key,
     hash: u64,
     /// (deadline, arming sequence) of the armed timer.
     at: Option<(u64, u64)>,
@@ -72,7 +76,7 @@ impl TimerQueue {
         self.index
             .find(hash, |&id| {
                 let s = &slots[id as usize];
-                s.op == op && s.key == key
+                s.hash == hash && s.op == op && s.key.as_slice() == key
             })
             .copied()
     }
@@ -85,7 +89,7 @@ impl TimerQueue {
         let hash = self.hash(op, key);
         let fresh = Slot {
             op,
-            key: Vec::new(),
+            key: Key::from(key),
             hash,
             at: None,
             dirty: false,
@@ -93,13 +97,7 @@ impl TimerQueue {
         };
         let id = match self.free.pop() {
             Some(id) => {
-                let slot = &mut self.slots[id as usize];
-                let mut reused = std::mem::take(&mut slot.key);
-                reused.clear();
-                *slot = Slot {
-                    key: reused,
-                    ..fresh
-                };
+                self.slots[id as usize] = fresh;
                 id
             }
             None => {
@@ -107,7 +105,6 @@ impl TimerQueue {
                 u32::try_from(self.slots.len() - 1).expect("fewer than 4 billion timer keys")
             }
         };
-        self.slots[id as usize].key.extend_from_slice(key);
         let slots = &self.slots;
         self.index
             .insert_unique(hash, id, |&i| slots[i as usize].hash);
@@ -188,7 +185,7 @@ impl TimerQueue {
         let slot = &mut self.slots[first.slot as usize];
         slot.at = None;
         key.clear();
-        key.extend_from_slice(&slot.key);
+        key.extend_from_slice(slot.key.as_slice());
         let op = slot.op;
         self.armed -= 1;
         self.mark_dirty(first.slot);
@@ -253,7 +250,7 @@ impl TimerQueue {
             written += 1;
             let slot = &mut self.slots[id as usize];
             slot.dirty = false;
-            encode_key_into(&mut raw_key, &ops[slot.op], &slot.key);
+            encode_key_into(&mut raw_key, &ops[slot.op], slot.key.as_slice());
             match slot.at {
                 Some(at) => {
                     batch.put_encoded(store, &raw_key, &at).map_err(|cause| {

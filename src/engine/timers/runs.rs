@@ -7,11 +7,13 @@
 //! delay. Such an entry goes at the end of a run that is already in order;
 //! taking the smallest is a look at the front of each run. A binary heap of
 //! tens of thousands of entries paid a cache miss at every level of every
-//! push and pop. Entries that fit no run (fewer than [`MAX_RUNS`] delays at
-//! work) go to a heap, which takes any order.
+//! push and pop. Entries that fit no run (more than [`MAX_RUNS`] delays at
+//! work, or deadlines that vary per key, as a throttle's do) go to a heap,
+//! which takes any order.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
+
+use super::dary::DaryHeap;
 
 /// A place in the order: the deadline, then the arming sequence (unique),
 /// then the slot the entry stands for.
@@ -29,7 +31,7 @@ const MAX_RUNS: usize = 8;
 pub(super) struct Runs {
     /// Each in ascending order.
     runs: Vec<VecDeque<Queued>>,
-    heap: BinaryHeap<Reverse<Queued>>,
+    heap: DaryHeap,
     len: usize,
     /// The smallest entry and where it is, kept up to date.
     first: Option<(Queued, Front)>,
@@ -70,7 +72,7 @@ impl Runs {
                 Front::Run(self.runs.len() - 1)
             }
             None => {
-                self.heap.push(Reverse(q));
+                self.heap.push(q);
                 Front::Heap
             }
         };
@@ -81,7 +83,7 @@ impl Runs {
 
     /// Finds the smallest entry: the front of a run or the top of the heap.
     fn find_first(&self) -> Option<(Queued, Front)> {
-        let mut best = self.heap.peek().map(|Reverse(q)| (*q, Front::Heap));
+        let mut best = self.heap.peek().map(|q| (*q, Front::Heap));
         for (i, run) in self.runs.iter().enumerate() {
             if let Some(&q) = run.front() {
                 if best.is_none_or(|(b, _)| q < b) {
@@ -118,7 +120,7 @@ impl Runs {
         for run in &mut self.runs {
             run.retain(|q| keep(q));
         }
-        self.heap.retain(|Reverse(q)| keep(q));
+        self.heap.retain(&mut keep);
         self.len = self.runs.iter().map(VecDeque::len).sum::<usize>() + self.heap.len();
         self.first = self.find_first();
     }
@@ -126,6 +128,9 @@ impl Runs {
 
 #[cfg(test)]
 mod tests {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
     use super::*;
     use proptest::prelude::*;
 

@@ -98,6 +98,12 @@ pub(super) struct Inner {
     pub(super) committed: BTreeMap<(String, i32), i64>,
     /// Repartitioned input partitions not yet read to their end.
     pub(super) raw_waiting: HashSet<(String, i32)>,
+    /// Partitions paused when they were assigned because the instance's
+    /// other threads had not joined the group yet: their records would be
+    /// fetched only to be dropped at the rebalance that the next join
+    /// brings. Resumed once the wait is over, or at a revocation
+    /// (librdkafka keeps a partition paused across assignments).
+    pub(super) held_for_siblings: Vec<(String, i32)>,
     /// An error raised inside a callback, surfaced by the loop.
     pub(super) failure: Option<RunError>,
     pub(super) counts: OutputCounts,
@@ -121,7 +127,16 @@ pub(super) struct Inner {
 pub struct Runtime {
     shared: Arc<Shared>,
     consumer: Arc<BaseConsumer<RunContext>>,
+    /// When this thread subscribed: it waits for its siblings to join the
+    /// group from then on, for at most [`JOIN_WAIT`].
+    subscribed: Instant,
 }
+
+/// How long a thread waits for the instance's other threads to join the
+/// group before it opens the tasks it was assigned (see
+/// [`super::threads::Board::all_joined`]). A sibling that takes longer
+/// (its clients slow to start) only costs a rebalance, as before.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
 
 /// What became of a batch of fetched records.
 #[derive(Debug, PartialEq, Eq)]
@@ -165,6 +180,7 @@ impl Runtime {
             committed: BTreeMap::new(),
             raw_dirty: false,
             raw_waiting: HashSet::new(),
+            held_for_siblings: Vec::new(),
             failure: None,
             counts: OutputCounts::default(),
             txn_counts: Default::default(),
@@ -178,10 +194,15 @@ impl Runtime {
         inner.start_state_query();
         *consumer.context().lock() = Some(inner);
         let topics = shared.plan.subscriptions();
+        shared.board.subscribe_together(shared.thread, JOIN_WAIT);
         consumer
             .subscribe(&topics)
             .map_err(|e| RunError::kafka("subscribe to the input topics", e))?;
-        Ok(Runtime { shared, consumer })
+        Ok(Runtime {
+            shared,
+            consumer,
+            subscribed: Instant::now(),
+        })
     }
 
     /// The loop; returns when a stop is asked for, when idle long enough, or on an
@@ -198,13 +219,22 @@ impl Runtime {
         let mut last_activity = Instant::now();
         let mut next_report = Instant::now() + PROGRESS_EVERY;
         let mut busy = false;
+        let mut held: Vec<Stray> = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             // Idle: wait for input, but not past the next commit's due time.
             let wait = match busy {
                 true => Duration::ZERO,
                 false => IDLE_POLL.min(next_commit.saturating_duration_since(Instant::now())),
             };
-            let mut stray = self.poll_main(wait)?;
+            let mut stray = std::mem::take(&mut held);
+            stray.extend(self.poll_main(wait)?);
+            if self.siblings_joining() {
+                // Nothing is opened, fetched or forwarded yet; records that
+                // reached the main queue wait for their tasks.
+                held = stray;
+                last_activity = Instant::now();
+                continue;
+            }
             self.open_assigned(&mut stray)?;
             let mut guard = self.consumer.context().lock();
             let inner = guard
@@ -248,6 +278,12 @@ impl Runtime {
         Ok(())
     }
 
+    /// Whether this thread still waits for the instance's other threads to
+    /// join the group before it opens its tasks (at most [`JOIN_WAIT`]).
+    fn siblings_joining(&self) -> bool {
+        !self.shared.board.all_joined() && self.subscribed.elapsed() < JOIN_WAIT
+    }
+
     /// Opens the tasks of newly assigned partitions. Restores run without
     /// the run state's lock and keep polling the consumer, so that a restore
     /// longer than `max.poll.interval.ms` keeps the member in the group; a
@@ -259,6 +295,7 @@ impl Runtime {
             let inner = guard
                 .as_mut()
                 .ok_or_else(|| RunError::Setup("run state gone".into()))?;
+            inner.resume_held_for_siblings(&self.consumer);
             inner.take_assignment(&self.consumer)?
         };
         let Some(opening) = opening else {

@@ -130,7 +130,7 @@ impl ConsumerContext for RunContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
@@ -144,13 +144,14 @@ impl ConsumerContext for RunContext {
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
         tracing::info!(partitions = partitions.len(), "partitions assigned");
+        inner.shared.board.joined(inner.shared.thread);
         // Tests widen the moment in which fetched records reach the main
         // queue before their partition's queue is split off.
         crate::fault::reached("rebalance.before-split");
         // Split before returning to the poll loop: the fetcher starts now.
-        if let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) {
+        if let Some(owned) = self.consumer.get().and_then(Weak::upgrade) {
             for (topic, partition) in &partitions {
-                if let Some(queue) = consumer.split_partition_queue(topic, *partition) {
+                if let Some(queue) = owned.split_partition_queue(topic, *partition) {
                     inner.queues.push(SplitQueue {
                         topic: topic.clone(),
                         partition: *partition,
@@ -163,6 +164,9 @@ impl ConsumerContext for RunContext {
             if inner.shared.plan.repartition_of(topic).is_some() {
                 inner.raw_waiting.insert((topic.clone(), *partition));
             }
+        }
+        if !inner.shared.board.all_joined() {
+            inner.hold_for_siblings(consumer, &partitions);
         }
         inner.assigned = Some(partitions);
     }
@@ -355,6 +359,7 @@ impl Inner {
     /// a resume right after a seek can make librdkafka ignore the seek
     /// (librdkafka#2190).
     pub(super) fn resume_paused(&mut self, consumer: &BaseConsumer<RunContext>) {
+        self.resume_held_for_siblings(consumer);
         let mut tpl = TopicPartitionList::new();
         for task in self.tasks.values() {
             for q in task.queues.iter().filter(|q| q.paused) {
@@ -371,6 +376,39 @@ impl Inner {
                 .flat_map(|t| t.queues.iter_mut())
                 .for_each(|q| q.paused = false),
             Err(e) => tracing::warn!(error = %e, "cannot resume the paused partitions"),
+        }
+    }
+
+    /// Pauses newly assigned partitions while the instance's other threads
+    /// join the group (see [`Inner::held_for_siblings`]).
+    fn hold_for_siblings(
+        &mut self,
+        consumer: &BaseConsumer<RunContext>,
+        partitions: &[(String, i32)],
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            tpl.add_partition(topic, *partition);
+        }
+        match consumer.pause(&tpl) {
+            Ok(()) => self.held_for_siblings = partitions.to_vec(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pause the partitions assigned before the other threads joined")
+            }
+        }
+    }
+
+    /// Resumes what [`Inner::hold_for_siblings`] paused, if anything.
+    pub(super) fn resume_held_for_siblings(&mut self, consumer: &BaseConsumer<RunContext>) {
+        if self.held_for_siblings.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in self.held_for_siblings.drain(..) {
+            tpl.add_partition(&topic, partition);
+        }
+        if let Err(e) = consumer.resume(&tpl) {
+            tracing::warn!(error = %e, "cannot resume the partitions held for the other threads");
         }
     }
 

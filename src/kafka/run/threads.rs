@@ -15,8 +15,8 @@
 //! and restores only what its changelogs hold beyond it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use super::consumer::{Inner, Runtime, Shared};
 use super::{RunError, RunSummary};
@@ -30,12 +30,17 @@ pub fn member_name(instance: &str, k: usize) -> String {
     }
 }
 
-/// What one thread tells the others: whether it is ready and why not, and
-/// whether it has nothing left to do (`--exit-after-idle`).
+/// What one thread tells the others: whether it is ready and why not,
+/// whether it has joined the group yet, and whether it has nothing left to
+/// do (`--exit-after-idle`).
 #[derive(Debug, Clone)]
 struct Seat {
     ready: bool,
     reason: String,
+    /// It is about to subscribe (its clients are up).
+    subscribing: bool,
+    /// The group gave it an assignment (maybe an empty one) at least once.
+    joined: bool,
     idle: Idle,
 }
 
@@ -55,6 +60,8 @@ pub enum Idle {
 /// has tasks, so that no thread leaves the group while another still works).
 pub struct Board {
     seats: Mutex<Vec<Seat>>,
+    /// Signalled when a thread is about to subscribe.
+    subscribers: Condvar,
     health: Arc<crate::telemetry::Health>,
     exit: AtomicBool,
 }
@@ -64,11 +71,14 @@ impl Board {
         let seat = Seat {
             ready: false,
             reason: "joining the consumer group".into(),
+            subscribing: false,
+            joined: false,
             idle: Idle::Busy,
         };
         health.set_unready(seat.reason.clone());
         Board {
             seats: Mutex::new(vec![seat; threads.max(1)]),
+            subscribers: Condvar::new(),
             health,
             exit: AtomicBool::new(false),
         }
@@ -98,6 +108,49 @@ impl Board {
                 }
             }
         }
+    }
+
+    /// Thread `k` is about to subscribe: waits, at most `limit`, until every
+    /// thread is, so that their requests to join the group reach the
+    /// coordinator together and the group's first assignment is more often
+    /// one for all of them (threads whose clients start at different speeds
+    /// otherwise join one after the other, each join a rebalance, the next
+    /// seen only at a heartbeat a second later).
+    pub fn subscribe_together(&self, k: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut seats = self.seats();
+        if let Some(seat) = seats.get_mut(k) {
+            seat.subscribing = true;
+        }
+        self.subscribers.notify_all();
+        while !seats.iter().all(|s| s.subscribing) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            seats = match self.subscribers.wait_timeout(seats, left) {
+                Ok((seats, _)) => seats,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Thread `k` got an assignment from the group (an empty one counts).
+    pub fn joined(&self, k: usize) {
+        if let Some(seat) = self.seats().get_mut(k) {
+            seat.joined = true;
+        }
+    }
+
+    /// Whether every thread has joined the group. Until then a thread opens
+    /// no task: the group's first assignment goes to the threads that
+    /// joined first, and each later one takes tasks away again, tasks that
+    /// were restored (and loaded) for nothing. A broker's
+    /// `group.initial.rebalance.delay.ms` (3 s by default) usually gathers
+    /// an instance's threads into one first assignment; without it (the
+    /// test broker sets 0) the threads join one after the other.
+    pub fn all_joined(&self) -> bool {
+        self.seats().iter().all(|s| s.joined)
     }
 
     /// Thread `k`'s idle state; true once the instance may exit, after which
@@ -289,6 +342,42 @@ mod tests {
         assert!(!b.health.is_ready());
         b.set_ready(1, true, "");
         assert!(b.health.is_ready());
+    }
+
+    #[test]
+    fn the_threads_have_joined_once_each_has_had_an_assignment() {
+        let b = board(2);
+        assert!(!b.all_joined());
+        b.joined(1);
+        assert!(!b.all_joined(), "thread 0 has not joined");
+        b.joined(0);
+        assert!(b.all_joined());
+        b.joined(0);
+        assert!(b.all_joined(), "joining again changes nothing");
+        let alone = board(1);
+        alone.joined(0);
+        assert!(alone.all_joined());
+    }
+
+    #[test]
+    fn threads_subscribe_together_or_after_the_limit() {
+        let b = Arc::new(board(2));
+        let other = Arc::clone(&b);
+        let started = Instant::now();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            other.subscribe_together(1, Duration::from_secs(30));
+        });
+        b.subscribe_together(0, Duration::from_secs(30));
+        let waited = started.elapsed();
+        late.join().unwrap();
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        assert!(waited < Duration::from_secs(10), "{waited:?}");
+
+        let alone = board(2);
+        let started = Instant::now();
+        alone.subscribe_together(0, Duration::from_millis(100));
+        assert!(started.elapsed() >= Duration::from_millis(100));
     }
 
     #[test]
