@@ -194,10 +194,16 @@ impl Runtime {
         inner.start_state_query();
         *consumer.context().lock() = Some(inner);
         let topics = shared.plan.subscriptions();
-        shared.board.subscribe_together(shared.thread, JOIN_WAIT);
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| RunError::kafka("subscribe to the input topics", e))?;
+        shared
+            .board
+            .subscribe_together(shared.thread, JOIN_WAIT, &shared.stop);
+        // A sibling failed meanwhile: joining only to leave at once would
+        // cost the group's other members two rebalances.
+        if !shared.stop.load(Ordering::SeqCst) {
+            consumer
+                .subscribe(&topics)
+                .map_err(|e| RunError::kafka("subscribe to the input topics", e))?;
+        }
         Ok(Runtime {
             shared,
             consumer,
@@ -220,6 +226,7 @@ impl Runtime {
         let mut next_report = Instant::now() + PROGRESS_EVERY;
         let mut busy = false;
         let mut held: Vec<Stray> = Vec::new();
+        let mut joining = true;
         while !stop.load(Ordering::Relaxed) {
             // Idle: wait for input, but not past the next commit's due time.
             let wait = match busy {
@@ -228,11 +235,13 @@ impl Runtime {
             };
             let mut stray = std::mem::take(&mut held);
             stray.extend(self.poll_main(wait)?);
-            if self.siblings_joining() {
-                // Nothing is opened, fetched or forwarded yet; records that
-                // reached the main queue wait for their tasks.
+            joining = joining && self.siblings_joining();
+            if joining {
+                // Nothing is opened, fetched, forwarded or committed yet;
+                // records that reached the main queue wait for their tasks.
                 held = stray;
                 last_activity = Instant::now();
+                next_commit = Instant::now() + interval;
                 continue;
             }
             self.open_assigned(&mut stray)?;
@@ -281,7 +290,8 @@ impl Runtime {
     /// Whether this thread still waits for the instance's other threads to
     /// join the group before it opens its tasks (at most [`JOIN_WAIT`]).
     fn siblings_joining(&self) -> bool {
-        !self.shared.board.all_joined() && self.subscribed.elapsed() < JOIN_WAIT
+        self.subscribed.elapsed() < JOIN_WAIT
+            && !self.shared.board.others_joined(self.shared.thread)
     }
 
     /// Opens the tasks of newly assigned partitions. Restores run without

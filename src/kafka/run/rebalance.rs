@@ -391,7 +391,13 @@ impl Inner {
             tpl.add_partition(topic, *partition);
         }
         match consumer.pause(&tpl) {
-            Ok(()) => self.held_for_siblings = partitions.to_vec(),
+            Ok(()) => {
+                // Added to, not replaced: an assignment that ended without
+                // a revocation (a rebalance error) may have left some.
+                self.held_for_siblings.extend_from_slice(partitions);
+                self.held_for_siblings.sort_unstable();
+                self.held_for_siblings.dedup();
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot pause the partitions assigned before the other threads joined")
             }
@@ -404,11 +410,15 @@ impl Inner {
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in self.held_for_siblings.drain(..) {
-            tpl.add_partition(&topic, partition);
+        for (topic, partition) in &self.held_for_siblings {
+            tpl.add_partition(topic, *partition);
         }
-        if let Err(e) = consumer.resume(&tpl) {
-            tracing::warn!(error = %e, "cannot resume the partitions held for the other threads");
+        // Kept on a failure: the next call tries again.
+        match consumer.resume(&tpl) {
+            Ok(()) => self.held_for_siblings.clear(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot resume the partitions held for the other threads")
+            }
         }
     }
 

@@ -116,19 +116,22 @@ impl Board {
     /// one for all of them (threads whose clients start at different speeds
     /// otherwise join one after the other, each join a rebalance, the next
     /// seen only at a heartbeat a second later).
-    pub fn subscribe_together(&self, k: usize, limit: Duration) {
+    /// A stop (a sibling failed before it got there) ends the wait too.
+    pub fn subscribe_together(&self, k: usize, limit: Duration, stop: &AtomicBool) {
         let deadline = Instant::now() + limit;
         let mut seats = self.seats();
         if let Some(seat) = seats.get_mut(k) {
             seat.subscribing = true;
         }
         self.subscribers.notify_all();
-        while !seats.iter().all(|s| s.subscribing) {
+        while !seats.iter().all(|s| s.subscribing) && !stop.load(Ordering::SeqCst) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
             }
-            seats = match self.subscribers.wait_timeout(seats, left) {
+            // In slices: a stop is not signalled on the condition variable.
+            let slice = left.min(Duration::from_millis(50));
+            seats = match self.subscribers.wait_timeout(seats, slice) {
                 Ok((seats, _)) => seats,
                 Err(poisoned) => poisoned.into_inner().0,
             };
@@ -151,6 +154,15 @@ impl Board {
     /// test broker sets 0) the threads join one after the other.
     pub fn all_joined(&self) -> bool {
         self.seats().iter().all(|s| s.joined)
+    }
+
+    /// Whether every thread but `k` has joined the group (true for an
+    /// instance of one thread).
+    pub fn others_joined(&self, k: usize) -> bool {
+        self.seats()
+            .iter()
+            .enumerate()
+            .all(|(i, s)| i == k || s.joined)
     }
 
     /// Thread `k`'s idle state; true once the instance may exit, after which
@@ -350,11 +362,14 @@ mod tests {
         assert!(!b.all_joined());
         b.joined(1);
         assert!(!b.all_joined(), "thread 0 has not joined");
+        assert!(b.others_joined(0), "thread 1 has");
+        assert!(!b.others_joined(1));
         b.joined(0);
         assert!(b.all_joined());
         b.joined(0);
         assert!(b.all_joined(), "joining again changes nothing");
         let alone = board(1);
+        assert!(alone.others_joined(0), "no other thread to wait for");
         alone.joined(0);
         assert!(alone.all_joined());
     }
@@ -366,9 +381,9 @@ mod tests {
         let started = Instant::now();
         let late = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
-            other.subscribe_together(1, Duration::from_secs(30));
+            other.subscribe_together(1, Duration::from_secs(30), &AtomicBool::new(false));
         });
-        b.subscribe_together(0, Duration::from_secs(30));
+        b.subscribe_together(0, Duration::from_secs(30), &AtomicBool::new(false));
         let waited = started.elapsed();
         late.join().unwrap();
         assert!(waited >= Duration::from_millis(200), "{waited:?}");
@@ -376,8 +391,16 @@ mod tests {
 
         let alone = board(2);
         let started = Instant::now();
-        alone.subscribe_together(0, Duration::from_millis(100));
+        alone.subscribe_together(0, Duration::from_millis(100), &AtomicBool::new(false));
         assert!(started.elapsed() >= Duration::from_millis(100));
+
+        let stopped = board(2);
+        let started = Instant::now();
+        stopped.subscribe_together(0, Duration::from_secs(30), &AtomicBool::new(true));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a stop ends the wait"
+        );
     }
 
     #[test]
