@@ -20,6 +20,7 @@ mod clients;
 mod consumer;
 pub mod directory;
 mod input;
+mod intake;
 pub mod metrics;
 mod observe;
 pub mod output;
