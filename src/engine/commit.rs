@@ -122,7 +122,22 @@ impl Engine {
     /// [`EngineOptions::scratch_commit_part_bytes`](super::EngineOptions::scratch_commit_part_bytes)
     /// (a table or the timers stop there and go on after it): the batch never
     /// holds a whole commit, and the commit is not atomic.
+    ///
+    /// Its tables also keep their changes in their caches while those hold
+    /// the whole store (see [`WriteBatch::set_keep_cached`]): a replay whose
+    /// state fits them writes no operator state at all.
+    /// [`Engine::into_backend`] writes it.
     pub fn commit(&mut self) -> Result<(), EngineError> {
+        self.commit_keeping_cached(true)
+    }
+
+    /// Commits every change, scratch state's cached ones too: for a caller
+    /// that reads the backend next (tests count stored entries so).
+    pub fn commit_all(&mut self) -> Result<(), EngineError> {
+        self.commit_keeping_cached(false)
+    }
+
+    fn commit_keeping_cached(&mut self, keep_cached: bool) -> Result<(), EngineError> {
         if !self.backend.is_scratch() {
             let changes = self.prepare_commit()?;
             return self.apply_commit(changes);
@@ -130,6 +145,7 @@ impl Engine {
         let mut batch = std::mem::take(&mut self.spare_batch);
         batch.clear();
         batch.set_limit(Some(self.scratch_part_bytes));
+        batch.set_keep_cached(keep_cached);
         self.collect_changes(&mut batch, &mut |backend, part| {
             backend.write(part)?;
             part.clear();
@@ -151,6 +167,7 @@ impl Engine {
         let mut batch = std::mem::take(&mut self.spare_batch);
         batch.clear();
         batch.set_limit(None);
+        batch.set_keep_cached(false);
         self.collect_changes(&mut batch, &mut |_, _| Ok(()))?;
         Ok(Changes {
             batch,
@@ -212,15 +229,19 @@ impl Engine {
             .map(|(store, key, change)| (self.backend.store_name(store), key, change.value()))
     }
 
-    /// Commits and makes the state durable.
-    pub fn close(self) -> Result<(), EngineError> {
-        self.into_backend().map(drop)
+    /// Commits and makes the state durable. Scratch state is read by
+    /// nothing after this, so what its caches kept stays unwritten.
+    pub fn close(mut self) -> Result<(), EngineError> {
+        self.commit()?;
+        self.backend.sync()?;
+        Ok(())
     }
 
-    /// Commits, makes the state durable and hands the backend back, so that
-    /// another engine can continue from it (tests split runs this way).
+    /// Commits every change, makes the state durable and hands the backend
+    /// back, so that another engine can continue from it (tests split runs
+    /// this way).
     pub fn into_backend(mut self) -> Result<Box<dyn StateBackend>, EngineError> {
-        self.commit()?;
+        self.commit_all()?;
         self.backend.sync()?;
         Ok(self.backend)
     }

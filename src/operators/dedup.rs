@@ -233,6 +233,23 @@ mod tests {
     }
 
     #[test]
+    fn scratch_state_that_fits_the_cache_stays_there_until_written() {
+        let mut h = Harness::with_cache(&topology(false), 1_000).keeping_cached();
+        for i in 0..50 {
+            h.push(i, image(&format!("s{i}"), Some("v1")));
+        }
+        assert_eq!(h.committed("d"), 0, "every change kept in the cache");
+        assert!(
+            h.push(60, image("s7", Some("v1"))).is_empty(),
+            "a duplicate"
+        );
+        assert_eq!(h.stored("d"), 50, "all written when asked");
+        h.advance(10_060);
+        assert_eq!(h.committed("d"), 50, "expired, but the deletions are kept");
+        assert_eq!(h.stored("d"), 0, "and written when asked");
+    }
+
+    #[test]
     fn entries_only_in_the_store_are_purged_too() {
         // A cache of 2 entries: almost everything lives only in the store.
         let mut h = Harness::new(&topology(false));

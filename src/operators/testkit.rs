@@ -57,6 +57,9 @@ impl Output for Collect {
 pub struct Harness {
     engine: Engine,
     out: Collect,
+    /// Whether each record's commit writes every change (the default), or
+    /// lets complete caches keep them as replay's commits do.
+    write_every_commit: bool,
 }
 
 fn full_topology(operators: &str) -> String {
@@ -93,7 +96,14 @@ impl Harness {
         Harness {
             engine,
             out: Collect::default(),
+            write_every_commit: true,
         }
+    }
+
+    /// Commits as replay does: complete caches keep their changes.
+    pub fn keeping_cached(mut self) -> Self {
+        self.write_every_commit = false;
+        self
     }
 
     /// The validation errors of a topology made of `operators`.
@@ -106,7 +116,8 @@ impl Harness {
 
     /// Processes `payload` at `ts` and returns what reached the sink meanwhile
     /// (timers due before `ts` included). State is committed after each record
-    /// so that every step also round-trips through the backend.
+    /// so that every step also round-trips through the backend (unless
+    /// [`Harness::keeping_cached`]).
     pub fn push(&mut self, ts: u64, payload: Payload) -> Vec<Record> {
         let topic = match payload {
             Payload::Alert(_) => "alert-events",
@@ -125,7 +136,11 @@ impl Harness {
         self.engine
             .process(input, ts, &mut self.out)
             .expect("processing succeeds");
-        self.engine.commit().expect("commit succeeds");
+        if self.write_every_commit {
+            self.engine.commit_all().expect("commit succeeds");
+        } else {
+            self.engine.commit().expect("commit succeeds");
+        }
         std::mem::take(&mut self.out.records)
     }
 
@@ -156,9 +171,17 @@ impl Harness {
             .sum()
     }
 
+    /// Entries in operator `op`'s store after a commit as replay makes it.
+    pub fn committed(&mut self, op: &str) -> usize {
+        self.engine.commit().expect("commit succeeds");
+        self.engine
+            .stored_entries(op)
+            .expect("the store can be scanned")
+    }
+
     /// Entries in operator `op`'s store once everything is committed.
     pub fn stored(&mut self, op: &str) -> usize {
-        self.engine.commit().expect("commit succeeds");
+        self.engine.commit_all().expect("commit succeeds");
         self.engine
             .stored_entries(op)
             .expect("the store can be scanned")

@@ -75,11 +75,12 @@ fn is_domain(d: &str) -> bool {
 }
 
 fn is_repository(name: &str) -> bool {
-    let mut parts = name.split('/');
-    let first = parts.next().unwrap_or("");
-    let rest: Vec<&str> = parts.collect();
-    let rest_ok = rest.iter().all(|c| is_path_component(c));
-    rest_ok && (is_path_component(first) || (!rest.is_empty() && is_domain(first)))
+    match name.split_once('/') {
+        None => is_path_component(name),
+        Some((first, rest)) => {
+            rest.split('/').all(is_path_component) && (is_path_component(first) || is_domain(first))
+        }
+    }
 }
 
 /// Checks a repository name such as `registry.example.com:5000/team/app`.

@@ -311,12 +311,13 @@ impl<'de, const N: usize> Visitor<'de> for StringFields<N> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut values: [Option<String>; N] = std::array::from_fn(|_| None);
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match self.names.iter().position(|n| *n == key) {
+        let names = self.names;
+        while let Some(field) = map.next_key_seed(FieldIndex { names })? {
+            match field {
                 Some(i) => {
                     values[i] = map
                         .next_value::<Option<String>>()
-                        .map_err(|e| de::Error::custom(format!("{key}: {e}")))?;
+                        .map_err(|e| de::Error::custom(format!("{}: {e}", names[i])))?;
                 }
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -324,6 +325,35 @@ impl<'de, const N: usize> Visitor<'de> for StringFields<N> {
             }
         }
         Ok(values)
+    }
+}
+
+/// A key's position among the field names, read without copying the key
+/// (webhooks carry many keys that no field reads).
+struct FieldIndex {
+    names: &'static [&'static str],
+}
+
+impl<'de> DeserializeSeed<'de> for FieldIndex {
+    type Value = Option<usize>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldIndex {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.names.iter().position(|n| *n == key))
     }
 }
 

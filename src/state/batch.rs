@@ -20,6 +20,9 @@ pub struct WriteBatch {
     /// that (see [`WriteBatch::is_full`]); `None`: the batch takes a whole
     /// commit.
     limit: Option<usize>,
+    /// Tables may keep their changes in their caches instead of writing
+    /// them (see [`WriteBatch::set_keep_cached`]).
+    keep_cached: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -201,6 +204,21 @@ impl WriteBatch {
     /// and goes on once the batch is written and emptied.
     pub fn is_full(&self) -> bool {
         self.limit.is_some_and(|limit| self.bytes.len() >= limit)
+    }
+
+    /// Lets a table whose cache holds its whole store keep its changes
+    /// there (still to write) instead of adding them to the batch: for
+    /// state that nothing reads after this process, where the cache is all
+    /// anyone reads until it must let go of entries. Such a commit is no
+    /// commit point of the backend; a committer that hands the backend on
+    /// commits again without it.
+    pub fn set_keep_cached(&mut self, keep: bool) {
+        self.keep_cached = keep;
+    }
+
+    /// Whether tables may keep their changes cached (see [`WriteBatch::set_keep_cached`]).
+    pub fn keeps_cached(&self) -> bool {
+        self.keep_cached
     }
 
     /// Empties the batch and keeps its memory (and its limit) for the next one.

@@ -280,7 +280,20 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     /// the caller writes and empties the batch and calls again for the rest.
     /// Each call writes at least one entry, so a batch that is not emptied
     /// only grows past its limit.
+    ///
+    /// A batch that keeps changes cached ([`WriteBatch::keeps_cached`]) gets
+    /// nothing from a complete cache within its capacity: the changes stay
+    /// in it, dirty, until a commit that must write them (the cache grew past
+    /// its capacity, or the batch does not keep changes cached).
     pub fn commit(&mut self, batch: &mut WriteBatch) -> Result<Committed, StateError> {
+        if batch.keeps_cached()
+            && self.complete
+            && !self.commit_unfinished
+            && self.cache.len() <= self.capacity
+        {
+            self.keep_changes_cached();
+            return Ok(Committed::All);
+        }
         let mut failure = None;
         let mut stopped = false;
         let mut written = 0usize;
@@ -325,6 +338,13 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
             self.complete = false;
         }
         Ok(Committed::All)
+    }
+
+    /// Drops the slots of deleted entries that the backend does not hold;
+    /// every change stays dirty, to be written by a later commit.
+    fn keep_changes_cached(&mut self) {
+        self.cache
+            .retain(|_, slot| slot.value.is_some() || (slot.dirty && slot.stored == Stored::Yes));
     }
 
     /// Every entry (uncommitted changes included) that `pick` chooses, in

@@ -399,3 +399,62 @@ fn a_loaded_table_that_outgrows_the_cache_reads_the_store_again() {
     assert_eq!(table.get(&backend, b"new").unwrap(), Some(&99));
     assert_eq!(backend.gets.get(), 2, "each read from the store again");
 }
+
+/// Commits with a batch that keeps changes cached; the number written.
+fn commit_keeping_cached(table: &mut Table<u64>, backend: &mut MemoryBackend) -> usize {
+    let mut batch = WriteBatch::default();
+    batch.set_keep_cached(true);
+    assert_eq!(table.commit(&mut batch).unwrap(), Committed::All);
+    let n = batch.len();
+    backend.write(&batch).unwrap();
+    n
+}
+
+#[test]
+fn a_complete_cache_keeps_its_changes_until_a_commit_that_writes_them() {
+    let mut backend = MemoryBackend::new();
+    let store = backend.open_store("t").unwrap();
+    let mut table: Table<u64> = Table::new(store, "t", 10, true);
+    *table.get_mut(&backend, b"a").unwrap() = Some(1);
+    *table.get_mut(&backend, b"b").unwrap() = Some(2);
+    assert_eq!(commit_keeping_cached(&mut table, &mut backend), 0);
+    assert_eq!(backend.get(store, b"a").unwrap(), None);
+    assert_eq!(table.get(&backend, b"a").unwrap(), Some(&1), "still cached");
+    // A plain commit writes what the cache kept.
+    assert_eq!(commit(&mut table, &mut backend), 2);
+    assert!(backend.get(store, b"b").unwrap().is_some());
+    // A stored entry deleted while changes are kept stays a slot to delete;
+    // an entry born and deleted in between leaves none.
+    *table.get_mut(&backend, b"b").unwrap() = None;
+    *table.get_mut(&backend, b"c").unwrap() = Some(3);
+    *table.get_mut(&backend, b"c").unwrap() = None;
+    assert_eq!(commit_keeping_cached(&mut table, &mut backend), 0);
+    assert_eq!(table.cached(), 2, "a, and b's deletion");
+    assert_eq!(table.get(&backend, b"b").unwrap(), None);
+    assert_eq!(commit(&mut table, &mut backend), 1, "b is deleted");
+    assert_eq!(backend.get(store, b"b").unwrap(), None);
+    assert_eq!(table.cached(), 1);
+}
+
+#[test]
+fn a_cache_past_its_capacity_writes_everything_it_kept_before_letting_go() {
+    let mut backend = MemoryBackend::new();
+    let store = backend.open_store("t").unwrap();
+    let mut table: Table<u64> = Table::new(store, "t", 2, true);
+    *table.get_mut(&backend, b"a").unwrap() = Some(1);
+    assert_eq!(commit_keeping_cached(&mut table, &mut backend), 0);
+    *table.get_mut(&backend, b"b").unwrap() = Some(2);
+    *table.get_mut(&backend, b"c").unwrap() = Some(3);
+    assert_eq!(
+        commit_keeping_cached(&mut table, &mut backend),
+        3,
+        "past its capacity, the cache writes the kept change too"
+    );
+    assert_eq!(table.cached(), 0);
+    for (key, value) in [(b"a", 1), (b"b", 2), (b"c", 3)] {
+        assert_eq!(table.get(&backend, key).unwrap(), Some(&value), "reloaded");
+    }
+    // Incomplete now: every commit writes.
+    *table.get_mut(&backend, b"a").unwrap() = Some(4);
+    assert_eq!(commit_keeping_cached(&mut table, &mut backend), 1);
+}
