@@ -2,6 +2,7 @@
 //! git events, deployment statuses, control commands and deployment
 //! intents, with their validation rules and field access.
 
+pub(crate) mod flat;
 mod intent;
 pub mod oci;
 pub mod origin;

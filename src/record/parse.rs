@@ -279,6 +279,17 @@ fn read_fields<const N: usize>(
     json: &str,
     names: &'static [&'static str],
 ) -> Result<[Option<String>; N], InvalidRecord> {
+    match super::flat::read(json, names) {
+        Some(fields) => Ok(fields),
+        None => read_fields_with_serde(json, names),
+    }
+}
+
+/// [`read_fields`] for any JSON text: every error comes from here.
+fn read_fields_with_serde<const N: usize>(
+    json: &str,
+    names: &'static [&'static str],
+) -> Result<[Option<String>; N], InvalidRecord> {
     let mut de = serde_json::Deserializer::from_str(json);
     let fields = StringFields::<N> { names }
         .deserialize(&mut de)
@@ -359,7 +370,29 @@ impl<'de> Visitor<'de> for FieldIndex {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Image values cut short or with a byte changed are declined by the
+        /// flat reader or read as serde_json reads them, never differently.
+        #[test]
+        fn the_flat_reader_declines_or_agrees_with_serde(cut in 0usize..200, at in 0usize..200, byte in prop::sample::select(&b"{}[]\",:0123456789-.e nulltrfas\\\n"[..])) {
+            let json = r#"{"service":"svc-1","repository":"ghcr.io/t/svc-1","tag":null,"x":"a,}b","digest":"sha256:00","tag":"v1.2.3"}"#;
+            let mut bytes = json.as_bytes().to_vec();
+            if at < bytes.len() {
+                bytes[at] = byte;
+            }
+            bytes.truncate(cut.max(1));
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                if let Some(flat) = super::super::flat::read::<5>(text, IMAGE_FIELDS) {
+                    let serde = read_fields_with_serde::<5>(text, IMAGE_FIELDS);
+                    prop_assert_eq!(Ok(flat), serde.map_err(|e| e.0), "{}", text);
+                }
+            }
+        }
+    }
 
     #[test]
     fn parses_an_image_and_applies_the_default_environment() {

@@ -12,6 +12,8 @@
 
 use serde_json::value::RawValue;
 
+use crate::record::flat::plain_string_len;
+
 use super::InputLine;
 
 /// Reads a line of the common shape; `None` for any other line.
@@ -84,15 +86,6 @@ impl<'a> Reader<'a> {
             && !matches!(self.bytes.get(self.at), Some(b'.' | b'e' | b'E')))
         .then_some(n)
     }
-}
-
-/// The length of a string body up to its closing quote, if it holds no
-/// escape and no control character before it.
-fn plain_string_len(bytes: &[u8]) -> Option<usize> {
-    let end = bytes
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-    (bytes[end] == b'"').then_some(end)
 }
 
 #[cfg(test)]
