@@ -14,12 +14,28 @@
 /// given twice takes its last value, and `null` counts as absent, as with
 /// serde.
 pub(crate) fn read<const N: usize>(json: &str, names: &[&str]) -> Option<[Option<String>; N]> {
+    let mut values: [Option<&str>; N] = [None; N];
+    scan(json, |key, value| {
+        if let Some(i) = names.iter().position(|n| *n == key) {
+            values[i] = value;
+        }
+    })?;
+    Some(values.map(|v| v.map(str::to_owned)))
+}
+
+/// Whether `json` is a flat object as [`read`] takes it (and so JSON).
+pub(crate) fn is_flat_object(json: &str) -> bool {
+    scan(json, |_, _| {}).is_some()
+}
+
+/// Calls `visit` with each key and value of a flat object, in order;
+/// `None` (after some calls, perhaps) when `json` is not one.
+fn scan<'j>(json: &'j str, mut visit: impl FnMut(&'j str, Option<&'j str>)) -> Option<()> {
     let bytes = json.as_bytes();
     if bytes.len() < 2 || bytes[0] != b'{' || bytes[bytes.len() - 1] != b'}' {
         return None;
     }
     let end = bytes.len() - 1;
-    let mut values: [Option<&str>; N] = [None; N];
     let mut at = 1;
     while at < end {
         let (key, after_key) = quoted(json, at)?;
@@ -31,16 +47,14 @@ pub(crate) fn read<const N: usize>(json: &str, names: &[&str]) -> Option<[Option
             Some(b'n') if bytes[after_key + 1..].starts_with(b"null") => (None, after_key + 5),
             _ => return None,
         };
-        if let Some(i) = names.iter().position(|n| *n == key) {
-            values[i] = value;
-        }
+        visit(key, value);
         at = match bytes.get(after_value) {
             Some(b',') if after_value + 1 < end => after_value + 1,
             _ if after_value == end => end,
             _ => return None,
         };
     }
-    Some(values.map(|v| v.map(str::to_owned)))
+    Some(())
 }
 
 /// The plain string whose opening quote is at `at`, and the index after
@@ -90,6 +104,15 @@ mod tests {
             read2(r#"{"service":"a","service":null}"#),
             Some([None, None])
         );
+    }
+
+    #[test]
+    fn flat_objects_are_json() {
+        for json in [r#"{"a":"b","c":null}"#, "{}"] {
+            assert!(is_flat_object(json), "{json}");
+            assert!(serde_json::from_str::<serde_json::Value>(json).is_ok());
+        }
+        assert!(!is_flat_object(r#"{"a":1}"#));
     }
 
     #[test]

@@ -28,16 +28,25 @@ pub const MAX_LINE_BYTES: usize = 16 << 20;
 pub const MAX_TS: u64 = (1 << 53) - 1;
 
 /// One line of a replay file: `{"topic", "ts", "key", "value"}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct InputLine<'a> {
-    #[serde(borrow)]
     pub topic: Cow<'a, str>,
     pub ts: u64,
-    #[serde(default, borrow)]
     pub key: Option<Cow<'a, str>>,
-    /// `None` when absent or `null`.
+    /// The value's JSON text, checked to be JSON; `None` when absent or `null`.
+    pub value: Option<&'a str>,
+}
+
+/// [`InputLine`] as serde reads a line of any shape.
+#[derive(Deserialize)]
+struct SerdeLine<'a> {
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    ts: u64,
     #[serde(default, borrow)]
-    pub value: Option<&'a RawValue>,
+    key: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    value: Option<&'a RawValue>,
 }
 
 /// One line of the replay format, as replay, `sluice record`, the flood
@@ -288,7 +297,7 @@ pub fn replay<R: BufRead, W: Write>(
                 format!("`ts` {} is larger than {MAX_TS} (ms)", line.ts),
             ));
         }
-        let value = line.value.map_or("null", RawValue::get);
+        let value = line.value.unwrap_or("null");
         let source = SourceInput {
             topic: &line.topic,
             key: line.key.as_deref(),
@@ -349,7 +358,7 @@ pub fn parse_line(text: &[u8]) -> Result<InputLine<'_>, String> {
     if is_array_line(text) {
         return Err("not a replay record: a JSON array, expected an object".into());
     }
-    serde_json::from_str::<InputLine<'_>>(text).map_err(|e| {
+    let line = serde_json::from_str::<SerdeLine<'_>>(text).map_err(|e| {
         let msg = e.to_string();
         if msg.contains("missing field `topic`") || msg.contains("missing field `ts`") {
             format!("{msg}: each line needs {{\"topic\": str, \"ts\": int, \"key\": str|null, \"value\": any}}")
@@ -358,6 +367,12 @@ pub fn parse_line(text: &[u8]) -> Result<InputLine<'_>, String> {
         } else {
             format!("not a replay record: {msg}")
         }
+    })?;
+    Ok(InputLine {
+        topic: line.topic,
+        ts: line.ts,
+        key: line.key,
+        value: line.value.map(RawValue::get),
     })
 }
 
