@@ -300,7 +300,8 @@ impl GateRules {
         st.last_deploy = Some(LastDeploy {
             image: incoming.image.clone(),
             at: cx.now(),
-            previous: st.current.clone(),
+            // Set again just below.
+            previous: st.current.take(),
         });
         st.rollout = Rollout {
             since: cx.now(),

@@ -180,7 +180,7 @@ impl AlertGate {
         GateRules::adopt_unfired(st, cx.now());
         handle(rules, &k, st, cx, &mut effects);
         rules.rearm(st, &key, armed, cx);
-        if *st == GateState::default() {
+        if st.is_empty() {
             *slot = None;
         }
         self.follow(service, environment, effects, cx)
@@ -230,7 +230,7 @@ impl AlertGate {
         };
         let out = change(rules, env);
         rules.rearm(env, &key, armed, cx);
-        if *env == GateState::default() {
+        if env.is_empty() {
             *slot = None;
         }
         Ok(out)

@@ -53,6 +53,30 @@ pub(super) struct Rollout {
     pub(super) promoted: Vec<String>,
 }
 
+impl Rollout {
+    /// Whether it is a default one (see [`GateState::is_empty`]).
+    fn is_empty(&self) -> bool {
+        let Rollout {
+            status,
+            since,
+            attempts,
+            revision,
+            status_origin,
+            retry_at,
+            soaks,
+            promoted,
+        } = self;
+        status.is_none()
+            && *since == 0
+            && *attempts == 0
+            && revision.is_none()
+            && *status_origin == Origin::default()
+            && retry_at.is_none()
+            && soaks.is_empty()
+            && promoted.is_empty()
+    }
+}
+
 /// A freeze asked by a person (`sluice control freeze`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Freeze {
@@ -198,6 +222,49 @@ impl GateState {
         self
     }
 
+    /// Whether the entry holds nothing, as a default one: it is then
+    /// deleted. Cheaper than comparing with a default entry (hundreds of
+    /// bytes built and dropped for every record). Every field is named, so
+    /// a new one cannot be forgotten here.
+    pub(super) fn is_empty(&self) -> bool {
+        let GateState {
+            alerts,
+            current,
+            last_deploy,
+            parked,
+            emitted,
+            fired,
+            current_causes,
+            parked_causes,
+            alert_origins,
+            parked_by,
+            rollout,
+            quarantined,
+            pin,
+            freeze,
+            approvals,
+            waiting,
+            window_until,
+        } = self;
+        alerts.is_empty()
+            && current.is_none()
+            && last_deploy.is_none()
+            && parked.is_none()
+            && *emitted == 0
+            && fired.is_empty()
+            && current_causes.is_empty()
+            && parked_causes.is_empty()
+            && alert_origins.is_empty()
+            && parked_by.is_none()
+            && rollout.is_empty()
+            && quarantined.is_empty()
+            && pin.is_none()
+            && freeze.is_none()
+            && approvals.is_empty()
+            && waiting.is_empty()
+            && window_until.is_none()
+    }
+
     /// Takes the parked image and what was behind it.
     pub(super) fn unpark(&mut self) -> Option<(String, Vec<Origin>)> {
         self.parked_by = None;
@@ -226,4 +293,76 @@ pub(super) fn parse_state_key(key: &[u8]) -> Option<(&str, &str)> {
         Some(text)
     };
     Some((part()?, part()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_empty_exactly_when_it_equals_a_default_one() {
+        assert!(GateState::default().is_empty());
+        let changes: Vec<fn(&mut GateState)> = vec![
+            |st| {
+                st.alerts.insert("a".into(), "critical".into());
+            },
+            |st| st.current = Some("r/a:v1".into()),
+            |st| {
+                st.last_deploy = Some(LastDeploy {
+                    image: "r/a:v1".into(),
+                    at: 0,
+                    previous: None,
+                })
+            },
+            |st| st.parked = Some("r/a:v2".into()),
+            |st| st.emitted = 1,
+            |st| {
+                st.fired.insert("a".into(), 0);
+            },
+            |st| st.current_causes.push(Origin::default()),
+            |st| st.parked_causes.push(Origin::default()),
+            |st| {
+                st.alert_origins.insert("a".into(), Origin::default());
+            },
+            |st| st.parked_by = Some(Hold::Alert),
+            |st| st.rollout.status = Some(DeployStatus::Healthy),
+            |st| st.rollout.since = 1,
+            |st| st.rollout.attempts = 1,
+            |st| st.rollout.revision = Some("abc".into()),
+            |st| st.rollout.status_origin = Origin::line(3),
+            |st| st.rollout.retry_at = Some(0),
+            |st| st.rollout.soaks.push(("prod".into(), 0)),
+            |st| st.rollout.promoted.push("prod".into()),
+            |st| {
+                st.quarantined.insert("r/a:v1".into());
+            },
+            |st| {
+                st.pin = Some(Pin {
+                    image: "r/a:v1".into(),
+                    reason: None,
+                    by: None,
+                    origin: Origin::default(),
+                })
+            },
+            |st| {
+                st.freeze = Some(Freeze {
+                    until: None,
+                    reason: None,
+                    by: None,
+                    origin: Origin::default(),
+                })
+            },
+            |st| st.approvals.push("r/a:v1".into()),
+            |st| {
+                st.waiting.insert("a".into());
+            },
+            |st| st.window_until = Some(0),
+        ];
+        for (i, change) in changes.into_iter().enumerate() {
+            let mut st = GateState::default();
+            change(&mut st);
+            assert_ne!(st, GateState::default(), "change {i}");
+            assert!(!st.is_empty(), "change {i} leaves a non-empty entry");
+        }
+    }
 }
