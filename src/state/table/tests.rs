@@ -8,7 +8,17 @@ fn commit<V: Serialize + DeserializeOwned>(
     table: &mut Table<V>,
     backend: &mut MemoryBackend,
 ) -> usize {
+    commit_with(table, backend, false)
+}
+
+/// Commits with a batch that keeps changes cached or not; the number written.
+fn commit_with<V: Serialize + DeserializeOwned>(
+    table: &mut Table<V>,
+    backend: &mut MemoryBackend,
+    keep_cached: bool,
+) -> usize {
     let mut batch = WriteBatch::default();
+    batch.set_keep_cached(keep_cached);
     assert_eq!(table.commit(&mut batch).unwrap(), Committed::All);
     let n = batch.len();
     backend.write(&batch).unwrap();
@@ -400,14 +410,8 @@ fn a_loaded_table_that_outgrows_the_cache_reads_the_store_again() {
     assert_eq!(backend.gets.get(), 2, "each read from the store again");
 }
 
-/// Commits with a batch that keeps changes cached; the number written.
 fn commit_keeping_cached(table: &mut Table<u64>, backend: &mut MemoryBackend) -> usize {
-    let mut batch = WriteBatch::default();
-    batch.set_keep_cached(true);
-    assert_eq!(table.commit(&mut batch).unwrap(), Committed::All);
-    let n = batch.len();
-    backend.write(&batch).unwrap();
-    n
+    commit_with(table, backend, true)
 }
 
 #[test]
