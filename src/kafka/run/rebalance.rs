@@ -210,10 +210,7 @@ impl Inner {
         let Some(assigned) = self.assigned.take() else {
             return Ok(None);
         };
-        let mut tpl = TopicPartitionList::new();
-        for (topic, p) in &assigned {
-            tpl.add_partition(topic, *p);
-        }
+        let tpl = partition_list(&assigned);
         let committed =
             super::retry_kafka("fetch the committed offsets", &self.shared.stop, || {
                 consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT)
@@ -386,11 +383,7 @@ impl Inner {
         consumer: &BaseConsumer<RunContext>,
         partitions: &[(String, i32)],
     ) {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in partitions {
-            tpl.add_partition(topic, *partition);
-        }
-        match consumer.pause(&tpl) {
+        match consumer.pause(&partition_list(partitions)) {
             Ok(()) => {
                 // Added to, not replaced: an assignment that ended without
                 // a revocation (a rebalance error) may have left some.
@@ -409,12 +402,8 @@ impl Inner {
         if self.held_for_siblings.is_empty() {
             return;
         }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in &self.held_for_siblings {
-            tpl.add_partition(topic, *partition);
-        }
         // Kept on a failure: the next call tries again.
-        match consumer.resume(&tpl) {
+        match consumer.resume(&partition_list(&self.held_for_siblings)) {
             Ok(()) => self.held_for_siblings.clear(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot resume the partitions held for the other threads")
@@ -470,16 +459,21 @@ fn forget_revoked(assigned: &mut Option<Vec<(String, i32)>>, revoked: &TopicPart
     }
 }
 
+/// A partition list of (topic, partition) pairs.
+fn partition_list<T: AsRef<str>>(partitions: &[(T, i32)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        tpl.add_partition(topic.as_ref(), *partition);
+    }
+    tpl
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn tpl(partitions: &[(&str, i32)]) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, p) in partitions {
-            tpl.add_partition(topic, *p);
-        }
-        tpl
+        partition_list(partitions)
     }
 
     /// Item 5: assign and revoke inside one poll, before the loop opens
