@@ -2,6 +2,7 @@
 //! Nothing here mocks Kafka; without a broker these tests fail and say so.
 
 mod live_eos;
+mod live_stuck;
 mod live_threads;
 mod support;
 
@@ -97,7 +98,7 @@ fn event_clock_run_equals_replay_record_for_record() {
         &s.path("run.log"),
         &["--clock", "event", "--exit-after-idle", "3s"],
     );
-    let status = run.wait().unwrap();
+    let status = wait_exit(&mut run, RUN_PATIENCE);
     assert!(status.success(), "{}", s.log("run.log"));
 
     let reads = read_topic(
@@ -669,7 +670,7 @@ fn bad_input_goes_to_the_dead_letter_topic_and_the_run_goes_on() {
         &dir.path().join("run.log"),
         &["--clock", "event", "--exit-after-idle", "3s"],
     );
-    let status = run.wait().unwrap();
+    let status = wait_exit(&mut run, RUN_PATIENCE);
     let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
     assert!(status.success(), "{log}");
     let intents = read_topic(
@@ -1121,7 +1122,7 @@ fn protobuf_sinks_carry_deployment_intents() {
         &dir.path().join("run.log"),
         &["--clock", "event", "--exit-after-idle", "2s"],
     );
-    assert!(run.wait().unwrap().success());
+    assert!(wait_exit(&mut run, RUN_PATIENCE).success());
     let reads = read_topic(
         &brokers(),
         &sink,

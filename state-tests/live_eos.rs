@@ -72,7 +72,11 @@ fn a_commit_of_unknown_outcome_reopens_the_tasks_from_the_changelog() {
         &s.path("fresh.log"),
         &["--clock", "event", "--exit-after-idle", "2s"],
     );
-    assert!(fresh.wait().unwrap().success(), "{}", s.log("fresh.log"));
+    assert!(
+        wait_exit(&mut fresh, RUN_PATIENCE).success(),
+        "{}",
+        s.log("fresh.log")
+    );
     let app = s.app();
     for task in 0..2 {
         let dir = |root: &str| s.path(root).join(&app).join(format!("task-{task}"));
@@ -404,7 +408,11 @@ fn after_a_commit_of_unknown_outcome_no_committed_offset_moves_backwards() {
         &s.path("first.log"),
         &["--clock", "event", "--exit-after-idle", "2s"],
     );
-    assert!(first.wait().unwrap().success(), "{}", s.log("first.log"));
+    assert!(
+        wait_exit(&mut first, RUN_PATIENCE).success(),
+        "{}",
+        s.log("first.log")
+    );
     // Images only, waiting before the second run starts: its first commit
     // (3 s in) carries all of them, and its outcome is made unknown.
     produce(&p, &b, &s.topics(), |_| None);
@@ -427,7 +435,7 @@ fn after_a_commit_of_unknown_outcome_no_committed_offset_moves_backwards() {
     // Alerts only: the next commit carries the images partition's offset
     // without an image consumed since the rebuild.
     produce(&p, &c, &s.topics(), |_| None);
-    let status = second.wait().unwrap();
+    let status = wait_exit(&mut second, RUN_PATIENCE);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "{log}");
     let app = s.app();

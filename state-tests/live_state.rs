@@ -142,7 +142,7 @@ impl App {
             &args,
             env,
         );
-        let status = run.wait().unwrap();
+        let status = wait_exit(&mut run, RUN_PATIENCE);
         assert!(status.success(), "{log}: {}", tail(&self.log(log), 4000));
     }
 
@@ -578,7 +578,11 @@ fn protobuf_sources_are_decoded_after_repartitioning() {
         ],
     );
     let log = || std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
-    assert!(run.wait().unwrap().success(), "{}", tail(&log(), 3000));
+    assert!(
+        wait_exit(&mut run, RUN_PATIENCE).success(),
+        "{}",
+        tail(&log(), 3000)
+    );
     let summary = stats(&stats_file);
     assert_eq!(summary["dead_letters"], 0, "{}", tail(&log(), 3000));
     let reads = read_topic(
@@ -663,7 +667,11 @@ fn a_vendor_payload_of_several_services_is_split_by_service_on_repartition() {
             &["--clock", "event", "--exit-after-idle", "3s"],
         );
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(run.wait().unwrap().success(), "{}", tail(&text, 3000));
+        assert!(
+            wait_exit(&mut run, RUN_PATIENCE).success(),
+            "{}",
+            tail(&text, 3000)
+        );
     };
     // First the alerts, in a run of their own, so that they are in the
     // gate's state before any image arrives.

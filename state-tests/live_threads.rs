@@ -36,7 +36,11 @@ fn run_to_idle(s: &Setup, threads: &str) -> serde_json::Value {
         &s.path("run.log"),
         &[&args[..], &["--stats-json", stats.to_str().unwrap()]].concat(),
     );
-    assert!(run.wait().unwrap().success(), "{}", s.log("run.log"));
+    assert!(
+        wait_exit(&mut run, RUN_PATIENCE).success(),
+        "{}",
+        s.log("run.log")
+    );
     serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap()
 }
 

@@ -492,12 +492,39 @@ pub fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Sends SIGTERM and waits for a clean exit.
+/// How long a process may take to exit after SIGTERM: a run finishes its
+/// commit first, and a transactional call may take its whole deadline.
+pub const EXIT_PATIENCE: Duration = Duration::from_secs(120);
+
+/// How long a run that exits by itself (`--exit-after-idle`) may take.
+pub const RUN_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Sends SIGTERM and waits for a clean exit (see [`wait_exit`]).
 pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
-    child.wait().expect("wait")
+    wait_exit(child, EXIT_PATIENCE)
+}
+
+/// Waits for `child` to exit. One still running after `within` is killed
+/// and the test fails: a hang must fail the suite, not hold it until CI's
+/// time runs out.
+pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            kill9(child);
+            panic!(
+                "pid {} did not exit within {within:?}; killed it",
+                child.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Multiset difference, for readable failures.

@@ -2,6 +2,7 @@
 //! the (transactional) producer, and the instance id they are named by.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
@@ -138,7 +139,7 @@ pub(super) fn create_restorer(shared: &Shared) -> Result<BaseConsumer<RestoreCon
         .map_err(|e| RunError::kafka("create the restore consumer", e))
 }
 
-pub(super) fn new_producer(shared: &Shared) -> Result<TxnProducer, RunError> {
+pub(super) fn new_producer(shared: &Shared) -> Result<Arc<TxnProducer>, RunError> {
     let mut config = shared.base.clone();
     config.set_log_level(super::librdkafka_log_level());
     let changelogs = shared.plan.changelog_topics().map(str::to_owned);
@@ -147,7 +148,7 @@ pub(super) fn new_producer(shared: &Shared) -> Result<TxnProducer, RunError> {
 
 /// A new producer, retried while the cluster is away (a broker restart):
 /// the run carries on by itself once it is back.
-pub(super) fn new_producer_patiently(shared: &Shared) -> Result<TxnProducer, RunError> {
+pub(super) fn new_producer_patiently(shared: &Shared) -> Result<Arc<TxnProducer>, RunError> {
     let mut backoff = Duration::from_millis(200);
     let give_up = Instant::now() + super::OUTAGE_PATIENCE;
     loop {

@@ -78,7 +78,7 @@ impl Shared {
 /// Mutable state of the run, shared with the rebalance callbacks.
 pub(super) struct Inner {
     pub(super) shared: Arc<Shared>,
-    pub(super) producer: TxnProducer,
+    pub(super) producer: Arc<TxnProducer>,
     pub(super) txn_open: OpenTxn,
     pub(super) tasks: BTreeMap<i32, Task>,
     pub(super) queues: Vec<SplitQueue>,

@@ -90,7 +90,8 @@ const MAX_EVENT_LABELS: usize = 64;
 /// Abort reasons and rebuild classes, published at zero from the start so
 /// that a dashboard shows a flat line rather than no data.
 pub const ABORT_CLASSES: &[&str] = &["output", "changelog", "delivery", "commit", "forward"];
-pub const REBUILD_CLASSES: &[&str] = &["fatal", "abort_failed", "coordinator_timeout"];
+pub const REBUILD_CLASSES: &[&str] =
+    &["fatal", "abort_failed", "coordinator_timeout", "stuck_call"];
 
 fn lock(totals: &Mutex<Totals>) -> MutexGuard<'_, Totals> {
     totals.lock().unwrap_or_else(|p| p.into_inner())

@@ -16,6 +16,7 @@
 //! An instance runs its tasks on `--threads` processing threads, each a
 //! member of the group of its own ([`threads`]).
 
+mod bounded;
 mod clients;
 mod consumer;
 pub mod directory;

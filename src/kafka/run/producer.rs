@@ -2,13 +2,14 @@
 //! calls wrapped with what librdkafka's error classes ask for.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Message};
 
+use super::bounded::{self, CallError, TxnCall};
 use super::RunError;
 use crate::kafka::acls::{self, Denied, Operation, ResourceType};
 
@@ -140,7 +141,7 @@ pub fn create(
     base: &ClientConfig,
     transactional_id: Option<&str>,
     changelogs: impl IntoIterator<Item = String>,
-) -> Result<TxnProducer, RunError> {
+) -> Result<Arc<TxnProducer>, RunError> {
     let mut config = base.clone();
     config
         .set("enable.idempotence", "true")
@@ -160,23 +161,35 @@ pub fn create(
             .set("transactional.id", id)
             .set("transaction.timeout.ms", &timeout_ms);
     }
-    let producer: TxnProducer = config
-        .create_with_context(Deliveries::new(changelogs))
-        .map_err(|e| RunError::kafka("create the producer", e))?;
+    let producer: Arc<TxnProducer> = Arc::new(
+        config
+            .create_with_context(Deliveries::new(changelogs))
+            .map_err(|e| RunError::kafka("create the producer", e))?,
+    );
     if let Some(id) = transactional_id {
-        retry_retriable(|| producer.init_transactions(CALL_TIMEOUT)).map_err(|e| {
-            match acls::authorization_code(&e) {
-                Some(code @ RDKafkaErrorCode::ClusterAuthorizationFailed) => {
-                    acls::write_denied(code, id).into()
-                }
-                Some(code) => {
-                    Denied::new(Operation::Write, ResourceType::TransactionalId, id, code).into()
-                }
-                None => classify(e, "initialize transactions"),
-            }
-        })?;
+        retry_retriable(|| {
+            bounded::call(&producer, TxnCall::Init, |p| {
+                p.init_transactions(CALL_TIMEOUT)
+            })
+        })
+        .map_err(|e| init_refused(e, id))?;
     }
     Ok(producer)
+}
+
+/// What a failed `init_transactions` means: a missing ACL (which says
+/// which), a fence, or a failure to retry with a new producer.
+fn init_refused(error: CallError, id: &str) -> RunError {
+    let CallError::Kafka(e) = error else {
+        return RunError::ProducerFatal(error.to_string());
+    };
+    match acls::authorization_code(&e) {
+        Some(code @ RDKafkaErrorCode::ClusterAuthorizationFailed) => {
+            acls::write_denied(code, id).into()
+        }
+        Some(code) => Denied::new(Operation::Write, ResourceType::TransactionalId, id, code).into(),
+        None => classify(e, "initialize transactions"),
+    }
 }
 
 /// Sends, serving delivery reports while the local queue is full.
@@ -267,19 +280,25 @@ fn send_lingering(producer: &TxnProducer) -> bool {
 /// Aborts the open transaction. Delivery reports are served first: librdkafka
 /// waits for them inside the abort, and nothing else would serve them.
 /// (Purging the queue instead leaves sequence gaps that fail the next transaction.)
-pub fn abort(producer: &TxnProducer) -> Result<(), RunError> {
+pub fn abort(producer: &Arc<TxnProducer>) -> Result<(), RunError> {
     drain(producer)?;
-    retry_retriable(|| producer.abort_transaction(CALL_TIMEOUT))
-        .map_err(|e| classify(e, "abort the transaction"))
+    retry_retriable(|| {
+        bounded::call(producer, TxnCall::Abort, |p| {
+            p.abort_transaction(CALL_TIMEOUT)
+        })
+    })
+    .map_err(|e| classify_call(e, "abort the transaction"))
 }
 
 /// Calls `f` again while librdkafka says the error is retriable.
-pub fn retry_retriable(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
+pub fn retry_retriable(mut f: impl FnMut() -> Result<(), CallError>) -> Result<(), CallError> {
     let mut backoff = Duration::from_millis(10);
     let deadline = Instant::now() + CALL_TIMEOUT;
     loop {
         match f() {
-            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
+            Err(CallError::Kafka(KafkaError::Transaction(e)))
+                if e.is_retriable() && Instant::now() < deadline =>
+            {
                 tracing::debug!(error = %e, "retriable transaction error; retrying");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -302,6 +321,10 @@ pub enum TxnFailure {
     /// The producer is unusable: drop it and build a new one.
     #[error("fatal: {0}")]
     Fatal(String),
+    /// A call on the producer never returned (see `bounded`): build a new
+    /// one, as for a fatal error.
+    #[error("stuck: {0}")]
+    Stuck(String),
 }
 
 impl TxnFailure {
@@ -315,6 +338,15 @@ impl TxnFailure {
 impl From<KafkaError> for TxnFailure {
     fn from(error: KafkaError) -> Self {
         failure_class(&error)
+    }
+}
+
+impl From<CallError> for TxnFailure {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Kafka(e) => failure_class(&e),
+            stuck => TxnFailure::Stuck(stuck.to_string()),
+        }
     }
 }
 
@@ -340,6 +372,14 @@ fn is_fencing(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::InvalidProducerEpoch
             | RDKafkaErrorCode::FencedInstanceId
     )
+}
+
+/// [`classify`] for a call made through `bounded`.
+pub fn classify_call(error: CallError, what: &'static str) -> RunError {
+    match error {
+        CallError::Kafka(e) => classify(e, what),
+        stuck => RunError::ProducerFatal(stuck.to_string()),
+    }
 }
 
 /// The error a failed call becomes when it cannot be handled in place.

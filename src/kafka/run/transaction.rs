@@ -13,6 +13,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::bounded::{self, TxnCall};
 use super::clients;
 use super::consumer::Inner;
 use super::producer::{self, TxnFailure, TxnProducer, CALL_TIMEOUT, TRANSACTION_TIMEOUT};
@@ -103,6 +104,9 @@ impl Inner {
             }
             Err(TxnFailure::Fatal(reason)) => {
                 return self.rebuild_producer(consumer, &reason, "fatal")
+            }
+            Err(TxnFailure::Stuck(reason)) => {
+                return self.rebuild_producer(consumer, &reason, "stuck_call")
             }
             Err(TxnFailure::Fenced(reason)) => return self.on_fenced(consumer, reason),
         }
@@ -208,14 +212,22 @@ impl Inner {
             let metadata = consumer
                 .group_metadata()
                 .ok_or_else(|| TxnFailure::Abortable("no consumer group metadata yet".into()))?;
+            // The helper thread a call runs on may outlive this commit.
+            let (offsets, metadata) = (Arc::new(offsets.clone()), Arc::new(metadata));
             producer::retry_retriable(|| {
-                self.producer
-                    .send_offsets_to_transaction(offsets, &metadata, CALL_TIMEOUT)
+                let (offsets, metadata) = (Arc::clone(&offsets), Arc::clone(&metadata));
+                bounded::call(&self.producer, TxnCall::SendOffsets, move |p| {
+                    p.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)
+                })
             })
             .map_err(TxnFailure::from)?;
         }
-        producer::retry_retriable(|| self.producer.commit_transaction(CALL_TIMEOUT))
-            .map_err(TxnFailure::from)?;
+        producer::retry_retriable(|| {
+            bounded::call(&self.producer, TxnCall::Commit, |p| {
+                p.commit_transaction(CALL_TIMEOUT)
+            })
+        })
+        .map_err(TxnFailure::from)?;
         if crate::fault::reached("txn.after-end-txn") == Some(crate::fault::Fault::Fail) {
             // As if the call timed out after EndTxn reached the coordinator:
             // committed, but this run cannot know it.

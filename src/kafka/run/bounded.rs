@@ -1,0 +1,179 @@
+//! Transactional calls with a deadline of their own.
+//!
+//! librdkafka promises that each transactional call returns by its timeout,
+//! but `send_offsets_to_transaction` can block for good when the group
+//! coordinator went away while its request waited: the timeout of
+//! coordinator requests is never checked (confluentinc/librdkafka#5456,
+//! #5511, open for the librdkafka Sluice builds). A broker restart did that
+//! here: the processing thread never came back, and the run ignored SIGTERM.
+//!
+//! So each call runs on a helper thread and the processing thread waits for
+//! it up to the call's timeout and a grace. Past that, the run gives up on
+//! the producer as if it had failed fatally: a new producer with the same
+//! transactional id fences the stuck one and decides what it left open
+//! (aborts it, or commits it if the coordinator had logged the commit),
+//! while the helper thread keeps the old producer alive until its call
+//! returns (destroying a client during a call on it is not allowed).
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+
+use super::producer::{TxnProducer, CALL_TIMEOUT};
+
+/// How long past its own timeout a call is waited for: librdkafka's
+/// timeouts are checked on its internal timers, a little late on a busy
+/// machine.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// The transactional calls that go through [`call`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnCall {
+    Init,
+    SendOffsets,
+    Commit,
+    Abort,
+}
+
+impl TxnCall {
+    pub fn name(self) -> &'static str {
+        match self {
+            TxnCall::Init => "init_transactions",
+            TxnCall::SendOffsets => "send_offsets_to_transaction",
+            TxnCall::Commit => "commit_transaction",
+            TxnCall::Abort => "abort_transaction",
+        }
+    }
+
+    /// The fault-injection point reached on the helper thread just before
+    /// the call: `delay:MS` past the deadline makes the call look stuck.
+    fn fault_point(self) -> &'static str {
+        match self {
+            TxnCall::Init => "txn.call.init",
+            TxnCall::SendOffsets => "txn.call.send-offsets",
+            TxnCall::Commit => "txn.call.commit",
+            TxnCall::Abort => "txn.call.abort",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The call did not return by its deadline (or its thread died): the
+    /// producer cannot be used again.
+    #[error("{} did not return within {waited:?} (librdkafka lost track of its coordinator request); giving up on the producer", call.name())]
+    Stuck { call: TxnCall, waited: Duration },
+    /// The machine had no thread to spare for the call.
+    #[error("cannot start a thread for {}: {source}", call.name())]
+    NoThread {
+        call: TxnCall,
+        source: std::io::Error,
+    },
+}
+
+/// Runs `f` on `producer` on a helper thread and waits up to
+/// [`CALL_TIMEOUT`] + [`GRACE`] for its answer.
+pub fn call(
+    producer: &Arc<TxnProducer>,
+    which: TxnCall,
+    f: impl FnOnce(&TxnProducer) -> Result<(), KafkaError> + Send + 'static,
+) -> Result<(), CallError> {
+    call_within(producer, which, CALL_TIMEOUT + GRACE, f)
+}
+
+fn call_within(
+    producer: &Arc<TxnProducer>,
+    which: TxnCall,
+    deadline: Duration,
+    f: impl FnOnce(&TxnProducer) -> Result<(), KafkaError> + Send + 'static,
+) -> Result<(), CallError> {
+    let (answer, answered) = mpsc::sync_channel(1);
+    let held = Arc::clone(producer);
+    let spawned = std::thread::Builder::new()
+        .name("sluice-txn-call".into())
+        .spawn(move || {
+            crate::fault::reached(which.fault_point());
+            let result = f(&held);
+            if answer.send(result).is_err() {
+                tracing::info!(
+                    call = which.name(),
+                    "a transactional call returned after the run gave up on it"
+                );
+            }
+        });
+    if let Err(source) = spawned {
+        return Err(CallError::NoThread {
+            call: which,
+            source,
+        });
+    }
+    match answered.recv_timeout(deadline) {
+        Ok(result) => result.map_err(CallError::Kafka),
+        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+            tracing::error!(
+                call = which.name(),
+                waited = ?deadline,
+                "a transactional call did not return by its deadline; replacing the producer"
+            );
+            Err(CallError::Stuck {
+                call: which,
+                waited: deadline,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::run::producer::Deliveries;
+    use std::time::Instant;
+
+    /// A client that never connects: the calls below do not touch it.
+    fn producer() -> Arc<TxnProducer> {
+        let producer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .create_with_context(Deliveries::new(Vec::new()))
+            .expect("a producer");
+        Arc::new(producer)
+    }
+
+    #[test]
+    fn a_call_past_its_deadline_is_given_up_without_waiting_for_it() {
+        let p = producer();
+        let started = Instant::now();
+        let result = call_within(&p, TxnCall::SendOffsets, Duration::from_millis(100), |_| {
+            std::thread::sleep(Duration::from_secs(5));
+            Ok(())
+        });
+        assert!(started.elapsed() < Duration::from_secs(3));
+        match result {
+            Err(e @ CallError::Stuck { .. }) => {
+                assert!(
+                    e.to_string()
+                        .starts_with("send_offsets_to_transaction did not return within 100ms"),
+                    "{e}"
+                )
+            }
+            other => panic!("expected a stuck call, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_call_within_its_deadline_gives_its_own_answer() {
+        let p = producer();
+        let ok = call_within(&p, TxnCall::Commit, Duration::from_secs(5), |_| Ok(()));
+        assert!(ok.is_ok(), "{ok:?}");
+        let failed = call_within(&p, TxnCall::Commit, Duration::from_secs(5), |_| {
+            Err(KafkaError::Canceled)
+        });
+        assert!(
+            matches!(failed, Err(CallError::Kafka(KafkaError::Canceled))),
+            "{failed:?}"
+        );
+    }
+}
