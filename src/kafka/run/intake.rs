@@ -47,8 +47,11 @@ impl Inner {
         fetched: Vec<OwnedMessage>,
     ) -> Result<Enqueued, RunError> {
         for m in fetched {
-            self.raw_waiting
-                .remove(&(m.topic().to_owned(), m.partition()));
+            // Usually empty: skip building a key for it per record.
+            if !self.raw_waiting.is_empty() {
+                self.raw_waiting
+                    .remove(&(m.topic().to_owned(), m.partition()));
+            }
             if let Err(e) = self.enqueue(m) {
                 tracing::warn!(error = %e, "forwarding to a repartition topic failed; aborting the transaction");
                 self.abort_and_rewind(consumer, "forward")?;
