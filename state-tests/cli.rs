@@ -746,3 +746,52 @@ fn json_logs_are_one_object_per_line() {
         "text by default: {first}"
     );
 }
+
+/// `THP_enabled` of a running process (`None` on a kernel without the line).
+fn thp_enabled(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_owned())
+}
+
+/// Starts `sluice` with `args` and, while it waits (for its input, or for a
+/// broker that is not there), reads whether it may use huge pages.
+fn thp_of_running(args: &[&str]) -> Option<String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sluice starts");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let thp = thp_enabled(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    thp
+}
+
+/// Replay may have huge pages (faster); the services turn them off to keep
+/// their memory budget (see `src/cli/heap.rs`).
+#[test]
+fn services_turn_huge_pages_off_and_replay_keeps_them() {
+    let topology = concat!(env!("CARGO_MANIFEST_DIR"), "/topologies/cicd.toml");
+    let Some(replay) = thp_of_running(&["replay", topology, "--input", "-"]) else {
+        eprintln!("this kernel does not report THP_enabled; nothing to check");
+        return;
+    };
+    assert_eq!(replay, "1", "replay keeps huge pages");
+    let state = tempfile::tempdir().unwrap();
+    let run = thp_of_running(&[
+        "run",
+        topology,
+        // Nothing listens there: the run waits for its broker meanwhile.
+        "--brokers",
+        "127.0.0.1:1",
+        "--state-dir",
+        state.path().to_str().unwrap(),
+    ]);
+    assert_eq!(run.as_deref(), Some("0"), "sluice run turns huge pages off");
+}

@@ -10,6 +10,7 @@ mod decode;
 mod demo;
 mod describe;
 mod flood;
+mod heap;
 mod ingest;
 mod observe;
 mod record;
@@ -117,6 +118,12 @@ pub fn main() -> ExitCode {
 }
 
 fn dispatch(command: Command) -> Result<ExitCode> {
+    if matches!(
+        command,
+        Command::Run(_) | Command::Commit(_) | Command::Ingest(_) | Command::Record(_)
+    ) {
+        heap::keep_service_heap_small();
+    }
     match command {
         Command::Replay(args) => replay::run(args),
         Command::Demo(args) => demo::run(args),
