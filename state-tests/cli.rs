@@ -767,6 +767,11 @@ fn thp_of_running(args: &[&str]) -> Option<String> {
         .spawn()
         .expect("sluice starts");
     std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Read while it runs: an exited process has no status to read.
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "sluice {args:?} exited before its huge pages could be read"
+    );
     let thp = thp_enabled(child.id());
     let _ = child.kill();
     let _ = child.wait();

@@ -32,7 +32,7 @@ fn a_transactional_call_that_never_returns_is_given_up_and_the_run_carries_on() 
         ],
         &[(
             "SLUICE_FAULTS",
-            "txn.call.send-offsets=delay:3600000@3,txn.before-commit=delay:20",
+            "txn.call.send-offsets=delay:3600000@2,txn.before-commit=delay:20",
         )],
     );
     let got = committed_intents(&s, expected.len(), 240);
