@@ -15,6 +15,8 @@
 //! while the helper thread keeps the old producer alive until its call
 //! returns (destroying a client during a call on it is not allowed).
 
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicU8, AtomicUsize};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,18 +94,26 @@ fn call_within(
     f: impl FnOnce(&TxnProducer) -> Result<(), KafkaError> + Send + 'static,
 ) -> Result<(), CallError> {
     let (answer, answered) = mpsc::sync_channel(1);
-    let held = Arc::clone(producer);
+    let state = Arc::new(AtomicU8::new(RUNNING));
+    let held = (Arc::clone(producer), Arc::clone(&state));
     let spawned = std::thread::Builder::new()
         .name("sluice-txn-call".into())
         .spawn(move || {
+            let (producer, state) = held;
             crate::fault::reached(which.fault_point());
-            let result = f(&held);
-            if answer.send(result).is_err() {
+            let result = f(&producer);
+            if state
+                .compare_exchange(RUNNING, DONE, SeqCst, SeqCst)
+                .is_err()
+            {
+                STRANDED.fetch_sub(1, SeqCst);
                 tracing::info!(
                     call = which.name(),
                     "a transactional call returned after the run gave up on it"
                 );
+                return;
             }
+            let _ = answer.send(result);
         });
     if let Err(source) = spawned {
         return Err(CallError::NoThread {
@@ -111,20 +121,56 @@ fn call_within(
             source,
         });
     }
-    match answered.recv_timeout(deadline) {
-        Ok(result) => result.map_err(CallError::Kafka),
-        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-            tracing::error!(
-                call = which.name(),
-                waited = ?deadline,
-                "a transactional call did not return by its deadline; replacing the producer"
-            );
-            Err(CallError::Stuck {
-                call: which,
-                waited: deadline,
-            })
+    let waited = answered.recv_timeout(deadline);
+    let waited = match waited {
+        Err(RecvTimeoutError::Timeout) => {
+            match state.compare_exchange(RUNNING, GIVEN_UP, SeqCst, SeqCst) {
+                Ok(_) => {
+                    let stranded = STRANDED.fetch_add(1, SeqCst) + 1;
+                    tracing::error!(
+                        call = which.name(),
+                        waited = ?deadline,
+                        stranded,
+                        "a transactional call did not return by its deadline; replacing the producer"
+                    );
+                    return Err(CallError::Stuck {
+                        call: which,
+                        waited: deadline,
+                    });
+                }
+                // It returned just now: its answer is on its way.
+                Err(_) => answered.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            }
         }
+        other => other,
+    };
+    match waited {
+        Ok(result) => result.map_err(CallError::Kafka),
+        // The helper thread died (a panic in librdkafka's callbacks).
+        Err(_) => Err(CallError::Stuck {
+            call: which,
+            waited: deadline,
+        }),
     }
+}
+
+/// Calls given up on that have not returned yet: each keeps its producer
+/// (librdkafka's threads and connections) alive. See [`too_many_stranded`].
+static STRANDED: AtomicUsize = AtomicUsize::new(0);
+
+/// Stranded calls a process tolerates: past this, building another
+/// producer is refused and the run ends, so that a restart frees them,
+/// instead of leaking a producer per broker restart for good.
+pub const MAX_STRANDED: usize = 3;
+
+const RUNNING: u8 = 0;
+const DONE: u8 = 1;
+const GIVEN_UP: u8 = 2;
+
+/// Whether more calls are stranded than [`MAX_STRANDED`].
+pub fn too_many_stranded() -> Option<usize> {
+    let stranded = STRANDED.load(SeqCst);
+    (stranded > MAX_STRANDED).then_some(stranded)
 }
 
 #[cfg(test)]
@@ -142,15 +188,20 @@ mod tests {
         Arc::new(producer)
     }
 
+    /// The tests that strand calls run one at a time: they count them.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn a_call_past_its_deadline_is_given_up_without_waiting_for_it() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let p = producer();
+        let before = STRANDED.load(SeqCst);
         let started = Instant::now();
         let result = call_within(&p, TxnCall::SendOffsets, Duration::from_millis(100), |_| {
-            std::thread::sleep(Duration::from_secs(5));
+            std::thread::sleep(Duration::from_secs(3));
             Ok(())
         });
-        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(started.elapsed() < Duration::from_secs(2));
         match result {
             Err(e @ CallError::Stuck { .. }) => {
                 assert!(
@@ -160,6 +211,15 @@ mod tests {
                 )
             }
             other => panic!("expected a stuck call, got {other:?}"),
+        }
+        wait_until_stranded(before);
+    }
+
+    /// Waits (a while) for the stranded calls to come back to `count`.
+    fn wait_until_stranded(count: usize) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while STRANDED.load(SeqCst) > count && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -175,5 +235,20 @@ mod tests {
             matches!(failed, Err(CallError::Kafka(KafkaError::Canceled))),
             "{failed:?}"
         );
+    }
+
+    #[test]
+    fn a_call_given_up_counts_as_stranded_until_it_returns() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let p = producer();
+        let before = STRANDED.load(SeqCst);
+        let result = call_within(&p, TxnCall::Commit, Duration::from_millis(50), |_| {
+            std::thread::sleep(Duration::from_millis(400));
+            Ok(())
+        });
+        assert!(matches!(result, Err(CallError::Stuck { .. })), "{result:?}");
+        assert_eq!(STRANDED.load(SeqCst), before + 1);
+        wait_until_stranded(before);
+        assert_eq!(STRANDED.load(SeqCst), before, "its return is counted");
     }
 }

@@ -152,6 +152,12 @@ pub(super) fn new_producer_patiently(shared: &Shared) -> Result<Arc<TxnProducer>
     let mut backoff = Duration::from_millis(200);
     let give_up = Instant::now() + super::OUTAGE_PATIENCE;
     loop {
+        if let Some(stranded) = super::bounded::too_many_stranded() {
+            return Err(RunError::ProducerFatal(format!(
+                "{stranded} transactional calls never returned (librdkafka lost its coordinator); \
+                 ending the run so that a restart frees their producers"
+            )));
+        }
         match new_producer(shared) {
             Ok(p) => return Ok(p),
             // A fence or a refused ACL does not pass with time.
