@@ -121,37 +121,36 @@ fn call_within(
             source,
         });
     }
-    let waited = answered.recv_timeout(deadline);
-    let waited = match waited {
-        Err(RecvTimeoutError::Timeout) => {
-            match state.compare_exchange(RUNNING, GIVEN_UP, SeqCst, SeqCst) {
-                Ok(_) => {
-                    let stranded = STRANDED.fetch_add(1, SeqCst) + 1;
-                    tracing::error!(
-                        call = which.name(),
-                        waited = ?deadline,
-                        stranded,
-                        "a transactional call did not return by its deadline; replacing the producer"
-                    );
-                    return Err(CallError::Stuck {
-                        call: which,
-                        waited: deadline,
-                    });
-                }
-                // It returned just now: its answer is on its way.
-                Err(_) => answered.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            }
+    let answer = match answered.recv_timeout(deadline) {
+        Err(RecvTimeoutError::Timeout) if give_up(&state) => {
+            let stranded = STRANDED.fetch_add(1, SeqCst) + 1;
+            tracing::error!(
+                call = which.name(),
+                waited = ?deadline,
+                stranded,
+                "a transactional call did not return by its deadline; replacing the producer"
+            );
+            None
         }
-        other => other,
+        // It returned as the deadline passed: its answer is on its way.
+        Err(RecvTimeoutError::Timeout) => answered.recv().ok(),
+        // `None` too when the helper thread died (a panic in a callback).
+        waited => waited.ok(),
     };
-    match waited {
-        Ok(result) => result.map_err(CallError::Kafka),
-        // The helper thread died (a panic in librdkafka's callbacks).
-        Err(_) => Err(CallError::Stuck {
+    match answer {
+        Some(result) => result.map_err(CallError::Kafka),
+        None => Err(CallError::Stuck {
             call: which,
             waited: deadline,
         }),
     }
+}
+
+/// Marks a running call as given up on; false when it has just returned.
+fn give_up(state: &AtomicU8) -> bool {
+    state
+        .compare_exchange(RUNNING, GIVEN_UP, SeqCst, SeqCst)
+        .is_ok()
 }
 
 /// Calls given up on that have not returned yet: each keeps its producer
