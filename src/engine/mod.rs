@@ -320,6 +320,12 @@ impl Engine {
         self.timers.next_deadline()
     }
 
+    /// Lets the backend make older writes durable (see
+    /// [`StateBackend::flush_if_due`]).
+    pub fn flush_state_if_due(&mut self) {
+        self.backend.flush_if_due();
+    }
+
     /// Processes one input at time `at` (the clock moves to `max(clock, at)`).
     /// Returns `false`, without moving the clock, when no source reads `input.topic`.
     pub fn process(

@@ -87,6 +87,12 @@ pub trait StateBackend: Send {
     /// Makes everything written so far durable.
     fn sync(&mut self) -> Result<(), StateError>;
 
+    /// Makes older writes durable if they have waited long enough, without
+    /// waiting for it: for a backend that does not log its writes (the
+    /// live runtime's, whose changelogs hold them), called on every commit
+    /// tick, busy or idle.
+    fn flush_if_due(&mut self) {}
+
     /// From now on writes may skip the write-ahead log, until
     /// [`StateBackend::end_unlogged`]: for writes that can be made again
     /// from elsewhere after a crash (a restore, from its changelog), where

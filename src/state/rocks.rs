@@ -2,6 +2,7 @@
 //! per store, so that a commit across all stores is a single atomic write.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
@@ -78,6 +79,29 @@ const BULK_LOAD: [(&str, &str); 3] = [
     ("level0_stop_writes_trigger", "1000000"),
 ];
 
+/// What makes a database's writes survive a crash of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// The write-ahead log: every write survives (`sluice replay
+    /// --state-dir`, `sluice state`).
+    Logged,
+    /// Changelog topics hold every committed write (the live runtime), so
+    /// the store skips the write-ahead log, as Kafka Streams' RocksDB stores
+    /// do. A crash leaves it at its last flush: column families are flushed
+    /// together (RocksDB's atomic flush, never in the middle of a write
+    /// batch), so the changelog positions it then holds are those of the
+    /// data beside them, and a restore reads the changelogs on from there.
+    Changelogged,
+    /// Thrown away at the end (a replay's temporary state): no log, no sync.
+    Scratch,
+}
+
+/// How long a changelogged database keeps a write only in its memtables
+/// before it flushes it: a crash takes the store back at most about this
+/// far, and its checkpoint time (see `delete.retention.ms` in the restore)
+/// is then at most about this old.
+const CHANGELOGGED_FLUSH_AFTER: Duration = Duration::from_secs(30);
+
 pub struct RocksBackend {
     db: DB,
     /// One block cache shared by all column families.
@@ -86,8 +110,11 @@ pub struct RocksBackend {
     write_buffers: rocksdb::WriteBufferManager,
     dir: PathBuf,
     names: Vec<String>,
-    /// False for a scratch database, whose writes skip the write-ahead log.
-    wal: bool,
+    durability: Durability,
+    /// A changelogged database's first write since its last flush.
+    unflushed_since: Option<Instant>,
+    /// How long a changelogged database keeps a write unflushed.
+    flush_after: Duration,
     /// Stores written without the write-ahead log since `begin_unlogged`
     /// (`None` outside of it).
     unlogged: Option<Vec<StoreId>>,
@@ -96,7 +123,7 @@ pub struct RocksBackend {
 impl RocksBackend {
     /// Opens (creating if needed) the database in `dir`, with every column family it already has.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        Self::open_with(dir, None, false)
+        Self::open_with(dir, None, Durability::Logged, &[])
     }
 
     /// Opens a scratch database in `dir`, one that is thrown away when the
@@ -104,19 +131,34 @@ impl RocksBackend {
     /// write-ahead log, which exists only to recover after a crash, and
     /// `sync` does nothing. Never for state that must outlive the process.
     pub fn open_scratch(dir: &Path) -> Result<Self, StateError> {
-        Self::open_with(dir, None, true)
+        Self::open_with(dir, None, Durability::Scratch, &[])
     }
 
-    /// Opens the database in `dir` within a memory budget shared with others.
-    pub fn open_shared(dir: &Path, shared: &SharedMemory) -> Result<Self, StateError> {
-        Self::open_with(dir, Some(shared), false)
+    /// Opens the database in `dir` for state whose every committed write is
+    /// also in a changelog (the live runtime's task stores), within a memory
+    /// budget shared with others. Its writes skip the write-ahead log; a
+    /// crash takes it back to its last flush, a consistent point at most
+    /// about 30 s old, and its changelog positions say where the restore
+    /// goes on from. `sync` flushes.
+    ///
+    /// `stores`: the stores it will hold, created with the database if
+    /// missing: RocksDB writes and reads back its options file once for
+    /// them all, instead of once per store created later.
+    pub fn open_changelogged(
+        dir: &Path,
+        shared: &SharedMemory,
+        stores: &[&str],
+    ) -> Result<Self, StateError> {
+        Self::open_with(dir, Some(shared), Durability::Changelogged, stores)
     }
 
     fn open_with(
         dir: &Path,
         shared: Option<&SharedMemory>,
-        scratch: bool,
+        durability: Durability,
+        stores: &[&str],
     ) -> Result<Self, StateError> {
+        let scratch = durability == Durability::Scratch;
         let cache = shared.map_or_else(
             || rocksdb::Cache::new_lru_cache(8 << 20),
             |s| s.cache.clone(),
@@ -129,16 +171,24 @@ impl RocksBackend {
             || rocksdb::WriteBufferManager::new_write_buffer_manager(OWN_MEMTABLE_BYTES, false),
             |s| s.write_buffers.clone(),
         );
-        let opts = Self::options(&cache, &write_buffers, scratch);
+        let mut opts = Self::options(&cache, &write_buffers, scratch);
+        // Without the log, only flushing all column families together keeps
+        // what a crash leaves consistent across them.
+        opts.set_atomic_flush(durability == Durability::Changelogged);
         let open_err = |cause| StateError::Open {
             dir: dir.to_owned(),
             cause,
         };
-        let existing = if dir.join("CURRENT").exists() {
+        let mut existing = if dir.join("CURRENT").exists() {
             DB::list_cf(&opts, dir).map_err(open_err)?
         } else {
             vec!["default".to_owned()]
         };
+        for store in stores {
+            if !existing.iter().any(|name| name == store) {
+                existing.push((*store).to_owned());
+            }
+        }
         let cfs = existing.iter().map(|name| {
             ColumnFamilyDescriptor::new(name, Self::options(&cache, &write_buffers, scratch))
         });
@@ -149,7 +199,9 @@ impl RocksBackend {
             write_buffers,
             dir: dir.to_owned(),
             names: Vec::new(),
-            wal: !scratch,
+            durability,
+            unflushed_since: None,
+            flush_after: CHANGELOGGED_FLUSH_AFTER,
             unlogged: None,
         })
     }
@@ -197,10 +249,12 @@ impl RocksBackend {
             return Ok(());
         }
         let mut opts = WriteOptions::default();
-        // Durability comes from the WAL, synced in `sync` at the points that
-        // need it; unlogged writes get theirs from `end_unlogged`'s flush.
+        // A logged database's durability comes from the WAL, synced in
+        // `sync` at the points that need it; a changelogged one's from its
+        // changelogs and flushes; unlogged writes get theirs from
+        // `end_unlogged`'s flush.
         opts.set_sync(false);
-        opts.disable_wal(!self.wal || self.unlogged.is_some());
+        opts.disable_wal(self.durability != Durability::Logged || self.unlogged.is_some());
         self.db
             .write_opt(wb, &opts)
             .map_err(|cause| StateError::Rocks {
@@ -221,6 +275,98 @@ impl RocksBackend {
             })
     }
 
+    fn int_property(&self, store: StoreId, name: &str) -> Result<u64, StateError> {
+        let value = self
+            .db
+            .property_int_value_cf(self.cf(store)?, name)
+            .map_err(|cause| StateError::Rocks {
+                store: self.names[store].clone(),
+                op: "read a property",
+                cause,
+            })?;
+        Ok(value.unwrap_or(0))
+    }
+
+    /// The stores whose memtables hold writes that are not in table files
+    /// yet. Atomic flush needs all of them flushed together; the others are
+    /// left out, so that a flush never waits on their level 0.
+    fn stores_to_flush(&self) -> Result<Vec<StoreId>, StateError> {
+        let mut stores = Vec::new();
+        for store in 0..self.names.len() {
+            if self.int_property(store, "rocksdb.num-entries-active-mem-table")? > 0
+                || self.int_property(store, "rocksdb.num-immutable-mem-table")? > 0
+            {
+                stores.push(store);
+            }
+        }
+        Ok(stores)
+    }
+
+    /// Whether RocksDB would make a flush of `stores` wait (even one that
+    /// is not asked to): for a memtable already being flushed, or for
+    /// compaction while level 0 is near its slowdown trigger.
+    fn flush_would_wait(&self, stores: &[StoreId]) -> Result<bool, StateError> {
+        for &store in stores {
+            if self.int_property(store, "rocksdb.num-immutable-mem-table")? > 0
+                || self.int_property(store, "rocksdb.num-files-at-level0")? + 1
+                    >= L0_SLOWDOWN as u64
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Flushes the memtables of `stores` together (atomic flush); `wait`:
+    /// until the table files are written.
+    fn flush(&self, stores: &[StoreId], wait: bool) -> Result<(), StateError> {
+        let cfs = stores
+            .iter()
+            .map(|&store| self.cf(store))
+            .collect::<Result<Vec<_>, _>>()?;
+        if cfs.is_empty() {
+            return Ok(());
+        }
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(wait);
+        self.db
+            .flush_cfs_opt(&cfs, &opts)
+            .map_err(|cause| StateError::Rocks {
+                store: "(written stores)".into(),
+                op: "flush",
+                cause,
+            })
+    }
+
+    /// Starts a flush in the background (the caller does not wait) once a
+    /// write has waited [`CHANGELOGGED_FLUSH_AFTER`] in the memtables, so
+    /// that a crash never takes the store far back: memtables fill and
+    /// flush by themselves only under heavy writes. A flush that RocksDB
+    /// would hold up, or that fails, is tried again later: the changelogs
+    /// still hold everything.
+    fn flush_changelogged_if_due(&mut self) {
+        let due = self
+            .unflushed_since
+            .is_some_and(|since| since.elapsed() >= self.flush_after);
+        if !due || self.unlogged.is_some() {
+            return;
+        }
+        let started = self.stores_to_flush().and_then(|stores| {
+            if self.flush_would_wait(&stores)? {
+                return Ok(false);
+            }
+            self.flush(&stores, false).map(|()| true)
+        });
+        match started {
+            Ok(true) => self.unflushed_since = None,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "flushing the store failed; trying again later");
+                self.unflushed_since = Some(Instant::now());
+            }
+        }
+    }
+
     fn cf(&self, store: StoreId) -> Result<&rocksdb::ColumnFamily, StateError> {
         let name = &self.names[store];
         self.db.cf_handle(name).ok_or_else(|| StateError::Corrupt {
@@ -239,7 +385,7 @@ impl StateBackend for RocksBackend {
             self.db
                 .create_cf(
                     name,
-                    &Self::options(&self.cache, &self.write_buffers, !self.wal),
+                    &Self::options(&self.cache, &self.write_buffers, self.is_scratch()),
                 )
                 .map_err(|cause| StateError::Rocks {
                     store: name.to_owned(),
@@ -358,10 +504,10 @@ impl StateBackend for RocksBackend {
         order.sort_unstable();
         // Scratch state takes a large commit in slices: no copy of the whole
         // commit in RocksDB's format, and no memtable far past its size.
-        let slice = if self.wal {
-            usize::MAX
-        } else {
+        let slice = if self.is_scratch() {
             SCRATCH_SLICE_BYTES
+        } else {
+            usize::MAX
         };
         let capacity = (batch.bytes_len() + batch.len() * WRITE_BATCH_OVERHEAD)
             .min(slice.saturating_add(4096));
@@ -380,15 +526,25 @@ impl StateBackend for RocksBackend {
                 self.write_rocks(full)?;
             }
         }
-        self.write_rocks(wb)
+        self.write_rocks(wb)?;
+        if self.durability == Durability::Changelogged {
+            self.unflushed_since.get_or_insert_with(Instant::now);
+        }
+        Ok(())
+    }
+
+    fn flush_if_due(&mut self) {
+        if self.durability == Durability::Changelogged {
+            self.flush_changelogged_if_due();
+        }
     }
 
     fn is_scratch(&self) -> bool {
-        !self.wal
+        self.durability == Durability::Scratch
     }
 
     fn begin_unlogged(&mut self) {
-        if self.wal {
+        if !self.is_scratch() {
             self.unlogged.get_or_insert_with(Vec::new);
         }
     }
@@ -428,14 +584,20 @@ impl StateBackend for RocksBackend {
     }
 
     fn sync(&mut self) -> Result<(), StateError> {
-        if !self.wal {
-            return Ok(());
+        match self.durability {
+            Durability::Scratch => Ok(()),
+            Durability::Logged => self.db.flush_wal(true).map_err(|cause| StateError::Rocks {
+                store: "(wal)".into(),
+                op: "sync",
+                cause,
+            }),
+            Durability::Changelogged => {
+                let stores = self.stores_to_flush()?;
+                self.flush(&stores, true)?;
+                self.unflushed_since = None;
+                Ok(())
+            }
         }
-        self.db.flush_wal(true).map_err(|cause| StateError::Rocks {
-            store: "(wal)".into(),
-            op: "sync",
-            cause,
-        })
     }
 
     fn store_name(&self, store: StoreId) -> &str {

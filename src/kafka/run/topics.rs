@@ -45,6 +45,8 @@ pub struct Plan {
     pub sinks: Vec<String>,
     pub dead_letter: String,
     pub changelogs: Vec<Changelog>,
+    /// Every store of a task's engine, stateless operators' included.
+    pub stores: Vec<String>,
 }
 
 /// The changelog topic of a store: `<app.id>-<operator>-changelog` for an
@@ -107,6 +109,7 @@ impl Plan {
             sinks,
             dead_letter: topo.dead_letter_topic(),
             changelogs,
+            stores: stores.to_vec(),
         };
         plan.check_distinct()?;
         warn_about_keys(topo);

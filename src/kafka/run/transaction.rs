@@ -66,6 +66,10 @@ impl Inner {
     /// output atomically (a transaction, or flush-then-commit), then the
     /// local stores.
     pub(super) fn commit(&mut self, consumer: &BaseConsumer<RunContext>) -> Result<(), RunError> {
+        // Idle tasks too: their last writes must reach table files in time.
+        for task in self.tasks.values_mut() {
+            task.engine.flush_state_if_due();
+        }
         let dirty = self.raw_dirty || self.tasks.values().any(|t| t.dirty);
         if !dirty && !self.txn_open.is_open() {
             return Ok(());

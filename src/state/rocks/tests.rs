@@ -222,3 +222,145 @@ fn a_lasting_database_logs_its_writes_ahead() {
     write_some(&mut lasting);
     assert!(wal_bytes(dir.path()) > 100_000, "the writes are in the log");
 }
+
+/// What a crash of the process would leave of the database in `dir`: its
+/// files as they are now (a copy; memtables are lost).
+fn files_after_a_crash(dir: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+        }
+    }
+    copy
+}
+
+fn shared() -> SharedMemory {
+    SharedMemory::new(8 << 20, 48 << 20)
+}
+
+/// Waits until no flush of `db` is pending or running.
+fn flushes_done(db: &RocksBackend) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let busy = |db: &RocksBackend| {
+        (0..db.names.len()).any(|store| {
+            let cf = db.cf(store).unwrap();
+            [
+                "rocksdb.mem-table-flush-pending",
+                "rocksdb.num-running-flushes",
+            ]
+            .iter()
+            .any(|p| db.db.property_int_value_cf(cf, *p).unwrap() != Some(0))
+        })
+    };
+    while busy(db) {
+        assert!(Instant::now() < deadline, "flushes should end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read(dir: &Path, store: &str, key: &[u8]) -> Option<Vec<u8>> {
+    let mut db = RocksBackend::open(dir).unwrap();
+    let id = db.open_store(store).unwrap();
+    db.get(id, key).unwrap()
+}
+
+/// Writes `data/x` and `meta/pos` (`n` both) in one batch.
+fn commit(db: &mut RocksBackend, n: u32) {
+    let (data, meta) = (
+        db.open_store("data").unwrap(),
+        db.open_store("meta").unwrap(),
+    );
+    let mut batch = WriteBatch::default();
+    batch.put(data, b"x", &n.to_be_bytes());
+    batch.put(meta, b"pos", &n.to_be_bytes());
+    db.write(&batch).unwrap();
+}
+
+#[test]
+fn a_changelogged_store_logs_nothing_and_a_crash_takes_it_back_to_its_last_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = RocksBackend::open_changelogged(dir.path(), &shared(), &[]).unwrap();
+    commit(&mut db, 1);
+    db.sync().unwrap();
+    commit(&mut db, 2);
+    assert_eq!(wal_bytes(dir.path()), 0, "no write-ahead log");
+    let crashed = files_after_a_crash(dir.path());
+    let one = Some(1u32.to_be_bytes().to_vec());
+    assert_eq!(
+        read(crashed.path(), "data", b"x"),
+        one,
+        "the flushed commit"
+    );
+    assert_eq!(
+        read(crashed.path(), "meta", b"pos"),
+        one,
+        "and its position"
+    );
+    drop(db);
+    let two = Some(2u32.to_be_bytes().to_vec());
+    assert_eq!(read(dir.path(), "data", b"x"), two, "closing flushes");
+}
+
+#[test]
+fn a_changelogged_store_flushes_every_store_together_so_a_crash_leaves_positions_with_their_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = RocksBackend::open_changelogged(dir.path(), &shared(), &[]).unwrap();
+    let meta = db.open_store("meta").unwrap();
+    // The meta store fills its memtable (8 MiB) and RocksDB flushes it by
+    // itself; the data store's few bytes must go to disk with it.
+    for n in 0..12u32 {
+        commit(&mut db, n);
+        let mut batch = WriteBatch::default();
+        batch.put(meta, format!("pad{n}").as_bytes(), &vec![n as u8; 1 << 20]);
+        db.write(&batch).unwrap();
+    }
+    flushes_done(&db);
+    let crashed = files_after_a_crash(dir.path());
+    let pos = read(crashed.path(), "meta", b"pos");
+    assert!(pos.is_some(), "the meta store was flushed");
+    assert_eq!(
+        read(crashed.path(), "data", b"x"),
+        pos,
+        "with the data of its commit"
+    );
+}
+
+#[test]
+fn a_changelogged_store_flushes_a_write_that_has_waited_long_enough_even_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = RocksBackend::open_changelogged(dir.path(), &shared(), &[]).unwrap();
+    commit(&mut db, 1);
+    db.flush_if_due();
+    flushes_done(&db);
+    let crashed = files_after_a_crash(dir.path());
+    assert_eq!(read(crashed.path(), "data", b"x"), None, "not due yet");
+    // No write since: the tick of an idle task flushes what waits.
+    db.flush_after = Duration::ZERO;
+    db.flush_if_due();
+    flushes_done(&db);
+    let crashed = files_after_a_crash(dir.path());
+    let one = Some(1u32.to_be_bytes().to_vec());
+    assert_eq!(read(crashed.path(), "data", b"x"), one, "flushed when due");
+    let files = table_files(dir.path());
+    db.flush_if_due();
+    flushes_done(&db);
+    assert_eq!(table_files(dir.path()), files, "nothing left to flush");
+}
+
+#[test]
+fn a_changelogged_store_creates_the_stores_it_is_given_as_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = RocksBackend::open_changelogged(dir.path(), &shared(), &["op/a", "op/b"]).unwrap();
+    assert!(db.db.cf_handle("op/a").is_some() && db.db.cf_handle("op/b").is_some());
+    assert!(db.names.is_empty(), "opened by name only when asked for");
+    commit(&mut db, 3);
+    drop(db);
+    let db = RocksBackend::open_changelogged(dir.path(), &shared(), &["op/a"]).unwrap();
+    assert!(db.db.cf_handle("op/b").is_some(), "existing stores stay");
+    drop(db);
+    assert_eq!(
+        read(dir.path(), "data", b"x"),
+        Some(3u32.to_be_bytes().to_vec())
+    );
+}

@@ -106,8 +106,9 @@ fn open_store(
 ) -> Result<RocksBackend, RunError> {
     let give_up = Instant::now() + LOCK_PATIENCE;
     let mut logged = false;
+    let stores: Vec<&str> = setup.plan.stores.iter().map(String::as_str).collect();
     loop {
-        match RocksBackend::open_shared(dir, setup.memory) {
+        match RocksBackend::open_changelogged(dir, setup.memory, &stores) {
             Err(e)
                 if e.is_lock_held()
                     && Instant::now() < give_up
