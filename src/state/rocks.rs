@@ -18,6 +18,12 @@ pub struct SharedMemory {
 }
 
 impl SharedMemory {
+    /// What `sluice run` gives all its task stores: a 16 MiB block cache
+    /// and 48 MiB of memtables.
+    pub fn for_live_run() -> Self {
+        Self::new(16 << 20, 48 << 20)
+    }
+
     /// A block cache of `cache_bytes` and at most `memtable_bytes` of memtables in all.
     pub fn new(cache_bytes: usize, memtable_bytes: usize) -> Self {
         SharedMemory {

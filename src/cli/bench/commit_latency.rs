@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use sluice::engine::{DeadLetter, Engine, EngineOptions, Output, OutputError, SourceInput};
 use sluice::record::Record;
-use sluice::state::{RocksBackend, StateBackend};
+use sluice::state::{RocksBackend, SharedMemory, StateBackend};
 use sluice::topology::{Sink, Topology};
 
 /// How one run went: per-commit latencies in ms.
@@ -76,7 +76,10 @@ impl CommitBench {
     /// One run in a fresh state directory under `dir`.
     pub fn run_once(&self, dir: &Path) -> Result<CommitRun> {
         let topo = Arc::new(Topology::parse("bench-commit.toml", TOPOLOGY)?);
-        let mut backend = RocksBackend::open(dir).context("opening the bench store")?;
+        // As a live task's store: no write-ahead log, the run's memory budget.
+        let memory = SharedMemory::for_live_run();
+        let mut backend = RocksBackend::open_changelogged(dir, &memory, &[])
+            .context("opening the bench store")?;
         let start = self.fill(&mut backend)?;
         let opts = EngineOptions {
             cache_capacity: self.cache_capacity,

@@ -273,7 +273,7 @@ pub fn run(
         Arc::clone(&opts.observe.health),
     ));
     let directory = observe::start_directory(&base, &topo.app_id, &instance, &layout, &opts)?;
-    let memory = SharedMemory::new(16 << 20, 48 << 20);
+    let memory = SharedMemory::for_live_run();
     let stop = Arc::new(AtomicBool::new(
         outside_stop.load(std::sync::atomic::Ordering::SeqCst),
     ));
