@@ -338,7 +338,7 @@ impl RocksBackend {
         self.db
             .flush_cfs_opt(&cfs, &opts)
             .map_err(|cause| StateError::Rocks {
-                store: "(written stores)".into(),
+                store: "(stores flushed together)".into(),
                 op: "flush",
                 cause,
             })
@@ -559,23 +559,7 @@ impl StateBackend for RocksBackend {
         let Some(stores) = self.unlogged.take() else {
             return Ok(());
         };
-        let cfs = stores
-            .iter()
-            .map(|&store| self.cf(store))
-            .collect::<Result<Vec<_>, _>>()?;
-        if cfs.is_empty() {
-            return Ok(());
-        }
-        let mut wait = rocksdb::FlushOptions::default();
-        wait.set_wait(true);
-        let flushed = self
-            .db
-            .flush_cfs_opt(&cfs, &wait)
-            .map_err(|cause| StateError::Rocks {
-                store: "(unlogged writes)".into(),
-                op: "flush",
-                cause,
-            });
+        let flushed = self.flush(&stores, true);
         // Compaction takes up what the load left in level 0 from now on.
         let (slowdown, stop) = (L0_SLOWDOWN.to_string(), L0_STOP.to_string());
         let normal = [
