@@ -449,6 +449,61 @@ fn inputs_of_different_partition_counts_meeting_in_a_gate_are_refused() {
     );
 }
 
+/// Topics and Sluice deployed together: an input created a moment after the
+/// run starts is waited for (the closed loop's CI run once lost this race to
+/// the brokers' metadata), one that never comes is named.
+#[test]
+fn an_input_topic_created_just_after_the_run_starts_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = unique("late");
+    let (images, alerts) = (format!("{app}-images"), format!("{app}-alerts"));
+    create_topics(&[(&images, 2)]);
+    let topology = topology_file(dir.path(), &app, &images, &alerts, &format!("{app}-out"));
+    let log = dir.path().join("run.log");
+    let mut run = spawn_run(&topology, &dir.path().join("state"), &log, &[]);
+    wait_for_log(&log, "waiting for input topic", 1, Duration::from_secs(30));
+    create_topics(&[(&alerts, 2)]);
+    wait_for_log(&log, "task restored", 1, Duration::from_secs(60));
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the run goes on once its topic exists"
+    );
+    terminate(&mut run);
+}
+
+#[test]
+fn an_input_topic_that_never_appears_is_named_after_a_short_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = unique("absent");
+    let (images, alerts) = (format!("{app}-images"), format!("{app}-alerts"));
+    create_topics(&[(&images, 2)]);
+    let topology = topology_file(dir.path(), &app, &images, &alerts, &format!("{app}-out"));
+    let started = std::time::Instant::now();
+    let out = sluice(&[
+        "run",
+        &topology.display().to_string(),
+        "--brokers",
+        &brokers(),
+        "--state-dir",
+        &dir.path().join("state").display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("`{alerts}`")) && err.contains("do not exist"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&format!("`{images}`")),
+        "only the missing one: {err}"
+    );
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(40)).contains(&took),
+        "gave up after its grace, not at once nor much later: {took:?}"
+    );
+}
+
 /// The suppress() trap of Kafka Streams and Quix Streams: a window closes
 /// only when the next record arrives. Here the wall clock fires the timer.
 #[test]

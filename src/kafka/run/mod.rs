@@ -246,7 +246,7 @@ pub fn run(
     }
     let stores = store_names(&topo, &opts.engine)?;
     let plan = topics::Plan::new(&topo, &stores)?;
-    let layout = topics::prepare(&base, &topo, &plan)?;
+    let layout = topics::prepare(&base, &topo, &plan, outside_stop)?;
     let state_root = opts.state_dir.join(&topo.app_id);
     std::fs::create_dir_all(&state_root).map_err(|e| {
         RunError::Setup(format!(

@@ -5,7 +5,8 @@
 //! of every changelog it owns.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_executor::block_on;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -232,28 +233,19 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Checks the inputs (present, co-partitioned where they meet) and creates
 /// the changelog, dead-letter and sink topics that are missing.
-pub fn prepare(config: &ClientConfig, topo: &Topology, plan: &Plan) -> Result<Layout, RunError> {
+pub fn prepare(
+    config: &ClientConfig,
+    topo: &Topology,
+    plan: &Plan,
+    stop: &AtomicBool,
+) -> Result<Layout, RunError> {
     let mut config = config.clone();
     config.set_log_level(super::librdkafka_log_level());
     let admin: AdminClient<LogContext> = config
         .create_with_context(LogContext)
         .map_err(|e| RunError::kafka("create the admin client", e))?;
-    let mut partitions = partition_counts(&admin)?;
     let sources: Vec<&str> = topo.sources.iter().map(|s| s.topic.as_str()).collect();
-    let missing: Vec<&str> = sources
-        .iter()
-        .copied()
-        .filter(|t| !partitions.contains_key(*t))
-        .collect();
-    if let Some(denied) = refused_input(&admin, &missing) {
-        return Err(denied.into());
-    }
-    if !missing.is_empty() {
-        return Err(RunError::Setup(format!(
-            "input topic(s) {} do not exist: create them (Sluice creates only its own topics)",
-            quote_list(&missing)
-        )));
-    }
+    let mut partitions = partition_counts_with_inputs(&admin, &sources, stop)?;
     // Tasks: the partitions of the inputs read as they are; when every
     // source is repartitioned, those of the largest raw topic.
     let count = |s: &&crate::topology::Source| partitions.get(&s.topic).copied();
@@ -370,6 +362,53 @@ fn quote_list(items: &[&str]) -> String {
         .map(|t| format!("`{t}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// How long a run waits for input topics missing from the metadata before
+/// it gives up. A topic created just before the run starts (a deployment
+/// that applies its topics and Sluice together) can be missing for a moment:
+/// the brokers learn it from the controller after the create has returned,
+/// and a topic without a leader yet is listed with an error.
+const INPUT_TOPIC_GRACE: Duration = Duration::from_secs(10);
+const INPUT_TOPIC_RECHECK: Duration = Duration::from_millis(500);
+
+/// The partition counts of every topic, once all of `inputs` are among them
+/// (at most [`INPUT_TOPIC_GRACE`] later). A topic the run may not read is
+/// refused at once: waiting does not grant an ACL.
+fn partition_counts_with_inputs(
+    admin: &AdminClient<LogContext>,
+    inputs: &[&str],
+    stop: &AtomicBool,
+) -> Result<HashMap<String, i32>, RunError> {
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        let partitions = partition_counts(admin)?;
+        let missing: Vec<&str> = inputs
+            .iter()
+            .copied()
+            .filter(|t| !partitions.contains_key(*t))
+            .collect();
+        if missing.is_empty() {
+            return Ok(partitions);
+        }
+        if let Some(denied) = refused_input(admin, &missing) {
+            return Err(denied.into());
+        }
+        // A stop while waiting ends the run with the same answer.
+        if started.elapsed() >= INPUT_TOPIC_GRACE || stop.load(Ordering::Relaxed) {
+            return Err(RunError::Setup(format!(
+                "input topic(s) {} do not exist (waited {:.0?}): create them (Sluice creates only its own topics)",
+                quote_list(&missing),
+                started.elapsed()
+            )));
+        }
+        if !told {
+            tracing::info!(topics = %quote_list(&missing), grace = ?INPUT_TOPIC_GRACE, "waiting for input topic(s) to appear");
+            told = true;
+        }
+        std::thread::sleep(INPUT_TOPIC_RECHECK);
+    }
 }
 
 fn partition_counts(admin: &AdminClient<LogContext>) -> Result<HashMap<String, i32>, RunError> {
