@@ -461,7 +461,7 @@ fn an_input_topic_created_just_after_the_run_starts_is_waited_for() {
     let topology = topology_file(dir.path(), &app, &images, &alerts, &format!("{app}-out"));
     let log = dir.path().join("run.log");
     let mut run = spawn_run(&topology, &dir.path().join("state"), &log, &[]);
-    wait_for_log(&log, "waiting for input topic", 1, Duration::from_secs(30));
+    wait_for_log(&log, "waiting for topic", 1, Duration::from_secs(30));
     create_topics(&[(&alerts, 2)]);
     wait_for_log(&log, "task restored", 1, Duration::from_secs(60));
     assert!(

@@ -246,18 +246,19 @@ impl KafkaReports {
 /// Refuses a report topic that does not exist at the start, rather than
 /// after the first push (reports are never created as a side effect).
 fn check_topic_exists(producer: &BaseProducer<Deliveries>, topic: &str) -> Result<(), ReportError> {
-    let metadata = producer
-        .client()
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .map_err(|cause| ReportError::Kafka {
-            topic: topic.to_owned(),
-            cause,
-        })?;
-    let known = metadata
-        .topics()
-        .iter()
-        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-    if known {
+    let timeout = Duration::from_secs(30);
+    let (_, missing) = crate::kafka::listed::metadata_listing(
+        producer.client(),
+        Some(topic),
+        &[topic],
+        timeout,
+        |_| true,
+    )
+    .map_err(|cause| ReportError::Kafka {
+        topic: topic.to_owned(),
+        cause,
+    })?;
+    if missing.is_empty() {
         Ok(())
     } else {
         Err(ReportError::Missing(topic.to_owned()))

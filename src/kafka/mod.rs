@@ -1,6 +1,7 @@
 //! Kafka plumbing shared by the commands that talk to a cluster.
 
 pub mod acls;
+pub mod listed;
 pub mod record;
 pub mod run;
 

@@ -305,9 +305,18 @@ struct Slice {
 
 /// The partitions that hold something at or after `--from`, with their ends.
 fn plan(consumer: &BaseConsumer, opts: &RecordOptions) -> Result<Vec<Slice>, RecordError> {
-    let metadata = consumer
-        .fetch_metadata(None, opts.timeout)
-        .map_err(kafka_error("fetching metadata"))?;
+    let wanted: Vec<&str> = opts.topics.iter().map(String::as_str).collect();
+    let (metadata, missing) = crate::kafka::listed::metadata_listing(
+        consumer.client(),
+        None,
+        &wanted,
+        opts.timeout,
+        |_| true,
+    )
+    .map_err(kafka_error("fetching metadata"))?;
+    if let Some(topic) = missing.into_iter().next() {
+        return Err(RecordError::NoSuchTopic(topic));
+    }
     let mut starts = TopicPartitionList::new();
     let mut ends: HashMap<(String, i32), i64> = HashMap::new();
     for topic in &opts.topics {

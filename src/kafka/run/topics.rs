@@ -6,16 +6,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_executor::block_on;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::metadata::Metadata;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
 use super::partitioning::{check_co_partitioning, check_internal_counts, check_same_counts};
 use super::RunError;
 use crate::kafka::acls::{self, Denied, Operation, ResourceType};
+use crate::kafka::listed::{metadata_listing, TOPIC_GRACE};
 use crate::topology::Topology;
 
 /// A state store and the compacted topic that logs its changes.
@@ -364,64 +366,41 @@ fn quote_list(items: &[&str]) -> String {
         .join(", ")
 }
 
-/// How long a run waits for input topics missing from the metadata before
-/// it gives up. A topic created just before the run starts (a deployment
-/// that applies its topics and Sluice together) can be missing for a moment:
-/// the brokers learn it from the controller after the create has returned,
-/// and a topic without a leader yet is listed with an error.
-const INPUT_TOPIC_GRACE: Duration = Duration::from_secs(10);
-const INPUT_TOPIC_RECHECK: Duration = Duration::from_millis(500);
-
 /// The partition counts of every topic, once all of `inputs` are among them
-/// (at most [`INPUT_TOPIC_GRACE`] later). A topic the run may not read is
-/// refused at once: waiting does not grant an ACL.
+/// (waited for as [`metadata_listing`] does). A topic the run may not read
+/// is refused at once: waiting does not grant an ACL.
 fn partition_counts_with_inputs(
     admin: &AdminClient<LogContext>,
     inputs: &[&str],
     stop: &AtomicBool,
 ) -> Result<HashMap<String, i32>, RunError> {
-    let started = Instant::now();
-    let mut told = false;
-    loop {
-        let partitions = partition_counts(admin)?;
-        let missing: Vec<&str> = inputs
-            .iter()
-            .copied()
-            .filter(|t| !partitions.contains_key(*t))
-            .collect();
-        if missing.is_empty() {
-            return Ok(partitions);
-        }
-        if let Some(denied) = refused_input(admin, &missing) {
-            return Err(denied.into());
-        }
-        // A stop while waiting ends the run with the same answer.
-        if started.elapsed() >= INPUT_TOPIC_GRACE || stop.load(Ordering::Relaxed) {
-            return Err(RunError::Setup(format!(
-                "input topic(s) {} do not exist (waited {:.0?}): create them (Sluice creates only its own topics)",
-                quote_list(&missing),
-                started.elapsed()
-            )));
-        }
-        if !told {
-            tracing::info!(topics = %quote_list(&missing), grace = ?INPUT_TOPIC_GRACE, "waiting for input topic(s) to appear");
-            told = true;
-        }
-        std::thread::sleep(INPUT_TOPIC_RECHECK);
+    let mut denied = None;
+    let (metadata, missing) =
+        metadata_listing(admin.inner(), None, inputs, ADMIN_TIMEOUT, |missing| {
+            denied = refused_input(admin, missing);
+            denied.is_none() && !stop.load(Ordering::Relaxed)
+        })
+        .map_err(|e| RunError::kafka("fetch cluster metadata", e))?;
+    if let Some(denied) = denied {
+        return Err(denied.into());
     }
+    if !missing.is_empty() {
+        let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+        return Err(RunError::Setup(format!(
+            "input topic(s) {} do not exist (waited up to {}s): create them (Sluice creates only its own topics)",
+            quote_list(&missing),
+            TOPIC_GRACE.as_secs()
+        )));
+    }
+    Ok(counts_of(&metadata))
 }
 
-fn partition_counts(admin: &AdminClient<LogContext>) -> Result<HashMap<String, i32>, RunError> {
-    let md = admin
-        .inner()
-        .fetch_metadata(None, ADMIN_TIMEOUT)
-        .map_err(|e| RunError::kafka("fetch cluster metadata", e))?;
-    Ok(md
-        .topics()
+fn counts_of(md: &Metadata) -> HashMap<String, i32> {
+    md.topics()
         .iter()
         .filter(|t| t.error().is_none())
         .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
-        .collect())
+        .collect()
 }
 
 /// What an internal topic is for, which decides its cleanup.
