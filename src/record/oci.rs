@@ -17,11 +17,22 @@ pub const MAX_REPOSITORY_LEN: usize = 255;
 //   path-component   := [a-z0-9]+ (separator [a-z0-9]+)*,  separator := [_.] | "__" | "-"+
 //   name             := [domain "/"] path-component ("/" path-component)*
 
+/// Whether `f` holds for every byte. Without an early exit, so that the
+/// compiler checks many bytes per instruction: these checks run on every
+/// field of every record, and the strings that fail are rare.
+fn every_byte(b: &[u8], f: impl Fn(u8) -> bool) -> bool {
+    b.iter().fold(true, |ok, &x| ok & f(x))
+}
+
 fn is_path_component(c: &str) -> bool {
     let b = c.as_bytes();
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    let alnum = |x: u8| x.is_ascii_lowercase() | x.is_ascii_digit();
     if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
         return false;
+    }
+    // The common shape (`svc-01`, `team-a`): any run of `-` is a separator.
+    if every_byte(b, |x| alnum(x) | (x == b'-')) {
+        return true;
     }
     let mut i = 0;
     while i < b.len() {
@@ -106,7 +117,7 @@ fn is_tag(tag: &str) -> bool {
     let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
     (1..=128).contains(&b.len())
         && word(b[0])
-        && b.iter().all(|&x| word(x) || x == b'.' || x == b'-')
+        && every_byte(b, |x| word(x) | (x == b'.') | (x == b'-'))
 }
 
 /// Checks a tag such as `v1.2.3` (`^[\w][\w.-]{0,127}$`, ASCII word characters).
@@ -124,8 +135,9 @@ pub fn check_tag(tag: &str) -> Result<(), String> {
 fn is_digest(digest: &str) -> bool {
     let hex = |h: &str, len: usize| {
         h.len() == len
-            && h.bytes()
-                .all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x))
+            && every_byte(h.as_bytes(), |x| {
+                x.is_ascii_digit() | (b'a'..=b'f').contains(&x)
+            })
     };
     match digest.split_once(':') {
         Some(("sha256", h)) => hex(h, 64),
@@ -152,8 +164,9 @@ pub fn is_name(value: &str) -> bool {
     let b = value.as_bytes();
     (1..=253).contains(&b.len())
         && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-'))
+        && every_byte(b, |x| {
+            x.is_ascii_alphanumeric() | matches!(x, b'.' | b'_' | b'-')
+        })
 }
 
 /// Parses a full reference `repository[:tag][@digest]` into its parts, checking each.
