@@ -17,6 +17,7 @@
 
 use std::fmt::Display;
 
+use crate::record::flat::first_special;
 use serde::ser::{self, Serialize};
 
 /// The name under which `serde_json` serializes a `RawValue`: a struct of
@@ -47,33 +48,8 @@ pub fn write<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), 
     value.serialize(Writer { out })
 }
 
-/// Whether any byte of `bytes` is a control character, `"` or `\`: the
-/// bytes JSON strings escape.
-fn needs_escape(bytes: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    // A byte of `x` is below `n` (n <= 128) when this sets its high bit;
-    // the answer for the word as a whole is exact.
-    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGHS;
-    let zero_byte = |x: u64| below(x, 1);
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let x = u64::from_ne_bytes(chunk.try_into().expect("chunks of eight"));
-        let hits = below(x, 0x20)
-            | zero_byte(x ^ (ONES * u64::from(b'"')))
-            | zero_byte(x ^ (ONES * u64::from(b'\\')));
-        if hits != 0 {
-            return true;
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
-}
-
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    if needs_escape(s.as_bytes()) {
+    if first_special(s.as_bytes()).is_some() {
         // Writing into a Vec cannot fail, and serde_json escapes exactly as it always has.
         let _ = serde_json::to_writer(&mut *out, s);
         return;
