@@ -452,13 +452,37 @@ fn inputs_of_different_partition_counts_meeting_in_a_gate_are_refused() {
 /// Topics and Sluice deployed together: an input created a moment after the
 /// run starts is waited for (the closed loop's CI run once lost this race to
 /// the brokers' metadata), one that never comes is named.
-#[test]
-fn an_input_topic_created_just_after_the_run_starts_is_waited_for() {
+/// A gate topology whose images topic exists and whose alerts topic (its
+/// name returned) does not.
+struct AlertsMissing {
+    dir: tempfile::TempDir,
+    topology: std::path::PathBuf,
+    images: String,
+    alerts: String,
+}
+
+fn alerts_missing(prefix: &str) -> AlertsMissing {
     let dir = tempfile::tempdir().unwrap();
-    let app = unique("late");
+    let app = unique(prefix);
     let (images, alerts) = (format!("{app}-images"), format!("{app}-alerts"));
     create_topics(&[(&images, 2)]);
     let topology = topology_file(dir.path(), &app, &images, &alerts, &format!("{app}-out"));
+    AlertsMissing {
+        dir,
+        topology,
+        images,
+        alerts,
+    }
+}
+
+#[test]
+fn an_input_topic_created_just_after_the_run_starts_is_waited_for() {
+    let AlertsMissing {
+        dir,
+        topology,
+        alerts,
+        ..
+    } = alerts_missing("late");
     let log = dir.path().join("run.log");
     let mut run = spawn_run(&topology, &dir.path().join("state"), &log, &[]);
     wait_for_log(&log, "waiting for topic", 1, Duration::from_secs(30));
@@ -473,11 +497,12 @@ fn an_input_topic_created_just_after_the_run_starts_is_waited_for() {
 
 #[test]
 fn an_input_topic_that_never_appears_is_named_after_a_short_wait() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = unique("absent");
-    let (images, alerts) = (format!("{app}-images"), format!("{app}-alerts"));
-    create_topics(&[(&images, 2)]);
-    let topology = topology_file(dir.path(), &app, &images, &alerts, &format!("{app}-out"));
+    let AlertsMissing {
+        dir,
+        topology,
+        images,
+        alerts,
+    } = alerts_missing("absent");
     let started = std::time::Instant::now();
     let out = sluice(&[
         "run",
