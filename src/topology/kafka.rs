@@ -125,6 +125,9 @@ const MANAGED: &[&str] = &[
     "enable.auto.offset.store",
     "isolation.level",
     "enable.idempotence",
+    // Sluice's producers and its partition lookups assume the Java
+    // clients' murmur2 partitioner.
+    "partitioner",
 ];
 
 /// Whether a property holds a credential, which must come from [kafka.secrets].

@@ -226,7 +226,7 @@ fn secrets_resolve_from_files_and_never_print() {
 #[test]
 fn credentials_in_properties_and_managed_keys_are_refused() {
     let errs = errors(&format!(
-        "{KAFKA_TAIL}[kafka]\nprocessing_guarantee = \"maybe_once\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"group.id\" = \"x\"\n\"Bad Name\" = 1\n[kafka.secrets]\n\"ssl.key.password\" = {{ env = \"A\", file = \"B\" }}\n"
+        "{KAFKA_TAIL}[kafka]\nprocessing_guarantee = \"maybe_once\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"group.id\" = \"x\"\n\"partitioner\" = \"random\"\n\"Bad Name\" = 1\n[kafka.secrets]\n\"ssl.key.password\" = {{ env = \"A\", file = \"B\" }}\n"
     ));
     let keys: Vec<&str> = errs.iter().map(|d| d.key.as_str()).collect();
     assert_eq!(
@@ -235,6 +235,7 @@ fn credentials_in_properties_and_managed_keys_are_refused() {
             "kafka.processing_guarantee",
             "kafka.properties.\"sasl.password\"",
             "kafka.properties.\"group.id\"",
+            "kafka.properties.\"partitioner\"",
             "kafka.properties.\"Bad Name\"",
             "kafka.secrets.\"ssl.key.password\""
         ],

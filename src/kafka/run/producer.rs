@@ -136,24 +136,31 @@ fn refused_txn_partition<'m>(fac: &str, message: &'m str) -> Option<&'m str> {
     rest.split_once('"').map(|(topic, _)| topic)
 }
 
-/// Builds the producer; transactional when `transactional_id` is given.
-pub fn create(
-    base: &ClientConfig,
-    transactional_id: Option<&str>,
-    changelogs: impl IntoIterator<Item = String>,
-) -> Result<Arc<TxnProducer>, RunError> {
+/// Producer properties Sluice picks unless `[kafka.properties]` sets them.
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    // Every commit sends what lingers (`send_lingering`), so a longer
+    // linger delays no intent past its commit; it only makes fewer,
+    // larger batches between commits (about 12% less CPU per event
+    // than 5 ms in `sluice bench run`, the same latency p99).
+    ("linger.ms", "25"),
+    ("compression.type", "lz4"),
+    // Backpressure instead of buffering up to librdkafka's default 1 GiB.
+    ("queue.buffering.max.kbytes", "65536"),
+];
+
+/// The producer's properties: the topology's, Sluice's defaults where it
+/// sets none, and what exactly-once and co-partitioning require.
+fn producer_config(base: &ClientConfig, transactional_id: Option<&str>) -> ClientConfig {
     let mut config = base.clone();
+    for (name, value) in PRODUCER_DEFAULTS {
+        if config.get(name).is_none() {
+            config.set(*name, *value);
+        }
+    }
     config
         .set("enable.idempotence", "true")
-        // Every commit sends what lingers (`send_lingering`), so a longer
-        // linger delays no intent past its commit; it only makes fewer,
-        // larger batches between commits (about 12% less CPU per event
-        // than 5 ms in `sluice bench run`, the same latency p99).
-        .set("linger.ms", "25")
-        .set("compression.type", "lz4")
-        // Backpressure instead of buffering up to librdkafka's default 1 GiB.
-        .set("queue.buffering.max.kbytes", "65536")
-        // Keys land on the partitions the Java clients (and Kafka Streams) would pick.
+        // Keys land on the partitions the Java clients (and Kafka Streams)
+        // would pick, which `query::partition_of` also assumes.
         .set("partitioner", "murmur2_random");
     if let Some(id) = transactional_id {
         let timeout_ms = TRANSACTION_TIMEOUT.as_millis().to_string();
@@ -161,6 +168,16 @@ pub fn create(
             .set("transactional.id", id)
             .set("transaction.timeout.ms", &timeout_ms);
     }
+    config
+}
+
+/// Builds the producer; transactional when `transactional_id` is given.
+pub fn create(
+    base: &ClientConfig,
+    transactional_id: Option<&str>,
+    changelogs: impl IntoIterator<Item = String>,
+) -> Result<Arc<TxnProducer>, RunError> {
+    let config = producer_config(base, transactional_id);
     let producer: Arc<TxnProducer> = Arc::new(
         config
             .create_with_context(Deliveries::new(changelogs))
@@ -393,6 +410,23 @@ pub fn classify(error: KafkaError, what: &'static str) -> RunError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_topologys_producer_properties_win_over_sluices_defaults() {
+        let mut base = ClientConfig::new();
+        base.set("compression.type", "zstd").set("linger.ms", "5");
+        let config = producer_config(&base, Some("app-0"));
+        assert_eq!(config.get("compression.type"), Some("zstd"));
+        assert_eq!(config.get("linger.ms"), Some("5"));
+        assert_eq!(config.get("queue.buffering.max.kbytes"), Some("65536"));
+        assert_eq!(config.get("partitioner"), Some("murmur2_random"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("transactional.id"), Some("app-0"));
+        let plain = producer_config(&ClientConfig::new(), None);
+        assert_eq!(plain.get("compression.type"), Some("lz4"));
+        assert_eq!(plain.get("linger.ms"), Some("25"));
+        assert_eq!(plain.get("transactional.id"), None);
+    }
 
     #[test]
     fn a_refused_partition_is_read_from_librdkafkas_log_line() {
