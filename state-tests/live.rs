@@ -423,6 +423,18 @@ fn a_second_process_with_the_same_identity_fences_the_first() {
     assert_same_intents(&expected, &got, &log[log.len().saturating_sub(5000)..]);
 }
 
+/// `sluice run` in the foreground, for runs that end by themselves (setup errors).
+fn run_to_its_end(topology: &std::path::Path, state: &std::path::Path) -> std::process::Output {
+    sluice(&[
+        "run",
+        &topology.display().to_string(),
+        "--brokers",
+        &brokers(),
+        "--state-dir",
+        &state.display().to_string(),
+    ])
+}
+
 #[test]
 fn inputs_of_different_partition_counts_meeting_in_a_gate_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -430,14 +442,7 @@ fn inputs_of_different_partition_counts_meeting_in_a_gate_are_refused() {
     let (images, alerts) = (format!("{app}-images"), format!("{app}-alerts"));
     create_topics(&[(&images, 4), (&alerts, 2)]);
     let topology = topology_file(dir.path(), &app, &images, &alerts, &format!("{app}-out"));
-    let out = sluice(&[
-        "run",
-        &topology.display().to_string(),
-        "--brokers",
-        &brokers(),
-        "--state-dir",
-        &dir.path().join("state").display().to_string(),
-    ]);
+    let out = run_to_its_end(&topology, &dir.path().join("state"));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -504,14 +509,7 @@ fn an_input_topic_that_never_appears_is_named_after_a_short_wait() {
         alerts,
     } = alerts_missing("absent");
     let started = std::time::Instant::now();
-    let out = sluice(&[
-        "run",
-        &topology.display().to_string(),
-        "--brokers",
-        &brokers(),
-        "--state-dir",
-        &dir.path().join("state").display().to_string(),
-    ]);
+    let out = run_to_its_end(&topology, &dir.path().join("state"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
