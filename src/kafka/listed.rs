@@ -52,7 +52,7 @@ pub fn metadata_listing<C: ClientContext>(
 }
 
 /// Whether `topic` is listed without error and with partitions.
-pub fn usable(metadata: &Metadata, topic: &str) -> bool {
+fn usable(metadata: &Metadata, topic: &str) -> bool {
     metadata
         .topics()
         .iter()
