@@ -222,9 +222,13 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
             // for the other input, an image could be taken before an older
             // alert, as a late record (see Clocks in the README), and the
             // output would differ from replay's. The producer learns both
-            // topics' leaders first, and 10 s leaves a loaded machine room.
+            // topics' leaders first. 10 s was not always enough in CI
+            // (2026-12-07, 239 differences), where the consumer's partitions
+            // come back from an outage one by one on a loaded machine; a
+            // wait that runs out is logged, and shows at the end of a
+            // failure's message.
             "--max-task-idle",
-            "10s",
+            "20s",
             "--state-dir",
         ])
         .arg(dir.path().join("state"))
@@ -298,6 +302,7 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
     alive(&mut run, "after the outages");
     terminate(&mut run);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
+    eprintln!("{}", enforced_waits(&log));
     let got = super::sorted(read_intents(&reads));
     // A harness fault, told apart from a fault of the run: CI, 2026-12-06,
     // before the test producers were idempotent, found an alerts topic whose
@@ -312,10 +317,12 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
             &expected,
             &got,
             &format!(
-                "the run's warnings:\n{}\nthe end of its log:\n{}\n{}",
-                warnings_of(&log, 40),
+                "the run's warnings:\n{}\nthe end of its log:\n{}\n{}\nwhat the run did last:\n{}\n{}",
+                warnings_of(&log, 20),
                 &log[log.len().saturating_sub(3000)..],
-                broker.log_tail(30)
+                broker.log_tail(30),
+                own_lines_of(&log, 12),
+                enforced_waits(&log)
             ),
         );
         return;
@@ -332,8 +339,9 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
         &wanted,
         &distinct,
         &format!(
-            "every intent at least once, and none that replay does not give:\n{}",
-            &log[log.len().saturating_sub(3000)..]
+            "every intent at least once, and none that replay does not give:\n{}\n{}",
+            &log[log.len().saturating_sub(3000)..],
+            enforced_waits(&log)
         ),
     );
     eprintln!(
@@ -355,6 +363,22 @@ fn exactly_once_carries_on_across_broker_outages_of_20_and_60_seconds() {
 #[test]
 fn at_least_once_carries_on_across_broker_outages_of_20_and_60_seconds() {
     carries_on_across_long_outages("at_least_once", 31_500);
+}
+
+/// The run's waits for an empty input that ran out (its log says so each
+/// time). Each batch's tail ends with one; one that ran out while a batch
+/// was still arriving lets the run take records in another order than
+/// replay, which points at the test's timing rather than at a loss.
+fn enforced_waits(log: &str) -> String {
+    let waits: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("going on without them"))
+        .collect();
+    format!(
+        "waits of max_task_idle that ran out: {}\n{}",
+        waits.len(),
+        waits[waits.len().saturating_sub(8)..].join("\n")
+    )
 }
 
 fn debounce_topology(

@@ -165,6 +165,12 @@ pub fn run_live(args: RunArgs) -> Result<ExitCode> {
                 summary.aborts,
                 summary.restored_records
             );
+            if summary.enforced_waits > 0 {
+                eprintln!(
+                    "{} times a task stopped waiting for an empty input (max_task_idle): what that input received next was processed late",
+                    summary.enforced_waits
+                );
+            }
             if let Some(path) = args.stats_json {
                 let mut json = serde_json::to_value(&summary)?;
                 json["peak_rss_bytes"] = crate::cli::bench::peak_rss_bytes().into();

@@ -249,6 +249,11 @@ pub const FENCED: Def = counter(
     "Times this instance was fenced by another with the same transactional id.",
     &[],
 );
+pub const ENFORCED_PROCESSING: Def = counter(
+    "sluice_enforced_processing",
+    "Times a task stopped waiting max_task_idle for an empty input and went on without it (Kafka Streams' enforced processing): that input's next records are late.",
+    &[],
+);
 pub const DEAD_LETTERS: Def = counter(
     "sluice_dead_letters",
     "Records sent to the dead-letter topic.",
@@ -367,6 +372,7 @@ pub const ALL: &[Def] = &[
     ABORTS,
     PRODUCER_REBUILDS,
     FENCED,
+    ENFORCED_PROCESSING,
     DEAD_LETTERS,
     COMMITTER_INTENTS,
     COMMITTER_REFUSALS,

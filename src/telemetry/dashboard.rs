@@ -145,6 +145,7 @@ pub fn rows() -> Vec<Row> {
                     q(quantile(&c::RESTORE_DURATION, 0.99, ""), "p99 seconds"),
                 ]),
                 panel("Punctuations", "Wall-clock timers fired without a record, per second.", "ops", vec![q(rate_by(&c::TASK_PUNCTUATIONS, ""), "punctuations")]),
+                panel("Enforced processing", "Waits of max_task_idle for an empty input that ran out, per second: that input's next records are late.", "ops", vec![q(rate_by(&c::ENFORCED_PROCESSING, ""), "enforced")]),
             ],
         },
         Row {

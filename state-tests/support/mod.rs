@@ -568,7 +568,9 @@ fn difference_counts(counts: &HashMap<&IntentFields, i64>, expected: usize, got:
 /// The message starts and ends with what differs, never with a dump of
 /// both lists: a CI log keeps only part of a failure, and the counts of
 /// missing and extra intents are what tell a loss from a repeat. `context`
-/// (log lines) goes between.
+/// (log lines) comes after the list of differences, its last lines just
+/// before the closing counts: a CI digest keeps a failure's first and last
+/// lines.
 pub fn assert_same_intents(expected: &[IntentFields], got: &[IntentFields], context: &str) {
     if got != expected {
         let diff = diff_multisets(expected, got);
@@ -578,7 +580,7 @@ pub fn assert_same_intents(expected: &[IntentFields], got: &[IntentFields], cont
             .unwrap_or_default()
             .trim_end_matches(':');
         panic!(
-            "the output differs from replay's: {summary}\n{context}\n\n{diff}\nagain: {summary}"
+            "the output differs from replay's: {summary}\n{diff}\n\n{context}\nagain: {summary}"
         );
     }
 }

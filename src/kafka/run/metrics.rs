@@ -81,6 +81,7 @@ pub struct RunMetrics {
     aborts: Counter<u64>,
     rebuilds: Counter<u64>,
     fenced: Counter<u64>,
+    enforced: Counter<u64>,
     sinks: Vec<KeyValue>,
 }
 
@@ -110,6 +111,7 @@ impl RunMetrics {
             aborts: counter(meter, &c::ABORTS),
             rebuilds: counter(meter, &c::PRODUCER_REBUILDS),
             fenced: counter(meter, &c::FENCED),
+            enforced: counter(meter, &c::ENFORCED_PROCESSING),
             sinks: sinks
                 .iter()
                 .map(|s| KeyValue::new("sink", s.clone()))
@@ -123,6 +125,7 @@ impl RunMetrics {
             metrics.rebuilds.add(0, &[KeyValue::new("class", *class)]);
         }
         metrics.fenced.add(0, &[]);
+        metrics.enforced.add(0, &[]);
         Arc::new(metrics)
     }
 
@@ -189,6 +192,11 @@ impl RunMetrics {
 
     pub fn fenced(&self) {
         self.fenced.add(1, &[]);
+    }
+
+    /// Waits for empty inputs that ran out (see `Task::next_queue`).
+    pub fn enforced(&self, waits: u64) {
+        self.enforced.add(waits, &[]);
     }
 
     pub fn restored(&self, task: i32, records: u64, took: Duration) {

@@ -179,6 +179,9 @@ pub struct RunSummary {
     /// Changelog records a restore skipped because they follow from input
     /// that was never committed (at-least-once).
     pub restore_uncommitted: u64,
+    /// Waits for an empty input that ran out (`max_task_idle`): what that
+    /// input received next was processed late.
+    pub enforced_waits: u64,
     /// The most input buffered by the tasks at once, in bytes.
     pub max_buffered_bytes: u64,
     /// Milliseconds from the first record processed to the last commit.

@@ -49,12 +49,26 @@ impl Inner {
                     }
                 }
             }
+            self.count_enforced(id);
         }
         if total > 0 {
             self.first_record.get_or_insert_with(Instant::now);
             self.summary.processed += total as u64;
         }
         Ok(total)
+    }
+
+    /// Counts the waits for empty inputs that task `id` gave up on
+    /// (`max_task_idle`): read once per task and pass, not per record.
+    fn count_enforced(&mut self, id: i32) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let enforced = task.take_enforced();
+        if enforced > 0 {
+            self.summary.enforced_waits += enforced;
+            self.shared.metrics.enforced(enforced);
+        }
     }
 
     fn process_record(&mut self, id: i32, qi: usize, m: &OwnedMessage) -> Result<(), TxnFailure> {

@@ -111,6 +111,11 @@ pub struct Task {
     /// Since when the task waits for an empty, caught-up input while
     /// another has records (event time with `max_task_idle`).
     idle_since: Option<std::time::Instant>,
+    /// The current wait ran out and the task goes on without the empty
+    /// inputs (counted once per wait).
+    enforcing: bool,
+    /// Waits that ran out since [`Task::take_enforced`] last read them.
+    enforced: u64,
     /// The engine's per-node counters as of the last commit: the metrics
     /// publish what each commit added.
     counted: Vec<NodeStats>,
@@ -175,6 +180,8 @@ impl Task {
             fired_seen,
             processed: 0,
             idle_since: None,
+            enforcing: false,
+            enforced: 0,
             counted: Vec::new(),
             prepared: None,
             superseded: restored.superseded,
@@ -195,7 +202,7 @@ impl Task {
         self.fired_seen = self.engine.timers_fired();
         self.dirty = !self.superseded.is_empty();
         self.prepared = None;
-        self.idle_since = None;
+        self.end_wait();
         // The reopened engine counts from zero; what was counted stays published.
         self.processed = 0;
         self.counted.clear();
@@ -271,7 +278,7 @@ impl Task {
             }
         }
         if best.is_none() {
-            self.idle_since = None;
+            self.end_wait();
             return None;
         }
         if fetching {
@@ -279,14 +286,48 @@ impl Task {
         }
         let best = best.map(|(_, i)| i);
         if !(event_time && caught_up_empty && best.is_some()) || max_idle.is_zero() {
-            self.idle_since = None;
+            self.end_wait();
             return best;
         }
         let since = *self.idle_since.get_or_insert_with(std::time::Instant::now);
         if since.elapsed() < max_idle {
             return None;
         }
+        if !self.enforcing {
+            self.enforce(max_idle);
+        }
         best
+    }
+
+    fn end_wait(&mut self) {
+        self.idle_since = None;
+        self.enforcing = false;
+    }
+
+    /// The wait for the empty inputs ran out: what they receive from now on
+    /// until the task holds no records is late (processed at the current
+    /// stream time), where replay of the same records may differ. Counted
+    /// and logged, as Kafka Streams counts its enforced processing.
+    fn enforce(&mut self, max_idle: std::time::Duration) {
+        self.enforcing = true;
+        self.enforced += 1;
+        let waited: Vec<&str> = self
+            .queues
+            .iter()
+            .filter(|q| q.buffer.is_empty())
+            .map(|q| q.topic.as_str())
+            .collect();
+        tracing::info!(
+            task = self.id,
+            waited = ?waited,
+            max_task_idle_ms = max_idle.as_millis() as u64,
+            "inputs stayed empty for max_task_idle; going on without them (their next records are late)"
+        );
+    }
+
+    /// Waits that ran out (see [`Task::next_queue`]) since the last call.
+    pub fn take_enforced(&mut self) -> u64 {
+        std::mem::take(&mut self.enforced)
     }
 
     /// Collects this commit's state changes and calls `send` with each
@@ -408,6 +449,8 @@ mod tests {
             fired_seen: 0,
             processed: 0,
             idle_since: None,
+            enforcing: false,
+            enforced: 0,
             counted: Vec::new(),
             prepared: None,
             superseded: Vec::new(),
@@ -506,6 +549,29 @@ mod tests {
             None,
             "new images wait afresh for the alerts"
         );
+    }
+
+    #[test]
+    fn a_wait_that_runs_out_is_counted_once() {
+        let idle = Duration::from_millis(200);
+        let mut t = task_past_its_wait(idle);
+        t.queues[0].push(record("images", 1, 30));
+        assert_eq!(t.next_queue(true, idle), Some(0), "the wait ran out");
+        t.queues[0].pop();
+        assert_eq!(t.next_queue(true, idle), Some(0), "the same wait");
+        assert_eq!(t.take_enforced(), 1);
+        assert_eq!(t.take_enforced(), 0, "read once");
+        t.queues[0].pop();
+        assert_eq!(
+            t.next_queue(true, idle),
+            None,
+            "nothing held: the wait ends"
+        );
+        t.queues[0].push(record("images", 2, 40));
+        assert_eq!(t.next_queue(true, idle), None, "a new wait");
+        std::thread::sleep(idle);
+        assert_eq!(t.next_queue(true, idle), Some(0));
+        assert_eq!(t.take_enforced(), 1, "the second wait ran out too");
     }
 
     #[test]

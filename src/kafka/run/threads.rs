@@ -316,6 +316,7 @@ fn combine(summaries: Vec<RunSummary>, threads: usize) -> RunSummary {
         total.restore_ms += s.restore_ms;
         total.restore_malformed += s.restore_malformed;
         total.restore_uncommitted += s.restore_uncommitted;
+        total.enforced_waits += s.enforced_waits;
         // Each thread's buffers have their own share of the one budget.
         total.max_buffered_bytes += s.max_buffered_bytes;
         total.active_ms = total.active_ms.max(s.active_ms);
