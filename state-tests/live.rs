@@ -2,6 +2,7 @@
 //! Nothing here mocks Kafka; without a broker these tests fail and say so.
 
 mod live_eos;
+mod live_outage;
 mod live_stuck;
 mod live_threads;
 mod support;
