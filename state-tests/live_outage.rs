@@ -139,7 +139,7 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
     alive(&mut run, "after the outages");
     terminate(&mut run);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
-    eprintln!("{}", enforced_waits(&log));
+    eprintln!("{}", run_synopsis(&log));
     let got = super::sorted(read_intents(&reads));
     // A harness fault, told apart from a fault of the run: CI, 2026-12-06,
     // before the test producers were idempotent, found an alerts topic whose
@@ -159,7 +159,7 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
                 &log[log.len().saturating_sub(3000)..],
                 broker.log_tail(30),
                 own_lines_of(&log, 12),
-                enforced_waits(&log)
+                run_synopsis(&log)
             ),
         );
         return;
@@ -178,7 +178,7 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
         &format!(
             "every intent at least once, and none that replay does not give:\n{}\n{}",
             &log[log.len().saturating_sub(3000)..],
-            enforced_waits(&log)
+            run_synopsis(&log)
         ),
     );
     eprintln!(
@@ -202,18 +202,32 @@ fn at_least_once_carries_on_across_broker_outages_of_20_and_60_seconds() {
     carries_on_across_long_outages("at_least_once", 31_500);
 }
 
-/// The run's waits for an empty input that ran out (its log says so each
-/// time). Each batch's tail ends with one; one that ran out while a batch
-/// was still arriving lets the run take records in another order than
-/// replay, which points at the test's timing rather than at a loss.
-fn enforced_waits(log: &str) -> String {
+/// What the run went through, from its log, for the end of a failure
+/// message (a CI digest keeps a message's last lines): its closing summary,
+/// how often it rebuilt its producer, was revoked its partitions (lost:
+/// a session that expired in the outage), restored a task, and every wait
+/// for an empty input that ran out. Each batch's tail ends with such a
+/// wait; one that ran out while a batch was still arriving lets the run
+/// take records in another order than replay, which points at the test's
+/// timing rather than at a loss.
+fn run_synopsis(log: &str) -> String {
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    let closing = log
+        .lines()
+        .filter(|l| l.starts_with("processed "))
+        .last()
+        .unwrap_or("(no closing summary)");
     let waits: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("going on without them"))
         .collect();
     format!(
-        "waits of max_task_idle that ran out: {}\n{}",
+        "{closing}\nproducer rebuilds {}, revocations {} (lost {}), tasks restored {}\nwaits of max_task_idle that ran out: {}\n{}",
+        count("producer rebuilt"),
+        count("partitions revoked"),
+        count("lost=true"),
+        count("task restored"),
         waits.len(),
-        waits[waits.len().saturating_sub(8)..].join("\n")
+        waits[waits.len().saturating_sub(6)..].join("\n")
     )
 }
