@@ -214,8 +214,8 @@ fn run_synopsis(log: &str) -> String {
     let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
     let closing = log
         .lines()
-        .filter(|l| l.starts_with("processed "))
-        .last()
+        .rev()
+        .find(|l| l.starts_with("processed "))
         .unwrap_or("(no closing summary)");
     let waits: Vec<&str> = log
         .lines()
