@@ -55,10 +55,7 @@ impl Setup {
     }
 
     fn topics(&self) -> HashMap<&'static str, String> {
-        HashMap::from([
-            ("docker-events", self.images.clone()),
-            ("alert-events", self.alerts.clone()),
-        ])
+        flood_topics(&self.images, &self.alerts)
     }
 
     /// The lines with their topics renamed to this test's topics.
@@ -622,13 +619,9 @@ fn the_run_carries_on_by_itself_across_a_broker_restart() {
     let topology = topology_file(dir.path(), &app, &images, &alerts, &sink);
     let mut lines = sorted_flood(40_000, 300, 3);
     end_markers(&mut lines, 2);
-    let topics = HashMap::from([
-        ("docker-events", images.clone()),
-        ("alert-events", alerts.clone()),
-    ]);
-    let renamed = renamed(&lines, &topics);
+    let topics = flood_topics(&images, &alerts);
     let input = dir.path().join("input.jsonl");
-    write_lines(&input, &renamed);
+    write_renamed(&input, &lines, &topics);
     let expected = sorted(replay_intents(&topology, &input, &sink));
     produce(
         &producer_on(&broker.address),
@@ -638,13 +631,12 @@ fn the_run_carries_on_by_itself_across_a_broker_restart() {
     );
 
     let log = dir.path().join("run.log");
-    let mut run = sluice_cmd()
-        .env("SLUICE_FAULTS", "txn.before-commit=delay:40")
-        .args(["-v", "run"])
-        .arg(&topology)
-        .args([
-            "--brokers",
-            &broker.address,
+    let mut run = spawn_run_on(
+        &broker.address,
+        &topology,
+        &dir.path().join("state"),
+        &log,
+        &[
             "--clock",
             "event",
             "--commit-interval-ms",
@@ -653,12 +645,9 @@ fn the_run_carries_on_by_itself_across_a_broker_restart() {
             // input caught up before it is waited for (see Clocks).
             "--max-task-idle",
             "2s",
-            "--state-dir",
-        ])
-        .arg(dir.path().join("state"))
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        ],
+        &[("SLUICE_FAULTS", "txn.before-commit=delay:40")],
+    );
     std::thread::sleep(Duration::from_secs(3));
     broker.script(&["restart", "--keep-data"]);
     let reads = read_topic(

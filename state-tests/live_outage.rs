@@ -2,7 +2,6 @@
 //! item 3): the broker of the test's own is stopped for 20 s and then for
 //! 60 s while the run is busy, with input produced between the outages.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::support::*;
@@ -23,13 +22,9 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
     let topology = topology_file(dir.path(), &app, &images, &alerts, &sink);
     let mut lines = sorted_flood(30_000, 300, 17);
     super::end_markers(&mut lines, 2);
-    let topics = HashMap::from([
-        ("docker-events", images.clone()),
-        ("alert-events", alerts.clone()),
-    ]);
-    let renamed = renamed(&lines, &topics);
+    let topics = flood_topics(&images, &alerts);
     let input = dir.path().join("input.jsonl");
-    write_lines(&input, &renamed);
+    write_renamed(&input, &lines, &topics);
     let expected = super::sorted(replay_intents(&topology, &input, &sink));
     // A third now, the rest between the outages, so that the run is busy
     // (a transaction open) when each begins. The end markers come last.
@@ -41,13 +36,12 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
         super::marker_partition,
     );
     let log = dir.path().join("run.log");
-    let mut run = sluice_cmd()
-        .env("SLUICE_FAULTS", "txn.before-commit=delay:40")
-        .args(["-v", "run"])
-        .arg(&topology)
-        .args([
-            "--brokers",
-            &broker.address,
+    let mut run = spawn_run_on(
+        &broker.address,
+        &topology,
+        &dir.path().join("state"),
+        &log,
+        &[
             "--guarantee",
             guarantee,
             "--clock",
@@ -66,12 +60,9 @@ fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
             // failure's message.
             "--max-task-idle",
             "20s",
-            "--state-dir",
-        ])
-        .arg(dir.path().join("state"))
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        ],
+        &[("SLUICE_FAULTS", "txn.before-commit=delay:40")],
+    );
     let alive = |run: &mut std::process::Child, when: &str| {
         if let Some(status) = run.try_wait().unwrap() {
             let log = std::fs::read_to_string(&log).unwrap_or_default();

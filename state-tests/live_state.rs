@@ -84,10 +84,7 @@ impl App {
     }
 
     fn topics(&self) -> HashMap<&'static str, String> {
-        HashMap::from([
-            ("docker-events", self.images.clone()),
-            ("alert-events", self.alerts.clone()),
-        ])
+        flood_topics(&self.images, &self.alerts)
     }
 
     fn path(&self, name: &str) -> PathBuf {

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -38,13 +37,9 @@ fn run_metrics_count_what_replay_counts() {
         key: Some("zz-end-marker".into()),
         value: END_MARKER.into(),
     });
-    let topics = HashMap::from([
-        ("docker-events", images.clone()),
-        ("alert-events", alerts.clone()),
-    ]);
-    let renamed = renamed(&lines, &topics);
+    let topics = flood_topics(&images, &alerts);
     let input = dir.path().join("input.jsonl");
-    write_lines(&input, &renamed);
+    write_renamed(&input, &lines, &topics);
     let stats = dir.path().join("replay-stats.json");
     let out = sluice_cmd()
         .arg("replay")

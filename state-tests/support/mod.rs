@@ -205,6 +205,21 @@ pub fn renamed(lines: &[Line], topics: &HashMap<&str, String>) -> Vec<Line> {
         .collect()
 }
 
+/// The flood's topics renamed to a test's own inputs (those of
+/// `topology_file`).
+pub fn flood_topics(images: &str, alerts: &str) -> HashMap<&'static str, String> {
+    HashMap::from([
+        ("docker-events", images.to_owned()),
+        ("alert-events", alerts.to_owned()),
+    ])
+}
+
+/// Writes `lines`, their topics renamed through `topics`, as the replay
+/// input `path`: what the test produces, as replay reads it.
+pub fn write_renamed(path: &Path, lines: &[Line], topics: &HashMap<&str, String>) {
+    write_lines(path, &renamed(lines, topics));
+}
+
 /// Produces `lines` (topics renamed through `topics`), keyed and stamped as
 /// given; `partition` pins a line to a partition when it returns Some.
 pub fn produce(
@@ -458,13 +473,25 @@ pub fn spawn_run_with(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Child {
+    spawn_run_on(&brokers(), topology, state, log, extra, env)
+}
+
+/// [`spawn_run_with`] on `brokers` (a broker of the test's own).
+pub fn spawn_run_on(
+    brokers: &str,
+    topology: &Path,
+    state: &Path,
+    log: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let log = std::fs::File::create(log).unwrap();
     sluice_cmd()
         .envs(env.iter().copied())
         .arg("-v")
         .arg("run")
         .arg(topology)
-        .args(["--brokers", &brokers(), "--state-dir"])
+        .args(["--brokers", brokers, "--state-dir"])
         .arg(state)
         .args(extra)
         .stdout(Stdio::null())
