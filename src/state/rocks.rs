@@ -115,9 +115,13 @@ pub struct RocksBackend {
     unflushed_since: Option<Instant>,
     /// How long a changelogged database keeps a write unflushed.
     flush_after: Duration,
-    /// Stores written without the write-ahead log since `begin_unlogged`
-    /// (`None` outside of it).
-    unlogged: Option<Vec<StoreId>>,
+    /// Writes skip the write-ahead log (between `begin_unlogged` and
+    /// `end_unlogged`).
+    unlogged: bool,
+    /// The bulk load under way between `begin_unlogged` and `end_unlogged`.
+    loading: Option<load::Load>,
+    /// Bytes a load gathers before it writes table files (tests lower it).
+    load_spill_bytes: usize,
 }
 
 impl RocksBackend {
@@ -202,7 +206,9 @@ impl RocksBackend {
             durability,
             unflushed_since: None,
             flush_after: flush::CHANGELOGGED_FLUSH_AFTER,
-            unlogged: None,
+            unlogged: false,
+            loading: None,
+            load_spill_bytes: load::SPILL_BYTES,
         })
     }
 
@@ -254,7 +260,7 @@ impl RocksBackend {
         // changelogs and flushes; unlogged writes get theirs from
         // `end_unlogged`'s flush.
         opts.set_sync(false);
-        opts.disable_wal(self.durability != Durability::Logged || self.unlogged.is_some());
+        opts.disable_wal(self.durability != Durability::Logged || self.unlogged);
         self.db
             .write_opt(wb, &opts)
             .map_err(|cause| StateError::Rocks {
@@ -377,18 +383,79 @@ impl StateBackend for RocksBackend {
     }
 
     fn write(&mut self, batch: &WriteBatch) -> Result<(), StateError> {
-        if let Some(stores) = self.unlogged.as_mut() {
-            let mut loading = Vec::new();
-            for (store, _, _) in batch.iter() {
-                if !stores.contains(&store) {
-                    stores.push(store);
-                    loading.push(store);
-                }
-            }
-            for store in loading {
-                self.tune(store, &BULK_LOAD)?;
+        if let Some(mut load) = self.loading.take() {
+            let written = self.write_loading(&mut load, batch);
+            self.loading = Some(load);
+            return written;
+        }
+        self.write_sorted(batch)
+    }
+
+    fn flush_if_due(&mut self) {
+        self.start_flush_if_due();
+    }
+
+    fn is_scratch(&self) -> bool {
+        self.durability == Durability::Scratch
+    }
+
+    fn begin_unlogged(&mut self) {
+        if !self.is_scratch() && self.loading.is_none() {
+            self.loading = Some(load::Load::new(&self.dir, self.load_spill_bytes));
+            self.unlogged = true;
+        }
+    }
+
+    fn end_unlogged(&mut self) -> Result<(), StateError> {
+        let Some(mut load) = self.loading.take() else {
+            return Ok(());
+        };
+        let ingested = self.ingest(&mut load);
+        let stores = load.memtable_stores();
+        let flushed = self.flush(&stores, true);
+        self.unlogged = false;
+        // Compaction takes up what the load left in level 0 from now on.
+        let (slowdown, stop) = (L0_SLOWDOWN.to_string(), L0_STOP.to_string());
+        let normal = [
+            ("disable_auto_compactions", "false"),
+            ("level0_slowdown_writes_trigger", slowdown.as_str()),
+            ("level0_stop_writes_trigger", stop.as_str()),
+        ];
+        for store in stores {
+            self.tune(store, &normal)?;
+        }
+        ingested.and(flushed)
+    }
+
+    fn sync(&mut self) -> Result<(), StateError> {
+        match self.durability {
+            Durability::Scratch => Ok(()),
+            Durability::Logged => self.db.flush_wal(true).map_err(|cause| StateError::Rocks {
+                store: "(wal)".into(),
+                op: "sync",
+                cause,
+            }),
+            Durability::Changelogged => {
+                let stores = self.stores_to_flush()?;
+                self.flush(&stores, true)?;
+                self.unflushed_since = None;
+                Ok(())
             }
         }
+    }
+
+    fn store_name(&self, store: StoreId) -> &str {
+        &self.names[store]
+    }
+
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+impl RocksBackend {
+    /// Writes `batch` through the memtables, sorted by store and key.
+    fn write_sorted(&mut self, batch: &WriteBatch) -> Result<(), StateError> {
         let cfs = (0..self.names.len())
             .map(|store| self.cf(store))
             .collect::<Result<Vec<_>, _>>()?;
@@ -432,65 +499,9 @@ impl StateBackend for RocksBackend {
         }
         Ok(())
     }
-
-    fn flush_if_due(&mut self) {
-        self.start_flush_if_due();
-    }
-
-    fn is_scratch(&self) -> bool {
-        self.durability == Durability::Scratch
-    }
-
-    fn begin_unlogged(&mut self) {
-        if !self.is_scratch() {
-            self.unlogged.get_or_insert_with(Vec::new);
-        }
-    }
-
-    fn end_unlogged(&mut self) -> Result<(), StateError> {
-        let Some(stores) = self.unlogged.take() else {
-            return Ok(());
-        };
-        let flushed = self.flush(&stores, true);
-        // Compaction takes up what the load left in level 0 from now on.
-        let (slowdown, stop) = (L0_SLOWDOWN.to_string(), L0_STOP.to_string());
-        let normal = [
-            ("disable_auto_compactions", "false"),
-            ("level0_slowdown_writes_trigger", slowdown.as_str()),
-            ("level0_stop_writes_trigger", stop.as_str()),
-        ];
-        for store in stores {
-            self.tune(store, &normal)?;
-        }
-        flushed
-    }
-
-    fn sync(&mut self) -> Result<(), StateError> {
-        match self.durability {
-            Durability::Scratch => Ok(()),
-            Durability::Logged => self.db.flush_wal(true).map_err(|cause| StateError::Rocks {
-                store: "(wal)".into(),
-                op: "sync",
-                cause,
-            }),
-            Durability::Changelogged => {
-                let stores = self.stores_to_flush()?;
-                self.flush(&stores, true)?;
-                self.unflushed_since = None;
-                Ok(())
-            }
-        }
-    }
-
-    fn store_name(&self, store: StoreId) -> &str {
-        &self.names[store]
-    }
-
-    fn location(&self) -> String {
-        self.dir.display().to_string()
-    }
 }
 
 mod flush;
+mod load;
 #[cfg(test)]
 mod tests;

@@ -87,7 +87,7 @@ impl RocksBackend {
         let due = self
             .unflushed_since
             .is_some_and(|since| since.elapsed() >= self.flush_after);
-        if !due || self.unlogged.is_some() {
+        if !due || self.unlogged {
             return;
         }
         let started = self.stores_to_flush().and_then(|stores| {
