@@ -98,18 +98,18 @@ impl Operator for Dedup {
     ) -> Result<(), StateError> {
         let key = self.key.encode(&record.payload);
         let now = cx.now();
-        let slot = self.last_passed.get_mut(cx.backend(), key)?;
-        match *slot {
-            Some(s) if now < s.saturating_add(self.ttl) => {
-                if self.refresh_on_drop {
-                    *slot = Some(now);
-                }
-                cx.drop_record("duplicate");
-            }
-            _ => {
-                *slot = Some(now);
-                cx.pass(record);
-            }
+        // Read first: a repeat that changes nothing must not make its entry
+        // dirty, or every commit would write it to the store and its
+        // changelog again, unchanged (most pushes of a release flood are
+        // repeats).
+        let last = self.last_passed.get(cx.backend(), key)?.copied();
+        let repeat = last.is_some_and(|s| now < s.saturating_add(self.ttl));
+        if !repeat || self.refresh_on_drop {
+            *self.last_passed.get_mut(cx.backend(), key)? = Some(now);
+        }
+        match repeat {
+            true => cx.drop_record("duplicate"),
+            false => cx.pass(record),
         }
         Ok(())
     }
@@ -196,6 +196,25 @@ mod tests {
             "s moved to 8s, so 16s < 18s"
         );
         assert_eq!(h.push(26_000, image("a", Some("v1"))).len(), 1);
+    }
+
+    #[test]
+    fn a_repeat_that_changes_nothing_leaves_no_changelog_record() {
+        let mut h = Harness::new(&topology(false));
+        assert_eq!(h.push_counting_changelog(0, image("a", Some("v1")), "d"), 1);
+        assert_eq!(
+            h.push_counting_changelog(5_000, image("a", Some("v1")), "d"),
+            0,
+            "a dropped repeat without refresh_on_drop changes no state"
+        );
+        assert_eq!(h.dropped("duplicate"), 1);
+        let mut h = Harness::new(&topology(true));
+        h.push_counting_changelog(0, image("a", Some("v1")), "d");
+        assert_eq!(
+            h.push_counting_changelog(5_000, image("a", Some("v1")), "d"),
+            1,
+            "refresh_on_drop moves the window: a change"
+        );
     }
 
     #[test]

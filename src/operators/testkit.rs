@@ -144,6 +144,33 @@ impl Harness {
         std::mem::take(&mut self.out.records)
     }
 
+    /// Processes `payload` at `ts`, then commits as the live runtime does,
+    /// and returns how many changelog records of operator `op`'s store that
+    /// commit carries.
+    pub fn push_counting_changelog(&mut self, ts: u64, payload: Payload, op: &str) -> usize {
+        let value = payload.to_json().to_string();
+        let input = SourceInput {
+            topic: "docker-events",
+            key: Some("k"),
+            value: &value,
+            decoded: false,
+            origin: Default::default(),
+        };
+        self.engine
+            .process(input, ts, &mut self.out)
+            .expect("processing succeeds");
+        let changes = self.engine.prepare_commit().expect("commit prepares");
+        let store = format!("op/{op}");
+        let count = self
+            .engine
+            .changelog(&changes)
+            .filter(|(name, _, _)| *name == store)
+            .count();
+        self.engine.apply_commit(changes).expect("commit applies");
+        self.out.records.clear();
+        count
+    }
+
     /// Fires the timers due up to `ts`.
     pub fn advance(&mut self, ts: u64) -> Vec<Record> {
         self.engine
