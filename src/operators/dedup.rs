@@ -14,6 +14,8 @@ use crate::topology::reader::TableReader;
 ///
 /// State: one timestamp per key. Entries whose ttl has run out are purged at
 /// the next commit, so state holds only the keys seen within about the last ttl.
+/// A repeat dropped without `refresh_on_drop` leaves its entry as it was, not
+/// even marked changed: no commit writes it again.
 ///
 /// ```toml
 /// [[operators]]
