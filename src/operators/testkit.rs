@@ -119,6 +119,17 @@ impl Harness {
     /// so that every step also round-trips through the backend (unless
     /// [`Harness::keeping_cached`]).
     pub fn push(&mut self, ts: u64, payload: Payload) -> Vec<Record> {
+        self.process(ts, payload);
+        if self.write_every_commit {
+            self.engine.commit_all().expect("commit succeeds");
+        } else {
+            self.engine.commit().expect("commit succeeds");
+        }
+        std::mem::take(&mut self.out.records)
+    }
+
+    /// Processes `payload` at `ts`, without a commit.
+    fn process(&mut self, ts: u64, payload: Payload) {
         let topic = match payload {
             Payload::Alert(_) => "alert-events",
             Payload::Deployment(_) => "deploy-status",
@@ -136,29 +147,13 @@ impl Harness {
         self.engine
             .process(input, ts, &mut self.out)
             .expect("processing succeeds");
-        if self.write_every_commit {
-            self.engine.commit_all().expect("commit succeeds");
-        } else {
-            self.engine.commit().expect("commit succeeds");
-        }
-        std::mem::take(&mut self.out.records)
     }
 
     /// Processes `payload` at `ts`, then commits as the live runtime does,
     /// and returns how many changelog records of operator `op`'s store that
     /// commit carries.
     pub fn push_counting_changelog(&mut self, ts: u64, payload: Payload, op: &str) -> usize {
-        let value = payload.to_json().to_string();
-        let input = SourceInput {
-            topic: "docker-events",
-            key: Some("k"),
-            value: &value,
-            decoded: false,
-            origin: Default::default(),
-        };
-        self.engine
-            .process(input, ts, &mut self.out)
-            .expect("processing succeeds");
+        self.process(ts, payload);
         let changes = self.engine.prepare_commit().expect("commit prepares");
         let store = format!("op/{op}");
         let count = self

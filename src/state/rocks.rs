@@ -57,6 +57,22 @@ fn key_prefix(key: &[u8]) -> u128 {
     u128::from_be_bytes(head)
 }
 
+/// A change of a batch by its place in the order of [`sorted_changes`]:
+/// store, key prefix, key, and its index in the batch.
+type SortedChange<'b> = (StoreId, u128, &'b [u8], u32);
+
+/// The changes of `batch` sorted by store and key; changes of one key keep
+/// the order they came in (the index breaks the tie).
+fn sorted_changes(batch: &WriteBatch) -> Vec<SortedChange<'_>> {
+    let mut order: Vec<SortedChange<'_>> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, (store, key, _))| (store, key_prefix(key), key, len_u32(i)))
+        .collect();
+    order.sort_unstable();
+    order
+}
+
 fn len_u32(len: usize) -> u32 {
     u32::try_from(len).expect("a commit holds fewer than 4 billion changes")
 }
@@ -463,12 +479,7 @@ impl RocksBackend {
         // RocksDB's skip list inserts a key next to the previous one without
         // searching for its place. Changes of one key keep their order (the
         // index breaks the tie): later ones still win.
-        let mut order: Vec<(StoreId, u128, &[u8], u32)> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, (store, key, _))| (store, key_prefix(key), key, len_u32(i)))
-            .collect();
-        order.sort_unstable();
+        let order = sorted_changes(batch);
         // Scratch state takes a large commit in slices: no copy of the whole
         // commit in RocksDB's format, and no memtable far past its size.
         let slice = if self.is_scratch() {

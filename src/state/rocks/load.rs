@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{key_prefix, len_u32, RocksBackend, BULK_LOAD};
+use super::{sorted_changes, RocksBackend, SortedChange, BULK_LOAD};
 use crate::state::{Change, StateBackend, StateError, StoreId, WriteBatch};
 
 /// Bytes of keys and values gathered before they are sorted into table
@@ -130,12 +130,7 @@ impl RocksBackend {
         }
         std::fs::create_dir_all(&load.dir).map_err(|e| self.load_error(&load.dir, e))?;
         let batch = &load.pending;
-        let mut order: Vec<(StoreId, u128, &[u8], u32)> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, (store, key, _))| (store, key_prefix(key), key, len_u32(i)))
-            .collect();
-        order.sort_unstable();
+        let order = sorted_changes(batch);
         let mut written = Vec::new();
         let mut at = 0;
         while at < order.len() {
@@ -160,7 +155,7 @@ impl RocksBackend {
         path: &Path,
         store: StoreId,
         batch: &WriteBatch,
-        sorted: &[(StoreId, u128, &[u8], u32)],
+        sorted: &[SortedChange<'_>],
     ) -> Result<(), StateError> {
         let opts = Self::options(&self.cache, &self.write_buffers, false);
         let mut file = rocksdb::SstFileWriter::create(&opts);
