@@ -13,7 +13,8 @@ use crate::topology::reader::TableReader;
 /// `s = now`, so a steady stream of repeats stays suppressed.
 ///
 /// State: one timestamp per key. Entries whose ttl has run out are purged at
-/// the next commit, so state holds only the keys seen within about the last ttl.
+/// commits (a bounded slice of the store per commit once it outgrows the
+/// cache), so state holds only the keys seen within about the last ttl.
 /// A repeat dropped without `refresh_on_drop` leaves its entry as it was, not
 /// even marked changed: no commit writes it again.
 ///

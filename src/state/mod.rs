@@ -96,12 +96,15 @@ pub trait StateBackend: Send {
     /// From now on writes may skip the write-ahead log, until
     /// [`StateBackend::end_unlogged`]: for writes that can be made again
     /// from elsewhere after a crash (a restore, from its changelog), where
-    /// the log only costs time.
+    /// the log only costs time. RocksDB also loads stores that are empty
+    /// when first written as table files: their writes are neither read
+    /// back nor made durable by [`StateBackend::sync`] until the load ends.
     fn begin_unlogged(&mut self) {}
 
     /// Makes the writes since [`StateBackend::begin_unlogged`] durable
-    /// (RocksDB flushes them to table files) and logs writes again. Call it
-    /// before writing anything that says those writes happened.
+    /// (RocksDB ingests the loaded table files and flushes the memtables)
+    /// and logs writes again. Call it before writing anything that says
+    /// those writes happened.
     fn end_unlogged(&mut self) -> Result<(), StateError> {
         Ok(())
     }
@@ -163,6 +166,12 @@ pub enum StateError {
     },
     #[error("state directory {dir}: {message}")]
     Corrupt { dir: String, message: String },
+    #[error("state directory {dir}: cannot {op}: {cause}")]
+    Io {
+        dir: String,
+        op: &'static str,
+        cause: std::io::Error,
+    },
 }
 
 impl StateError {

@@ -417,7 +417,10 @@ impl StateBackend for RocksBackend {
 
     fn begin_unlogged(&mut self) {
         if !self.is_scratch() && self.loading.is_none() {
-            self.loading = Some(load::Load::new(&self.dir, self.load_spill_bytes));
+            let load = load::Load::new(&self.dir, self.load_spill_bytes);
+            // Files of a load a crash interrupted: never ingested, never needed.
+            load.discard_files();
+            self.loading = Some(load);
             self.unlogged = true;
         }
     }
@@ -437,10 +440,12 @@ impl StateBackend for RocksBackend {
             ("level0_slowdown_writes_trigger", slowdown.as_str()),
             ("level0_stop_writes_trigger", stop.as_str()),
         ];
-        for store in stores {
-            self.tune(store, &normal)?;
-        }
-        ingested.and(flushed)
+        // Every store gets its settings back, whatever failed before.
+        let tuned = stores
+            .into_iter()
+            .map(|store| self.tune(store, &normal))
+            .fold(Ok(()), Result::and);
+        ingested.and(flushed).and(tuned)
     }
 
     fn sync(&mut self) -> Result<(), StateError> {

@@ -8,18 +8,21 @@
 //! 70 bytes) and another in the flush; a table file is written in key order
 //! with no search at all. Stores that already hold something (a restore
 //! that resumes from a recorded position) take the memtable path as
-//! before: a file ingested over them would make RocksDB flush them first
-//! wherever their ranges meet.
+//! before: their memtables may hold keys in the files' ranges, and
+//! RocksDB would flush them before an ingestion.
 
 use std::path::{Path, PathBuf};
 
 use super::{sorted_changes, RocksBackend, SortedChange, BULK_LOAD};
 use crate::state::{Change, StateBackend, StateError, StoreId, WriteBatch};
 
-/// Bytes of keys and values gathered before they are sorted into table
-/// files: each spill adds one level-0 file per store it holds, and
-/// RocksDB stops writes at 36 of them, so a load of 100 MiB (a 1,000,000-key
-/// store) should make a handful, not one per 20,000-entry batch.
+/// Bytes of keys and values (of all the empty stores together) gathered
+/// before they are sorted into table files, one per store they touch.
+/// RocksDB puts a store's first file in its bottom level and the others,
+/// which overlap it, in level 0, where it slows writes from 20 files and
+/// stops them at 36 until compaction merges them: a load of 100 MiB (a
+/// 1,000,000-key store) makes about 12, as the 8 MiB memtables' flushes
+/// did, not one per 20,000-entry batch.
 pub(super) const SPILL_BYTES: usize = 8 << 20;
 
 /// How a store takes the changes of a load.
@@ -66,6 +69,13 @@ impl Load {
             .filter(|(_, via)| *via == Via::Memtable)
             .map(|(store, _)| *store)
             .collect()
+    }
+
+    /// Removes the directory of the load's files with whatever it holds.
+    pub(super) fn discard_files(&self) {
+        if self.dir.exists() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 
     fn via(&self, store: StoreId) -> Option<Via> {
@@ -128,7 +138,7 @@ impl RocksBackend {
         if load.pending.is_empty() {
             return Ok(());
         }
-        std::fs::create_dir_all(&load.dir).map_err(|e| self.load_error(&load.dir, e))?;
+        std::fs::create_dir_all(&load.dir).map_err(|e| self.load_error(e))?;
         let batch = &load.pending;
         let order = sorted_changes(batch);
         let mut written = Vec::new();
@@ -182,9 +192,7 @@ impl RocksBackend {
         let spilled = self.spill(load);
         let ingested = spilled.and_then(|()| self.ingest_files(load));
         // Files of a failed load must not wait for a later one to take them.
-        if load.dir.exists() {
-            let _ = std::fs::remove_dir_all(&load.dir);
-        }
+        load.discard_files();
         ingested
     }
 
@@ -216,10 +224,11 @@ impl RocksBackend {
         }
     }
 
-    fn load_error(&self, path: &Path, e: std::io::Error) -> StateError {
-        StateError::Corrupt {
+    fn load_error(&self, e: std::io::Error) -> StateError {
+        StateError::Io {
             dir: self.dir.display().to_string(),
-            message: format!("cannot prepare {} for a load: {e}", path.display()),
+            op: "create the directory of a load's table files",
+            cause: e,
         }
     }
 }
@@ -245,36 +254,43 @@ mod tests {
         found
     }
 
-    /// Loads `rounds` batches of changes into `store`: puts of keys that
-    /// come back in later batches with new values, and deletions of keys
-    /// put in an earlier batch or earlier in the same one. Returns what
-    /// the store must hold.
-    fn load(
-        db: &mut RocksBackend,
-        store: StoreId,
-        rounds: u32,
-        mut model: BTreeMap<Vec<u8>, Vec<u8>>,
-    ) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    /// Loads `rounds` batches of changes, each batch holding changes of
+    /// every store of `stores`: puts of keys that come back in later
+    /// batches with new values, and deletions of keys put in an earlier
+    /// batch or earlier in the same one. `models` (one per store) become
+    /// what each store must hold.
+    fn load_into(db: &mut RocksBackend, stores: &[StoreId], rounds: u32, models: &mut [Model]) {
         for round in 0..rounds {
             let mut batch = WriteBatch::default();
             for n in 0..500u32 {
-                // Keys repeat across rounds (and twice within one).
-                let key = format!("svc-{:04}", (n * 7 + round * 131) % 900).into_bytes();
-                let value = format!("{round}/{n}").into_bytes();
-                batch.put(store, &key, &value);
-                model.insert(key.clone(), value);
-                if n % 5 == 0 {
-                    batch.delete(store, &key);
-                    model.remove(&key);
-                }
-                if n % 11 == 0 {
-                    let old = format!("svc-{:04}", (n * 13 + round) % 900).into_bytes();
-                    batch.delete(store, &old);
-                    model.remove(&old);
+                for (&store, model) in stores.iter().zip(models.iter_mut()) {
+                    // Keys repeat across rounds (and twice within one).
+                    let key = format!("svc-{:04}", (n * 7 + round * 131) % 900).into_bytes();
+                    let value = format!("{store}/{round}/{n}").into_bytes();
+                    batch.put(store, &key, &value);
+                    model.insert(key.clone(), value);
+                    if n % 5 == 0 {
+                        batch.delete(store, &key);
+                        model.remove(&key);
+                    }
+                    if n % 11 == 0 {
+                        let old = format!("svc-{:04}", (n * 13 + round) % 900).into_bytes();
+                        batch.delete(store, &old);
+                        model.remove(&old);
+                    }
                 }
             }
             db.write(&batch).unwrap();
         }
+    }
+
+    /// [`load_into`] for one store, from an empty model.
+    fn load(db: &mut RocksBackend, store: StoreId, rounds: u32) -> Model {
+        let mut models = [Model::new()];
+        load_into(db, &[store], rounds, &mut models);
+        let [model] = models;
         model
     }
 
@@ -292,7 +308,7 @@ mod tests {
         let mut db = changelogged(dir.path());
         let store = db.open_store("dedup").unwrap();
         db.begin_unlogged();
-        let model = load(&mut db, store, 12, BTreeMap::new());
+        let model = load(&mut db, store, 12);
         assert_eq!(
             property(&db, store, "rocksdb.num-entries-active-mem-table"),
             0,
@@ -305,10 +321,6 @@ mod tests {
             contents(&db, store) == model,
             "the store differs from the changes"
         );
-        assert!(
-            !dir.path().join("loading").exists(),
-            "the files were moved in"
-        );
     }
 
     #[test]
@@ -319,11 +331,13 @@ mod tests {
             db.open_store("held").unwrap(),
             db.open_store("fresh").unwrap(),
         );
-        let before = load(&mut db, held, 2, BTreeMap::new());
+        let before = load(&mut db, held, 2);
         db.sync().unwrap();
         db.begin_unlogged();
-        let held_model = load(&mut db, held, 6, before);
-        let fresh_model = load(&mut db, fresh, 6, BTreeMap::new());
+        // Every batch holds changes of both stores.
+        let mut models = [before, Model::new()];
+        load_into(&mut db, &[held, fresh], 6, &mut models);
+        let [held_model, fresh_model] = models;
         assert!(
             property(&db, held, "rocksdb.num-entries-active-mem-table") > 0,
             "the store holding something takes memtable writes"
@@ -342,13 +356,28 @@ mod tests {
     }
 
     #[test]
+    fn the_files_of_an_interrupted_load_are_discarded_when_the_next_begins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = changelogged(dir.path());
+        let store = db.open_store("dedup").unwrap();
+        let stale = dir.path().join("loading");
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join("7.sst"), b"left by a crash").unwrap();
+        db.begin_unlogged();
+        assert!(!stale.exists(), "the stale files are gone");
+        let model = load(&mut db, store, 3);
+        db.end_unlogged().unwrap();
+        assert!(contents(&db, store) == model, "the store differs");
+    }
+
+    #[test]
     fn a_store_loaded_from_files_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let model = {
             let mut db = changelogged(dir.path());
             let store = db.open_store("dedup").unwrap();
             db.begin_unlogged();
-            let model = load(&mut db, store, 5, BTreeMap::new());
+            let model = load(&mut db, store, 5);
             db.end_unlogged().unwrap();
             model
         };
