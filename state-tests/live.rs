@@ -139,6 +139,51 @@ fn sorted(mut v: Vec<IntentFields>) -> Vec<IntentFields> {
     v
 }
 
+/// A seeded flood on a broker of the test's own, for the tests that stop
+/// or restart it: two input topics of 2 partitions, the topology, the
+/// lines with an end marker per partition (not produced yet), and the
+/// intents an uninterrupted replay of them gives.
+struct OwnFlood {
+    broker: OwnBroker,
+    images: String,
+    alerts: String,
+    sink: String,
+    topology: std::path::PathBuf,
+    lines: Vec<Line>,
+    topics: HashMap<&'static str, String>,
+    expected: Vec<IntentFields>,
+}
+
+impl OwnFlood {
+    fn start(dir: &std::path::Path, port: u16, prefix: &str, events: u64, seed: u64) -> Self {
+        let broker = OwnBroker::start(&dir.join("kafka"), port, "");
+        let app = unique(prefix);
+        let (images, alerts, sink) = (
+            format!("{app}-images"),
+            format!("{app}-alerts"),
+            format!("{app}-out"),
+        );
+        create_topics_on(&broker.address, &[(&images, 2), (&alerts, 2)]);
+        let topology = topology_file(dir, &app, &images, &alerts, &sink);
+        let mut lines = sorted_flood(events, 300, seed);
+        end_markers(&mut lines, 2);
+        let topics = flood_topics(&images, &alerts);
+        let input = dir.join("input.jsonl");
+        write_renamed(&input, &lines, &topics);
+        let expected = sorted(replay_intents(&topology, &input, &sink));
+        OwnFlood {
+            broker,
+            images,
+            alerts,
+            sink,
+            topology,
+            lines,
+            topics,
+            expected,
+        }
+    }
+}
+
 /// Modeled on Kafka Streams' EOS system test: a deterministic (event-time)
 /// run over 4 partitions, killed with SIGKILL at random moments, with a
 /// second instance for part of the time, must commit exactly the intents an
@@ -608,21 +653,15 @@ fn wall_clock_timers_fire_without_another_record() {
 #[test]
 fn the_run_carries_on_by_itself_across_a_broker_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = OwnBroker::start(&dir.path().join("kafka"), 29_200, "");
-    let app = unique("restart");
-    let (images, alerts, sink) = (
-        format!("{app}-images"),
-        format!("{app}-alerts"),
-        format!("{app}-out"),
-    );
-    create_topics_on(&broker.address, &[(&images, 2), (&alerts, 2)]);
-    let topology = topology_file(dir.path(), &app, &images, &alerts, &sink);
-    let mut lines = sorted_flood(40_000, 300, 3);
-    end_markers(&mut lines, 2);
-    let topics = flood_topics(&images, &alerts);
-    let input = dir.path().join("input.jsonl");
-    write_renamed(&input, &lines, &topics);
-    let expected = sorted(replay_intents(&topology, &input, &sink));
+    let OwnFlood {
+        broker,
+        sink,
+        topology,
+        lines,
+        topics,
+        expected,
+        ..
+    } = OwnFlood::start(dir.path(), 29_200, "restart", 40_000, 3);
     produce(
         &producer_on(&broker.address),
         &lines,

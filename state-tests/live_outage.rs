@@ -11,21 +11,16 @@ use super::support::*;
 /// and checks that the run neither exits nor duplicates or loses output.
 fn carries_on_across_long_outages(guarantee: &str, base_port: u16) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = super::OwnBroker::start(&dir.path().join("kafka"), base_port, "");
-    let app = unique("outage");
-    let (images, alerts, sink) = (
-        format!("{app}-images"),
-        format!("{app}-alerts"),
-        format!("{app}-out"),
-    );
-    create_topics_on(&broker.address, &[(&images, 2), (&alerts, 2)]);
-    let topology = topology_file(dir.path(), &app, &images, &alerts, &sink);
-    let mut lines = sorted_flood(30_000, 300, 17);
-    super::end_markers(&mut lines, 2);
-    let topics = flood_topics(&images, &alerts);
-    let input = dir.path().join("input.jsonl");
-    write_renamed(&input, &lines, &topics);
-    let expected = super::sorted(replay_intents(&topology, &input, &sink));
+    let super::OwnFlood {
+        broker,
+        images,
+        alerts,
+        sink,
+        topology,
+        lines,
+        topics,
+        expected,
+    } = super::OwnFlood::start(dir.path(), base_port, "outage", 30_000, 17);
     // A third now, the rest between the outages, so that the run is busy
     // (a transaction open) when each begins. The end markers come last.
     let (first, rest) = lines.split_at(lines.len() / 3);
