@@ -186,38 +186,54 @@ impl Operator for Throttle {
     ) -> Result<(), StateError> {
         let key = self.key.encode(&record.payload);
         let now = cx.now();
-        let slot = self.state.get_mut(cx.backend(), key)?;
-        let Some(state) = slot.as_mut() else {
+        // Read first: a record dropped for its rate changes nothing, and must
+        // not make its entry dirty, or every commit would write it to the
+        // store and its changelog again, unchanged.
+        let Some(tat) = self.state.get(cx.backend(), key)?.map(|s| s.tat) else {
             let tat = now.saturating_add(self.interval);
-            *slot = Some(KeyState { tat, pending: None });
+            *self.state.get_mut(cx.backend(), key)? = Some(KeyState { tat, pending: None });
             cx.pass(record);
             return Ok(());
         };
         // A record can conform while another is pending (a timer due at the same
         // instant delivered it): it passes, and the pending one keeps its timer.
-        if state.tat.max(now) - now <= self.tolerance {
-            state.tat = state.tat.max(now).saturating_add(self.interval);
+        let conforms = tat.max(now) - now <= self.tolerance;
+        if conforms {
+            if let Some(state) = self.state.get_mut(cx.backend(), key)? {
+                state.tat = tat.max(now).saturating_add(self.interval);
+            }
             cx.pass(record);
             return Ok(());
         }
         match self.excess {
             Excess::Drop => cx.drop_record("rate_limited"),
             Excess::Delay => {
+                let Some(state) = self.state.get_mut(cx.backend(), key)? else {
+                    return Ok(());
+                };
                 if state.pending.replace(record).is_some() {
                     cx.drop_record("superseded");
                 } else {
-                    cx.arm_timer(key, state.tat - self.tolerance);
+                    cx.arm_timer(key, tat - self.tolerance);
                 }
             }
         }
         Ok(())
     }
 
-    /// Releases the pending record: its turn has come.
+    /// Releases the pending record: its turn has come. A timer with nothing
+    /// pending (its record went out through a conforming one) changes
+    /// nothing, and leaves the entry clean.
     fn on_timer(&mut self, key: &[u8], cx: &mut Ctx<'_>) -> Result<(), StateError> {
         let now = cx.now();
-        let slot = self.state.get_mut(cx.backend(), key)?;
-        if let Some(state) = slot.as_mut() {
+        let pending = self
+            .state
+            .get(cx.backend(), key)?
+            .is_some_and(|s| s.pending.is_some());
+        if !pending {
+            return Ok(());
+        }
+        if let Some(state) = self.state.get_mut(cx.backend(), key)? {
             if let Some(record) = state.pending.take() {
                 state.tat = state.tat.max(now).saturating_add(self.interval);
                 cx.pass(record);
@@ -294,6 +310,33 @@ mod tests {
             ["v0", "v1", "v2", "v4", "v6"]
         );
         assert_eq!(h.dropped("rate_limited"), 2);
+    }
+
+    #[test]
+    fn a_record_dropped_for_its_rate_leaves_no_changelog_record() {
+        let mut h = Harness::new(&topology(1, "drop"));
+        assert_eq!(
+            h.push_counting_changelog(0, image("a", Some("v1")), "th"),
+            1
+        );
+        assert_eq!(
+            h.push_counting_changelog(1_000, image("a", Some("v2")), "th"),
+            0,
+            "a record dropped for its rate changes no state"
+        );
+        assert_eq!(h.dropped("rate_limited"), 1);
+        assert_eq!(
+            h.push_counting_changelog(60_000, image("a", Some("v3")), "th"),
+            1,
+            "a conforming record moves tat"
+        );
+        let mut h = Harness::new(&topology(1, "delay"));
+        h.push_counting_changelog(0, image("a", Some("v1")), "th");
+        assert_eq!(
+            h.push_counting_changelog(1_000, image("a", Some("v2")), "th"),
+            1,
+            "a delayed record is held in the state"
+        );
     }
 
     #[test]
