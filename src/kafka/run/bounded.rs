@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicU8, AtomicUsize};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 
@@ -84,15 +84,38 @@ pub fn call(
     which: TxnCall,
     f: impl FnOnce(&TxnProducer) -> Result<(), KafkaError> + Send + 'static,
 ) -> Result<(), CallError> {
-    call_within(producer, which, CALL_TIMEOUT + GRACE, f)
+    start(producer, which, f)?.wait()
 }
 
-fn call_within(
+/// Starts `f` on `producer` on a helper thread, for the caller to do other
+/// work meanwhile; [`Started::wait`] gives its answer within the same
+/// deadline as [`call`], counted from now.
+pub fn start(
     producer: &Arc<TxnProducer>,
     which: TxnCall,
-    deadline: Duration,
     f: impl FnOnce(&TxnProducer) -> Result<(), KafkaError> + Send + 'static,
-) -> Result<(), CallError> {
+) -> Result<Started, CallError> {
+    start_within(producer, which, CALL_TIMEOUT + GRACE, f)
+}
+
+/// A transactional call running on its helper thread. librdkafka allows one
+/// transactional call at a time: wait for it before the next.
+#[must_use = "a started call must be waited for before the producer's next transactional call"]
+pub struct Started {
+    which: TxnCall,
+    state: Arc<AtomicU8>,
+    answered: mpsc::Receiver<Result<(), KafkaError>>,
+    allowed: Duration,
+    deadline: Instant,
+}
+
+fn start_within(
+    producer: &Arc<TxnProducer>,
+    which: TxnCall,
+    allowed: Duration,
+    f: impl FnOnce(&TxnProducer) -> Result<(), KafkaError> + Send + 'static,
+) -> Result<Started, CallError> {
+    let deadline = Instant::now() + allowed;
     let (answer, answered) = mpsc::sync_channel(1);
     let state = Arc::new(AtomicU8::new(RUNNING));
     let held = (Arc::clone(producer), Arc::clone(&state));
@@ -121,28 +144,49 @@ fn call_within(
             source,
         });
     }
-    let answer = match answered.recv_timeout(deadline) {
-        Err(RecvTimeoutError::Timeout) if give_up(&state) => {
-            let stranded = STRANDED.fetch_add(1, SeqCst) + 1;
-            tracing::error!(
-                call = which.name(),
-                waited = ?deadline,
-                stranded,
-                "a transactional call did not return by its deadline; replacing the producer"
-            );
-            None
+    Ok(Started {
+        which,
+        state,
+        answered,
+        allowed,
+        deadline,
+    })
+}
+
+impl Started {
+    /// The call's answer, or [`CallError::Stuck`] once its deadline passed.
+    pub fn wait(self) -> Result<(), CallError> {
+        let Started {
+            which,
+            state,
+            answered,
+            allowed,
+            deadline,
+        } = self;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = match answered.recv_timeout(left) {
+            Err(RecvTimeoutError::Timeout) if give_up(&state) => {
+                let stranded = STRANDED.fetch_add(1, SeqCst) + 1;
+                tracing::error!(
+                    call = which.name(),
+                    waited = ?allowed,
+                    stranded,
+                    "a transactional call did not return by its deadline; replacing the producer"
+                );
+                None
+            }
+            // It returned as the deadline passed: its answer is on its way.
+            Err(RecvTimeoutError::Timeout) => answered.recv().ok(),
+            // `None` too when the helper thread died (a panic in a callback).
+            waited => waited.ok(),
+        };
+        match answer {
+            Some(result) => result.map_err(CallError::Kafka),
+            None => Err(CallError::Stuck {
+                call: which,
+                waited: allowed,
+            }),
         }
-        // It returned as the deadline passed: its answer is on its way.
-        Err(RecvTimeoutError::Timeout) => answered.recv().ok(),
-        // `None` too when the helper thread died (a panic in a callback).
-        waited => waited.ok(),
-    };
-    match answer {
-        Some(result) => result.map_err(CallError::Kafka),
-        None => Err(CallError::Stuck {
-            call: which,
-            waited: deadline,
-        }),
     }
 }
 
@@ -176,7 +220,15 @@ pub fn too_many_stranded() -> Option<usize> {
 mod tests {
     use super::*;
     use crate::kafka::run::producer::Deliveries;
-    use std::time::Instant;
+
+    fn call_within(
+        producer: &Arc<TxnProducer>,
+        which: TxnCall,
+        allowed: Duration,
+        f: impl FnOnce(&TxnProducer) -> Result<(), KafkaError> + Send + 'static,
+    ) -> Result<(), CallError> {
+        start_within(producer, which, allowed, f)?.wait()
+    }
 
     /// A client that never connects: the calls below do not touch it.
     fn producer() -> Arc<TxnProducer> {
@@ -249,5 +301,47 @@ mod tests {
         assert_eq!(STRANDED.load(SeqCst), before + 1);
         wait_until_stranded(before);
         assert_eq!(STRANDED.load(SeqCst), before, "its return is counted");
+    }
+
+    #[test]
+    fn a_started_call_runs_while_its_caller_works_and_its_deadline_counts_from_the_start() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let p = producer();
+        let before = STRANDED.load(SeqCst);
+        let (ran, running) = mpsc::channel();
+        let started = start_within(
+            &p,
+            TxnCall::SendOffsets,
+            Duration::from_millis(300),
+            move |_| {
+                let _ = ran.send(());
+                std::thread::sleep(Duration::from_millis(100));
+                Ok(())
+            },
+        )
+        .expect("a helper thread");
+        // The call runs before anyone waits for it.
+        running
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the call started on its own");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(started.wait().is_ok());
+
+        // A caller busy past the deadline finds the call given up at once,
+        // not after another full allowance.
+        let late = start_within(&p, TxnCall::SendOffsets, Duration::from_secs(1), |_| {
+            std::thread::sleep(Duration::from_secs(3));
+            Ok(())
+        })
+        .expect("a helper thread");
+        std::thread::sleep(Duration::from_millis(1100));
+        let waited = Instant::now();
+        assert!(matches!(late.wait(), Err(CallError::Stuck { .. })));
+        assert!(
+            waited.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            waited.elapsed()
+        );
+        wait_until_stranded(before);
     }
 }

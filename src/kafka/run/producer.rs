@@ -309,16 +309,28 @@ pub fn abort(producer: &Arc<TxnProducer>) -> Result<(), RunError> {
 
 /// Calls `f` again while librdkafka says the error is retriable.
 pub fn retry_retriable(mut f: impl FnMut() -> Result<(), CallError>) -> Result<(), CallError> {
+    let first = f();
+    retry_retriable_after(first, f)
+}
+
+/// [`retry_retriable`] for a call whose first answer is already in (a call
+/// started earlier, see `bounded::start`).
+pub fn retry_retriable_after(
+    first: Result<(), CallError>,
+    mut f: impl FnMut() -> Result<(), CallError>,
+) -> Result<(), CallError> {
     let mut backoff = Duration::from_millis(10);
     let deadline = Instant::now() + CALL_TIMEOUT;
+    let mut answer = first;
     loop {
-        match f() {
+        match answer {
             Err(CallError::Kafka(KafkaError::Transaction(e)))
                 if e.is_retriable() && Instant::now() < deadline =>
             {
                 tracing::debug!(error = %e, "retriable transaction error; retrying");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_millis(500));
+                answer = f();
             }
             other => return other,
         }

@@ -7,13 +7,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::bounded::{self, TxnCall};
+use super::bounded::{self, CallError, TxnCall};
 use super::clients;
 use super::consumer::Inner;
 use super::producer::{self, TxnFailure, TxnProducer, CALL_TIMEOUT, TRANSACTION_TIMEOUT};
@@ -85,34 +85,42 @@ impl Inner {
             tracing::warn!(error = %e, "producing the changelog failed; aborting");
             return self.abort_and_rewind(consumer, "changelog");
         }
-        producer::drain(&self.producer)?;
+        let offsets = self.offsets();
+        // The offsets go to the group coordinator while the changelog's
+        // records are still on their way (Kafka Streams sends them before
+        // the commit's flush too): their two round trips overlap the drain
+        // instead of following it. A failed delivery aborts them with the
+        // rest of the transaction.
+        let sending = match self.start_sending_offsets(consumer, &offsets) {
+            Ok(sending) => sending,
+            Err(failure) => return self.on_commit_failure(consumer, failure),
+        };
+        let drained = producer::drain(&self.producer);
+        // librdkafka takes one transactional call at a time: the offsets'
+        // answer comes first, whatever the drain found.
+        let sent = sending.map_or(Ok(()), |s| s.finish(&self.producer));
+        drained?;
         let deliveries = self.producer.context().take();
+        match sent {
+            // The failed deliveries below abort it anyway, and say why.
+            Err(TxnFailure::Abortable(_)) if deliveries.failed > 0 => {}
+            Err(failure) => return self.on_commit_failure(consumer, failure),
+            Ok(()) => {}
+        }
         if deliveries.failed > 0 {
             tracing::warn!(failed = deliveries.failed, first = ?deliveries.first_error, "deliveries failed; aborting");
             return self.abort_and_rewind(consumer, "delivery");
         }
-        let offsets = self.offsets();
         // Tests widen the moment between the changelog being written and
         // the transaction committing, so that crash tests' kills land there.
         crate::fault::reached("txn.before-commit");
         let committed = if self.shared.exactly_once() {
-            self.commit_transaction(consumer, &offsets)
+            self.end_transaction()
         } else {
             self.commit_offsets(consumer, &offsets)
         };
-        match committed {
-            Ok(()) => {}
-            Err(TxnFailure::Abortable(reason)) => {
-                tracing::warn!(%reason, "commit failed; aborting and rewinding");
-                return self.abort_and_rewind(consumer, "commit");
-            }
-            Err(TxnFailure::Fatal(reason)) => {
-                return self.rebuild_producer(consumer, &reason, "fatal")
-            }
-            Err(TxnFailure::Stuck(reason)) => {
-                return self.rebuild_producer(consumer, &reason, "stuck_call")
-            }
-            Err(TxnFailure::Fenced(reason)) => return self.on_fenced(consumer, reason),
+        if let Err(failure) = committed {
+            return self.on_commit_failure(consumer, failure);
         }
         for e in offsets.elements() {
             if let Offset::Offset(next) = e.offset() {
@@ -207,25 +215,49 @@ impl Inner {
         tpl
     }
 
-    pub(super) fn commit_transaction(
+    /// What a failed commit leads to: an abort, or a new producer.
+    fn on_commit_failure(
         &mut self,
         consumer: &BaseConsumer<RunContext>,
-        offsets: &TopicPartitionList,
-    ) -> Result<(), TxnFailure> {
-        if offsets.count() > 0 {
-            let metadata = consumer
-                .group_metadata()
-                .ok_or_else(|| TxnFailure::Abortable("no consumer group metadata yet".into()))?;
-            // The helper thread a call runs on may outlive this commit.
-            let (offsets, metadata) = (Arc::new(offsets.clone()), Arc::new(metadata));
-            producer::retry_retriable(|| {
-                let (offsets, metadata) = (Arc::clone(&offsets), Arc::clone(&metadata));
-                bounded::call(&self.producer, TxnCall::SendOffsets, move |p| {
-                    p.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)
-                })
-            })
-            .map_err(TxnFailure::from)?;
+        failure: TxnFailure,
+    ) -> Result<(), RunError> {
+        match failure {
+            TxnFailure::Abortable(reason) => {
+                tracing::warn!(%reason, "commit failed; aborting and rewinding");
+                self.abort_and_rewind(consumer, "commit")
+            }
+            TxnFailure::Fatal(reason) => self.rebuild_producer(consumer, &reason, "fatal"),
+            TxnFailure::Stuck(reason) => self.rebuild_producer(consumer, &reason, "stuck_call"),
+            TxnFailure::Fenced(reason) => self.on_fenced(consumer, reason),
         }
+    }
+
+    /// Starts `send_offsets_to_transaction` on its helper thread (none
+    /// under at-least-once, or without offsets).
+    fn start_sending_offsets(
+        &self,
+        consumer: &BaseConsumer<RunContext>,
+        offsets: &TopicPartitionList,
+    ) -> Result<Option<SendingOffsets>, TxnFailure> {
+        if !self.shared.exactly_once() || offsets.count() == 0 {
+            return Ok(None);
+        }
+        let metadata = consumer
+            .group_metadata()
+            .ok_or_else(|| TxnFailure::Abortable("no consumer group metadata yet".into()))?;
+        // The helper thread a call runs on may outlive this commit.
+        let (offsets, metadata) = (Arc::new(offsets.clone()), Arc::new(metadata));
+        let started =
+            send_offsets(&self.producer, &offsets, &metadata).map_err(TxnFailure::from)?;
+        Ok(Some(SendingOffsets {
+            offsets,
+            metadata,
+            started,
+        }))
+    }
+
+    /// Commits the transaction, whose offsets were sent.
+    fn end_transaction(&mut self) -> Result<(), TxnFailure> {
         producer::retry_retriable(|| {
             bounded::call(&self.producer, TxnCall::Commit, |p| {
                 p.commit_transaction(CALL_TIMEOUT)
@@ -441,4 +473,37 @@ impl Inner {
         self.set_ready(true, "");
         Ok(())
     }
+}
+
+/// A transaction's offsets on their way to the group coordinator.
+struct SendingOffsets {
+    offsets: Arc<TopicPartitionList>,
+    metadata: Arc<ConsumerGroupMetadata>,
+    started: bounded::Started,
+}
+
+impl SendingOffsets {
+    /// Waits for the answer, and sends again while it is retriable.
+    fn finish(self, producer: &Arc<TxnProducer>) -> Result<(), TxnFailure> {
+        let SendingOffsets {
+            offsets,
+            metadata,
+            started,
+        } = self;
+        producer::retry_retriable_after(started.wait(), || {
+            send_offsets(producer, &offsets, &metadata)?.wait()
+        })
+        .map_err(TxnFailure::from)
+    }
+}
+
+fn send_offsets(
+    producer: &Arc<TxnProducer>,
+    offsets: &Arc<TopicPartitionList>,
+    metadata: &Arc<ConsumerGroupMetadata>,
+) -> Result<bounded::Started, CallError> {
+    let (offsets, metadata) = (Arc::clone(offsets), Arc::clone(metadata));
+    bounded::start(producer, TxnCall::SendOffsets, move |p| {
+        p.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)
+    })
 }
