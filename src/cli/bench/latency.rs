@@ -14,14 +14,24 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::live::{send_blocking, Bench, Figures, LiveArgs};
+use super::live::{send_blocking, Bench, Figures, LiveArgs, Stats};
+
+/// The latency runs' figures, one value per run.
+#[derive(Default)]
+pub(super) struct Latency {
+    pub(super) p50: Figures,
+    pub(super) p99: Figures,
+    pub(super) commit_p50: Figures,
+    pub(super) commit_p99: Figures,
+}
 
 impl Bench {
     /// Produces unique images at a fixed rate through a topology without
     /// debounce (so every image becomes an intent at once) and measures
-    /// from produce to the intent being readable with read_committed.
-    pub(super) fn latency(&self, args: &LiveArgs) -> Result<(Figures, Figures)> {
-        let (mut p50s, mut p99s) = (vec![], vec![]);
+    /// from produce to the intent being readable with read_committed; also
+    /// the commits' own p50/p99 at that rate (the run's `--stats-json`).
+    pub(super) fn latency(&self, args: &LiveArgs) -> Result<Latency> {
+        let mut figures = Latency::default();
         for run in 0..args.runs {
             let app = format!("{}-latency-{run}", self.tag);
             let (images, alerts, out) = (
@@ -45,6 +55,7 @@ impl Bench {
                 ],
             )?;
             let exe = std::env::current_exe()?;
+            let stats_path = self.dir.join(format!("{app}.stats.json"));
             let mut child = Command::new(exe)
                 .arg("run")
                 .arg(&topology)
@@ -52,25 +63,34 @@ impl Bench {
                 .args(self.threads_arg())
                 .arg("--state-dir")
                 .arg(self.dir.join(format!("{app}.state")))
+                .arg("--stats-json")
+                .arg(&stats_path)
                 .spawn()?;
             let samples = self.measure_latency(&images, &out, args);
             // SAFETY: a plain signal to our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let _ = child.wait();
             let mut samples = samples?;
+            // A run stopped by SIGTERM writes its statistics as it exits.
+            let stats: Stats = serde_json::from_slice(&std::fs::read(&stats_path)?)?;
             samples.sort_by(f64::total_cmp);
             let pct = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
             eprintln!(
-                "latency run {run}: {} intents, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                "latency run {run}: {} intents, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} commits, p50 {:.1} ms, p99 {:.1} ms",
                 samples.len(),
                 pct(0.5),
                 pct(0.99),
-                pct(1.0)
+                pct(1.0),
+                stats.commits,
+                stats.commit_ms_p50,
+                stats.commit_ms_p99,
             );
-            p50s.push(pct(0.5));
-            p99s.push(pct(0.99));
+            figures.p50.push(pct(0.5));
+            figures.p99.push(pct(0.99));
+            figures.commit_p50.push(stats.commit_ms_p50);
+            figures.commit_p99.push(stats.commit_ms_p99);
         }
-        Ok((p50s, p99s))
+        Ok(figures)
     }
 
     fn measure_latency(&self, images: &str, out: &str, args: &LiveArgs) -> Result<Vec<f64>> {
