@@ -36,6 +36,43 @@ fn store_entries(dir: &Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
     out
 }
 
+/// librdkafka can stay stuck looking for a group coordinator after a broker
+/// restart (see `src/kafka/run/committed.rs`): when the run's consumer
+/// cannot fetch the committed offsets, a new client of the group does.
+/// Here every fetch through the run's consumer times out, both when the
+/// tasks open and when a commit of unknown outcome rewinds; the output
+/// still equals replay's.
+#[test]
+fn committed_offsets_come_from_a_new_client_when_the_consumer_times_out() {
+    let s = Setup::new("offsets-fallback", 2);
+    let (_, expected) = flood_into(&s, 20_000, 2, 23);
+    let mut run = spawn_run_with(
+        &s.topology,
+        &s.path("state"),
+        &s.path("run.log"),
+        &["--clock", "event", "--commit-interval-ms", "20"],
+        &[(
+            "SLUICE_FAULTS",
+            "consumer.committed=fail@1+,txn.after-end-txn=fail@8,txn.before-commit=delay:20",
+        )],
+    );
+    let got = committed_intents(&s, expected.len(), 120);
+    let status = terminate(&mut run);
+    let log = s.log("run.log");
+    let tail = &log[log.len().saturating_sub(3000)..];
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("txn.after-end-txn"),
+        "the commit of unknown outcome was injected:\n{tail}"
+    );
+    let asked = log.matches("asking a new client of the group").count();
+    assert!(
+        asked >= 2,
+        "the tasks' opening and the rewind asked a new client ({asked} times):\n{tail}"
+    );
+    assert_same_intents(&expected, &got, tail);
+}
+
 /// Item 1. A commit that reached the coordinator but whose call then timed
 /// out (simulated right after EndTxn) leaves the outcome unknown; here it
 /// was in fact committed. The run must not go on with a store one batch

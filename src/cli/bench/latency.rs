@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -69,10 +69,19 @@ impl Bench {
             let samples = self.measure_latency(&images, &out, args);
             // SAFETY: a plain signal to our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
+            let status = child.wait()?;
             let mut samples = samples?;
             // A run stopped by SIGTERM writes its statistics as it exits.
-            let stats: Stats = serde_json::from_slice(&std::fs::read(&stats_path)?)?;
+            if !status.success() {
+                bail!("the latency run's `sluice run` ended with {status}");
+            }
+            let stats = std::fs::read(&stats_path).with_context(|| {
+                format!(
+                    "`sluice run` wrote no statistics to {}",
+                    stats_path.display()
+                )
+            })?;
+            let stats: Stats = serde_json::from_slice(&stats)?;
             samples.sort_by(f64::total_cmp);
             let pct = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
             eprintln!(

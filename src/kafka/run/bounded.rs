@@ -166,7 +166,7 @@ impl Started {
         let left = deadline.saturating_duration_since(Instant::now());
         let answer = match answered.recv_timeout(left) {
             Err(RecvTimeoutError::Timeout) if give_up(&state) => {
-                let stranded = STRANDED.fetch_add(1, SeqCst) + 1;
+                let stranded = STRANDED.load(SeqCst);
                 tracing::error!(
                     call = which.name(),
                     waited = ?allowed,
@@ -190,11 +190,19 @@ impl Started {
     }
 }
 
-/// Marks a running call as given up on; false when it has just returned.
+/// Marks a running call as given up on, and counts it stranded; false when
+/// it has just returned. The count goes up before the mark: the helper
+/// thread counts down as soon as it sees the mark, and another processing
+/// thread must never read the count wrapped below zero.
 fn give_up(state: &AtomicU8) -> bool {
-    state
+    STRANDED.fetch_add(1, SeqCst);
+    let given_up = state
         .compare_exchange(RUNNING, GIVEN_UP, SeqCst, SeqCst)
-        .is_ok()
+        .is_ok();
+    if !given_up {
+        STRANDED.fetch_sub(1, SeqCst);
+    }
+    given_up
 }
 
 /// Calls given up on that have not returned yet: each keeps its producer
@@ -312,7 +320,7 @@ mod tests {
         let started = start_within(
             &p,
             TxnCall::SendOffsets,
-            Duration::from_millis(300),
+            Duration::from_secs(5),
             move |_| {
                 let _ = ran.send(());
                 std::thread::sleep(Duration::from_millis(100));

@@ -18,6 +18,7 @@
 
 mod bounded;
 mod clients;
+mod committed;
 mod consumer;
 pub mod directory;
 mod input;

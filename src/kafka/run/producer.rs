@@ -309,23 +309,25 @@ pub fn abort(producer: &Arc<TxnProducer>) -> Result<(), RunError> {
 
 /// Calls `f` again while librdkafka says the error is retriable.
 pub fn retry_retriable(mut f: impl FnMut() -> Result<(), CallError>) -> Result<(), CallError> {
+    let retry_until = Instant::now() + CALL_TIMEOUT;
     let first = f();
-    retry_retriable_after(first, f)
+    retry_retriable_after(first, retry_until, f)
 }
 
 /// [`retry_retriable`] for a call whose first answer is already in (a call
-/// started earlier, see `bounded::start`).
+/// started earlier, see `bounded::start`): retries until `retry_until`,
+/// [`CALL_TIMEOUT`] after that first call started.
 pub fn retry_retriable_after(
     first: Result<(), CallError>,
+    retry_until: Instant,
     mut f: impl FnMut() -> Result<(), CallError>,
 ) -> Result<(), CallError> {
     let mut backoff = Duration::from_millis(10);
-    let deadline = Instant::now() + CALL_TIMEOUT;
     let mut answer = first;
     loop {
         match answer {
             Err(CallError::Kafka(KafkaError::Transaction(e)))
-                if e.is_retriable() && Instant::now() < deadline =>
+                if e.is_retriable() && Instant::now() < retry_until =>
             {
                 tracing::debug!(error = %e, "retriable transaction error; retrying");
                 std::thread::sleep(backoff);

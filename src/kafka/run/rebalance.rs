@@ -13,7 +13,6 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::clients::RestoreContext;
 use super::consumer::{is_end_of_partition, Inner};
-use super::producer::CALL_TIMEOUT;
 use super::restore::{RestoreEnv, RestoreStats};
 use super::task::Task;
 use super::RunError;
@@ -211,10 +210,7 @@ impl Inner {
             return Ok(None);
         };
         let tpl = partition_list(&assigned);
-        let committed =
-            super::retry_kafka("fetch the committed offsets", &self.shared.stop, || {
-                consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT)
-            })?;
+        let committed = super::committed::fetch(&self.shared, consumer, &tpl)?;
         for e in committed.elements() {
             if let Offset::Offset(next) = e.offset() {
                 self.committed

@@ -87,10 +87,10 @@ impl Inner {
         }
         let offsets = self.offsets();
         // The offsets go to the group coordinator while the changelog's
-        // records are still on their way (Kafka Streams sends them before
-        // the commit's flush too): their two round trips overlap the drain
-        // instead of following it. A failed delivery aborts them with the
-        // rest of the transaction.
+        // records are still on their way: their two round trips overlap the
+        // drain instead of following it. Offsets sent in a transaction count
+        // only once it commits, which is after every delivery; a failed
+        // delivery aborts them with the rest of the transaction.
         let sending = match self.start_sending_offsets(consumer, &offsets) {
             Ok(sending) => sending,
             Err(failure) => return self.on_commit_failure(consumer, failure),
@@ -247,12 +247,14 @@ impl Inner {
             .ok_or_else(|| TxnFailure::Abortable("no consumer group metadata yet".into()))?;
         // The helper thread a call runs on may outlive this commit.
         let (offsets, metadata) = (Arc::new(offsets.clone()), Arc::new(metadata));
+        let retry_until = Instant::now() + CALL_TIMEOUT;
         let started =
             send_offsets(&self.producer, &offsets, &metadata).map_err(TxnFailure::from)?;
         Ok(Some(SendingOffsets {
             offsets,
             metadata,
             started,
+            retry_until,
         }))
     }
 
@@ -391,10 +393,7 @@ impl Inner {
         if assigned.count() == 0 {
             return Ok(());
         }
-        let committed =
-            super::retry_kafka("fetch the committed offsets", &self.shared.stop, || {
-                consumer.committed_offsets(assigned.clone(), CALL_TIMEOUT)
-            })?;
+        let committed = super::committed::fetch(&self.shared, consumer, &assigned)?;
         let mut seek = TopicPartitionList::new();
         for e in committed.elements() {
             let key = (e.topic().to_owned(), e.partition());
@@ -480,6 +479,8 @@ struct SendingOffsets {
     offsets: Arc<TopicPartitionList>,
     metadata: Arc<ConsumerGroupMetadata>,
     started: bounded::Started,
+    /// Retriable answers are retried until then, as for a call made at once.
+    retry_until: Instant,
 }
 
 impl SendingOffsets {
@@ -489,8 +490,9 @@ impl SendingOffsets {
             offsets,
             metadata,
             started,
+            retry_until,
         } = self;
-        producer::retry_retriable_after(started.wait(), || {
+        producer::retry_retriable_after(started.wait(), retry_until, || {
             send_offsets(producer, &offsets, &metadata)?.wait()
         })
         .map_err(TxnFailure::from)
