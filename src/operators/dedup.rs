@@ -105,10 +105,11 @@ impl Operator for Dedup {
         // dirty, or every commit would write it to the store and its
         // changelog again, unchanged (most pushes of a release flood are
         // repeats).
-        let last = self.last_passed.get(cx.backend(), key)?.copied();
+        let entry = self.last_passed.entry(cx.backend(), key)?;
+        let last = entry.value().copied();
         let repeat = last.is_some_and(|s| now < s.saturating_add(self.ttl));
         if !repeat || self.refresh_on_drop {
-            *self.last_passed.get_mut(cx.backend(), key)? = Some(now);
+            *entry.change() = Some(now);
         }
         match repeat {
             true => cx.drop_record("duplicate"),

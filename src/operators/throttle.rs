@@ -189,17 +189,17 @@ impl Operator for Throttle {
         // Read first: a record dropped for its rate changes nothing, and must
         // not make its entry dirty, or every commit would write it to the
         // store and its changelog again, unchanged.
-        let Some(tat) = self.state.get(cx.backend(), key)?.map(|s| s.tat) else {
+        let entry = self.state.entry(cx.backend(), key)?;
+        let Some(tat) = entry.value().map(|s| s.tat) else {
             let tat = now.saturating_add(self.interval);
-            *self.state.get_mut(cx.backend(), key)? = Some(KeyState { tat, pending: None });
+            *entry.change() = Some(KeyState { tat, pending: None });
             cx.pass(record);
             return Ok(());
         };
         // A record can conform while another is pending (a timer due at the same
         // instant delivered it): it passes, and the pending one keeps its timer.
-        let conforms = tat.max(now) - now <= self.tolerance;
-        if conforms {
-            if let Some(state) = self.state.get_mut(cx.backend(), key)? {
+        if tat.max(now) - now <= self.tolerance {
+            if let Some(state) = entry.change() {
                 state.tat = tat.max(now).saturating_add(self.interval);
             }
             cx.pass(record);
@@ -208,7 +208,7 @@ impl Operator for Throttle {
         match self.excess {
             Excess::Drop => cx.drop_record("rate_limited"),
             Excess::Delay => {
-                let Some(state) = self.state.get_mut(cx.backend(), key)? else {
+                let Some(state) = entry.change() else {
                     return Ok(());
                 };
                 if state.pending.replace(record).is_some() {
@@ -226,14 +226,11 @@ impl Operator for Throttle {
     /// nothing, and leaves the entry clean.
     fn on_timer(&mut self, key: &[u8], cx: &mut Ctx<'_>) -> Result<(), StateError> {
         let now = cx.now();
-        let pending = self
-            .state
-            .get(cx.backend(), key)?
-            .is_some_and(|s| s.pending.is_some());
-        if !pending {
+        let entry = self.state.entry(cx.backend(), key)?;
+        if entry.value().is_none_or(|s| s.pending.is_none()) {
             return Ok(());
         }
-        if let Some(state) = self.state.get_mut(cx.backend(), key)? {
+        if let Some(state) = entry.change() {
             if let Some(record) = state.pending.take() {
                 state.tat = state.tat.max(now).saturating_add(self.interval);
                 cx.pass(record);

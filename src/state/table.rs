@@ -184,6 +184,18 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         Ok(self.slot(backend, key)?.value.as_ref())
     }
 
+    /// The entry for `key`, to read and, if need be, change, with one lookup:
+    /// only [`Entry::change`] marks it to be written back on commit.
+    pub fn entry(
+        &mut self,
+        backend: &dyn StateBackend,
+        key: &[u8],
+    ) -> Result<Entry<'_, V>, StateError> {
+        Ok(Entry {
+            slot: self.slot(backend, key)?,
+        })
+    }
+
     /// The entry for `key`, to read and change; it is written back on commit.
     pub fn get_mut(
         &mut self,
@@ -423,6 +435,24 @@ fn decode<V: DeserializeOwned>(
             key: show_key(key),
             cause,
         })
+}
+
+/// An entry of a [`Table`], read without marking it dirty: an operator that
+/// finds nothing to change leaves nothing for the commit to write.
+pub struct Entry<'a, V> {
+    slot: &'a mut Slot<V>,
+}
+
+impl<'a, V> Entry<'a, V> {
+    pub fn value(&self) -> Option<&V> {
+        self.slot.value.as_ref()
+    }
+
+    /// The value to change; the entry is written back on commit.
+    pub fn change(self) -> &'a mut Option<V> {
+        self.slot.dirty = true;
+        &mut self.slot.value
+    }
 }
 
 #[cfg(test)]
