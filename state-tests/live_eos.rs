@@ -36,6 +36,33 @@ fn store_entries(dir: &Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
     out
 }
 
+/// Runs `s`'s topology with `faults` (which include a commit of unknown
+/// outcome, `txn.after-end-txn`) until `expected` intents are committed,
+/// then stops it: those intents, and the run's log.
+fn run_with_unknown_outcome(
+    s: &Setup,
+    expected: usize,
+    faults: &str,
+) -> (Vec<IntentFields>, String) {
+    let mut run = spawn_run_with(
+        &s.topology,
+        &s.path("state"),
+        &s.path("run.log"),
+        &["--clock", "event", "--commit-interval-ms", "20"],
+        &[("SLUICE_FAULTS", faults)],
+    );
+    let got = committed_intents(s, expected, 120);
+    let status = terminate(&mut run);
+    let log = s.log("run.log");
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("txn.after-end-txn"),
+        "the commit of unknown outcome was injected:\n{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+    (got, log)
+}
+
 /// librdkafka can stay stuck looking for a group coordinator after a broker
 /// restart (see `src/kafka/run/committed.rs`): when the run's consumer
 /// cannot fetch the committed offsets, a new client of the group does.
@@ -46,25 +73,12 @@ fn store_entries(dir: &Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
 fn committed_offsets_come_from_a_new_client_when_the_consumer_times_out() {
     let s = Setup::new("offsets-fallback", 2);
     let (_, expected) = flood_into(&s, 20_000, 2, 23);
-    let mut run = spawn_run_with(
-        &s.topology,
-        &s.path("state"),
-        &s.path("run.log"),
-        &["--clock", "event", "--commit-interval-ms", "20"],
-        &[(
-            "SLUICE_FAULTS",
-            "consumer.committed=fail@1+,txn.after-end-txn=fail@8,txn.before-commit=delay:20",
-        )],
+    let (got, log) = run_with_unknown_outcome(
+        &s,
+        expected.len(),
+        "consumer.committed=fail@1+,txn.after-end-txn=fail@8,txn.before-commit=delay:20",
     );
-    let got = committed_intents(&s, expected.len(), 120);
-    let status = terminate(&mut run);
-    let log = s.log("run.log");
     let tail = &log[log.len().saturating_sub(3000)..];
-    assert!(status.success(), "{log}");
-    assert!(
-        log.contains("txn.after-end-txn"),
-        "the commit of unknown outcome was injected:\n{tail}"
-    );
     let asked = log.matches("asking a new client of the group").count();
     assert!(
         asked >= 2,
@@ -82,23 +96,10 @@ fn committed_offsets_come_from_a_new_client_when_the_consumer_times_out() {
 fn a_commit_of_unknown_outcome_reopens_the_tasks_from_the_changelog() {
     let s = Setup::new("unknown", 2);
     let (_, expected) = flood_into(&s, 30_000, 2, 21);
-    let mut run = spawn_run_with(
-        &s.topology,
-        &s.path("state"),
-        &s.path("run.log"),
-        &["--clock", "event", "--commit-interval-ms", "20"],
-        &[(
-            "SLUICE_FAULTS",
-            "txn.after-end-txn=fail@8,txn.before-commit=delay:20",
-        )],
-    );
-    let got = committed_intents(&s, expected.len(), 120);
-    let status = terminate(&mut run);
-    let log = s.log("run.log");
-    assert!(status.success(), "{log}");
-    assert!(
-        log.contains("txn.after-end-txn"),
-        "the fault was injected:\n{log}"
+    let (got, log) = run_with_unknown_outcome(
+        &s,
+        expected.len(),
+        "txn.after-end-txn=fail@8,txn.before-commit=delay:20",
     );
     assert_same_intents(&expected, &got, &log[log.len().saturating_sub(3000)..]);
 
