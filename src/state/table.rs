@@ -202,9 +202,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         backend: &dyn StateBackend,
         key: &[u8],
     ) -> Result<&mut Option<V>, StateError> {
-        let slot = self.slot(backend, key)?;
-        slot.dirty = true;
-        Ok(&mut slot.value)
+        Ok(self.entry(backend, key)?.change())
     }
 
     /// Deletes every entry for which `keep` says no: the cached ones always,

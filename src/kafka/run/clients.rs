@@ -139,6 +139,39 @@ pub(super) fn create_restorer(shared: &Shared) -> Result<BaseConsumer<RestoreCon
         .map_err(|e| RunError::kafka("create the restore consumer", e))
 }
 
+/// A short-lived client of the run's group that only fetches its committed
+/// offsets (see `committed.rs`): it never subscribes, so it never joins the
+/// group, and has no `group.instance.id`, so it fences no member.
+pub(super) fn create_offsets_reader(
+    shared: &Shared,
+) -> Result<BaseConsumer<OffsetsContext>, KafkaError> {
+    let mut config = shared.base.clone();
+    config
+        .set("group.id", &shared.topo.app_id)
+        .set("enable.auto.commit", "false")
+        // librdkafka asks for stable offsets under read_committed (KIP-447):
+        // a pending transaction's offsets are waited for, as the run's own
+        // consumer does.
+        .set("isolation.level", "read_committed")
+        .set_log_level(super::librdkafka_log_level());
+    config.create_with_context(OffsetsContext)
+}
+
+/// The offsets reader's context: logs through tracing.
+pub(super) struct OffsetsContext;
+
+impl ClientContext for OffsetsContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::log_librdkafka("offsets", level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        super::repeats::client_error("offsets", &error, reason);
+    }
+}
+
+impl ConsumerContext for OffsetsContext {}
+
 pub(super) fn new_producer(shared: &Shared) -> Result<Arc<TxnProducer>, RunError> {
     let mut config = shared.base.clone();
     config.set_log_level(super::librdkafka_log_level());

@@ -9,15 +9,17 @@
 //! suite saw both processing threads of a run stuck so for three minutes
 //! after a restart. So a fetch that times out is asked again of a new
 //! client of the same group, which looks the coordinator up afresh; it never
-//! subscribes, so it never joins the group nor fences a member.
+//! subscribes, so it never joins the group nor fences a member
+//! (`clients::create_offsets_reader`).
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 
+use super::clients;
 use super::consumer::Shared;
 use super::producer::CALL_TIMEOUT;
 use super::rebalance::RunContext;
@@ -68,30 +70,6 @@ fn ask_fresh_client(
     shared: &Shared,
     partitions: &TopicPartitionList,
 ) -> Result<TopicPartitionList, KafkaError> {
-    let mut config = shared.base.clone();
-    config
-        .set("group.id", &shared.topo.app_id)
-        .set("enable.auto.commit", "false")
-        // librdkafka asks for stable offsets under read_committed (KIP-447):
-        // a pending transaction's offsets are waited for, as the run's own
-        // consumer does.
-        .set("isolation.level", "read_committed")
-        .set_log_level(super::librdkafka_log_level());
-    let client: BaseConsumer<OffsetsClient> = config.create_with_context(OffsetsClient)?;
-    client.committed_offsets(partitions.clone(), FRESH_CLIENT_TIMEOUT)
+    clients::create_offsets_reader(shared)?
+        .committed_offsets(partitions.clone(), FRESH_CLIENT_TIMEOUT)
 }
-
-/// Logs the new client's lines through tracing, as the run's clients do.
-struct OffsetsClient;
-
-impl ClientContext for OffsetsClient {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        super::log_librdkafka("offsets", level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        super::repeats::client_error("offsets", &error, reason);
-    }
-}
-
-impl ConsumerContext for OffsetsClient {}
