@@ -38,20 +38,30 @@ fn store_entries(dir: &Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
 
 /// Runs `s`'s topology with `faults` (which include a commit of unknown
 /// outcome, `txn.after-end-txn`) until `expected` intents are committed,
-/// then stops it: those intents, and the run's log.
+/// then stops it: those intents, the run's log, and a scrape of its
+/// metrics taken just before it stopped.
 fn run_with_unknown_outcome(
     s: &Setup,
     expected: usize,
     faults: &str,
-) -> (Vec<IntentFields>, String) {
+) -> (Vec<IntentFields>, String, metrics::Scrape) {
+    let metrics_addr = format!("127.0.0.1:{}", pipeline::free_port());
     let mut run = spawn_run_with(
         &s.topology,
         &s.path("state"),
         &s.path("run.log"),
-        &["--clock", "event", "--commit-interval-ms", "20"],
+        &[
+            "--clock",
+            "event",
+            "--commit-interval-ms",
+            "20",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
         &[("SLUICE_FAULTS", faults)],
     );
     let got = committed_intents(s, expected, 120);
+    let scrape = metrics::scrape(&metrics_addr);
     let status = terminate(&mut run);
     let log = s.log("run.log");
     assert!(status.success(), "{log}");
@@ -60,7 +70,7 @@ fn run_with_unknown_outcome(
         "the commit of unknown outcome was injected:\n{}",
         &log[log.len().saturating_sub(3000)..]
     );
-    (got, log)
+    (got, log, scrape)
 }
 
 /// librdkafka can stay stuck looking for a group coordinator after a broker
@@ -73,7 +83,7 @@ fn run_with_unknown_outcome(
 fn committed_offsets_come_from_a_new_client_when_the_consumer_times_out() {
     let s = Setup::new("offsets-fallback", 2);
     let (_, expected) = flood_into(&s, 20_000, 2, 23);
-    let (got, log) = run_with_unknown_outcome(
+    let (got, log, scrape) = run_with_unknown_outcome(
         &s,
         expected.len(),
         "consumer.committed=fail@1+,txn.after-end-txn=fail@8,txn.before-commit=delay:20",
@@ -83,6 +93,17 @@ fn committed_offsets_come_from_a_new_client_when_the_consumer_times_out() {
     assert!(
         asked >= 2,
         "the tasks' opening and the rewind asked a new client ({asked} times):\n{tail}"
+    );
+    let counted = |outcome| {
+        scrape.get(
+            "sluice_offset_fetch_fallbacks_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert!(
+        counted("answered").is_some_and(|n| n >= 2.0) && counted("failed") == Some(0.0),
+        "each fetch a new client answered is counted: {:?}",
+        scrape.series("sluice_offset_fetch_fallbacks_total")
     );
     assert_same_intents(&expected, &got, tail);
 }
@@ -96,7 +117,7 @@ fn committed_offsets_come_from_a_new_client_when_the_consumer_times_out() {
 fn a_commit_of_unknown_outcome_reopens_the_tasks_from_the_changelog() {
     let s = Setup::new("unknown", 2);
     let (_, expected) = flood_into(&s, 30_000, 2, 21);
-    let (got, log) = run_with_unknown_outcome(
+    let (got, log, _) = run_with_unknown_outcome(
         &s,
         expected.len(),
         "txn.after-end-txn=fail@8,txn.before-commit=delay:20",

@@ -249,6 +249,11 @@ pub const FENCED: Def = counter(
     "Times this instance was fenced by another with the same transactional id.",
     &[],
 );
+pub const OFFSET_FETCH_FALLBACKS: Def = counter(
+    "sluice_offset_fetch_fallbacks",
+    "Fetches of the group's committed offsets that timed out on a processing thread's consumer and were asked of a new client of the group, by what that client answered (answered, failed).",
+    &["outcome"],
+);
 pub const ENFORCED_PROCESSING: Def = counter(
     "sluice_enforced_processing",
     "Times a task stopped waiting max_task_idle for an empty input and went on without it (Kafka Streams' enforced processing): that input's next records are late.",
@@ -372,6 +377,7 @@ pub const ALL: &[Def] = &[
     ABORTS,
     PRODUCER_REBUILDS,
     FENCED,
+    OFFSET_FETCH_FALLBACKS,
     ENFORCED_PROCESSING,
     DEAD_LETTERS,
     COMMITTER_INTENTS,

@@ -130,11 +130,12 @@ pub fn rows() -> Vec<Row> {
             panels: vec![
                 panel("Timers pending", "Timers armed and not fired, by operator.", "short", vec![q(gauge_by(&c::OPERATOR_TIMERS_PENDING, "operator"), "{{operator}}")]),
                 panel("State entries", "Entries in each operator's store.", "short", vec![q(gauge_by(&c::STATE_ENTRIES, "operator"), "{{operator}}")]),
-                panel("Commits, aborts, rebuilds", "Commits per second, aborts and producer rebuilds by error class, fencing.", "ops", vec![
+                panel("Commits, aborts, rebuilds", "Commits per second, aborts and producer rebuilds by error class, fencing, committed offsets asked of a new client.", "ops", vec![
                     q(rate_by(&c::COMMITS, ""), "commits"),
                     q(rate_by(&c::ABORTS, "class"), "abort {{class}}"),
                     q(rate_by(&c::PRODUCER_REBUILDS, "class"), "rebuild {{class}}"),
                     q(rate_by(&c::FENCED, ""), "fenced"),
+                    q(rate_by(&c::OFFSET_FETCH_FALLBACKS, "outcome"), "offsets from a new client, {{outcome}}"),
                 ]),
                 panel("Commit latency", "Time of a commit: flush, offsets, transaction, local stores.", "s", vec![
                     q(quantile(&c::COMMIT_DURATION, 0.5, ""), "p50"),

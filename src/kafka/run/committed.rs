@@ -39,7 +39,9 @@ pub(super) fn fetch(
         match ask(consumer, partitions) {
             Err(e) if is_timeout(&e) => {
                 tracing::warn!(error = %e, "fetching the committed offsets timed out; asking a new client of the group");
-                ask_fresh_client(shared, partitions)
+                let answer = ask_fresh_client(shared, partitions);
+                shared.metrics.offsets_from_new_client(answer.is_ok());
+                answer
             }
             answer => answer,
         }

@@ -81,6 +81,7 @@ pub struct RunMetrics {
     aborts: Counter<u64>,
     rebuilds: Counter<u64>,
     fenced: Counter<u64>,
+    offset_fallbacks: Counter<u64>,
     enforced: Counter<u64>,
     sinks: Vec<KeyValue>,
 }
@@ -88,11 +89,13 @@ pub struct RunMetrics {
 /// Distinct event-type labels per source node; the rest count as `other`.
 const MAX_EVENT_LABELS: usize = 64;
 
-/// Abort reasons and rebuild classes, published at zero from the start so
-/// that a dashboard shows a flat line rather than no data.
+/// Abort reasons, rebuild classes and the outcomes of asking a new client
+/// for the committed offsets, published at zero from the start so that a
+/// dashboard shows a flat line rather than no data.
 pub const ABORT_CLASSES: &[&str] = &["output", "changelog", "delivery", "commit", "forward"];
 pub const REBUILD_CLASSES: &[&str] =
     &["fatal", "abort_failed", "coordinator_timeout", "stuck_call"];
+pub const OFFSET_FALLBACK_OUTCOMES: &[&str] = &["answered", "failed"];
 
 fn lock(totals: &Mutex<Totals>) -> MutexGuard<'_, Totals> {
     totals.lock().unwrap_or_else(|p| p.into_inner())
@@ -111,6 +114,7 @@ impl RunMetrics {
             aborts: counter(meter, &c::ABORTS),
             rebuilds: counter(meter, &c::PRODUCER_REBUILDS),
             fenced: counter(meter, &c::FENCED),
+            offset_fallbacks: counter(meter, &c::OFFSET_FETCH_FALLBACKS),
             enforced: counter(meter, &c::ENFORCED_PROCESSING),
             sinks: sinks
                 .iter()
@@ -125,6 +129,11 @@ impl RunMetrics {
             metrics.rebuilds.add(0, &[KeyValue::new("class", *class)]);
         }
         metrics.fenced.add(0, &[]);
+        for outcome in OFFSET_FALLBACK_OUTCOMES {
+            metrics
+                .offset_fallbacks
+                .add(0, &[KeyValue::new("outcome", *outcome)]);
+        }
         metrics.enforced.add(0, &[]);
         Arc::new(metrics)
     }
@@ -192,6 +201,14 @@ impl RunMetrics {
 
     pub fn fenced(&self) {
         self.fenced.add(1, &[]);
+    }
+
+    /// A fetch of the committed offsets was asked of a new client of the
+    /// group; `answered` says whether that client answered.
+    pub fn offsets_from_new_client(&self, answered: bool) {
+        let outcome = OFFSET_FALLBACK_OUTCOMES[usize::from(!answered)];
+        self.offset_fallbacks
+            .add(1, &[KeyValue::new("outcome", outcome)]);
     }
 
     /// Waits for empty inputs that ran out (see `Task::next_queue`).
