@@ -334,6 +334,7 @@ fn process_line(engine: &mut Engine, line: &str, out: &mut JsonLinesOutput<Vec<u
         topic: v["topic"].as_str().unwrap(),
         key: v["key"].as_str(),
         value: &value,
+        fields: None,
         decoded: false,
         origin: Default::default(),
     };

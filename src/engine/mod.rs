@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use crate::operators::{BuildCx, Ctx, Emitted, Operator};
-use crate::record::{Origin, Record};
+use crate::record::{FlatObject, Origin, Record};
 use crate::state::{StateBackend, StateError, StoreId, WriteBatch};
 use crate::topology::{Format, NodeRef, Sink, Topology};
 pub use commit::{restore, Changes};
@@ -35,6 +35,10 @@ pub struct SourceInput<'a> {
     pub key: Option<&'a str>,
     /// The value as raw JSON text.
     pub value: &'a str,
+    /// The value's fields, when the driver already read it as a flat
+    /// object (replay, which checks every line's value to be JSON): the
+    /// decoder of Sluice's own JSON takes them instead of reading `value`.
+    pub fields: Option<&'a FlatObject<'a>>,
     /// The value is a record already decoded from the source's format into
     /// Sluice's own JSON (what a repartition topic carries for vendor formats).
     pub decoded: bool,
@@ -395,7 +399,7 @@ impl Engine {
         let decoded = if input.decoded {
             crate::format::decode(Format::Json, src.kind, input.value, &src.decode)
         } else {
-            src.decode(input.value)
+            src.decode_scanned(input.value, input.fields)
         };
         match decoded {
             Ok(decoded) => {

@@ -27,7 +27,8 @@ use std::fmt;
 use regex::Regex;
 
 use crate::record::{
-    parse_alert, parse_control, parse_deployment, parse_git, parse_image, Kind, Payload,
+    alert_from_flat, image_from_flat, parse_alert, parse_control, parse_deployment, parse_git,
+    parse_image, FlatObject, InvalidRecord, Kind, Payload,
 };
 
 /// A source's or sink's wire format.
@@ -275,6 +276,36 @@ impl DecodeError {
     }
 }
 
+/// [`decode`], given the fields of `json` when the driver has already
+/// read it as a flat object (replay): an image or an alert in Sluice's own
+/// schema is then made from them, without reading the text again.
+pub fn decode_scanned(
+    format: Format,
+    kind: Kind,
+    json: &str,
+    fields: Option<&FlatObject<'_>>,
+    opts: &DecodeOptions,
+) -> Result<Decoded, DecodeError> {
+    let env = opts.environment.as_deref();
+    match (format, kind, fields) {
+        (Format::Json | Format::Protobuf, Kind::Image, Some(fields)) => {
+            native(image_from_flat(fields, env).map(|i| Payload::Image(Box::new(i))))
+        }
+        (Format::Json | Format::Protobuf, Kind::Alert, Some(fields)) => {
+            native(alert_from_flat(fields, env).map(|a| Payload::Alert(Box::new(a))))
+        }
+        _ => decode(format, kind, json, opts),
+    }
+}
+
+/// A record of Sluice's own schema, or the field at fault.
+fn native(r: Result<Payload, InvalidRecord>) -> Result<Decoded, DecodeError> {
+    r.map(Decoded::one).map_err(|e| match e.0.split_once(": ") {
+        Some((path, problem)) if !path.contains(' ') => DecodeError::new(path, problem),
+        _ => DecodeError::new("value", e.0),
+    })
+}
+
 /// Decodes one payload (JSON text) of a source of `kind` in `format`.
 /// Protobuf values reach this as the JSON the driver decoded them to.
 pub fn decode(
@@ -293,12 +324,6 @@ pub fn decode(
         }
     }
     let env = opts.environment.as_deref();
-    let native = |r: Result<Payload, crate::record::InvalidRecord>| {
-        r.map(Decoded::one).map_err(|e| match e.0.split_once(": ") {
-            Some((path, problem)) if !path.contains(' ') => DecodeError::new(path, problem),
-            _ => DecodeError::new("value", e.0),
-        })
-    };
     match (format, kind) {
         (Format::Json | Format::Protobuf, Kind::Image) => {
             native(parse_image(json, env).map(|i| Payload::Image(Box::new(i))))

@@ -141,6 +141,7 @@ impl Harness {
             topic,
             key: Some("k"),
             value: &value,
+            fields: None,
             decoded: false,
             origin: Default::default(),
         };

@@ -23,9 +23,47 @@ pub(crate) fn read<const N: usize>(json: &str, names: &[&str]) -> Option<[Option
     Some(values.map(|v| v.map(str::to_owned)))
 }
 
-/// Whether `json` is a flat object as [`read`] takes it (and so JSON).
-pub(crate) fn is_flat_object(json: &str) -> bool {
-    scan(json, |_, _| {}).is_some()
+/// Most fields a [`FlatObject`] keeps.
+const MAX_FIELDS: usize = 12;
+
+/// The keys and values of a flat object, as the one scan that checked it
+/// found them: replay checks each line's value to be JSON, and its decoder
+/// then reads the fields from here instead of scanning the text again.
+#[derive(Debug, Clone, Copy)]
+pub struct FlatObject<'j> {
+    fields: [(&'j str, Option<&'j str>); MAX_FIELDS],
+    len: usize,
+}
+
+impl<'j> FlatObject<'j> {
+    /// `json` as a flat object of at most a dozen fields; `None` for any
+    /// other text (a larger flat object included).
+    pub fn parse(json: &'j str) -> Option<Self> {
+        let mut object = FlatObject {
+            fields: [("", None); MAX_FIELDS],
+            len: 0,
+        };
+        let mut fits = true;
+        scan(json, |key, value| match object.fields.get_mut(object.len) {
+            Some(slot) => {
+                *slot = (key, value);
+                object.len += 1;
+            }
+            None => fits = false,
+        })?;
+        fits.then_some(object)
+    }
+
+    /// What [`read`] gives for the object's text.
+    pub(crate) fn values<const N: usize>(&self, names: &[&str]) -> [Option<String>; N] {
+        let mut values: [Option<&str>; N] = [None; N];
+        for &(key, value) in &self.fields[..self.len] {
+            if let Some(i) = names.iter().position(|n| *n == key) {
+                values[i] = value;
+            }
+        }
+        values.map(|v| v.map(str::to_owned))
+    }
 }
 
 /// Calls `visit` with each key and value of a flat object, in order;
@@ -117,6 +155,11 @@ mod tests {
 
     const NAMES: &[&str] = &["service", "tag"];
 
+    /// Whether `json` is a flat object as [`read`] takes it (and so JSON).
+    fn is_flat_object(json: &str) -> bool {
+        scan(json, |_, _| {}).is_some()
+    }
+
     fn read2(json: &str) -> Option<[Option<String>; 2]> {
         read::<2>(json, NAMES)
     }
@@ -176,6 +219,38 @@ mod tests {
             Some(5)
         );
         assert_eq!(plain_string_len(b"no closing quote at all"), None);
+    }
+
+    proptest::proptest! {
+        /// Fields read from a scanned object are what a scan of its text reads.
+        #[test]
+        fn a_scanned_object_gives_what_its_text_gives(
+            fields in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["service", "tag", "x", "", "servicé"]),
+                    proptest::option::of("[a-z\\\\\"é -]{0,6}"),
+                ),
+                0..16,
+            ),
+        ) {
+            let json = format!(
+                "{{{}}}",
+                fields
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Some(v) => format!("\"{k}\":\"{v}\""),
+                        None => format!("\"{k}\":null"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let scanned = FlatObject::parse(&json);
+            let fits = fields.len() <= MAX_FIELDS;
+            proptest::prop_assert_eq!(scanned.is_some(), fits && is_flat_object(&json));
+            if let Some(object) = scanned {
+                proptest::prop_assert_eq!(Some(object.values::<2>(NAMES)), read2(&json));
+            }
+        }
     }
 
     #[test]

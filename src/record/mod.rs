@@ -16,11 +16,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use flat::FlatObject;
 pub use json::{AlertJson, ControlJson, DeploymentJson, GitJson, ImageJson, PayloadJson};
 pub use origin::Origin;
 pub use parse::{
-    parse_alert, parse_git, parse_image, validate_alert, validate_git, validate_image, AlertFields,
-    GitFields, ImageFields,
+    alert_from_flat, image_from_flat, parse_alert, parse_git, parse_image, validate_alert,
+    validate_git, validate_image, AlertFields, GitFields, ImageFields,
 };
 pub use rollout::{
     parse_control, parse_deployment, validate_deployment, ControlAction, ControlEvent,

@@ -8,7 +8,9 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use super::{oci, AlertEvent, AlertStatus, GitEvent, GitEventType, ImageEvent, InvalidRecord};
+use super::{
+    oci, AlertEvent, AlertStatus, FlatObject, GitEvent, GitEventType, ImageEvent, InvalidRecord,
+};
 
 const IMAGE_FIELDS: &[&str] = &["service", "repository", "tag", "digest", "environment"];
 const ALERT_FIELDS: &[&str] = &[
@@ -61,7 +63,21 @@ pub fn parse_image(
     json: &str,
     default_environment: Option<&str>,
 ) -> Result<ImageEvent, InvalidRecord> {
-    let [service, repository, tag, digest, environment] = read_fields::<5>(json, IMAGE_FIELDS)?;
+    image_from(read_fields(json, IMAGE_FIELDS)?, default_environment)
+}
+
+/// [`parse_image`] of a flat object already read.
+pub fn image_from_flat(
+    object: &FlatObject<'_>,
+    default_environment: Option<&str>,
+) -> Result<ImageEvent, InvalidRecord> {
+    image_from(object.values(IMAGE_FIELDS), default_environment)
+}
+
+fn image_from(
+    [service, repository, tag, digest, environment]: [Option<String>; 5],
+    default_environment: Option<&str>,
+) -> Result<ImageEvent, InvalidRecord> {
     validate_image(
         ImageFields {
             service,
@@ -114,8 +130,21 @@ pub fn parse_alert(
     json: &str,
     default_environment: Option<&str>,
 ) -> Result<AlertEvent, InvalidRecord> {
-    let [service, alertname, severity, status, environment, fingerprint] =
-        read_fields::<6>(json, ALERT_FIELDS)?;
+    alert_from(read_fields(json, ALERT_FIELDS)?, default_environment)
+}
+
+/// [`parse_alert`] of a flat object already read.
+pub fn alert_from_flat(
+    object: &FlatObject<'_>,
+    default_environment: Option<&str>,
+) -> Result<AlertEvent, InvalidRecord> {
+    alert_from(object.values(ALERT_FIELDS), default_environment)
+}
+
+fn alert_from(
+    [service, alertname, severity, status, environment, fingerprint]: [Option<String>; 6],
+    default_environment: Option<&str>,
+) -> Result<AlertEvent, InvalidRecord> {
     validate_alert(
         AlertFields {
             service,

@@ -13,7 +13,8 @@
 
 use serde_json::value::RawValue;
 
-use crate::record::flat::{is_flat_object, plain_string_len};
+use crate::record::flat::plain_string_len;
+use crate::record::FlatObject;
 
 use super::InputLine;
 
@@ -40,8 +41,10 @@ pub(super) fn parse(text: &str) -> Option<InputLine<'_>> {
     }
     let value_text = text.get(r.at..text.len() - 1)?;
     // A flat object of plain strings (most records) is JSON without a look
-    // by serde_json; anything else is checked by it.
-    let value = if is_flat_object(value_text) {
+    // by serde_json, and its fields are kept for the decoder; anything else
+    // is checked by serde_json.
+    let fields = FlatObject::parse(value_text);
+    let value = if fields.is_some() {
         value_text
     } else {
         serde_json::from_str::<&RawValue>(value_text).ok()?.get()
@@ -53,6 +56,7 @@ pub(super) fn parse(text: &str) -> Option<InputLine<'_>> {
         ts,
         key: key.map(Into::into),
         value,
+        fields,
     })
 }
 
@@ -126,6 +130,13 @@ mod tests {
         match parse(text) {
             None => Ok(false),
             Some(line) => {
+                if let (Some(fields), Some(value)) = (&line.fields, line.value) {
+                    let names = ["service", "a", "b", "c"];
+                    let from_text = crate::record::flat::read::<4>(value, &names);
+                    if Some(fields.values::<4>(&names)) != from_text {
+                        return Err(format!("{text}: the kept fields differ from the value's"));
+                    }
+                }
                 let fast = summary(&line);
                 match by_serde(text) {
                     Some(serde) if serde == fast => Ok(true),
@@ -148,6 +159,13 @@ mod tests {
         ] {
             assert_eq!(agrees(text), Ok(true), "{text}");
         }
+        let flat = r#"{"topic":"t","ts":5,"key":"k","value":{"service":"a","b":null}}"#;
+        let fields = parse(flat).and_then(|line| line.fields);
+        assert_eq!(
+            fields.map(|f| f.values::<2>(&["service", "b"])),
+            Some([Some("a".to_owned()), None]),
+            "a flat value's fields are kept for the decoder"
+        );
     }
 
     #[test]

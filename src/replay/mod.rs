@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use crate::engine::{
     DeadLetter, Engine, EngineError, InputOrigin, Output, OutputError, SourceInput,
 };
-use crate::record::Record;
+use crate::record::{FlatObject, Record};
 use crate::topology::Sink;
 
 /// Longest input line accepted; a longer one is an input-file error rather
@@ -35,6 +35,8 @@ pub struct InputLine<'a> {
     pub key: Option<Cow<'a, str>>,
     /// The value's JSON text, checked to be JSON; `None` when absent or `null`.
     pub value: Option<&'a str>,
+    /// The value's fields when it is a flat object, as the check found them.
+    pub fields: Option<FlatObject<'a>>,
 }
 
 /// [`InputLine`] as serde reads a line of any shape.
@@ -302,6 +304,7 @@ pub fn replay<R: BufRead, W: Write>(
             topic: &line.topic,
             key: line.key.as_deref(),
             value,
+            fields: line.fields.as_ref(),
             decoded: false,
             origin: InputOrigin::Line(opts.line_offset + line_no),
         };
@@ -373,6 +376,7 @@ pub fn parse_line(text: &[u8]) -> Result<InputLine<'_>, String> {
         ts: line.ts,
         key: line.key,
         value: line.value.map(RawValue::get),
+        fields: None,
     })
 }
 

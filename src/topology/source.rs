@@ -9,7 +9,7 @@ use super::diag::{Diags, Located};
 use super::reader::TableReader;
 use super::{read_name, read_topic, ENVIRONMENT};
 use crate::format::{self, DecodeOptions, Decoded, FieldFrom, Format};
-use crate::record::Kind;
+use crate::record::{FlatObject, Kind};
 
 /// Kinds a source may read.
 const SOURCE_KINDS: &[Kind] = &[
@@ -45,6 +45,16 @@ impl Source {
     /// Decodes one value (JSON text) of this source's format into records.
     pub fn decode(&self, json: &str) -> Result<Decoded, format::DecodeError> {
         format::decode(self.format, self.kind, json, &self.decode)
+    }
+
+    /// [`Source::decode`], given the fields of `json` when a driver has
+    /// already read it as a flat object.
+    pub fn decode_scanned(
+        &self,
+        json: &str,
+        fields: Option<&FlatObject<'_>>,
+    ) -> Result<Decoded, format::DecodeError> {
+        format::decode_scanned(self.format, self.kind, json, fields, &self.decode)
     }
 }
 

@@ -100,6 +100,7 @@ impl CommitBench {
                     topic: "images",
                     key: None,
                     value: &value,
+                    fields: None,
                     decoded: false,
                     origin: Default::default(),
                 };

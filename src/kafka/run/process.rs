@@ -115,6 +115,7 @@ impl Inner {
                     topic: &task.queues[qi].engine_topic,
                     key,
                     value: &value,
+                    fields: None,
                     decoded: decoded.is_some(),
                     origin: InputOrigin::Kafka {
                         topic: m.topic(),
