@@ -198,6 +198,73 @@ mod tests {
         // Sluice's own schema keeps refusing strings.
         assert!(decode(Format::Json, Kind::Image, &quoted, &opts).is_err());
     }
+
+    /// A field of Sluice's own records and a few values for it, valid
+    /// first: most generated records are valid, some are not.
+    const FIELD_VALUES: &[(&str, &[&str])] = &[
+        ("service", &["svc-1", "svc-1", "Bad Name!"]),
+        ("repository", &["r/a", "registry.io:5000/t/a", "Bad Repo"]),
+        ("tag", &["v1.2.3", "v2-rc1", "bad tag!"]),
+        (
+            "digest",
+            &[
+                "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "sha256:short",
+            ],
+        ),
+        ("environment", &["prod", "staging", "Not Valid"]),
+        ("alertname", &["HighErrors", "HighErrors", ""]),
+        ("severity", &["critical", "warning"]),
+        ("status", &["firing", "resolved", "bogus"]),
+        ("fingerprint", &["abc", "def"]),
+        ("branch", &["main"]),
+    ];
+
+    proptest::proptest! {
+        /// Given the fields a check of the text found, every format and kind
+        /// decodes a flat object as from its text: the same records, the
+        /// same errors.
+        #[test]
+        fn fields_already_read_decode_as_the_text_does(
+            // Per field: absent, null, or one of its values; then a field
+            // given twice (the last one wins).
+            picks in proptest::collection::vec((0u8..8, 0usize..3), FIELD_VALUES.len()),
+            repeated in proptest::option::of((0usize..10, 0usize..3)),
+            format in proptest::sample::select(vec![Format::Json, Format::Protobuf, Format::Harbor]),
+            kind in proptest::sample::select(vec![Kind::Image, Kind::Alert, Kind::Git]),
+            environment in proptest::option::of(proptest::sample::select(vec!["staging", "Not Valid"])),
+        ) {
+            let field = |(name, values): &(&str, &[&str]), pick: usize| {
+                format!("\"{name}\":\"{}\"", values[pick % values.len()])
+            };
+            let mut fields: Vec<String> = FIELD_VALUES
+                .iter()
+                .zip(&picks)
+                .filter_map(|(f, &(presence, pick))| match presence {
+                    0 => None,
+                    1 => Some(format!("\"{}\":null", f.0)),
+                    _ => Some(field(f, pick)),
+                })
+                .collect();
+            // At most eight are kept: drop the last few past that.
+            fields.truncate(7);
+            if let Some((i, pick)) = repeated {
+                fields.push(field(&FIELD_VALUES[i], pick));
+            }
+            let json = format!("{{{}}}", fields.join(","));
+            let opts = DecodeOptions {
+                environment: environment.map(str::to_owned),
+                ..DecodeOptions::default()
+            };
+            let crate::record::Flat::Kept(object) = FlatObject::check(&json) else {
+                panic!("a flat object of at most eight fields is kept: {json}");
+            };
+            proptest::prop_assert_eq!(
+                decode_scanned(format, kind, &json, Some(&object), &opts),
+                decode(format, kind, &json, &opts)
+            );
+        }
+    }
 }
 
 impl fmt::Display for Format {
@@ -286,6 +353,10 @@ pub fn decode_scanned(
     fields: Option<&FlatObject<'_>>,
     opts: &DecodeOptions,
 ) -> Result<Decoded, DecodeError> {
+    debug_assert!(
+        fields.is_none_or(|f| std::ptr::eq(f.text(), json)),
+        "the fields were found in another text"
+    );
     let env = opts.environment.as_deref();
     match (format, kind, fields) {
         (Format::Json | Format::Protobuf, Kind::Image, Some(fields)) => {

@@ -15,54 +15,106 @@
 /// serde.
 pub(crate) fn read<const N: usize>(json: &str, names: &[&str]) -> Option<[Option<String>; N]> {
     let mut values: [Option<&str>; N] = [None; N];
-    scan(json, |key, value| {
-        if let Some(i) = names.iter().position(|n| *n == key) {
-            values[i] = value;
-        }
-    })?;
+    scan(json, |key, value| pick(&mut values, names, key, value))?;
     Some(values.map(|v| v.map(str::to_owned)))
 }
 
-/// Most fields a [`FlatObject`] keeps.
-const MAX_FIELDS: usize = 12;
+/// Keeps `value` as the value of `key` if `key` is one of `names`: the
+/// last one wins.
+fn pick<'j, const N: usize>(
+    values: &mut [Option<&'j str>; N],
+    names: &[&str],
+    key: &str,
+    value: Option<&'j str>,
+) {
+    if let Some(i) = names.iter().position(|n| *n == key) {
+        values[i] = value;
+    }
+}
+
+/// Most fields a [`FlatObject`] keeps: Sluice's own images have five,
+/// alerts six.
+const MAX_FIELDS: usize = 8;
+
+/// Where a key or a value lies in the object's text, in bytes; `NULL` for
+/// a `null` value. Offsets rather than `&str`s halve the object, which
+/// replay builds and moves for every line.
+type Span = (u32, u32);
+const NULL: Span = (u32::MAX, u32::MAX);
 
 /// The keys and values of a flat object, as the one scan that checked it
 /// found them: replay checks each line's value to be JSON, and its decoder
 /// then reads the fields from here instead of scanning the text again.
-#[derive(Debug, Clone, Copy)]
 pub struct FlatObject<'j> {
-    fields: [(&'j str, Option<&'j str>); MAX_FIELDS],
+    text: &'j str,
+    fields: [(Span, Span); MAX_FIELDS],
     len: usize,
 }
 
+/// What [`FlatObject::check`] found.
+pub enum Flat<'j> {
+    /// A flat object, its fields kept.
+    Kept(FlatObject<'j>),
+    /// A flat object (and so JSON) with more fields than are kept.
+    Wide,
+    /// Any other text.
+    No,
+}
+
 impl<'j> FlatObject<'j> {
-    /// `json` as a flat object of at most a dozen fields; `None` for any
-    /// other text (a larger flat object included).
-    pub fn parse(json: &'j str) -> Option<Self> {
+    /// Whether `json` is a flat object as [`read`] takes it (and so JSON),
+    /// with its fields when there are at most eight.
+    pub fn check(json: &'j str) -> Flat<'j> {
         let mut object = FlatObject {
-            fields: [("", None); MAX_FIELDS],
+            text: json,
+            fields: [(NULL, NULL); MAX_FIELDS],
             len: 0,
         };
-        let mut fits = true;
-        scan(json, |key, value| match object.fields.get_mut(object.len) {
-            Some(slot) => {
-                *slot = (key, value);
+        let base = json.as_ptr() as usize;
+        // Offsets of a text this long would not fit a span (replay's lines
+        // stop at 16 MiB).
+        let mut keeps = u32::try_from(json.len()).is_ok_and(|n| n < u32::MAX);
+        let span = |part: &str| {
+            let start = part.as_ptr() as usize - base;
+            (start as u32, (start + part.len()) as u32)
+        };
+        let flat = scan(json, |key, value| match object.fields.get_mut(object.len) {
+            Some(slot) if keeps => {
+                *slot = (span(key), value.map_or(NULL, span));
                 object.len += 1;
             }
-            None => fits = false,
-        })?;
-        fits.then_some(object)
+            _ => keeps = false,
+        });
+        match (flat, keeps) {
+            (None, _) => Flat::No,
+            (Some(()), true) => Flat::Kept(object),
+            (Some(()), false) => Flat::Wide,
+        }
+    }
+
+    /// The text the fields were found in.
+    pub(crate) fn text(&self) -> &'j str {
+        self.text
     }
 
     /// What [`read`] gives for the object's text.
     pub(crate) fn values<const N: usize>(&self, names: &[&str]) -> [Option<String>; N] {
         let mut values: [Option<&str>; N] = [None; N];
+        let part = |(start, end): Span| &self.text[start as usize..end as usize];
         for &(key, value) in &self.fields[..self.len] {
-            if let Some(i) = names.iter().position(|n| *n == key) {
-                values[i] = value;
-            }
+            let value = (value != NULL).then(|| part(value));
+            pick(&mut values, names, part(key), value);
         }
         values.map(|v| v.map(str::to_owned))
+    }
+}
+
+impl std::fmt::Debug for FlatObject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlatObject")
+            .field("text", &self.text)
+            .field("fields", &self.len)
+            .finish()
     }
 }
 
@@ -118,7 +170,7 @@ pub(crate) fn plain_string_len(bytes: &[u8]) -> Option<usize> {
 /// the bytes a JSON string must escape.
 pub(crate) fn first_special(bytes: &[u8]) -> Option<usize> {
     // Eight bytes at a time: a byte at a time took about a twentieth of a
-    // replay (digests are 71 bytes, and every value is scanned twice).
+    // replay (digests are 71 bytes).
     let mut at = 0;
     while let Some((word, _)) = bytes[at..].split_first_chunk::<8>() {
         let found = specials(u64::from_le_bytes(*word));
@@ -222,7 +274,8 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Fields read from a scanned object are what a scan of its text reads.
+        /// Fields read from a checked object are what a scan of its text
+        /// reads, and an object is kept exactly when it is flat and fits.
         #[test]
         fn a_scanned_object_gives_what_its_text_gives(
             fields in proptest::collection::vec(
@@ -244,11 +297,14 @@ mod tests {
                     .collect::<Vec<_>>()
                     .join(",")
             );
-            let scanned = FlatObject::parse(&json);
-            let fits = fields.len() <= MAX_FIELDS;
-            proptest::prop_assert_eq!(scanned.is_some(), fits && is_flat_object(&json));
-            if let Some(object) = scanned {
-                proptest::prop_assert_eq!(Some(object.values::<2>(NAMES)), read2(&json));
+            let flat = is_flat_object(&json);
+            match FlatObject::check(&json) {
+                Flat::Kept(object) => {
+                    proptest::prop_assert!(flat && fields.len() <= MAX_FIELDS);
+                    proptest::prop_assert_eq!(Some(object.values::<2>(NAMES)), read2(&json));
+                }
+                Flat::Wide => proptest::prop_assert!(flat && fields.len() > MAX_FIELDS),
+                Flat::No => proptest::prop_assert!(!flat),
             }
         }
     }

@@ -16,7 +16,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use flat::FlatObject;
+pub use flat::{Flat, FlatObject};
 pub use json::{AlertJson, ControlJson, DeploymentJson, GitJson, ImageJson, PayloadJson};
 pub use origin::Origin;
 pub use parse::{

@@ -8,13 +8,14 @@
 //! the same result, and every error still comes from `serde_json`.
 //!
 //! The value is still checked to be JSON (by `serde_json`, unless it is a
-//! flat object of plain strings): a line whose value is not JSON is an
+//! flat object of plain strings, whose fields of at most eight the line
+//! then keeps for the decoder): a line whose value is not JSON is an
 //! input-file error, not a dead letter.
 
 use serde_json::value::RawValue;
 
 use crate::record::flat::plain_string_len;
-use crate::record::FlatObject;
+use crate::record::{Flat, FlatObject};
 
 use super::InputLine;
 
@@ -43,11 +44,13 @@ pub(super) fn parse(text: &str) -> Option<InputLine<'_>> {
     // A flat object of plain strings (most records) is JSON without a look
     // by serde_json, and its fields are kept for the decoder; anything else
     // is checked by serde_json.
-    let fields = FlatObject::parse(value_text);
-    let value = if fields.is_some() {
-        value_text
-    } else {
-        serde_json::from_str::<&RawValue>(value_text).ok()?.get()
+    let (value, fields) = match FlatObject::check(value_text) {
+        Flat::Kept(fields) => (value_text, Some(fields)),
+        Flat::Wide => (value_text, None),
+        Flat::No => (
+            serde_json::from_str::<&RawValue>(value_text).ok()?.get(),
+            None,
+        ),
     };
     // A JSON null is an absent value, as for serde's `Option`.
     let value = (value != "null").then_some(value);

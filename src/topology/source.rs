@@ -44,7 +44,7 @@ impl Source {
 
     /// Decodes one value (JSON text) of this source's format into records.
     pub fn decode(&self, json: &str) -> Result<Decoded, format::DecodeError> {
-        format::decode(self.format, self.kind, json, &self.decode)
+        self.decode_scanned(json, None)
     }
 
     /// [`Source::decode`], given the fields of `json` when a driver has

@@ -206,7 +206,7 @@ impl RunMetrics {
     /// A fetch of the committed offsets was asked of a new client of the
     /// group; `answered` says whether that client answered.
     pub fn offsets_from_new_client(&self, answered: bool) {
-        let outcome = OFFSET_FALLBACK_OUTCOMES[usize::from(!answered)];
+        let outcome = if answered { "answered" } else { "failed" };
         self.offset_fallbacks
             .add(1, &[KeyValue::new("outcome", outcome)]);
     }

@@ -7,9 +7,11 @@ use prost::Message;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use sluice::engine::{Engine, EngineOptions};
+use sluice::format::{self, DecodeOptions, Format};
 use sluice::proto::{alert_to_json, image_to_json, Alert, DeploymentIntent, ImagePushed};
 use sluice::record::{
-    oci, parse_alert, parse_control, parse_deployment, parse_image, AlertEvent, ImageEvent, Payload,
+    oci, parse_alert, parse_control, parse_deployment, parse_image, AlertEvent, Flat, FlatObject,
+    ImageEvent, Kind, Payload,
 };
 use sluice::replay::{parse_line, replay, JsonLinesOutput, OutputLine, ReplayError, ReplayOptions};
 use sluice::state::MemoryBackend;
@@ -98,6 +100,7 @@ pub fn json_record(data: &[u8]) {
         return;
     };
     for default_env in [None, Some("prod")] {
+        same_from_kept_fields(text, default_env);
         if let Ok(image) = parse_image(text, default_env) {
             check_image(text, &image);
         }
@@ -119,6 +122,25 @@ pub fn json_record(data: &[u8]) {
             let written = Payload::Control(Box::new(c.clone())).to_json().to_string();
             assert_eq!(parse_control(&written, None).as_ref(), Ok(&c), "{written}");
         }
+    }
+}
+
+/// A flat object whose fields replay kept decodes as its text does, in
+/// every kind Sluice's own JSON carries.
+fn same_from_kept_fields(text: &str, default_env: Option<&str>) {
+    let Flat::Kept(fields) = FlatObject::check(text) else {
+        return;
+    };
+    let opts = DecodeOptions {
+        environment: default_env.map(str::to_owned),
+        ..DecodeOptions::default()
+    };
+    for kind in [Kind::Image, Kind::Alert, Kind::Git] {
+        assert_eq!(
+            format::decode_scanned(Format::Json, kind, text, Some(&fields), &opts),
+            format::decode(Format::Json, kind, text, &opts),
+            "{kind}: {text}"
+        );
     }
 }
 
