@@ -95,7 +95,9 @@ const MAX_EVENT_LABELS: usize = 64;
 pub const ABORT_CLASSES: &[&str] = &["output", "changelog", "delivery", "commit", "forward"];
 pub const REBUILD_CLASSES: &[&str] =
     &["fatal", "abort_failed", "coordinator_timeout", "stuck_call"];
-pub const OFFSET_FALLBACK_OUTCOMES: &[&str] = &["answered", "failed"];
+pub const OFFSET_FALLBACK_OUTCOMES: &[&str] = &[ANSWERED, FAILED];
+const ANSWERED: &str = "answered";
+const FAILED: &str = "failed";
 
 fn lock(totals: &Mutex<Totals>) -> MutexGuard<'_, Totals> {
     totals.lock().unwrap_or_else(|p| p.into_inner())
@@ -206,7 +208,7 @@ impl RunMetrics {
     /// A fetch of the committed offsets was asked of a new client of the
     /// group; `answered` says whether that client answered.
     pub fn offsets_from_new_client(&self, answered: bool) {
-        let outcome = if answered { "answered" } else { "failed" };
+        let outcome = if answered { ANSWERED } else { FAILED };
         self.offset_fallbacks
             .add(1, &[KeyValue::new("outcome", outcome)]);
     }
