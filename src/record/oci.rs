@@ -24,8 +24,7 @@ fn every_byte(b: &[u8], f: impl Fn(u8) -> bool) -> bool {
     b.iter().fold(true, |ok, &x| ok & f(x))
 }
 
-fn is_path_component(c: &str) -> bool {
-    let b = c.as_bytes();
+fn is_path_component(b: &[u8]) -> bool {
     let alnum = |x: u8| x.is_ascii_lowercase() | x.is_ascii_digit();
     if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
         return false;
@@ -53,43 +52,52 @@ fn is_path_component(c: &str) -> bool {
     true
 }
 
-fn is_domain_component(c: &str) -> bool {
-    let b = c.as_bytes();
+fn is_domain_component(b: &[u8]) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|&x| x.is_ascii_alphanumeric() || x == b'-')
+        && every_byte(b, |x| x.is_ascii_alphanumeric() | (x == b'-'))
 }
 
-fn is_domain(d: &str) -> bool {
-    let (host, port) = if let Some(rest) = d.strip_prefix('[') {
-        let Some(end) = rest.find(']') else {
+/// The parts of `b` between the bytes equal to `sep`. Not `str::split`:
+/// its searcher costs more to set up than these short names take to scan
+/// (a third of the repository check's instructions on the releases flood).
+fn parts(b: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
+    b.split(move |&x| x == sep)
+}
+
+fn is_domain(d: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = d.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&x| x == b']') else {
             return false;
         };
         let ipv6 = &rest[..end];
-        if ipv6.is_empty() || !ipv6.bytes().all(|x| x.is_ascii_hexdigit() || x == b':') {
+        if ipv6.is_empty() || !ipv6.iter().all(|&x| x.is_ascii_hexdigit() || x == b':') {
             return false;
         }
-        ("", &rest[end + 1..])
+        (&b""[..], &rest[end + 1..])
     } else {
-        match d.find(':') {
+        match d.iter().position(|&x| x == b':') {
             Some(i) => (&d[..i], &d[i..]),
-            None => (d, ""),
+            None => (d, &b""[..]),
         }
     };
     let port_ok = port.is_empty()
         || port
-            .strip_prefix(':')
-            .is_some_and(|p| !p.is_empty() && p.bytes().all(|x| x.is_ascii_digit()));
-    let host_ok = d.starts_with('[') || host.split('.').all(is_domain_component);
+            .strip_prefix(b":")
+            .is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+    let host_ok = d.starts_with(b"[") || parts(host, b'.').all(is_domain_component);
     port_ok && host_ok
 }
 
 fn is_repository(name: &str) -> bool {
-    match name.split_once('/') {
-        None => is_path_component(name),
-        Some((first, rest)) => {
-            rest.split('/').all(is_path_component) && (is_path_component(first) || is_domain(first))
+    let b = name.as_bytes();
+    match b.iter().position(|&x| x == b'/') {
+        None => is_path_component(b),
+        Some(i) => {
+            let (first, rest) = (&b[..i], &b[i + 1..]);
+            parts(rest, b'/').all(is_path_component)
+                && (is_path_component(first) || is_domain(first))
         }
     }
 }

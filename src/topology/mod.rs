@@ -85,7 +85,9 @@ pub struct Topology {
     pub nodes: Vec<NodeRef>,
     /// Successors of each node, operators before sinks, each in file order.
     pub successors: Vec<Vec<Edge>>,
-    topic_sources: HashMap<String, Vec<usize>>,
+    /// Looked up for every input record: hashbrown's default hasher, not
+    /// std's SipHash (which took 2% of replay's instructions here).
+    topic_sources: hashbrown::HashMap<String, Vec<usize>>,
 }
 
 /// Why a topology could not be loaded.
@@ -605,7 +607,7 @@ fn build(
     for list in &mut successors {
         list.sort_by_key(|e| (e.to, e.port));
     }
-    let mut topic_sources: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut topic_sources: hashbrown::HashMap<String, Vec<usize>> = hashbrown::HashMap::new();
     for (i, s) in sources.iter().enumerate() {
         topic_sources.entry(s.topic.clone()).or_default().push(i);
     }

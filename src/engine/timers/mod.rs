@@ -5,7 +5,6 @@
 //! place in the sequence. The whole queue is kept in memory (it holds one entry
 //! per key with pending work) and written back to its store on commit.
 
-mod dary;
 mod runs;
 
 use std::hash::BuildHasher;
@@ -129,11 +128,14 @@ impl TimerQueue {
             self.armed += 1;
         }
         self.mark_dirty(id);
-        self.queue.push(Queued {
-            deadline,
-            seq,
-            slot: id,
-        });
+        self.queue.push(
+            Queued {
+                deadline,
+                seq,
+                slot: id,
+            },
+            op,
+        );
         self.tidy();
     }
 
@@ -321,10 +323,11 @@ impl TimerQueue {
             }
             Ok(())
         })?;
-        // In order, they make one run.
+        // In order, each operator's make its run.
         loaded.sort_unstable();
         for q in loaded {
-            queue.queue.push(q);
+            let op = queue.slots[q.slot as usize].op;
+            queue.queue.push(q, op);
         }
         if orphans > 0 {
             tracing::warn!(

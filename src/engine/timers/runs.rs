@@ -1,19 +1,31 @@
 //! The timers' order: entries of (deadline, sequence) taken smallest first,
-//! kept as a few sorted runs.
+//! kept as one sorted run per operator and a B-tree for the rest.
 //!
-//! Timers are mostly armed at a fixed delay after the clock (a debounce's
-//! quiet, a gate's alert ttl), and the clock only moves forward, so each new
-//! deadline is usually no earlier than the last one armed with the same
-//! delay. Such an entry goes at the end of a run that is already in order;
-//! taking the smallest is a look at the front of each run. A binary heap of
-//! tens of thousands of entries paid a cache miss at every level of every
-//! push and pop. Entries that fit no run (more than [`MAX_RUNS`] delays at
-//! work, or deadlines that vary per key, as a throttle's do) go to a heap,
-//! which takes any order.
+//! An operator mostly arms its timers at a fixed delay after the clock (a
+//! debounce's quiet, a gate's alert ttl), and the clock only moves forward,
+//! so each deadline it arms is usually no earlier than its last one: the
+//! entry goes at the end of that operator's run, which is already in order,
+//! and taking the smallest is a look at the front of each run. An entry
+//! that would break its operator's order (a throttle's deadlines vary per
+//! key; a debounce's `max_wait` cuts a quiet short) goes to a B-tree, which
+//! takes any order. A binary heap of tens of thousands of entries paid a
+//! cache miss at every level of every push and pop.
+//!
+//! One run per operator, not runs shared by all: with shared runs (up to
+//! eight, an entry going to the one whose last entry was the latest not
+//! after it) a throttle's scattered deadlines took over the runs a
+//! debounce's entries needed, and every push looked at every run, about 500
+//! instructions per timer armed on the releases flood (README, fourteenth
+//! pass). Here a push is one comparison with the end of its run.
+//!
+//! A B-tree, not a heap: taking the smallest walks its left edge, which
+//! every take reads and so stays in cache, and an insert misses on about one
+//! node (a leaf; the few nodes above it are shared by many entries). A
+//! 4-ary heap's pop walked half a dozen levels down to its leaves, most of
+//! them cold: with the throttle of `topologies/cicd.toml` on the survival
+//! flood its `sift_down` alone took 6% of replay.
 
-use std::collections::VecDeque;
-
-use super::dary::DaryHeap;
+use std::collections::{BTreeSet, VecDeque};
 
 /// A place in the order: the deadline, then the arming sequence (unique),
 /// then the slot the entry stands for.
@@ -24,14 +36,12 @@ pub(super) struct Queued {
     pub slot: u32,
 }
 
-/// Runs kept before entries go to the heap.
-const MAX_RUNS: usize = 8;
-
 #[derive(Debug, Default)]
 pub(super) struct Runs {
-    /// Each in ascending order.
+    /// One per operator (by index), each in ascending order.
     runs: Vec<VecDeque<Queued>>,
-    heap: DaryHeap,
+    /// The entries that fit no run; each is unique (its sequence is).
+    others: BTreeSet<Queued>,
     len: usize,
     /// The smallest entry and where it is, kept up to date.
     first: Option<(Queued, Front)>,
@@ -41,7 +51,7 @@ pub(super) struct Runs {
 #[derive(Debug, Clone, Copy)]
 enum Front {
     Run(usize),
-    Heap,
+    Others,
 }
 
 impl Runs {
@@ -49,41 +59,28 @@ impl Runs {
         self.len
     }
 
-    /// Adds an entry.
-    pub fn push(&mut self, q: Queued) {
+    /// Adds an entry armed by operator `op`.
+    pub fn push(&mut self, q: Queued, op: usize) {
         self.len += 1;
-        // The run whose last entry is the latest one not after `q`: runs stay
-        // as far apart as they can, so that later entries keep fitting.
-        let best = self
-            .runs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.back().filter(|b| **b <= q).map(|b| (*b, i)))
-            .max()
-            .map(|(_, i)| i)
-            .or_else(|| self.runs.iter().position(VecDeque::is_empty));
-        let at = match best {
-            Some(i) => {
-                self.runs[i].push_back(q);
-                Front::Run(i)
-            }
-            None if self.runs.len() < MAX_RUNS => {
-                self.runs.push(VecDeque::from([q]));
-                Front::Run(self.runs.len() - 1)
-            }
-            None => {
-                self.heap.push(q);
-                Front::Heap
-            }
+        if self.runs.len() <= op {
+            self.runs.resize_with(op + 1, VecDeque::new);
+        }
+        let run = &mut self.runs[op];
+        let at = if run.back().is_none_or(|last| *last < q) {
+            run.push_back(q);
+            Front::Run(op)
+        } else {
+            self.others.insert(q);
+            Front::Others
         };
         if self.first.is_none_or(|(f, _)| q < f) {
             self.first = Some((q, at));
         }
     }
 
-    /// Finds the smallest entry: the front of a run or the top of the heap.
+    /// Finds the smallest entry: the front of a run or the B-tree's first.
     fn find_first(&self) -> Option<(Queued, Front)> {
-        let mut best = self.heap.peek().map(|q| (*q, Front::Heap));
+        let mut best = self.others.first().map(|q| (*q, Front::Others));
         for (i, run) in self.runs.iter().enumerate() {
             if let Some(&q) = run.front() {
                 if best.is_none_or(|(b, _)| q < b) {
@@ -106,8 +103,8 @@ impl Runs {
             Front::Run(i) => {
                 self.runs[i].pop_front();
             }
-            Front::Heap => {
-                self.heap.pop();
+            Front::Others => {
+                self.others.pop_first();
             }
         }
         self.len -= 1;
@@ -120,8 +117,8 @@ impl Runs {
         for run in &mut self.runs {
             run.retain(|q| keep(q));
         }
-        self.heap.retain(&mut keep);
-        self.len = self.runs.iter().map(VecDeque::len).sum::<usize>() + self.heap.len();
+        self.others.retain(|q| keep(q));
+        self.len = self.runs.iter().map(VecDeque::len).sum::<usize>() + self.others.len();
         self.first = self.find_first();
     }
 }
@@ -134,21 +131,38 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn queued(deadline: u64, seq: u64) -> Queued {
+        Queued {
+            deadline,
+            seq,
+            slot: 0,
+        }
+    }
+
     proptest! {
-        /// Whatever the deadlines, entries come out in (deadline, sequence)
-        /// order, as from a heap, also when taking and adding interleave.
+        /// Whatever the deadlines and the operators that arm them, entries
+        /// come out in (deadline, sequence) order, as from a heap, also when
+        /// pushes, takes and retains interleave (with deadlines this
+        /// scattered, many entries fit no run and go to the B-tree).
         #[test]
-        fn entries_come_out_smallest_first(deadlines in prop::collection::vec((0u64..50, any::<bool>()), 1..300)) {
+        fn entries_come_out_smallest_first(ops in prop::collection::vec((0u64..50, 0u8..10, 0usize..4), 1..400)) {
             let mut runs = Runs::default();
             let mut heap = BinaryHeap::new();
-            for (seq, (deadline, take)) in deadlines.into_iter().enumerate() {
-                let q = Queued { deadline, seq: seq as u64, slot: 0 };
-                runs.push(q);
-                heap.push(Reverse(q));
-                if take {
-                    prop_assert_eq!(runs.pop(), heap.pop().map(|Reverse(q)| q));
+            for (seq, (deadline, action, op)) in ops.into_iter().enumerate() {
+                match action {
+                    0..=5 => {
+                        let q = queued(deadline, seq as u64);
+                        runs.push(q, op);
+                        heap.push(Reverse(q));
+                    }
+                    6..=8 => prop_assert_eq!(runs.pop(), heap.pop().map(|Reverse(q)| q)),
+                    _ => {
+                        runs.retain(|q| q.seq % 3 != 0);
+                        heap.retain(|Reverse(q)| q.seq % 3 != 0);
+                    }
                 }
                 prop_assert_eq!(runs.len(), heap.len());
+                prop_assert_eq!(runs.peek(), heap.peek().map(|Reverse(q)| *q));
             }
             while let Some(Reverse(expected)) = heap.pop() {
                 prop_assert_eq!(runs.pop(), Some(expected));
@@ -158,17 +172,14 @@ mod tests {
     }
 
     #[test]
-    fn entries_armed_at_a_few_fixed_delays_need_no_heap() {
+    fn operators_arming_at_fixed_delays_need_no_b_tree() {
         let mut runs = Runs::default();
         for now in 0..10_000u64 {
-            let delay = [30_000, 120_000, 86_400_000][(now % 3) as usize];
-            runs.push(Queued {
-                deadline: now + delay,
-                seq: now,
-                slot: 0,
-            });
+            let op = (now % 3) as usize;
+            let delay = [30_000, 120_000, 86_400_000][op];
+            runs.push(queued(now + delay, now), op);
         }
-        assert_eq!(runs.heap.len(), 0);
+        assert_eq!(runs.others.len(), 0);
         assert_eq!(runs.runs.len(), 3);
         let retained: Vec<u64> = {
             runs.retain(|q| q.seq % 2 == 0);
@@ -176,5 +187,31 @@ mod tests {
         };
         assert_eq!(retained.len(), 5_000);
         assert!(retained.iter().all(|s| s % 2 == 0));
+    }
+
+    /// A throttle's deadlines vary per key; they must not push a debounce's
+    /// steady ones out of its run (as shared runs did).
+    #[test]
+    fn scattered_deadlines_of_one_operator_leave_the_others_runs_alone() {
+        let mut runs = Runs::default();
+        for now in 0..10_000u64 {
+            runs.push(queued(now + 30_000, 2 * now), 0);
+            let scattered = now + (now * 7_919) % 300_000;
+            runs.push(queued(scattered, 2 * now + 1), 1);
+        }
+        assert_eq!(
+            runs.runs[0].len(),
+            10_000,
+            "every debounce entry in its run"
+        );
+        assert!(
+            runs.others.len() > 9_000,
+            "most throttle entries in the B-tree"
+        );
+        let mut last = None;
+        while let Some(q) = runs.pop() {
+            assert!(last.is_none_or(|l| l < q));
+            last = Some(q);
+        }
     }
 }
