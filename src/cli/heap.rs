@@ -1,4 +1,5 @@
-//! Huge pages for the heap, per subcommand.
+//! The heap, per subcommand: huge pages for replay; for the services, no
+//! huge pages and few glibc malloc arenas.
 //!
 //! mimalloc asks the kernel for transparent huge pages on its large
 //! regions (`madvise(MADV_HUGEPAGE)`), which on a machine with THP in
@@ -41,8 +42,9 @@ pub fn keep_service_heap_small() {
 
 /// Caps glibc's malloc arenas, unless the operator chose a number
 /// (`MALLOC_ARENA_MAX`, or `glibc.malloc.arena_max` in `GLIBC_TUNABLES`).
-/// Called before the service starts its threads: glibc fixes the cap when
-/// it first needs a second arena.
+/// Called before the service starts its threads, so that every arena they
+/// would make counts against the cap.
+#[cfg(target_env = "gnu")]
 fn limit_malloc_arenas() {
     let chosen = std::env::var_os("MALLOC_ARENA_MAX").is_some()
         || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
@@ -56,3 +58,7 @@ fn limit_malloc_arenas() {
         tracing::debug!("cannot cap glibc's malloc arenas");
     }
 }
+
+/// Other C libraries (musl) have no arenas to cap.
+#[cfg(not(target_env = "gnu"))]
+fn limit_malloc_arenas() {}

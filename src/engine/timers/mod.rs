@@ -323,7 +323,7 @@ impl TimerQueue {
             }
             Ok(())
         })?;
-        // In order, each operator's make its run.
+        // Sorted, each operator's timers make its run, and none go to the B-tree.
         loaded.sort_unstable();
         for q in loaded {
             let op = queue.slots[q.slot as usize].op;
